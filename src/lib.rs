@@ -1,0 +1,11 @@
+//! Igor: a runtime for portable, checkpointed WASM agents, built as a
+//! deterministic simulation testbed. The runtime core is written once
+//! against the environment traits in [`env`]; see `docs/ARCHITECTURE.md`
+//! for the codemap and `../shared/spec/IGOR.md` for the facts it honours.
+
+pub mod env;
+pub mod units;
+
+pub mod checkpoint;
+pub mod identity;
+pub mod lineage;
