@@ -196,7 +196,8 @@ impl Checkpoint {
             (Epoch::default(), 0)
         };
         let seal = if version >= 4 {
-            let agent_key = PublicKey::from_bytes(arr32(bytes, 113)).map_err(|_| CheckpointError::BadPublicKey { tick: tick.0 })?;
+            let agent_key =
+                PublicKey::from_bytes(arr32(bytes, 113)).map_err(|_| CheckpointError::BadPublicKey { tick: tick.0 })?;
             let signature = Signature(bytes[145..209].try_into().expect("length checked before field read"));
             Some(Seal { prev_hash: Hash32(arr32(bytes, 81)), agent_key, signature })
         } else {
@@ -346,7 +347,10 @@ mod tests {
         b.extend_from_slice(b"state!");
         assert_eq!(b.len(), HEADER_V2 + 6);
         let c = Checkpoint::parse(&b, None).unwrap();
-        assert_eq!((c.version, c.budget, c.price_per_second, c.tick), (2, Microcents(1_234_567), Microcents(890), TickNumber(42)));
+        assert_eq!(
+            (c.version, c.budget, c.price_per_second, c.tick),
+            (2, Microcents(1_234_567), Microcents(890), TickNumber(42))
+        );
         assert_eq!(c.wasm_hash, Hash32([0xab; 32]));
         assert_eq!((c.epoch, c.lease_expiry_ns, c.seal.is_none()), (Epoch::default(), 0, true));
         assert_eq!(c.state, b"state!");
@@ -386,7 +390,10 @@ mod tests {
     fn errors_are_specific() {
         assert_eq!(Checkpoint::decode(&[]), Err(CheckpointError::Empty));
         assert_eq!(Checkpoint::decode(&[9, 0]), Err(CheckpointError::UnsupportedVersion(9)));
-        assert_eq!(Checkpoint::decode(&[4; 100]), Err(CheckpointError::TooShort { version: 4, needed: 209, found: 100 }));
+        assert_eq!(
+            Checkpoint::decode(&[4; 100]),
+            Err(CheckpointError::TooShort { version: 4, needed: 209, found: 100 })
+        );
         let mut b = body(1, b"").sign(&key(1)).encode();
         b[1..9].copy_from_slice(&(-5i64).to_le_bytes());
         assert_eq!(Checkpoint::decode(&b), Err(CheckpointError::NegativeBudget(-5)));

@@ -174,7 +174,10 @@ mod tests {
         // RFC 8032 §7.1 TEST 1: secret key -> public key.
         let seed = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60").unwrap();
         let k = Keypair::from_seed(seed.try_into().unwrap());
-        assert_eq!(hex::encode(k.public().as_bytes()), "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+        assert_eq!(
+            hex::encode(k.public().as_bytes()),
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+        );
         assert_eq!(PublicKey::from_did(&k.did()).unwrap(), k.public());
     }
 

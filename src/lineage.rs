@@ -32,14 +32,31 @@ pub fn agent_key_path(agent: &AgentId) -> String {
 pub enum LinkFault {
     Unreadable(CheckpointError),
     /// v2/v3 checkpoints carry no signature and cannot be part of a lineage.
-    NotSealed { version: u8 },
-    PrevHashMismatch { expected: Hash32, found: Hash32 },
-    IdentityChanged { expected: String, found: String },
-    TickNotIncreasing { previous: TickNumber, this: TickNumber },
+    NotSealed {
+        version: u8,
+    },
+    PrevHashMismatch {
+        expected: Hash32,
+        found: Hash32,
+    },
+    IdentityChanged {
+        expected: String,
+        found: String,
+    },
+    TickNotIncreasing {
+        previous: TickNumber,
+        this: TickNumber,
+    },
     /// RE-4: budget never rises along a lineage.
-    BudgetIncreased { previous: Microcents, this: Microcents },
+    BudgetIncreased {
+        previous: Microcents,
+        this: Microcents,
+    },
     /// EI-3: two different checkpoints claim the same place in the chain.
-    Fork { other: Hash32, this: Hash32 },
+    Fork {
+        other: Hash32,
+        this: Hash32,
+    },
 }
 
 impl fmt::Display for LinkFault {
@@ -105,7 +122,11 @@ pub fn verify_chain(entries: &[(String, Vec<u8>)]) -> Result<ChainSummary, Broke
     }
     let mut links = by_tick.into_values();
     let Some((_, first, first_hash)) = links.next() else {
-        return Err(BrokenLink { name: "(none)".into(), tick: None, fault: LinkFault::Unreadable(CheckpointError::Empty) });
+        return Err(BrokenLink {
+            name: "(none)".into(),
+            tick: None,
+            fault: LinkFault::Unreadable(CheckpointError::Empty),
+        });
     };
     let did = first.agent_key().map(|k| k.did()).unwrap_or_default();
     let mut summary = ChainSummary {
@@ -221,7 +242,12 @@ impl Lineage {
 
     /// Sign `body` as the next link (prev-hash filled in here), archive it
     /// atomically, then advance the head. On error the head is unchanged.
-    pub fn commit(&mut self, disk: &impl Disk, mut body: CheckpointBody, key: &Keypair) -> Result<Checkpoint, LineageError> {
+    pub fn commit(
+        &mut self,
+        disk: &impl Disk,
+        mut body: CheckpointBody,
+        key: &Keypair,
+    ) -> Result<Checkpoint, LineageError> {
         body.prev_hash = self.head_hash();
         let c = body.sign(key);
         self.append(disk, c)
@@ -233,8 +259,7 @@ impl Lineage {
         if c.seal.is_none() {
             return Err(self.rejected(c.tick, LinkFault::NotSealed { version: c.version }));
         }
-        c.verify_signature()
-            .map_err(|source| LineageError::Checkpoint { agent: self.agent.clone(), source })?;
+        c.verify_signature().map_err(|source| LineageError::Checkpoint { agent: self.agent.clone(), source })?;
         self.append(disk, c)
     }
 
@@ -252,8 +277,7 @@ impl Lineage {
         }
         let bytes = c.encode();
         let path = history_path(&self.agent, c.tick);
-        disk.write_atomic(&path, &bytes)
-            .map_err(|source| LineageError::Disk { agent: self.agent.clone(), source })?;
+        disk.write_atomic(&path, &bytes).map_err(|source| LineageError::Disk { agent: self.agent.clone(), source })?;
         // Commit point passed: only now does the head move.
         self.head = Some((c.clone(), Hash32::of(&bytes)));
         Ok(c)

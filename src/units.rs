@@ -28,24 +28,19 @@ impl Microcents {
 
     /// Whole units to microcents, checked.
     pub fn from_units(units: i64) -> Result<Self, MoneyOverflow> {
-        units
-            .checked_mul(MICROCENTS_PER_UNIT)
-            .map(Microcents)
-            .ok_or(MoneyOverflow { lhs: units, op: "*", rhs: MICROCENTS_PER_UNIT })
+        units.checked_mul(MICROCENTS_PER_UNIT).map(Microcents).ok_or(MoneyOverflow {
+            lhs: units,
+            op: "*",
+            rhs: MICROCENTS_PER_UNIT,
+        })
     }
 
     pub fn checked_add(self, rhs: Microcents) -> Result<Self, MoneyOverflow> {
-        self.0
-            .checked_add(rhs.0)
-            .map(Microcents)
-            .ok_or(MoneyOverflow { lhs: self.0, op: "+", rhs: rhs.0 })
+        self.0.checked_add(rhs.0).map(Microcents).ok_or(MoneyOverflow { lhs: self.0, op: "+", rhs: rhs.0 })
     }
 
     pub fn checked_sub(self, rhs: Microcents) -> Result<Self, MoneyOverflow> {
-        self.0
-            .checked_sub(rhs.0)
-            .map(Microcents)
-            .ok_or(MoneyOverflow { lhs: self.0, op: "-", rhs: rhs.0 })
+        self.0.checked_sub(rhs.0).map(Microcents).ok_or(MoneyOverflow { lhs: self.0, op: "-", rhs: rhs.0 })
     }
 
     pub fn is_negative(self) -> bool {

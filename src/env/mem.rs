@@ -4,14 +4,14 @@
 //! step), a seeded ChaCha entropy source and an in-process network with
 //! partitions. Nothing here reads the real clock or draws OS randomness.
 
-use super::{check_path, Clock, Disk, DiskError, Entropy, Incoming, NetError, Network, TEMP_SUFFIX};
+use super::{Clock, Disk, DiskError, Entropy, Incoming, NetError, Network, TEMP_SUFFIX, check_path};
 use crate::units::NodeId;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex};
+use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 
 /// A clock that moves only when told to. Clones share the same time.
 #[derive(Clone, Debug, Default)]
@@ -130,7 +130,11 @@ impl MemDisk {
             return Err(DiskError::NotFound { op: "flip_bit", path: path.to_string() });
         };
         if byte >= bytes.len() {
-            return Err(DiskError::Io { op: "flip_bit", path: path.to_string(), reason: format!("offset {byte} past end") });
+            return Err(DiskError::Io {
+                op: "flip_bit",
+                path: path.to_string(),
+                reason: format!("offset {byte} past end"),
+            });
         }
         bytes[byte] ^= 1 << (bit % 8);
         *durable = Some(bytes.clone());

@@ -4,7 +4,7 @@
 //! network adapter is the other.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use super::{check_path, Clock, Disk, DiskError, Entropy, TEMP_SUFFIX};
+use super::{Clock, Disk, DiskError, Entropy, TEMP_SUFFIX, check_path};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,7 +69,8 @@ impl FsDisk {
 
     fn write_with_mode(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), DiskError> {
         let full = self.full("write", path)?;
-        let io = |reason: std::io::Error| DiskError::Io { op: "write", path: path.to_string(), reason: reason.to_string() };
+        let io =
+            |reason: std::io::Error| DiskError::Io { op: "write", path: path.to_string(), reason: reason.to_string() };
         let dir = full.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).map_err(io)?;
         let tmp = PathBuf::from(format!("{}{TEMP_SUFFIX}", full.display()));
@@ -125,7 +126,8 @@ impl Disk for FsDisk {
         };
         let mut names = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| DiskError::Io { op: "list", path: dir.to_string(), reason: e.to_string() })?;
+            let entry =
+                entry.map_err(|e| DiskError::Io { op: "list", path: dir.to_string(), reason: e.to_string() })?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !name.ends_with(TEMP_SUFFIX) {
                 names.push(name);

@@ -1,1 +1,51 @@
-fn main(){}
+//! `igord`: the Igor node binary. Subcommands inspect and verify checkpoint
+//! files, run agents locally, and (later) run a libp2p node. This binary is a
+//! backend: it may touch the filesystem and the clock directly.
+#![allow(clippy::disallowed_methods)]
+
+mod inspect;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Igor node: run, inspect and verify portable, checkpointed WASM agents.
+///
+/// Exit codes: 0 success / valid, 1 invalid input (the reason is printed),
+/// 2 usage or I/O error.
+#[derive(Parser)]
+#[command(name = "igord", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the fields of one checkpoint file (v2, v3 or v4).
+    ///
+    /// Example: igord inspect igor-data/history/counter/0000000004.ckpt --json
+    Inspect(inspect::InspectArgs),
+    /// Verify a checkpoint history: every signature and every prev-hash link.
+    ///
+    /// Give one or more directories of .ckpt files (e.g. the history of the
+    /// same agent on two nodes); they are merged by tick and must form one
+    /// chain. Prints the first broken link and exits 1 if they do not.
+    ///
+    /// Example: igord verify nodeA/history/counter nodeB/history/counter
+    Verify(inspect::VerifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::inspect(&args),
+        Command::Verify(args) => inspect::verify(&args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("igord: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The seam between the node (who may tick, when, and what gets committed)
+//! and the sandbox (how a tick runs). The node is generic over
+//! [`Executor`]; the wasmtime sandbox implements it for real, and protocol
+//! tests implement it with a tiny deterministic fake. Everything a tick may
+//! observe comes in through [`TickInputs`], so a tick is a pure function of
+//! (module, state, inputs, event log) and can be replayed by any node.
+
+use crate::checkpoint::Hash32;
+use crate::units::{Microcents, TickNumber};
+
+/// Everything the outside world contributes to one tick. Built by the node
+/// from its environment traits; the executor never reads a clock or an RNG.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TickInputs {
+    pub tick: TickNumber,
+    /// Wall clock at the start of the tick (what `clock_now` reports).
+    pub now_unix_ns: i64,
+    /// Seed for every `rand_bytes` call in this tick (drawn from the node's
+    /// entropy; the bytes handed out are recorded in the event log anyway).
+    pub rand_seed: [u8; 32],
+    /// Budget before the tick; the tick's charge is capped at this.
+    pub budget: Microcents,
+    pub price_per_second: Microcents,
+    /// CM-5: side-effect hostcalls (http, wallet_pay, kv_put/delete) run
+    /// only if the node is ACTIVE_OWNER; otherwise they return -3.
+    pub side_effects_allowed: bool,
+    /// Node-signed execution receipts the agent may read via `wallet_receipt*`.
+    pub receipts: Vec<Vec<u8>>,
+}
+
+/// How a tick ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TickOutcome {
+    /// `agent_tick` returned; `more_work` is its non-zero fast-path hint.
+    Completed { more_work: bool },
+    /// The per-tick fuel limit was hit: the whole tick fuel is charged.
+    OutOfFuel,
+    /// The guest trapped (message from wasmtime).
+    Trapped { message: String },
+    /// The wall-clock safety net fired. Not deterministic: the node treats it
+    /// as its own fault, never as a replicated state change.
+    WallClockTimeout,
+    /// The budget reached zero during this tick: charged exactly what was
+    /// left; the node commits a final checkpoint and stops the agent.
+    BudgetExhausted,
+}
+
+impl TickOutcome {
+    /// Whether the agent may tick again after this outcome.
+    pub fn is_live(&self) -> bool {
+        matches!(self, TickOutcome::Completed { .. })
+    }
+}
+
+/// What one tick did. `cost + paid` never exceeds the budget it was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TickReport {
+    pub outcome: TickOutcome,
+    pub fuel_used: u64,
+    /// Execution charge (fuel-derived, plus hostcall charges), microcents.
+    pub cost: Microcents,
+    /// Money sent out through `wallet_pay` in this tick.
+    pub paid: Microcents,
+    /// The per-tick event log, canonically encoded (replay input).
+    pub event_log: Vec<u8>,
+    /// Number of side-effect hostcalls attempted (for CM-5 accounting).
+    pub side_effects: u32,
+}
+
+/// Why an agent could not be loaded, started or snapshotted. Messages name
+/// the export, import, capability or field at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error("capability: {0}")]
+    Capability(String),
+    #[error("agent lifecycle: {0}")]
+    Lifecycle(String),
+    #[error("replay diverged: {0}")]
+    Divergence(String),
+}
+
+/// Runs agents. One executor per node; instances are addressed by handle.
+pub trait Executor {
+    /// A live agent instance (wasm store + instance + host state).
+    type Instance;
+
+    /// Compile (or fetch from cache) a module and check its manifest and the
+    /// capabilities it needs against what this node offers. Returns the
+    /// module's SHA-256. Refusal here is how a target refuses a transfer.
+    fn prepare(&mut self, wasm: &[u8], manifest: &[u8]) -> Result<Hash32, ExecError>;
+
+    /// Instantiate a prepared module and run the lifecycle up to the first
+    /// tick: `_initialize`, `agent_init`, then `agent_resume(state)` if
+    /// `state` is non-empty. `kv` is the agent's key/value snapshot.
+    fn start(
+        &mut self,
+        wasm_hash: &Hash32,
+        manifest: &[u8],
+        state: &[u8],
+        kv: &[u8],
+    ) -> Result<Self::Instance, ExecError>;
+
+    /// Run one tick.
+    fn tick(&mut self, instance: &mut Self::Instance, inputs: &TickInputs) -> TickReport;
+
+    /// The agent's state bytes (`agent_checkpoint` / `agent_checkpoint_ptr`)
+    /// and its kv snapshot, for a checkpoint.
+    fn snapshot(&mut self, instance: &mut Self::Instance) -> Result<(Vec<u8>, Vec<u8>), ExecError>;
+
+    /// Re-run one tick from `state`/`kv` with the recorded `event_log`,
+    /// returning the resulting (state, kv) and the cost. Used by a target to
+    /// check the last tick of a transfer and by anyone to verify metering.
+    fn replay(
+        &mut self,
+        wasm_hash: &Hash32,
+        manifest: &[u8],
+        state: &[u8],
+        kv: &[u8],
+        inputs: &TickInputs,
+        event_log: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>, Microcents), ExecError>;
+}
