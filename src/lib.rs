@@ -8,4 +8,5 @@ pub mod units;
 
 pub mod checkpoint;
 pub mod identity;
+pub mod executor;
 pub mod lineage;
