@@ -1,1 +1,9 @@
-pub fn _x(){}
+//! igor-sim: the deterministic simulator. The same `igor` node runs on
+//! turmoil twins of the environment (`disk`, `net`, `clock`), driven by a RON
+//! scenario; the checker watches the nodes' event streams for invariant
+//! violations and the trace records every event canonically.
+
+pub mod clock;
+pub mod disk;
+pub mod net;
+pub mod scenario;

@@ -1,0 +1,147 @@
+//! Simulated twin of the libp2p adapter: the [`Network`] trait over
+//! `turmoil::net` TCP. One request per connection: a length-prefixed frame
+//! out, one frame back. Faults turmoil lacks (duplication, extra delay for
+//! reordering) are injected here from a seeded RNG, per node; partitions,
+//! holds and latency come from turmoil itself. Must run inside a turmoil host.
+
+use igor::env::{Incoming, NetError, Network, derive_seed};
+use igor::units::NodeId;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use turmoil::net::{TcpListener, TcpStream};
+
+/// The port every node serves on.
+pub const PORT: u16 = 7000;
+/// Largest frame accepted: an agent package holds a wasm module (a few MiB)
+/// and a checkpoint whose state is capped at 64 MiB.
+pub const MAX_FRAME_BYTES: usize = 80 * 1024 * 1024;
+
+/// Message faults on a node's outgoing requests, changed by the scenario
+/// timeline while the simulation runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinkFaults {
+    /// Probability that a request is also sent a second time (reply dropped).
+    pub duplicate: f64,
+    /// Extra delay drawn uniformly from this range (ms) before a request
+    /// leaves: with several requests in flight this reorders them.
+    pub extra_delay_ms: (u64, u64),
+}
+
+/// Shared, mutable fault settings of one node plus its fault RNG.
+pub struct FaultState {
+    pub faults: LinkFaults,
+    rng: ChaCha20Rng,
+}
+
+impl FaultState {
+    pub fn new(seed: u64, node: &str) -> Self {
+        FaultState {
+            faults: LinkFaults::default(),
+            rng: ChaCha20Rng::from_seed(derive_seed(seed, &format!("net/{node}"))),
+        }
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn draw(&mut self) -> (bool, Duration) {
+        let dup = self.faults.duplicate > 0.0 && self.unit() < self.faults.duplicate;
+        let (lo, hi) = self.faults.extra_delay_ms;
+        let delay = if hi > lo { lo + self.rng.next_u64() % (hi - lo + 1) } else { lo };
+        (dup, Duration::from_millis(delay))
+    }
+}
+
+/// A node's endpoint on the simulated network.
+#[derive(Clone)]
+pub struct SimNet {
+    faults: Rc<RefCell<FaultState>>,
+    inbox: Rc<Mutex<mpsc::UnboundedReceiver<Incoming>>>,
+}
+
+async fn write_frame(s: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    s.write_all(&len.to_le_bytes()).await?;
+    s.write_all(body).await?;
+    s.flush().await
+}
+
+async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(std::io::Error::other(format!("frame of {len} bytes exceeds {MAX_FRAME_BYTES}")));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Serve one connection: read the request, hand it to the node, write back
+/// whatever it replies. A dropped reply closes the stream.
+async fn serve(mut stream: TcpStream, from: NodeId, tx: mpsc::UnboundedSender<Incoming>) {
+    let Ok(body) = read_frame(&mut stream).await else { return };
+    let (reply, rx) = oneshot::channel();
+    if tx.send(Incoming { from, body, reply }).is_err() {
+        return;
+    }
+    if let Ok(answer) = rx.await {
+        let _ = write_frame(&mut stream, &answer).await;
+    }
+}
+
+impl SimNet {
+    /// Bind the node's port and start accepting. Call inside the host.
+    pub async fn bind(faults: Rc<RefCell<FaultState>>) -> std::io::Result<SimNet> {
+        let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::task::spawn_local(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                let name = turmoil::reverse_lookup(peer.ip()).unwrap_or_else(|| "unknown".to_string());
+                let Ok(from) = NodeId::new(name) else { continue };
+                tokio::task::spawn_local(serve(stream, from, tx.clone()));
+            }
+        });
+        Ok(SimNet { faults, inbox: Rc::new(Mutex::new(rx)) })
+    }
+
+    async fn send_once(to: &NodeId, body: &[u8]) -> Result<Vec<u8>, NetError> {
+        let mut stream = TcpStream::connect((to.as_str(), PORT))
+            .await
+            .map_err(|e| NetError::Unreachable { peer: to.clone(), reason: e.to_string() })?;
+        let lost = |e: std::io::Error| NetError::Lost { peer: to.clone(), reason: e.to_string() };
+        write_frame(&mut stream, body).await.map_err(lost)?;
+        read_frame(&mut stream).await.map_err(lost)
+    }
+}
+
+impl Network for SimNet {
+    async fn request(&self, to: &NodeId, body: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        if body.len() > MAX_FRAME_BYTES {
+            return Err(NetError::TooLarge { peer: to.clone(), len: body.len(), limit: MAX_FRAME_BYTES });
+        }
+        let (duplicate, delay) = self.faults.borrow_mut().draw();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if duplicate {
+            let (to, body) = (to.clone(), body.clone());
+            tokio::task::spawn_local(async move {
+                let _ = SimNet::send_once(&to, &body).await;
+            });
+        }
+        SimNet::send_once(to, &body).await
+    }
+
+    async fn accept(&self) -> Option<Incoming> {
+        self.inbox.lock().await.recv().await
+    }
+}

@@ -1,0 +1,406 @@
+//! The scenario file: a RON document that is its own schema. Every struct
+//! denies unknown fields, so a typo is an error with line and column, never
+//! a silently ignored fault. Paths in a scenario are relative to its file.
+//! Documented field by field in `docs/scenarios.md`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Upper bound on simulated duration: keeps a typo (hours for seconds) from
+/// turning a run into a day-long job.
+pub const MAX_DURATION_S: u64 = 24 * 3600;
+/// Upper bound on timeline length; scenarios are written (or minimized) by hand.
+pub const MAX_TIMELINE_STEPS: usize = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Root seed; `--seed` overrides it. Every RNG of the run derives from it.
+    pub seed: u64,
+    /// Simulated run length.
+    pub duration_s: u64,
+    /// Turmoil step: simulated time advanced per step (ms). Larger is faster.
+    #[serde(default = "default_step_ms")]
+    pub step_ms: u64,
+    #[serde(default)]
+    pub network: NetworkSpec,
+    pub nodes: Vec<NodeSpec>,
+    pub agents: Vec<AgentSpec>,
+    #[serde(default)]
+    pub timeline: Vec<Step>,
+    pub expect: Expect,
+}
+
+fn default_step_ms() -> u64 {
+    10
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Message latency range (ms), drawn per message by turmoil.
+    #[serde(default = "default_latency")]
+    pub latency_ms: (u64, u64),
+    /// Probability that a link fails (turmoil `fail_rate`): a failed link
+    /// drops its in-flight messages until it is repaired.
+    #[serde(default)]
+    pub loss: f64,
+}
+
+fn default_latency() -> (u64, u64) {
+    (1, 5)
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec { latency_ms: default_latency(), loss: 0.0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    /// Price per second of execution, microcents.
+    #[serde(default = "default_price")]
+    pub price_microcents: i64,
+    /// Lease duration (ms); renewal at half, `lease_grace_ms` of grace.
+    #[serde(default)]
+    pub lease_duration_ms: Option<u64>,
+    #[serde(default)]
+    pub lease_grace_ms: Option<u64>,
+    /// Idle tick cadence (ms).
+    #[serde(default)]
+    pub tick_interval_ms: Option<u64>,
+    /// Checkpoint cadence (ms).
+    #[serde(default)]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// DELIBERATELY UNSAFE: let this node take authority back by itself when
+    /// its lease expires (the original's behaviour). For scenarios that show
+    /// the checker catching a double ticker.
+    #[serde(default)]
+    pub unsafe_self_recover: bool,
+}
+
+fn default_price() -> i64 {
+    1_000
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    pub name: String,
+    /// `.wat` or `.wasm`, relative to the scenario file.
+    pub wasm: String,
+    /// Manifest JSON, relative to the scenario file; none = no capabilities.
+    #[serde(default)]
+    pub manifest: Option<String>,
+    pub budget_microcents: i64,
+    /// The node the agent is deployed on at t = 0.
+    pub node: String,
+}
+
+/// One timeline entry: an action at a simulated time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub at_ms: u64,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Action {
+    /// Operator asks `from` to hand `agent` to `to`.
+    Migrate {
+        agent: String,
+        from: String,
+        to: String,
+    },
+    /// The node's process dies; unsynced writes are lost.
+    Crash {
+        node: String,
+    },
+    /// Start a crashed node again, after applying `storage` damage.
+    Restart {
+        node: String,
+        #[serde(default)]
+        storage: Storage,
+    },
+    /// Cut both directions between two nodes.
+    Partition {
+        a: String,
+        b: String,
+    },
+    /// Cut only `from` → `to`.
+    PartitionOneway {
+        from: String,
+        to: String,
+    },
+    Heal {
+        a: String,
+        b: String,
+    },
+    HealOneway {
+        from: String,
+        to: String,
+    },
+    /// Set the latency of the link between two nodes (ms).
+    Latency {
+        a: String,
+        b: String,
+        ms: u64,
+    },
+    /// Requests sent by `node` are duplicated with this probability.
+    Duplicate {
+        node: String,
+        probability: f64,
+    },
+    /// Requests sent by `node` wait an extra uniform 0..=max_delay_ms first,
+    /// which reorders concurrent messages.
+    Reorder {
+        node: String,
+        max_delay_ms: u64,
+    },
+    /// Remove message faults (duplication, reordering) from `node`.
+    ClearFaults {
+        node: String,
+    },
+    /// Shift `node`'s wall clock by `ms` (may be negative).
+    Skew {
+        node: String,
+        ms: i64,
+    },
+    /// Operator recovery of `agent` on `node` from its newest checkpoint
+    /// there (or the one at `anchor_tick`).
+    Recover {
+        agent: String,
+        node: String,
+        #[serde(default)]
+        anchor_tick: Option<u64>,
+    },
+}
+
+/// Damage applied to a node's disk before it restarts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Storage {
+    #[default]
+    Intact,
+    /// Delete the newest `count` history checkpoints of `agent` (a stale
+    /// checkpoint: the node restarts behind where it was).
+    RemoveNewest { agent: String, count: usize },
+    /// Flip a bit in the newest history checkpoint of `agent`.
+    CorruptNewest { agent: String },
+    /// Lose the whole data directory.
+    Wipe,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub verdict: Verdict,
+    /// Final authority state per node per agent, e.g.
+    /// `{"a": {"counter": "RETIRED"}}`. Unlisted pairs are not checked.
+    #[serde(default)]
+    pub authority: BTreeMap<String, BTreeMap<String, String>>,
+    /// Inclusive range of the agent's highest committed tick at the end.
+    #[serde(default)]
+    pub ticks: BTreeMap<String, (u64, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// No invariant is violated.
+    Pass,
+    /// The named invariant (e.g. "EI-1") must be violated and caught.
+    Violation(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}:{col}: {message}")]
+    Parse { path: String, line: usize, col: usize, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Scenario {
+    /// Parse RON text; `path` is used in error messages only.
+    pub fn parse(text: &str, path: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = ron::from_str(text).map_err(|e| ScenarioError::Parse {
+            path: path.to_string(),
+            line: e.span.start.line,
+            col: e.span.start.col,
+            message: e.code.to_string(),
+        })?;
+        s.validate().map_err(|message| ScenarioError::Invalid { path: path.to_string(), message })?;
+        Ok(s)
+    }
+
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ScenarioError::Io { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Canonical RON text of this scenario (for resolved scenarios).
+    pub fn to_ron(&self) -> String {
+        let cfg = ron::ser::PrettyConfig::new().struct_names(true);
+        // Serializing plain data with string keys cannot fail.
+        ron::ser::to_string_pretty(self, cfg).expect("scenario serializes")
+    }
+
+    /// Cross-field checks: names resolve, ranges make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.duration_s == 0 || self.duration_s > MAX_DURATION_S {
+            return Err(format!("duration_s: {} is outside 1..={MAX_DURATION_S}", self.duration_s));
+        }
+        if self.step_ms == 0 || self.step_ms > 1000 {
+            return Err(format!("step_ms: {} is outside 1..=1000", self.step_ms));
+        }
+        if self.timeline.len() > MAX_TIMELINE_STEPS {
+            return Err(format!("timeline: {} steps (limit {MAX_TIMELINE_STEPS})", self.timeline.len()));
+        }
+        let (lo, hi) = self.network.latency_ms;
+        if lo > hi {
+            return Err(format!("network.latency_ms: ({lo}, {hi}) is not a range"));
+        }
+        if !(0.0..=1.0).contains(&self.network.loss) {
+            return Err(format!("network.loss: {} is not a probability", self.network.loss));
+        }
+        let mut nodes = std::collections::BTreeSet::new();
+        for n in &self.nodes {
+            igor::units::NodeId::new(n.name.clone()).map_err(|e| format!("nodes: {e}"))?;
+            if !nodes.insert(n.name.as_str()) {
+                return Err(format!("nodes: duplicate node {:?}", n.name));
+            }
+            if n.price_microcents < 0 {
+                return Err(format!("nodes[{}].price_microcents: {} is negative", n.name, n.price_microcents));
+            }
+        }
+        let node = |field: &str, name: &str| {
+            if nodes.contains(name) { Ok(()) } else { Err(format!("{field}: unknown node {name:?}")) }
+        };
+        let mut agents = std::collections::BTreeSet::new();
+        for a in &self.agents {
+            igor::units::AgentId::new(a.name.clone()).map_err(|e| format!("agents: {e}"))?;
+            if !agents.insert(a.name.as_str()) {
+                return Err(format!("agents: duplicate agent {:?}", a.name));
+            }
+            node(&format!("agents[{}].node", a.name), &a.node)?;
+            if a.budget_microcents < 0 {
+                return Err(format!("agents[{}].budget_microcents: {} is negative", a.name, a.budget_microcents));
+            }
+        }
+        let agent = |field: &str, name: &str| {
+            if agents.contains(name) { Ok(()) } else { Err(format!("{field}: unknown agent {name:?}")) }
+        };
+        for (i, step) in self.timeline.iter().enumerate() {
+            let f = format!("timeline[{i}]");
+            if step.at_ms > self.duration_s * 1000 {
+                return Err(format!("{f}.at_ms: {} is after the end of the run", step.at_ms));
+            }
+            for n in step.action.nodes() {
+                node(&f, n)?;
+            }
+            if let Some(a) = step.action.agent() {
+                agent(&f, a)?;
+            }
+            match &step.action {
+                Action::Duplicate { probability, .. } if !(0.0..=1.0).contains(probability) => {
+                    return Err(format!("{f}.probability: {probability} is not a probability"));
+                }
+                _ => {}
+            }
+        }
+        for (n, per_agent) in &self.expect.authority {
+            node("expect.authority", n)?;
+            for a in per_agent.keys() {
+                agent("expect.authority", a)?;
+            }
+        }
+        for a in self.expect.ticks.keys() {
+            agent("expect.ticks", a)?;
+        }
+        Ok(())
+    }
+
+    /// Directory that relative paths in this scenario are resolved against.
+    pub fn base_dir(path: &Path) -> PathBuf {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+impl Action {
+    /// Node names this action refers to.
+    pub fn nodes(&self) -> Vec<&str> {
+        match self {
+            Action::Migrate { from, to, .. } => vec![from, to],
+            Action::Crash { node } | Action::Restart { node, .. } => vec![node],
+            Action::Partition { a, b } | Action::Heal { a, b } | Action::Latency { a, b, .. } => vec![a, b],
+            Action::PartitionOneway { from, to } | Action::HealOneway { from, to } => vec![from, to],
+            Action::Duplicate { node, .. }
+            | Action::Reorder { node, .. }
+            | Action::ClearFaults { node }
+            | Action::Skew { node, .. }
+            | Action::Recover { node, .. } => vec![node],
+        }
+    }
+
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            Action::Migrate { agent, .. } | Action::Recover { agent, .. } => Some(agent),
+            Action::Restart {
+                storage: Storage::RemoveNewest { agent, .. } | Storage::CorruptNewest { agent }, ..
+            } => Some(agent),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"Scenario(
+        name: "minimal",
+        seed: 1,
+        duration_s: 10,
+        nodes: [(name: "a")],
+        agents: [(name: "counter", wasm: "counter.wat", budget_microcents: 1000, node: "a")],
+        timeline: [(at_ms: 100, action: Crash(node: "a"))],
+        expect: (verdict: Pass),
+    )"#;
+
+    #[test]
+    fn minimal_scenario_parses_with_defaults() {
+        let s = Scenario::parse(MINIMAL, "m.ron").unwrap();
+        assert_eq!(s.step_ms, 10);
+        assert_eq!(s.network.latency_ms, (1, 5));
+        assert_eq!(s.nodes[0].price_microcents, 1000);
+        let again = Scenario::parse(&s.to_ron(), "again.ron").unwrap();
+        assert_eq!(again, s, "to_ron round-trips");
+    }
+
+    #[test]
+    fn typo_is_an_error_with_line_and_column() {
+        let text = MINIMAL.replace("duration_s: 10", "duraton_s: 10");
+        let err = Scenario::parse(&text, "typo.ron").unwrap_err().to_string();
+        assert!(err.starts_with("typo.ron:4:"), "{err}");
+        assert!(err.contains("duraton_s"), "{err}");
+    }
+
+    #[test]
+    fn unknown_names_are_rejected() {
+        let text = MINIMAL.replace("Crash(node: \"a\")", "Crash(node: \"zz\")");
+        let err = Scenario::parse(&text, "x.ron").unwrap_err().to_string();
+        assert!(err.contains("timeline[0]: unknown node \"zz\""), "{err}");
+    }
+}
