@@ -3,7 +3,9 @@
 //! scenario; the checker watches the nodes' event streams for invariant
 //! violations and the trace records every event canonically.
 
+pub mod checker;
 pub mod clock;
 pub mod disk;
 pub mod net;
 pub mod scenario;
+pub mod trace;
