@@ -1,0 +1,615 @@
+//! The migration protocol (spec §6) as sans-IO logic. The source side is a
+//! state machine ([`SourceHandoff`]): events in (checkpoint sealed or not,
+//! send failed, reply, timer), the current time and one random draw as
+//! arguments, [`Action`]s out (transition, stop/resume ticking, seal a
+//! checkpoint, send the package, start a timer, retire). The target side is
+//! a pure judgement ([`judge_package`], [`check_price_policy`]). Nothing
+//! here reads a clock, touches a disk or socket, or draws randomness: see
+//! the imports.
+
+use crate::authority::{AuthorityState, Reason};
+use crate::checkpoint::{Checkpoint, Hash32};
+use crate::env::Now;
+use crate::identity::PublicKey;
+use crate::units::{AgentId, Epoch, Microcents, NodeId, TickNumber};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Protocol timing and retry limits, from the node configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationConfig {
+    /// How long a package stays acceptable after it is sent (its expiry).
+    pub package_ttl_ns: u64,
+    /// Largest wall-clock skew between nodes the protocol tolerates: a
+    /// source waits this much past a package's expiry before it trusts that
+    /// no copy of the package can still be accepted.
+    pub max_clock_skew_ns: u64,
+    /// Sends per handoff, first one included. Only sends that provably
+    /// never reached the target are retried.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt up to `backoff_cap_ns`.
+    pub backoff_base_ns: u64,
+    pub backoff_cap_ns: u64,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig {
+            package_ttl_ns: 5_000_000_000,
+            max_clock_skew_ns: 500_000_000,
+            max_attempts: 5,
+            backoff_base_ns: 100_000_000,
+            backoff_cap_ns: 5_000_000_000,
+        }
+    }
+}
+
+impl MigrationConfig {
+    /// Time after a send by which the reply must have come: the package's
+    /// expiry plus the skew margin. Past it, no copy of the package can be
+    /// accepted any more, so declaring the outcome ambiguous is final.
+    pub fn reply_timeout_ns(&self) -> u64 {
+        self.package_ttl_ns.saturating_add(self.max_clock_skew_ns)
+    }
+
+    /// Delay before retry `attempt` (2, 3, …): capped exponential backoff
+    /// with "equal jitter" drawn from `rand`; always within the cap.
+    pub fn backoff_ns(&self, attempt: u32, rand: u64) -> u64 {
+        let exp = attempt.saturating_sub(2).min(63);
+        let delay = self.backoff_base_ns.saturating_mul(1u64 << exp).min(self.backoff_cap_ns).max(1);
+        let half = delay / 2;
+        half + rand % (delay - half + 1)
+    }
+}
+
+/// How a send failed, as the transport reports it (see `env::NetError`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendFailure {
+    /// Not delivered: safe to retry.
+    Unreachable,
+    /// Maybe delivered, no reply: ambiguous.
+    Lost,
+    /// Refused by the transport before sending: not delivered, not retried.
+    TooLarge,
+}
+
+/// Timers the source machine asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffTimer {
+    /// No reply for `attempt` by now: ambiguous.
+    ReplyDeadline { attempt: u32 },
+    /// Backoff over: send `attempt`.
+    Retry { attempt: u32 },
+    /// A refused package has expired everywhere: resume on the source.
+    PackageExpired,
+}
+
+/// The target's reply as the machine needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyView {
+    pub success: bool,
+    pub error: Option<String>,
+    /// The epoch the target holds the agent under (0.0 if unknown to it).
+    pub target_epoch: Epoch,
+}
+
+/// Events the source machine consumes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The handoff checkpoint is durably committed.
+    Sealed {
+        tick: TickNumber,
+        hash: Hash32,
+    },
+    /// The handoff checkpoint could not be committed (nothing relinquished).
+    SealFailed {
+        error: String,
+    },
+    /// The relinquish (HANDOFF_PENDING) could not be persisted: nothing was
+    /// sent.
+    PersistFailed {
+        error: String,
+    },
+    SendFailed {
+        attempt: u32,
+        failure: SendFailure,
+        error: String,
+    },
+    Reply {
+        attempt: u32,
+        reply: ReplyView,
+    },
+    Timer(HandoffTimer),
+}
+
+/// How a handoff ended, from the source's side.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+pub enum Outcome {
+    /// The target confirmed: source retired.
+    Completed,
+    /// The target definitively refused: the agent stays on the source.
+    Refused(String),
+    /// Nothing ever reached the target (retries exhausted or not
+    /// retryable): the agent stays on the source.
+    FailedBeforeSend(String),
+    /// Local failure before relinquishing: the agent stays on the source.
+    Aborted(String),
+    /// Unknown whether the target took over: RECOVERY_REQUIRED.
+    Ambiguous(String),
+}
+
+impl Outcome {
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Outcome::Ambiguous(_))
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Completed => f.write_str("completed"),
+            Outcome::Refused(r) => write!(f, "refused({r})"),
+            Outcome::FailedBeforeSend(r) => write!(f, "failed_before_send({r})"),
+            Outcome::Aborted(r) => write!(f, "aborted({r})"),
+            Outcome::Ambiguous(r) => write!(f, "ambiguous({r})"),
+        }
+    }
+}
+
+/// What the node must do, in order. If a `Transition` cannot be persisted
+/// the node stops and feeds [`Input::PersistFailed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Transition {
+        to: AuthorityState,
+        reason: Reason,
+    },
+    StopTicking,
+    ResumeTicking,
+    /// Commit the fresh handoff checkpoint (authority op `SealHandoff`).
+    SealCheckpoint,
+    /// Build the package from the sealed checkpoint and send it.
+    SendPackage {
+        attempt: u32,
+        nonce: u64,
+        expiry_unix_ns: i64,
+    },
+    StartTimer {
+        timer: HandoffTimer,
+        at_mono_ns: u64,
+    },
+    /// Delete the local copy (wasm, key, kv); keep history and the
+    /// RETIRED record so stale messages are still recognised.
+    DeleteLocalCopy,
+    /// The handoff is over.
+    Finished(Outcome),
+}
+
+/// What the source is waiting for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceState {
+    /// HANDOFF_INITIATED: the handoff checkpoint is being committed.
+    ExpectSealed,
+    /// HANDOFF_PENDING: `attempt` is out; waiting for its reply.
+    ExpectReply {
+        attempt: u32,
+        expiry_unix_ns: i64,
+    },
+    /// HANDOFF_PENDING: `attempt - 1` was provably not delivered; backoff.
+    ExpectRetry {
+        attempt: u32,
+    },
+    /// HANDOFF_PENDING: refused; waiting until no copy can be accepted.
+    ExpectPackageExpiry {
+        refusal: String,
+    },
+    Finished(Outcome),
+}
+
+/// The source side of one handoff of one agent.
+#[derive(Clone, Debug)]
+pub struct SourceHandoff {
+    pub agent: AgentId,
+    pub target: NodeId,
+    /// The source's epoch when it started (the package's epoch).
+    pub epoch: Epoch,
+    pub sealed: Option<(TickNumber, Hash32)>,
+    state: SourceState,
+    cfg: MigrationConfig,
+}
+
+impl SourceHandoff {
+    /// Start a handoff. The caller has checked `Op::StartHandoff` and that
+    /// no other handoff of this agent is in flight.
+    pub fn start(agent: AgentId, target: NodeId, epoch: Epoch, cfg: MigrationConfig) -> (Self, Vec<Action>) {
+        let m = SourceHandoff { agent, target, epoch, sealed: None, state: SourceState::ExpectSealed, cfg };
+        let actions = vec![
+            Action::Transition { to: AuthorityState::HandoffInitiated, reason: Reason::HandoffStarted },
+            Action::StopTicking,
+            Action::SealCheckpoint,
+        ];
+        (m, actions)
+    }
+
+    pub fn state(&self) -> &SourceState {
+        &self.state
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, SourceState::Finished(_))
+    }
+
+    /// Feed one event. `rand` is a fresh draw from the node's entropy (used
+    /// for nonces and backoff jitter). Returns no actions if the event is
+    /// stale (an old attempt, a superseded timer): the caller counts it.
+    pub fn handle(&mut self, now: Now, rand: u64, input: Input) -> Vec<Action> {
+        use SourceState as S;
+        match (&self.state, input) {
+            (S::ExpectSealed, Input::Sealed { tick, hash }) => {
+                self.sealed = Some((tick, hash));
+                let mut out =
+                    vec![Action::Transition { to: AuthorityState::HandoffPending, reason: Reason::Relinquished }];
+                out.extend(self.send(now, rand, 1));
+                out
+            }
+            (S::ExpectSealed, Input::SealFailed { error }) => self.resume(Outcome::Aborted(error)),
+            (S::ExpectReply { attempt: 1, .. }, Input::PersistFailed { error }) if self.sealed.is_some() => {
+                // The relinquish never became durable and nothing was sent.
+                self.resume(Outcome::Aborted(error))
+            }
+            (S::ExpectReply { attempt, .. }, Input::SendFailed { attempt: a, failure, error }) if *attempt == a => {
+                let attempt = *attempt;
+                match failure {
+                    SendFailure::Lost => self.ambiguous(Reason::Ambiguous, format!("attempt {attempt}: {error}")),
+                    SendFailure::TooLarge => self.resume(Outcome::FailedBeforeSend(error)),
+                    SendFailure::Unreachable if attempt >= self.cfg.max_attempts => {
+                        self.resume(Outcome::FailedBeforeSend(format!("{attempt} attempts: {error}")))
+                    }
+                    SendFailure::Unreachable => {
+                        let next = attempt + 1;
+                        self.state = S::ExpectRetry { attempt: next };
+                        let at = now.mono_ns.saturating_add(self.cfg.backoff_ns(next, rand));
+                        vec![Action::StartTimer { timer: HandoffTimer::Retry { attempt: next }, at_mono_ns: at }]
+                    }
+                }
+            }
+            (S::ExpectReply { attempt, .. }, Input::Reply { attempt: a, reply }) if *attempt == a => {
+                self.on_reply(now, reply)
+            }
+            (S::ExpectReply { attempt, .. }, Input::Timer(HandoffTimer::ReplyDeadline { attempt: a }))
+                if *attempt == a =>
+            {
+                self.ambiguous(Reason::Ambiguous, format!("attempt {a}: no reply before the deadline"))
+            }
+            (S::ExpectRetry { attempt }, Input::Timer(HandoffTimer::Retry { attempt: a })) if *attempt == a => {
+                self.send(now, rand, a)
+            }
+            (S::ExpectPackageExpiry { refusal }, Input::Timer(HandoffTimer::PackageExpired)) => {
+                let refusal = refusal.clone();
+                self.resume(Outcome::Refused(refusal))
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn send(&mut self, now: Now, nonce: u64, attempt: u32) -> Vec<Action> {
+        let ttl = i64::try_from(self.cfg.package_ttl_ns).unwrap_or(i64::MAX);
+        let expiry_unix_ns = now.unix_ns.saturating_add(ttl);
+        self.state = SourceState::ExpectReply { attempt, expiry_unix_ns };
+        let deadline = now.mono_ns.saturating_add(self.cfg.reply_timeout_ns());
+        vec![
+            Action::SendPackage { attempt, nonce, expiry_unix_ns },
+            Action::StartTimer { timer: HandoffTimer::ReplyDeadline { attempt }, at_mono_ns: deadline },
+        ]
+    }
+
+    fn on_reply(&mut self, now: Now, reply: ReplyView) -> Vec<Action> {
+        if reply.success {
+            self.state = SourceState::Finished(Outcome::Completed);
+            return vec![
+                Action::Transition { to: AuthorityState::Retired, reason: Reason::Confirmed },
+                Action::DeleteLocalCopy,
+                Action::Finished(Outcome::Completed),
+            ];
+        }
+        let why = reply.error.unwrap_or_else(|| "no reason given".into());
+        if reply.target_epoch >= self.epoch {
+            // The target holds its own claim at an epoch not below ours: this
+            // is not a clean refusal but a conflict. Doubt: pause (EI-6).
+            return self.ambiguous(
+                Reason::Superseded,
+                format!("target holds epoch {} >= {}: {why}", reply.target_epoch, self.epoch),
+            );
+        }
+        // A definitive refusal. Copies of the package (duplicates in the
+        // network) must expire before the agent may tick here again.
+        let SourceState::ExpectReply { expiry_unix_ns, .. } = self.state else {
+            debug_assert!(false, "on_reply only in ExpectReply");
+            return Vec::new();
+        };
+        let wait = expiry_unix_ns.saturating_sub(now.unix_ns).max(0) as u64;
+        let at = now.mono_ns.saturating_add(wait).saturating_add(self.cfg.max_clock_skew_ns);
+        self.state = SourceState::ExpectPackageExpiry { refusal: why };
+        vec![Action::StartTimer { timer: HandoffTimer::PackageExpired, at_mono_ns: at }]
+    }
+
+    fn resume(&mut self, outcome: Outcome) -> Vec<Action> {
+        self.state = SourceState::Finished(outcome.clone());
+        vec![
+            Action::Transition { to: AuthorityState::ActiveOwner, reason: Reason::HandoffAborted },
+            Action::ResumeTicking,
+            Action::Finished(outcome),
+        ]
+    }
+
+    fn ambiguous(&mut self, reason: Reason, why: String) -> Vec<Action> {
+        let outcome = Outcome::Ambiguous(why);
+        self.state = SourceState::Finished(outcome.clone());
+        vec![Action::Transition { to: AuthorityState::RecoveryRequired, reason }, Action::Finished(outcome)]
+    }
+}
+
+/// What the target knows about the agent before judging a package.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalView {
+    pub state: AuthorityState,
+    pub epoch: Epoch,
+    pub head_tick: Option<TickNumber>,
+    pub agent_key: Option<PublicKey>,
+    /// The package's checkpoint is already in the local history: this node
+    /// accepted this very package before (a duplicate).
+    pub has_checkpoint: bool,
+}
+
+/// The target's verdict on a package (before executor checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    Accept,
+    /// Duplicate of a package this node already accepted: confirm again.
+    AlreadyAccepted,
+    /// Definitive refusal; nothing changes locally.
+    Refuse(String),
+    /// This node believed it held authority at an epoch the package does
+    /// not supersede cleanly: it must fall to RECOVERY_REQUIRED, and refuse.
+    Conflict {
+        reason: Reason,
+        detail: String,
+    },
+}
+
+/// Facts about a package the judgement needs, already decoded.
+#[derive(Clone, Debug)]
+pub struct PackageFacts<'a> {
+    pub epoch: Epoch,
+    pub expiry_unix_ns: i64,
+    pub checkpoint: &'a Checkpoint,
+    pub checkpoint_hash: Hash32,
+    pub head_tick: TickNumber,
+    pub head_hash: Hash32,
+    pub wasm_hash_field: &'a [u8],
+    pub wasm_hash_actual: Hash32,
+    pub budget: Microcents,
+    pub identity: Option<PublicKey>,
+}
+
+/// Judge a package against the local view (spec §6 target checks that need
+/// no executor): expiry, header/checkpoint consistency, signature, wasm
+/// hash, money in flight, identity continuity, epochs.
+pub fn judge_package(local: Option<&LocalView>, p: &PackageFacts<'_>, now_unix_ns: i64) -> Judgement {
+    use AuthorityState::*;
+    if let Some(l) = local {
+        if l.epoch.major > p.epoch.major {
+            if l.has_checkpoint {
+                return Judgement::AlreadyAccepted;
+            }
+            return Judgement::Refuse(format!("stale package: epoch {} but this node holds {}", p.epoch, l.epoch));
+        }
+        if matches!(l.state, ActiveOwner | HandoffInitiated | HandoffPending) {
+            let reason = if l.epoch == p.epoch { Reason::Divergence } else { Reason::Superseded };
+            return Judgement::Conflict {
+                reason,
+                detail: format!("package at epoch {} while this node is {} at {}", p.epoch, l.state, l.epoch),
+            };
+        }
+    }
+    if now_unix_ns > p.expiry_unix_ns {
+        return Judgement::Refuse(format!("package expired at {} (now {now_unix_ns})", p.expiry_unix_ns));
+    }
+    let c = p.checkpoint;
+    if c.seal.is_none() {
+        return Judgement::Refuse(format!("checkpoint v{} carries no signature", c.version));
+    }
+    if let Err(e) = c.verify_signature() {
+        return Judgement::Refuse(e.to_string());
+    }
+    if c.epoch != p.epoch || c.tick != p.head_tick || p.checkpoint_hash != p.head_hash {
+        return Judgement::Refuse(format!(
+            "header claims epoch {} head {}@{} but checkpoint is epoch {} tick {} hash {}",
+            p.epoch,
+            p.head_hash.short(),
+            p.head_tick,
+            c.epoch,
+            c.tick,
+            p.checkpoint_hash.short()
+        ));
+    }
+    if p.wasm_hash_field != p.wasm_hash_actual.0.as_slice() {
+        return Judgement::Refuse(format!("WASMHash field does not match the binary ({})", p.wasm_hash_actual.short()));
+    }
+    if let Err(e) = c.check_wasm(&p.wasm_hash_actual) {
+        return Judgement::Refuse(e.to_string());
+    }
+    if p.budget != c.budget {
+        return Judgement::Refuse(format!("Budget {} differs from the checkpoint's {}", p.budget, c.budget));
+    }
+    if p.identity.is_none() || p.identity.as_ref() != c.agent_key() {
+        return Judgement::Refuse("AgentIdentity missing or not the checkpoint's signing key".into());
+    }
+    if let Some(l) = local {
+        if l.agent_key.is_some() && l.agent_key.as_ref() != c.agent_key() {
+            return Judgement::Refuse("identity discontinuity: agent key differs from local history".into());
+        }
+        if let Some(t) = l.head_tick {
+            if t >= c.tick {
+                return Judgement::Refuse(format!("checkpoint tick {} not after local head tick {t}", c.tick));
+            }
+        }
+    }
+    Judgement::Accept
+}
+
+/// The part of a manifest migration cares about (spec §2).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct MigrationPolicy {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Microcents per second; 0 = no cap.
+    #[serde(default)]
+    pub max_price_per_second: i64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct ManifestPolicyOnly {
+    #[serde(default)]
+    migration_policy: Option<MigrationPolicy>,
+}
+
+/// Read `migration_policy` from a manifest. A manifest that is not JSON is
+/// an error (never silently `{}`); an absent policy allows migration.
+pub fn migration_policy(manifest: &[u8]) -> Result<MigrationPolicy, String> {
+    let m: ManifestPolicyOnly = serde_json::from_slice(manifest).map_err(|e| format!("manifest: {e}"))?;
+    Ok(m.migration_policy.unwrap_or(MigrationPolicy { enabled: true, max_price_per_second: 0 }))
+}
+
+/// Target-side price check: may this agent move to a node charging `price`?
+pub fn check_price_policy(manifest: &[u8], price: Microcents) -> Result<(), String> {
+    let p = migration_policy(manifest)?;
+    if !p.enabled {
+        return Err("migration disabled by the agent's migration_policy".into());
+    }
+    if p.max_price_per_second > 0 && price.0 > p.max_price_per_second {
+        return Err(format!("price {} above the agent's max_price_per_second {}", price.0, p.max_price_per_second));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now(s: u64) -> Now {
+        Now { mono_ns: s * 1_000_000_000, unix_ns: 1_000_000_000_000 + (s * 1_000_000_000) as i64 }
+    }
+
+    fn started() -> SourceHandoff {
+        let (mut m, a) = SourceHandoff::start(
+            AgentId::new("x").unwrap(),
+            NodeId::new("b").unwrap(),
+            Epoch::new(1, 2),
+            MigrationConfig::default(),
+        );
+        assert_eq!(a[2], Action::SealCheckpoint);
+        let a = m.handle(now(0), 7, Input::Sealed { tick: TickNumber(3), hash: Hash32::of(b"c") });
+        assert!(matches!(a[1], Action::SendPackage { attempt: 1, nonce: 7, .. }), "{a:?}");
+        m
+    }
+
+    fn last_outcome(a: &[Action]) -> Option<&Outcome> {
+        a.iter().rev().find_map(|x| if let Action::Finished(o) = x { Some(o) } else { None })
+    }
+
+    #[test]
+    fn lost_send_and_reply_timeout_are_ambiguous() {
+        let mut m = started();
+        let a =
+            m.handle(now(1), 0, Input::SendFailed { attempt: 1, failure: SendFailure::Lost, error: "closed".into() });
+        assert!(last_outcome(&a).unwrap().is_ambiguous());
+        assert!(a.contains(&Action::Transition { to: AuthorityState::RecoveryRequired, reason: Reason::Ambiguous }));
+        let mut m = started();
+        let a = m.handle(now(9), 0, Input::Timer(HandoffTimer::ReplyDeadline { attempt: 1 }));
+        assert!(last_outcome(&a).unwrap().is_ambiguous());
+    }
+
+    #[test]
+    fn unreachable_retries_with_capped_backoff_then_gives_up_on_source() {
+        let mut m = started();
+        let cfg = MigrationConfig::default();
+        for attempt in 1..cfg.max_attempts {
+            let a = m.handle(
+                now(1),
+                u64::MAX,
+                Input::SendFailed { attempt, failure: SendFailure::Unreachable, error: "down".into() },
+            );
+            let Action::StartTimer { timer, at_mono_ns } = a[0] else { panic!("{a:?}") };
+            assert_eq!(timer, HandoffTimer::Retry { attempt: attempt + 1 });
+            assert!(at_mono_ns - now(1).mono_ns <= cfg.backoff_cap_ns);
+            let a = m.handle(now(2), 1, Input::Timer(timer));
+            assert!(matches!(a[0], Action::SendPackage { .. }));
+        }
+        let a = m.handle(
+            now(3),
+            0,
+            Input::SendFailed { attempt: cfg.max_attempts, failure: SendFailure::Unreachable, error: "down".into() },
+        );
+        assert!(matches!(last_outcome(&a), Some(Outcome::FailedBeforeSend(_))));
+        assert_eq!(a[0], Action::Transition { to: AuthorityState::ActiveOwner, reason: Reason::HandoffAborted });
+    }
+
+    #[test]
+    fn refusal_waits_for_package_expiry_then_resumes() {
+        let mut m = started();
+        let reply = ReplyView { success: false, error: Some("price".into()), target_epoch: Epoch::default() };
+        let a = m.handle(now(1), 0, Input::Reply { attempt: 1, reply });
+        assert!(matches!(a[..], [Action::StartTimer { timer: HandoffTimer::PackageExpired, .. }]));
+        let a = m.handle(now(9), 0, Input::Timer(HandoffTimer::PackageExpired));
+        assert_eq!(last_outcome(&a), Some(&Outcome::Refused("price".into())));
+    }
+
+    #[test]
+    fn refusal_from_a_target_with_a_newer_claim_is_ambiguous() {
+        let mut m = started();
+        let reply = ReplyView { success: false, error: None, target_epoch: Epoch::new(2, 0) };
+        let a = m.handle(now(1), 0, Input::Reply { attempt: 1, reply });
+        assert!(last_outcome(&a).unwrap().is_ambiguous());
+    }
+
+    #[test]
+    fn stale_inputs_produce_no_actions() {
+        let mut m = started();
+        let reply = ReplyView { success: true, error: None, target_epoch: Epoch::new(2, 0) };
+        assert!(m.handle(now(1), 0, Input::Reply { attempt: 2, reply: reply.clone() }).is_empty());
+        assert!(m.handle(now(1), 0, Input::Timer(HandoffTimer::Retry { attempt: 1 })).is_empty());
+        let a = m.handle(now(1), 0, Input::Reply { attempt: 1, reply: reply.clone() });
+        assert_eq!(last_outcome(&a), Some(&Outcome::Completed));
+        assert!(m.handle(now(1), 0, Input::Reply { attempt: 1, reply }).is_empty(), "duplicate reply");
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let cfg = MigrationConfig::default();
+        assert!((50_000_000..=100_000_000).contains(&cfg.backoff_ns(2, 12345)));
+        for attempt in 2..80 {
+            for r in [0, 1, u64::MAX] {
+                assert!(cfg.backoff_ns(attempt, r) <= cfg.backoff_cap_ns);
+            }
+        }
+        assert_ne!(cfg.backoff_ns(3, 1), cfg.backoff_ns(3, 2));
+    }
+
+    #[test]
+    fn price_policy_from_manifest() {
+        let m = br#"{"migration_policy":{"enabled":true,"max_price_per_second":100}}"#;
+        assert!(check_price_policy(m, Microcents(100)).is_ok());
+        assert!(check_price_policy(m, Microcents(101)).is_err());
+        assert!(check_price_policy(br#"{"migration_policy":{"enabled":false}}"#, Microcents(0)).is_err());
+        assert!(check_price_policy(b"{}", Microcents(i64::MAX)).is_ok());
+        assert!(check_price_policy(b"not json", Microcents(0)).is_err());
+    }
+}

@@ -1,0 +1,1011 @@
+//! The node: hosts many agents, drives their tick loops, commits their
+//! checkpoints, keeps their authority and leases, and runs migration both
+//! ways and recovery. Written once against the environment traits
+//! ([`Disk`], [`Clock`], [`Entropy`]) and the [`Executor`] seam; it never
+//! touches a socket: outgoing requests go to an outbox, incoming requests and
+//! replies are handed in as bytes ([`crate::driver`] is the one adapter
+//! loop). Everything it does is reported, in order, as [`NodeEvent`]s.
+//!
+//! Driving it (what the driver and the simulator do):
+//! 1. [`Node::open`] on a disk (fresh or left by a crash: restart is open).
+//! 2. [`Node::deploy`] agents, issue [`Command`]s.
+//! 3. Call [`Node::advance`] whenever the clock reaches the returned deadline.
+//! 4. Send every [`Outgoing`] from [`Node::take_outbox`]; give each its one
+//!    result with [`Node::handle_reply`]; answer each incoming request with
+//!    the bytes [`Node::handle_request`] returns.
+//! 5. Collect [`Node::drain_events`].
+
+pub mod event;
+pub mod fake;
+pub mod store;
+mod transfer;
+
+pub use event::{Event, NodeEvent};
+
+use crate::authority::{Authority, AuthorityState, Op, Reason, Role};
+use crate::checkpoint::{Checkpoint, CheckpointBody, Hash32};
+use crate::env::{Clock, Disk, Entropy, Now};
+use crate::executor::{Executor, TickInputs, TickOutcome};
+use crate::identity::Keypair;
+use crate::lease::{Lease, LeaseConfig, LeaseStatus};
+use crate::lineage::{self, Lineage};
+use crate::migration::{self, HandoffTimer, MigrationConfig, SourceHandoff};
+use crate::units::{AgentId, Epoch, Microcents, NodeId, TickNumber};
+use std::collections::BTreeMap;
+use store::AuthorityRecord;
+
+/// Everything a node is configured with. [`NodeConfig::new`] gives the
+/// spec's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// What this node charges, microcents per second (written into
+    /// checkpoints; checked against an incoming agent's migration policy).
+    pub price_per_second: Microcents,
+    /// Tick cadence when the agent reports no more work (spec: 1 s).
+    pub tick_idle_ns: u64,
+    /// Tick cadence when the agent reports more work (spec: 10 ms).
+    pub tick_fast_ns: u64,
+    /// Commit a checkpoint at most this long after the last one, if the
+    /// agent ticked since (spec: 5 s).
+    pub checkpoint_interval_ns: u64,
+    pub lease: LeaseConfig,
+    pub migration: MigrationConfig,
+    /// Nodes to announce heads to (after taking authority, after renewal,
+    /// after a restart as owner), so stale copies and divergence surface.
+    pub peers: Vec<NodeId>,
+    /// Replay the last tick of an incoming package when it carries
+    /// `ReplayData`, and refuse it if the replay diverges.
+    pub replay_on_accept: bool,
+    /// UNSAFE, for scenarios only: on lease expiry the node recovers itself
+    /// (the original's behaviour) instead of falling to RECOVERY_REQUIRED.
+    /// Lets a scenario show the checker catching two tickers.
+    pub unsafe_self_recover_on_lease_expiry: bool,
+}
+
+impl NodeConfig {
+    pub fn new(node_id: NodeId) -> Self {
+        NodeConfig {
+            node_id,
+            price_per_second: Microcents(1_000),
+            tick_idle_ns: 1_000_000_000,
+            tick_fast_ns: 10_000_000,
+            checkpoint_interval_ns: 5_000_000_000,
+            lease: LeaseConfig::default(),
+            migration: MigrationConfig::default(),
+            peers: Vec::new(),
+            replay_on_accept: true,
+            unsafe_self_recover_on_lease_expiry: false,
+        }
+    }
+}
+
+/// Operator commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Hand the agent to another node.
+    Migrate { agent: AgentId, to: NodeId },
+    /// Re-establish this node as the one owner, resuming from `anchor`,
+    /// which must be this node's newest checkpoint of the agent. The
+    /// operator asserts that no other node holds or can still obtain
+    /// authority (e.g. every package has expired).
+    Recover { agent: AgentId, anchor: Hash32 },
+    /// ACTIVE_OWNER -> RETIRED for one agent, after a final checkpoint.
+    Retire { agent: AgentId },
+    /// Stop the node gracefully: checkpoint every owned agent that ticked
+    /// since its last checkpoint. Authority is kept for the next start.
+    Shutdown,
+}
+
+/// Identifies an outgoing request so its result can be handed back.
+pub type RequestId = u64;
+
+/// A request the node wants sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub id: RequestId,
+    pub to: NodeId,
+    pub body: Vec<u8>,
+}
+
+/// A command or deployment that was refused (also reported as an event).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{command} refused{}: {reason}", agent.as_ref().map(|a| format!(" for agent {a}")).unwrap_or_default())]
+pub struct Refused {
+    pub command: &'static str,
+    pub agent: Option<AgentId>,
+    pub reason: String,
+}
+
+/// A snapshot of one agent as the node sees it (for the simulator and tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentView {
+    pub agent: AgentId,
+    pub state: AuthorityState,
+    pub epoch: Epoch,
+    pub budget: Microcents,
+    pub tick: TickNumber,
+    pub head_tick: Option<TickNumber>,
+    pub head_hash: Hash32,
+    pub lease_expiry_ns: i64,
+    pub halted: Option<String>,
+    pub handoff_in_flight: bool,
+}
+
+/// The last tick, kept so a handoff can ship it for replay.
+#[derive(Clone, Debug)]
+struct TickRecord {
+    base_tick: TickNumber,
+    inputs: TickInputs,
+    event_log: Vec<u8>,
+}
+
+struct Slot<I> {
+    authority: Authority,
+    lease: Lease,
+    lineage: Lineage,
+    key: Option<Keypair>,
+    manifest: Vec<u8>,
+    wasm_hash: Hash32,
+    instance: Option<I>,
+    /// Budget and tick of the running instance (ahead of the head by the
+    /// ticks since the last checkpoint).
+    budget: Microcents,
+    tick: TickNumber,
+    ticking: bool,
+    halted: Option<String>,
+    next_tick_ns: u64,
+    last_checkpoint_ns: u64,
+    charged: Microcents,
+    paid: Microcents,
+    ticks_since_checkpoint: u64,
+    last_tick: Option<TickRecord>,
+    highest_major_seen: u64,
+}
+
+impl<I> Slot<I> {
+    fn new(authority: Authority, lineage: Lineage, now: Now) -> Self {
+        let head = lineage.head();
+        let (budget, tick, wasm_hash) =
+            head.map(|c| (c.budget, c.tick, c.wasm_hash)).unwrap_or((Microcents::ZERO, TickNumber(0), Hash32::ZERO));
+        Slot {
+            lease: Lease { expiry_unix_ns: 0 },
+            highest_major_seen: authority.epoch().major,
+            authority,
+            lineage,
+            key: None,
+            manifest: Vec::new(),
+            wasm_hash,
+            instance: None,
+            budget,
+            tick,
+            ticking: false,
+            halted: None,
+            next_tick_ns: now.mono_ns,
+            last_checkpoint_ns: now.mono_ns,
+            charged: Microcents::ZERO,
+            paid: Microcents::ZERO,
+            ticks_since_checkpoint: 0,
+            last_tick: None,
+        }
+    }
+
+    fn record(&self) -> AuthorityRecord {
+        AuthorityRecord {
+            state: self.authority.state(),
+            role: self.authority.role(),
+            epoch: self.authority.epoch(),
+            lease_expiry_unix_ns: self.lease.expiry_unix_ns,
+            head_tick: self.lineage.head().map(|c| c.tick),
+            head_hash: self.lineage.head().map(|_| self.lineage.head_hash().to_hex()),
+            highest_major_seen: self.highest_major_seen,
+        }
+    }
+}
+
+enum Pending {
+    Transfer { agent: AgentId, attempt: u32, target: NodeId },
+    Announce { agent: AgentId, peer: NodeId },
+}
+
+/// One Igor node. Generic over the sandbox ([`Executor`]) and the
+/// environment, so the same code runs for real, in the simulator and in
+/// protocol tests with [`fake::CounterExecutor`].
+pub struct Node<X: Executor, D: Disk, C: Clock, R: Entropy> {
+    cfg: NodeConfig,
+    disk: D,
+    clock: C,
+    entropy: R,
+    exec: X,
+    agents: BTreeMap<AgentId, Slot<X::Instance>>,
+    handoffs: BTreeMap<AgentId, SourceHandoff>,
+    timers: BTreeMap<(u64, u64), (AgentId, HandoffTimer)>,
+    pending: BTreeMap<RequestId, Pending>,
+    outbox: Vec<Outgoing>,
+    events: Vec<NodeEvent>,
+    next_request: RequestId,
+    seq: u64,
+    stale_messages: u64,
+    stopped: bool,
+}
+
+impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
+    /// Open a node on `disk`: a fresh node on an empty disk, or a restart on
+    /// the disk a crashed or stopped node left. Every agent found is
+    /// restored conservatively: a handoff in flight, a stale or damaged
+    /// checkpoint, a lapsed lease or missing files put it in
+    /// RECOVERY_REQUIRED; an owner whose state checks out resumes ticking
+    /// from its newest checkpoint.
+    pub fn open(cfg: NodeConfig, disk: D, clock: C, entropy: R, exec: X) -> Self {
+        let mut node = Node {
+            cfg,
+            disk,
+            clock,
+            entropy,
+            exec,
+            agents: BTreeMap::new(),
+            handoffs: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            outbox: Vec::new(),
+            events: Vec::new(),
+            next_request: 1,
+            seq: 0,
+            stale_messages: 0,
+            stopped: false,
+        };
+        let names = match node.disk.list(store::AGENTS_DIR) {
+            Ok(n) => n,
+            Err(e) => {
+                node.fault(None, format!("cannot list agents: {e}"));
+                Vec::new()
+            }
+        };
+        node.emit(Event::NodeStarted { restarted: !names.is_empty(), agents: names.len() as u32 });
+        for name in names {
+            match AgentId::new(name.clone()) {
+                Ok(agent) => node.load_agent(agent),
+                Err(e) => node.fault(None, format!("agents/{name}: {e}")),
+            }
+        }
+        node
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.cfg.node_id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
+    pub fn executor(&self) -> &X {
+        &self.exec
+    }
+
+    /// Events since the last call, in order.
+    pub fn drain_events(&mut self) -> Vec<NodeEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Requests to send since the last call. Each must get exactly one
+    /// [`Node::handle_reply`] (a reply, or the transport's error).
+    pub fn take_outbox(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Messages ignored as stale or duplicate so far.
+    pub fn stale_messages(&self) -> u64 {
+        self.stale_messages
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    pub fn agent_ids(&self) -> Vec<AgentId> {
+        self.agents.keys().cloned().collect()
+    }
+
+    pub fn agent(&self, agent: &AgentId) -> Option<AgentView> {
+        let s = self.agents.get(agent)?;
+        Some(AgentView {
+            agent: agent.clone(),
+            state: s.authority.state(),
+            epoch: s.authority.epoch(),
+            budget: s.budget,
+            tick: s.tick,
+            head_tick: s.lineage.head().map(|c| c.tick),
+            head_hash: s.lineage.head_hash(),
+            lease_expiry_ns: s.lease.expiry_unix_ns,
+            halted: s.halted.clone(),
+            handoff_in_flight: self.handoffs.contains_key(agent),
+        })
+    }
+
+    /// EI-1's predicate: whether this node is entitled to tick `agent` now
+    /// (authority permits it and the lease allows it at the node's clock).
+    pub fn may_tick(&self, agent: &AgentId) -> bool {
+        self.agents.get(agent).is_some_and(|s| {
+            s.authority.permits(Op::Tick) && s.lease.status(&self.cfg.lease, self.clock.unix_ns()).allows_ticking()
+        })
+    }
+
+    fn emit(&mut self, event: Event) {
+        let e = NodeEvent { at_ns: self.clock.mono_ns(), node: self.cfg.node_id.clone(), seq: self.seq, event };
+        self.seq += 1;
+        self.events.push(e);
+    }
+
+    fn fault(&mut self, agent: Option<&AgentId>, fault: String) {
+        self.emit(Event::FaultObserved { agent: agent.cloned(), fault });
+    }
+
+    fn refuse(&mut self, command: &'static str, agent: Option<&AgentId>, reason: String) -> Refused {
+        self.emit(Event::CommandRefused {
+            command: command.to_string(),
+            agent: agent.cloned(),
+            reason: reason.clone(),
+        });
+        Refused { command, agent: agent.cloned(), reason }
+    }
+
+    fn persist(&mut self, agent: &AgentId) -> Result<(), String> {
+        let Some(s) = self.agents.get(agent) else { return Ok(()) };
+        store::write_record(&self.disk, agent, &s.record()).map_err(|e| e.to_string())
+    }
+
+    /// Apply a transition, report it and persist it (HANDOFF_INITIATED is
+    /// never persisted). Returns `Err` with the reason if the transition was
+    /// forbidden (the agent is then RECOVERY_REQUIRED) or could not be made
+    /// durable.
+    fn set_state(&mut self, agent: &AgentId, to: AuthorityState, reason: Reason) -> Result<(), String> {
+        let Some(s) = self.agents.get_mut(agent) else { return Err(format!("unknown agent {agent}")) };
+        let from = s.authority.state();
+        let result = s.authority.transition(to, reason.clone());
+        let epoch = s.authority.epoch();
+        let now_state = s.authority.state();
+        if now_state == AuthorityState::RecoveryRequired {
+            // EI-2: whatever ran since the last checkpoint is discarded;
+            // only explicit recovery resumes, from a committed checkpoint.
+            s.instance = None;
+            s.ticking = false;
+        }
+        let violation = result.err();
+        if let Some(v) = &violation {
+            self.fault(Some(agent), v.to_string());
+            self.emit(Event::AuthorityChanged {
+                agent: agent.clone(),
+                from: Some(from),
+                to: AuthorityState::RecoveryRequired,
+                epoch,
+                reason: Reason::Violation,
+            });
+        } else {
+            self.emit(Event::AuthorityChanged { agent: agent.clone(), from: Some(from), to, epoch, reason });
+        }
+        if now_state != AuthorityState::HandoffInitiated {
+            if let Err(e) = self.persist(agent) {
+                self.fault(Some(agent), format!("persist authority: {e}"));
+                return Err(e);
+            }
+        }
+        match violation {
+            Some(v) => Err(v.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Doubt: stop, and wait for the operator (EI-6/EI-7). Ends any handoff
+    /// this node was running for the agent as ambiguous.
+    fn fall_to_recovery(&mut self, agent: &AgentId, reason: Reason) {
+        let Some(s) = self.agents.get(agent) else { return };
+        if s.authority.state() == AuthorityState::RecoveryRequired {
+            return;
+        }
+        let _ = self.set_state(agent, AuthorityState::RecoveryRequired, reason.clone());
+        if let Some(m) = self.handoffs.remove(agent) {
+            let outcome = migration::Outcome::Ambiguous(format!("authority fell to RECOVERY_REQUIRED ({reason})"));
+            self.finish_event(agent, &m.target, Role::Source, outcome);
+        }
+    }
+
+    fn finish_event(&mut self, agent: &AgentId, peer: &NodeId, role: Role, outcome: migration::Outcome) {
+        let (budget, tick, hash) = self
+            .agents
+            .get(agent)
+            .and_then(|s| s.lineage.head().map(|c| (c.budget, c.tick, s.lineage.head_hash())))
+            .unwrap_or((Microcents::ZERO, TickNumber(0), Hash32::ZERO));
+        self.emit(Event::MigrationFinished {
+            agent: agent.clone(),
+            peer: peer.clone(),
+            role,
+            outcome,
+            budget,
+            tick,
+            hash,
+        });
+    }
+
+    fn load_agent(&mut self, agent: AgentId) {
+        let now = self.clock.now();
+        let record = store::read_record(&self.disk, &agent);
+        let lineage = Lineage::open(&self.disk, &agent);
+        let (rec, lineage) = match (record, lineage) {
+            (Ok(r), Ok(l)) => (r, l),
+            (r, l) => {
+                let why = [r.err().map(|e| e.to_string()), l.as_ref().err().map(|e| e.to_string())];
+                let why = why.into_iter().flatten().collect::<Vec<_>>().join("; ");
+                self.fault(Some(&agent), format!("restart: {why}"));
+                let lineage = l.unwrap_or_else(|_| Lineage::new(agent.clone()));
+                let authority = Authority::restore(AuthorityState::RecoveryRequired, Role::Source, Epoch::default());
+                self.agents.insert(agent.clone(), Slot::new(authority, lineage, now));
+                self.loaded_event(&agent);
+                return;
+            }
+        };
+        let mut slot = Slot::new(Authority::restore(rec.state, rec.role, rec.epoch), lineage, now);
+        slot.lease = Lease { expiry_unix_ns: rec.lease_expiry_unix_ns };
+        slot.highest_major_seen = rec.highest_major_seen.max(rec.epoch.major);
+        slot.key = store::load_key(&self.disk, &agent);
+        slot.manifest = self.disk.read(&store::manifest_path(&agent)).unwrap_or_default();
+        let doubt = self.restart_doubt(&agent, &rec, &slot, now);
+        self.agents.insert(agent.clone(), slot);
+        match doubt {
+            Some((reason, why)) => {
+                self.fault(Some(&agent), format!("restart in doubt: {why}"));
+                if reason == Reason::LeaseExpired && self.cfg.unsafe_self_recover_on_lease_expiry {
+                    self.unsafe_self_recover(&agent);
+                } else {
+                    self.fall_to_recovery(&agent, reason);
+                }
+            }
+            None => {}
+        }
+        if self.agents.get(&agent).is_some_and(|s| s.authority.state() == AuthorityState::ActiveOwner) {
+            if let Err(e) = self.start_instance(&agent) {
+                self.halt(&agent, format!("cannot start after restart: {e}"));
+            }
+            self.announce(&agent);
+        }
+        self.loaded_event(&agent);
+    }
+
+    /// Why an agent restored from disk must not tick, if it must not.
+    fn restart_doubt(
+        &self,
+        agent: &AgentId,
+        rec: &AuthorityRecord,
+        slot: &Slot<X::Instance>,
+        now: Now,
+    ) -> Option<(Reason, String)> {
+        use AuthorityState::*;
+        match rec.state {
+            Retired | RecoveryRequired => return None,
+            HandoffInitiated | HandoffPending => {
+                return Some((Reason::RestartInDoubt, format!("{} ({:?}) when the node stopped", rec.state, rec.role)));
+            }
+            ActiveOwner => {}
+        }
+        let head_tick = slot.lineage.head().map(|c| c.tick);
+        if let Some((path, e)) = slot.lineage.damaged().first() {
+            return Some((Reason::RestartInDoubt, format!("damaged checkpoint {path}: {e}")));
+        }
+        let stale = match (rec.head_tick, head_tick) {
+            (Some(r), Some(h)) => {
+                r > h || (r == h && rec.head_hash.as_deref() != Some(&slot.lineage.head_hash().to_hex()))
+            }
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if stale {
+            return Some((
+                Reason::RestartInDoubt,
+                format!("stale checkpoint: record names head {:?}, disk has {:?}", rec.head_tick, head_tick),
+            ));
+        }
+        if slot.key.is_none() || !self.disk.exists(&store::wasm_path(agent)) {
+            return Some((Reason::Fault, "agent key or module missing".into()));
+        }
+        if slot.lease.status(&self.cfg.lease, now.unix_ns) == LeaseStatus::Lapsed {
+            return Some((Reason::LeaseExpired, format!("lease expired at {}", slot.lease.expiry_unix_ns)));
+        }
+        None
+    }
+
+    fn loaded_event(&mut self, agent: &AgentId) {
+        let Some(s) = self.agents.get(agent) else { return };
+        let e = Event::AgentLoaded {
+            agent: agent.clone(),
+            state: s.authority.state(),
+            epoch: s.authority.epoch(),
+            head_tick: s.lineage.head().map(|c| c.tick).unwrap_or_default(),
+            head_hash: s.lineage.head_hash(),
+            budget: s.budget,
+        };
+        self.emit(e);
+    }
+
+    /// (Re)start the instance from the newest committed checkpoint (EI-2).
+    fn start_instance(&mut self, agent: &AgentId) -> Result<(), String> {
+        let wasm = self.disk.read(&store::wasm_path(agent)).map_err(|e| e.to_string())?;
+        let s = self.agents.get_mut(agent).ok_or("unknown agent")?;
+        let head = s.lineage.head().ok_or("no checkpoint to start from")?.clone();
+        let key = s.key.as_ref().ok_or("agent key missing")?.public();
+        let sealed = self.disk.read(&store::kv_path(agent, head.tick)).map_err(|e| e.to_string())?;
+        let kv = store::open_kv(&key, agent, head.tick, &sealed)?;
+        let hash = self.exec.prepare(&wasm, &s.manifest).map_err(|e| e.to_string())?;
+        if hash != head.wasm_hash {
+            return Err(format!("module hash {} differs from checkpoint's {}", hash.short(), head.wasm_hash.short()));
+        }
+        let instance = self.exec.start(&hash, &s.manifest, &head.state, &kv).map_err(|e| e.to_string())?;
+        let now = self.clock.now();
+        s.instance = Some(instance);
+        s.wasm_hash = hash;
+        s.budget = head.budget;
+        s.tick = head.tick;
+        s.charged = Microcents::ZERO;
+        s.paid = Microcents::ZERO;
+        s.ticks_since_checkpoint = 0;
+        s.last_tick = None;
+        s.last_checkpoint_ns = now.mono_ns;
+        s.next_tick_ns = now.mono_ns;
+        s.ticking = head.budget > Microcents::ZERO;
+        s.halted = None;
+        if head.budget == Microcents::ZERO {
+            s.halted = Some("budget exhausted".into());
+        }
+        Ok(())
+    }
+
+    fn halt(&mut self, agent: &AgentId, reason: String) {
+        if let Some(s) = self.agents.get_mut(agent) {
+            s.halted = Some(reason.clone());
+            s.ticking = false;
+        }
+        self.emit(Event::AgentHalted { agent: agent.clone(), reason });
+    }
+
+    /// Deploy a new agent here: genesis owner at epoch (1, 0) with a fresh
+    /// identity, a genesis checkpoint (tick 0) holding the whole budget.
+    pub fn deploy(
+        &mut self,
+        agent: AgentId,
+        wasm: Vec<u8>,
+        manifest: Vec<u8>,
+        budget: Microcents,
+    ) -> Result<(), Refused> {
+        if self.stopped {
+            return Err(self.refuse("deploy", Some(&agent), "node is shut down".into()));
+        }
+        if self.agents.contains_key(&agent) || self.disk.exists(&store::authority_path(&agent)) {
+            return Err(self.refuse("deploy", Some(&agent), "agent already known on this node".into()));
+        }
+        if budget.is_negative() {
+            return Err(self.refuse("deploy", Some(&agent), format!("negative budget {budget}")));
+        }
+        if let Err(e) = migration::migration_policy(&manifest) {
+            return Err(self.refuse("deploy", Some(&agent), e));
+        }
+        let hash = match self.exec.prepare(&wasm, &manifest) {
+            Ok(h) => h,
+            Err(e) => return Err(self.refuse("deploy", Some(&agent), e.to_string())),
+        };
+        let key = Keypair::generate(&mut self.entropy);
+        let stored = key
+            .save(&self.disk, &lineage::agent_key_path(&agent))
+            .map_err(|e| e.to_string())
+            .and_then(|_| self.disk.write_atomic(&store::wasm_path(&agent), &wasm).map_err(|e| e.to_string()))
+            .and_then(|_| self.disk.write_atomic(&store::manifest_path(&agent), &manifest).map_err(|e| e.to_string()));
+        if let Err(e) = stored {
+            return Err(self.refuse("deploy", Some(&agent), format!("disk: {e}")));
+        }
+        let now = self.clock.now();
+        let mut slot = Slot::new(Authority::genesis(), Lineage::new(agent.clone()), now);
+        slot.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
+        slot.key = Some(key);
+        slot.manifest = manifest;
+        slot.wasm_hash = hash;
+        slot.budget = budget;
+        let instance = match self.exec.start(&hash, &slot.manifest, &[], &[]) {
+            Ok(i) => i,
+            Err(e) => return Err(self.refuse("deploy", Some(&agent), e.to_string())),
+        };
+        slot.instance = Some(instance);
+        self.agents.insert(agent.clone(), slot);
+        self.emit(Event::AgentDeployed { agent: agent.clone(), wasm_hash: hash, budget });
+        let epoch = Epoch::new(1, 0);
+        self.emit(Event::AuthorityChanged {
+            agent: agent.clone(),
+            from: None,
+            to: AuthorityState::ActiveOwner,
+            epoch,
+            reason: Reason::Deployed,
+        });
+        let genesis = self.persist(&agent).and_then(|_| self.commit(&agent, Op::NewCheckpoint, false, true));
+        if let Err(e) = genesis {
+            self.fault(Some(&agent), format!("genesis: {e}"));
+            self.fall_to_recovery(&agent, Reason::Fault);
+            return Err(self.refuse("deploy", Some(&agent), e));
+        }
+        if let Some(s) = self.agents.get_mut(&agent) {
+            s.ticking = budget > Microcents::ZERO;
+        }
+        self.announce(&agent);
+        Ok(())
+    }
+
+    /// Run an operator command.
+    pub fn command(&mut self, cmd: Command) -> Result<(), Refused> {
+        match cmd {
+            Command::Migrate { agent, to } => self.start_handoff(agent, to),
+            Command::Recover { agent, anchor } => self.recover(agent, anchor),
+            Command::Retire { agent } => self.retire(agent),
+            Command::Shutdown => {
+                for agent in self.agent_ids() {
+                    let dirty = self.agents.get(&agent).is_some_and(|s| s.ticks_since_checkpoint > 0);
+                    if dirty && self.agents.get(&agent).is_some_and(|s| s.authority.permits(Op::NewCheckpoint)) {
+                        if let Err(e) = self.commit(&agent, Op::NewCheckpoint, false, false) {
+                            self.fault(Some(&agent), format!("final checkpoint: {e}"));
+                        }
+                    }
+                }
+                self.stopped = true;
+                self.emit(Event::NodeShutdown);
+                Ok(())
+            }
+        }
+    }
+
+    fn retire(&mut self, agent: AgentId) -> Result<(), Refused> {
+        let Some(s) = self.agents.get(&agent) else {
+            return Err(self.refuse("retire", Some(&agent), "unknown agent".into()));
+        };
+        if self.handoffs.contains_key(&agent) || !s.authority.permits(Op::NewCheckpoint) {
+            let state = s.authority.state();
+            return Err(self.refuse("retire", Some(&agent), format!("agent is {state}")));
+        }
+        if s.ticks_since_checkpoint > 0 {
+            if let Err(e) = self.commit(&agent, Op::NewCheckpoint, false, false) {
+                return Err(self.refuse("retire", Some(&agent), e));
+            }
+        }
+        if let Some(s) = self.agents.get_mut(&agent) {
+            s.ticking = false;
+            s.instance = None;
+        }
+        self.set_state(&agent, AuthorityState::Retired, Reason::Shutdown).map_err(|e| Refused {
+            command: "retire",
+            agent: Some(agent.clone()),
+            reason: e,
+        })
+    }
+
+    fn recover(&mut self, agent: AgentId, anchor: Hash32) -> Result<(), Refused> {
+        let Some(s) = self.agents.get(&agent) else {
+            return Err(self.refuse("recover", Some(&agent), "unknown agent".into()));
+        };
+        if s.authority.state() != AuthorityState::RecoveryRequired {
+            let st = s.authority.state();
+            return Err(self.refuse("recover", Some(&agent), format!("agent is {st}, not RECOVERY_REQUIRED")));
+        }
+        let head = s.lineage.head_hash();
+        if head != anchor || s.lineage.head().is_none() {
+            let why = format!(
+                "anchor {} is not this node's newest checkpoint {} (recovery resumes only from the local head)",
+                anchor.short(),
+                head.short()
+            );
+            return Err(self.refuse("recover", Some(&agent), why));
+        }
+        if s.key.is_none() {
+            return Err(self.refuse("recover", Some(&agent), "this node no longer holds the agent key".into()));
+        }
+        let anchor_tick = s.lineage.head().map(|c| c.tick).unwrap_or_default();
+        let anchor_major = s.lineage.head().map(|c| c.epoch.major).unwrap_or(0);
+        let now = self.clock.now();
+        let lease = Lease::grant(&self.cfg.lease, now.unix_ns);
+        let Some(s) = self.agents.get_mut(&agent) else { unreachable!("checked above") };
+        let before = (s.authority.clone(), s.lease);
+        let highest = s.highest_major_seen.max(anchor_major);
+        let t = match s.authority.recover(Reason::Recovery, highest) {
+            Ok(t) => t,
+            Err(v) => return Err(self.refuse("recover", Some(&agent), v.to_string())),
+        };
+        s.lease = lease;
+        s.highest_major_seen = t.epoch.major;
+        if let Err(e) = self.start_instance(&agent).and_then(|_| self.persist(&agent)) {
+            if let Some(s) = self.agents.get_mut(&agent) {
+                (s.authority, s.lease) = before;
+                s.instance = None;
+                s.ticking = false;
+            }
+            return Err(self.refuse("recover", Some(&agent), e));
+        }
+        self.emit(Event::AuthorityChanged {
+            agent: agent.clone(),
+            from: Some(t.from),
+            to: t.to,
+            epoch: t.epoch,
+            reason: Reason::Recovery,
+        });
+        let budget = self.agents.get(&agent).map(|s| s.budget).unwrap_or_default();
+        self.emit(Event::Recovered { agent: agent.clone(), anchor, anchor_tick, epoch: t.epoch, budget });
+        self.announce(&agent);
+        Ok(())
+    }
+
+    fn unsafe_self_recover(&mut self, agent: &AgentId) {
+        let now = self.clock.now();
+        let lease = Lease::grant(&self.cfg.lease, now.unix_ns);
+        let Some(s) = self.agents.get_mut(agent) else { return };
+        let from = s.authority.state();
+        let _ = s.authority.transition(AuthorityState::RecoveryRequired, Reason::LeaseExpired);
+        let epoch = s.authority.epoch();
+        let highest = s.highest_major_seen;
+        let Ok(t) = s.authority.recover(Reason::UnsafeSelfRecovery, highest) else { return };
+        s.lease = lease;
+        s.highest_major_seen = t.epoch.major;
+        s.ticking = s.instance.is_some() && s.halted.is_none();
+        let to = AuthorityState::RecoveryRequired;
+        self.emit(Event::AuthorityChanged {
+            agent: agent.clone(),
+            from: Some(from),
+            to,
+            epoch,
+            reason: Reason::LeaseExpired,
+        });
+        self.emit(Event::AuthorityChanged {
+            agent: agent.clone(),
+            from: Some(to),
+            to: t.to,
+            epoch: t.epoch,
+            reason: Reason::UnsafeSelfRecovery,
+        });
+        if let Err(e) = self.persist(agent) {
+            self.fault(Some(agent), format!("persist authority: {e}"));
+        }
+    }
+
+    /// Run everything due at the clock's current time (handoff timers, lease
+    /// renewal or expiry, ticks, checkpoints) and return the next deadline
+    /// on the node's monotonic clock (`None`: nothing scheduled). Call it
+    /// again no later than that deadline.
+    pub fn advance(&mut self) -> Option<u64> {
+        if self.stopped {
+            return None;
+        }
+        let now = self.clock.now();
+        let due: Vec<_> = self.timers.range(..=(now.mono_ns, u64::MAX)).map(|(k, v)| (*k, v.clone())).collect();
+        for (key, (agent, timer)) in due {
+            self.timers.remove(&key);
+            self.feed_handoff(&agent, migration::Input::Timer(timer));
+        }
+        for agent in self.agent_ids() {
+            self.check_lease(&agent);
+            self.maybe_tick(&agent);
+            self.maybe_checkpoint(&agent);
+        }
+        self.next_deadline()
+    }
+
+    /// The next instant (monotonic ns) at which [`Node::advance`] has work.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.stopped {
+            return None;
+        }
+        let now = self.clock.now();
+        let mut next = self.timers.keys().next().map(|(at, _)| *at);
+        let mut consider = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
+        for s in self.agents.values() {
+            if s.authority.state() != AuthorityState::ActiveOwner {
+                continue;
+            }
+            let change = s.lease.next_change(&self.cfg.lease, now.unix_ns);
+            consider(now.mono_ns.saturating_add(change.saturating_sub(now.unix_ns).max(0) as u64));
+            if s.ticking && s.halted.is_none() && s.instance.is_some() {
+                consider(s.next_tick_ns);
+            }
+            if s.ticks_since_checkpoint > 0 {
+                consider(s.last_checkpoint_ns.saturating_add(self.cfg.checkpoint_interval_ns));
+            }
+        }
+        next
+    }
+
+    fn check_lease(&mut self, agent: &AgentId) {
+        let now = self.clock.now();
+        let Some(s) = self.agents.get_mut(agent) else { return };
+        if s.authority.state() != AuthorityState::ActiveOwner {
+            return;
+        }
+        match s.lease.status(&self.cfg.lease, now.unix_ns) {
+            LeaseStatus::Valid => {}
+            LeaseStatus::RenewDue | LeaseStatus::InGrace => {
+                let before = (s.authority.clone(), s.lease);
+                let epoch = s.authority.renew();
+                s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
+                let expiry_ns = s.lease.expiry_unix_ns;
+                if let Err(e) = self.persist(agent) {
+                    // Renewal exists only once durable.
+                    if let Some(s) = self.agents.get_mut(agent) {
+                        (s.authority, s.lease) = before;
+                    }
+                    self.fault(Some(agent), format!("lease renewal not persisted: {e}"));
+                    return;
+                }
+                self.emit(Event::LeaseRenewed { agent: agent.clone(), epoch, expiry_ns });
+                self.announce(agent);
+            }
+            LeaseStatus::Lapsed => {
+                if self.cfg.unsafe_self_recover_on_lease_expiry {
+                    self.unsafe_self_recover(agent);
+                } else {
+                    self.fall_to_recovery(agent, Reason::LeaseExpired);
+                }
+            }
+        }
+    }
+
+    fn maybe_tick(&mut self, agent: &AgentId) {
+        let now = self.clock.now();
+        let lease_cfg = self.cfg.lease;
+        let Some(s) = self.agents.get_mut(agent) else { return };
+        // EI-1: only ACTIVE_OWNER under a live lease ticks.
+        let may = s.authority.permits(Op::Tick) && s.lease.status(&lease_cfg, now.unix_ns).allows_ticking();
+        if !may || !s.ticking || s.halted.is_some() || s.instance.is_none() || s.next_tick_ns > now.mono_ns {
+            return;
+        }
+        let mut rand_seed = [0u8; 32];
+        self.entropy.fill(&mut rand_seed);
+        let inputs = TickInputs {
+            tick: TickNumber(s.tick.0 + 1),
+            now_unix_ns: now.unix_ns,
+            rand_seed,
+            budget: s.budget,
+            price_per_second: self.cfg.price_per_second,
+            // CM-5: side effects only as ACTIVE_OWNER.
+            side_effects_allowed: s.authority.permits(Op::SideEffects),
+            receipts: Vec::new(),
+        };
+        let (epoch, base) = (s.authority.epoch(), s.lineage.head_hash());
+        let start = Event::TickStarted { agent: agent.clone(), tick: inputs.tick, epoch, budget: s.budget, base };
+        self.emit(start);
+        let Some(s) = self.agents.get_mut(agent) else { return };
+        let Some(instance) = s.instance.as_mut() else { return };
+        let report = self.exec.tick(instance, &inputs);
+        // The executor promises cost + paid <= budget; enforce it (RE-3,
+        // budget never negative) rather than trust it.
+        let cost = report.cost.max(Microcents::ZERO).min(s.budget);
+        let left = Microcents(s.budget.0 - cost.0);
+        let paid = report.paid.max(Microcents::ZERO).min(left);
+        let overcharged = cost != report.cost || paid != report.paid;
+        s.budget = Microcents(left.0 - paid.0);
+        s.tick = inputs.tick;
+        s.charged = Microcents(s.charged.0.saturating_add(cost.0));
+        s.paid = Microcents(s.paid.0.saturating_add(paid.0));
+        s.ticks_since_checkpoint += 1;
+        s.last_tick = (s.ticks_since_checkpoint == 1).then(|| TickRecord {
+            base_tick: s.lineage.head().map(|c| c.tick).unwrap_or_default(),
+            inputs: inputs.clone(),
+            event_log: report.event_log.clone(),
+        });
+        let more_work = matches!(report.outcome, TickOutcome::Completed { more_work: true });
+        s.next_tick_ns =
+            now.mono_ns.saturating_add(if more_work { self.cfg.tick_fast_ns } else { self.cfg.tick_idle_ns });
+        let budget = s.budget;
+        let side_effects_allowed = inputs.side_effects_allowed;
+        if overcharged {
+            self.fault(
+                Some(agent),
+                format!("executor charged {} + {} against {}", report.cost, report.paid, inputs.budget),
+            );
+        }
+        self.emit(Event::TickFinished {
+            agent: agent.clone(),
+            tick: inputs.tick,
+            epoch,
+            cost,
+            paid,
+            budget,
+            outcome: format!("{:?}", report.outcome),
+            side_effects: report.side_effects,
+            side_effects_allowed,
+        });
+        let stop = match &report.outcome {
+            TickOutcome::Completed { .. } | TickOutcome::OutOfFuel if budget > Microcents::ZERO => None,
+            TickOutcome::Completed { .. } | TickOutcome::OutOfFuel | TickOutcome::BudgetExhausted => {
+                Some((true, "budget exhausted".to_string()))
+            }
+            TickOutcome::Trapped { message } => Some((true, format!("trapped: {message}"))),
+            // Not deterministic: the node's own fault, never committed.
+            TickOutcome::WallClockTimeout => Some((false, "wall-clock safety net fired".to_string())),
+        };
+        if let Some((commit, reason)) = stop {
+            if commit {
+                if let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
+                    self.fault(Some(agent), format!("final checkpoint: {e}"));
+                }
+            }
+            self.halt(agent, reason);
+        }
+    }
+
+    fn maybe_checkpoint(&mut self, agent: &AgentId) {
+        let now = self.clock.mono_ns();
+        let Some(s) = self.agents.get(agent) else { return };
+        let due = s.ticks_since_checkpoint > 0
+            && now.saturating_sub(s.last_checkpoint_ns) >= self.cfg.checkpoint_interval_ns
+            && s.authority.permits(Op::NewCheckpoint);
+        if due {
+            if let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
+                self.fault(Some(agent), format!("checkpoint: {e}"));
+            }
+        }
+    }
+
+    /// Commit the running state as the next link. With nothing new since
+    /// the head (and not genesis), the head itself is the answer.
+    fn commit(
+        &mut self,
+        agent: &AgentId,
+        op: Op,
+        handoff: bool,
+        genesis: bool,
+    ) -> Result<(TickNumber, Hash32), String> {
+        let now = self.clock.now();
+        let Some(s) = self.agents.get_mut(agent) else { return Err(format!("unknown agent {agent}")) };
+        if !s.authority.permits(op) {
+            return Err(format!("{} does not permit {op:?}", s.authority.state()));
+        }
+        if !genesis && s.ticks_since_checkpoint == 0 {
+            if let Some(c) = s.lineage.head() {
+                return Ok((c.tick, s.lineage.head_hash()));
+            }
+        }
+        let instance = s.instance.as_mut().ok_or("no running instance")?;
+        let (state, kv) = self.exec.snapshot(instance).map_err(|e| e.to_string())?;
+        let key = s.key.as_ref().ok_or("agent key missing")?;
+        let sealed = store::seal_kv(key, agent, s.tick, &kv);
+        self.disk.write_atomic(&store::kv_path(agent, s.tick), &sealed).map_err(|e| e.to_string())?;
+        let body = CheckpointBody {
+            budget: s.budget,
+            price_per_second: self.cfg.price_per_second,
+            tick: s.tick,
+            wasm_hash: s.wasm_hash,
+            epoch: s.authority.epoch(),
+            lease_expiry_ns: s.lease.expiry_unix_ns,
+            prev_hash: Hash32::ZERO,
+            state,
+        };
+        let prev_hash = s.lineage.head_hash();
+        let c: Checkpoint = s.lineage.commit(&self.disk, body, key).map_err(|e| e.to_string())?;
+        let hash = s.lineage.head_hash();
+        let event = Event::CheckpointCommitted {
+            agent: agent.clone(),
+            tick: c.tick,
+            epoch: c.epoch,
+            hash,
+            prev_hash,
+            budget: c.budget,
+            charged: s.charged,
+            paid: s.paid,
+            lease_expiry_ns: c.lease_expiry_ns,
+            handoff,
+        };
+        s.charged = Microcents::ZERO;
+        s.paid = Microcents::ZERO;
+        s.ticks_since_checkpoint = 0;
+        s.last_checkpoint_ns = now.mono_ns;
+        self.emit(event);
+        if let Err(e) = self.persist(agent) {
+            // The lineage is ahead of the record: harmless on restart.
+            self.fault(Some(agent), format!("persist head: {e}"));
+        }
+        Ok((c.tick, hash))
+    }
+}

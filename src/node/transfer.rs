@@ -1,0 +1,733 @@
+//! The node's side of the wire: running the source handoff machine's
+//! actions, building packages, judging and assuming incoming packages,
+//! announcing heads and reacting to peers' views (stale, superseded,
+//! divergent). The protocol decisions live in [`crate::migration`]; this
+//! file performs them against the disk, the executor and the outbox.
+
+use super::{Node, Outgoing, Pending, Refused, Slot, store};
+use crate::authority::{Authority, AuthorityState, Op, Reason, Role};
+use crate::checkpoint::{Checkpoint, Hash32};
+use crate::env::{Clock, Disk, Entropy, NetError};
+use crate::executor::{Executor, TickInputs};
+use crate::identity::Keypair;
+use crate::lease::Lease;
+use crate::lineage::{self, Lineage};
+use crate::migration::{
+    self, Action, Input, Judgement, LocalView, Outcome, PackageFacts, ReplyView, SendFailure, SourceHandoff,
+};
+use crate::node::event::Event;
+use crate::units::{AgentId, Epoch, Microcents, NodeId, TickNumber};
+use crate::wire::{
+    AgentPackage, AgentStarted, AgentTransfer, Body, Envelope, HeadAck, HeadAnnounce, Header, MessageKind, ReplayData,
+};
+use std::collections::VecDeque;
+
+impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
+    pub(super) fn start_handoff(&mut self, agent: AgentId, to: NodeId) -> Result<(), Refused> {
+        if self.stopped {
+            return Err(self.refuse("migrate", Some(&agent), "node is shut down".into()));
+        }
+        if to == self.cfg.node_id {
+            return Err(self.refuse("migrate", Some(&agent), "target is this node".into()));
+        }
+        let Some(s) = self.agents.get(&agent) else {
+            return Err(self.refuse("migrate", Some(&agent), "unknown agent".into()));
+        };
+        // Spec §6: a second migration while one is in flight is refused.
+        if self.handoffs.contains_key(&agent) {
+            return Err(self.refuse("migrate", Some(&agent), "a handoff of this agent is already in flight".into()));
+        }
+        if !s.authority.permits(Op::StartHandoff) {
+            let st = s.authority.state();
+            return Err(self.refuse("migrate", Some(&agent), format!("{st} does not permit start_handoff")));
+        }
+        if s.instance.is_none() {
+            return Err(self.refuse("migrate", Some(&agent), "agent has no running instance".into()));
+        }
+        match migration::migration_policy(&s.manifest) {
+            Ok(p) if p.enabled => {}
+            Ok(_) => return Err(self.refuse("migrate", Some(&agent), "migration_policy.enabled is false".into())),
+            Err(e) => return Err(self.refuse("migrate", Some(&agent), e)),
+        }
+        let epoch = s.authority.epoch();
+        let (m, actions) = SourceHandoff::start(agent.clone(), to.clone(), epoch, self.cfg.migration);
+        self.handoffs.insert(agent.clone(), m);
+        self.emit(Event::HandoffStarted { agent: agent.clone(), target: to, epoch });
+        self.run_actions(&agent, actions);
+        Ok(())
+    }
+
+    /// Feed one input to the agent's handoff machine and perform the result.
+    /// An input the machine ignores is stale and counted.
+    pub(super) fn feed_handoff(&mut self, agent: &AgentId, input: Input) -> bool {
+        let now = self.clock.now();
+        let rand = self.entropy.next_u64();
+        let Some(m) = self.handoffs.get_mut(agent) else { return false };
+        let actions = m.handle(now, rand, input);
+        if actions.is_empty() {
+            return false;
+        }
+        self.run_actions(agent, actions);
+        true
+    }
+
+    fn run_actions(&mut self, agent: &AgentId, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            let feed = match action {
+                Action::Transition { to, reason } => match self.set_state(agent, to, reason) {
+                    Ok(()) => None,
+                    Err(e) if self.agents.get(agent).is_some_and(|s| s.authority.state() == to) => {
+                        // Forbidden-but-applied is impossible; applied but not
+                        // durable: only the relinquish matters before sending.
+                        (to == AuthorityState::HandoffPending).then_some(Input::PersistFailed { error: e })
+                    }
+                    Err(e) => {
+                        // EI-7: a violation ends the handoff in doubt.
+                        if let Some(m) = self.handoffs.remove(agent) {
+                            self.finish_event(agent, &m.target, Role::Source, Outcome::Ambiguous(e));
+                        }
+                        return;
+                    }
+                },
+                Action::StopTicking => {
+                    if let Some(s) = self.agents.get_mut(agent) {
+                        s.ticking = false;
+                    }
+                    None
+                }
+                Action::ResumeTicking => {
+                    let now = self.clock.mono_ns();
+                    if let Some(s) = self.agents.get_mut(agent) {
+                        s.ticking = s.halted.is_none() && s.instance.is_some();
+                        s.next_tick_ns = now;
+                    }
+                    None
+                }
+                Action::SealCheckpoint => Some(match self.commit(agent, Op::SealHandoff, true, false) {
+                    Ok((tick, hash)) => Input::Sealed { tick, hash },
+                    Err(error) => Input::SealFailed { error },
+                }),
+                Action::SendPackage { attempt, nonce, expiry_unix_ns } => {
+                    match self.send_package(agent, attempt, nonce, expiry_unix_ns) {
+                        Ok(()) => None,
+                        // Built locally and never handed to the transport.
+                        Err(error) => Some(Input::SendFailed { attempt, failure: SendFailure::TooLarge, error }),
+                    }
+                }
+                Action::StartTimer { timer, at_mono_ns } => {
+                    let seq = self.seq;
+                    self.timers.insert((at_mono_ns, seq), (agent.clone(), timer));
+                    if let migration::HandoffTimer::Retry { attempt } = timer {
+                        self.emit(Event::RetryScheduled { agent: agent.clone(), attempt, at_ns: at_mono_ns });
+                    }
+                    None
+                }
+                Action::DeleteLocalCopy => {
+                    self.delete_local_copy(agent);
+                    None
+                }
+                Action::Finished(outcome) => {
+                    if let Some(m) = self.handoffs.remove(agent) {
+                        debug_assert!(
+                            !outcome.is_ambiguous()
+                                || self.agents.get(agent).map(|s| s.authority.state())
+                                    == Some(AuthorityState::RecoveryRequired),
+                            "an ambiguous handoff must leave the agent RECOVERY_REQUIRED"
+                        );
+                        self.finish_event(agent, &m.target, Role::Source, outcome);
+                    }
+                    None
+                }
+            };
+            if let Some(input) = feed {
+                let now = self.clock.now();
+                let rand = self.entropy.next_u64();
+                let Some(m) = self.handoffs.get_mut(agent) else { return };
+                queue = m.handle(now, rand, input).into();
+            }
+        }
+    }
+
+    fn delete_local_copy(&mut self, agent: &AgentId) {
+        let mut paths = vec![store::wasm_path(agent), lineage::agent_key_path(agent)];
+        if let Ok(names) = self.disk.list(&store::kv_dir(agent)) {
+            paths.extend(names.into_iter().map(|n| format!("{}/{n}", store::kv_dir(agent))));
+        }
+        for p in paths {
+            if let Err(e) = store::remove_if_present(&self.disk, &p) {
+                self.fault(Some(agent), format!("delete local copy: {e}"));
+            }
+        }
+        if let Some(s) = self.agents.get_mut(agent) {
+            s.instance = None;
+            s.key = None;
+            s.ticking = false;
+        }
+        self.emit(Event::LocalCopyDeleted { agent: agent.clone() });
+    }
+
+    /// Our view of `agent`, as a header addressed to `audience`.
+    fn header(&self, agent: &AgentId, audience: &NodeId, nonce: u64, expiry_unix_ns: i64) -> Header {
+        let (epoch, head_tick, head_hash) = self
+            .agents
+            .get(agent)
+            .map(|s| (s.authority.epoch(), s.lineage.head().map(|c| c.tick).unwrap_or_default(), s.lineage.head_hash()))
+            .unwrap_or((Epoch::default(), TickNumber(0), Hash32::ZERO));
+        Header {
+            issuer: self.cfg.node_id.clone(),
+            audience: audience.clone(),
+            agent: agent.clone(),
+            epoch,
+            head_tick,
+            head_hash,
+            nonce,
+            expiry_unix_ns,
+        }
+    }
+
+    fn push_request(&mut self, env: Envelope, pending: Pending) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        let h = &env.header;
+        self.emit(Event::MessageSent {
+            kind: env.kind(),
+            peer: h.audience.clone(),
+            agent: h.agent.clone(),
+            epoch: h.epoch,
+            head_tick: h.head_tick,
+            head_hash: h.head_hash,
+            request: Some(id),
+        });
+        self.outbox.push(Outgoing { id, to: env.header.audience.clone(), body: env.encode() });
+        self.pending.insert(id, pending);
+        id
+    }
+
+    fn reply_bytes(&mut self, env: Envelope) -> Vec<u8> {
+        let h = &env.header;
+        self.emit(Event::MessageSent {
+            kind: env.kind(),
+            peer: h.audience.clone(),
+            agent: h.agent.clone(),
+            epoch: h.epoch,
+            head_tick: h.head_tick,
+            head_hash: h.head_hash,
+            request: None,
+        });
+        env.encode()
+    }
+
+    fn send_package(&mut self, agent: &AgentId, attempt: u32, nonce: u64, expiry: i64) -> Result<(), String> {
+        let target = self.handoffs.get(agent).map(|m| m.target.clone()).ok_or("no handoff in flight")?;
+        let s = self.agents.get(agent).ok_or("unknown agent")?;
+        let head = s.lineage.head().ok_or("no sealed checkpoint")?.clone();
+        let hash = s.lineage.head_hash();
+        let wasm = self.disk.read(&store::wasm_path(agent)).map_err(|e| e.to_string())?;
+        let kv = self.disk.read(&store::kv_path(agent, head.tick)).map_err(|e| e.to_string())?;
+        let seed = store::read_key_seed(&self.disk, agent).ok_or("agent key unreadable")?;
+        let replay_data = s.last_tick.as_ref().filter(|r| r.inputs.tick == head.tick).and_then(|r| {
+            let prev = self.disk.read(&lineage::history_path(agent, r.base_tick)).ok()?;
+            let prev_kv = self.disk.read(&store::kv_path(agent, r.base_tick)).ok()?;
+            Some(ReplayData {
+                prev_checkpoint: prev,
+                prev_kv,
+                tick: r.inputs.tick.0,
+                now_unix_ns: r.inputs.now_unix_ns,
+                rand_seed: r.inputs.rand_seed.to_vec(),
+                budget: r.inputs.budget.0,
+                event_log: r.event_log.clone(),
+            })
+        });
+        let package = AgentPackage {
+            agent_id: agent.clone(),
+            wasm_hash: head.wasm_hash.0.to_vec(),
+            wasm_binary: wasm,
+            checkpoint: head.encode(),
+            manifest_data: s.manifest.clone(),
+            budget: head.budget.0,
+            price_per_second: head.price_per_second.0,
+            replay_data,
+            agent_identity: Some(seed.to_vec()),
+            receipts: None,
+            kv: Some(kv),
+        };
+        let header = self.header(agent, &target, nonce, expiry);
+        let body = Body::AgentTransfer(AgentTransfer { package, source_node_id: self.cfg.node_id.clone() });
+        let env = Envelope::new(header, body);
+        self.push_request(env, Pending::Transfer { agent: agent.clone(), attempt, target: target.clone() });
+        self.emit(Event::PackageSent {
+            agent: agent.clone(),
+            target,
+            attempt,
+            tick: head.tick,
+            hash,
+            budget: head.budget,
+            expiry_ns: expiry,
+        });
+        Ok(())
+    }
+
+    /// Tell every configured peer our epoch and head for `agent`.
+    pub(super) fn announce(&mut self, agent: &AgentId) {
+        let Some(state) = self.agents.get(agent).map(|s| s.authority.state()) else { return };
+        let ttl = i64::try_from(self.cfg.migration.package_ttl_ns).unwrap_or(i64::MAX);
+        let expiry = self.clock.unix_ns().saturating_add(ttl);
+        for peer in self.cfg.peers.clone() {
+            if peer == self.cfg.node_id {
+                continue;
+            }
+            let nonce = self.entropy.next_u64();
+            let env =
+                Envelope::new(self.header(agent, &peer, nonce, expiry), Body::HeadAnnounce(HeadAnnounce { state }));
+            self.push_request(env, Pending::Announce { agent: agent.clone(), peer });
+        }
+    }
+
+    /// The one result of an earlier [`Outgoing`] request: the reply bytes,
+    /// or the transport's error (`Unreachable`: never delivered; `Lost`:
+    /// maybe delivered). Results for unknown or finished requests are stale.
+    pub fn handle_reply(&mut self, id: super::RequestId, result: Result<Vec<u8>, NetError>) {
+        if self.stopped {
+            return;
+        }
+        let Some(pending) = self.pending.remove(&id) else { return };
+        match pending {
+            Pending::Transfer { agent, attempt, target } => {
+                let input = self.transfer_reply_input(&agent, &target, attempt, result);
+                let epoch = self.agents.get(&agent).map(|s| s.authority.epoch()).unwrap_or_default();
+                if !self.feed_handoff(&agent, input) {
+                    self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
+                }
+            }
+            Pending::Announce { agent, peer } => {
+                let Ok(bytes) = result else { return };
+                match Envelope::decode(&bytes) {
+                    Ok(env) if self.addressed_to_me(&env, &peer) && env.header.agent == agent => {
+                        self.received(&env);
+                        if let Body::HeadAck(ack) = env.body {
+                            self.observe_peer_view(&peer, &env.header, ack.state);
+                        }
+                    }
+                    Ok(_) => self.fault(Some(&agent), format!("misaddressed head ack from {peer}")),
+                    Err(e) => self.fault(Some(&agent), format!("bad head ack from {peer}: {e}")),
+                }
+            }
+        }
+    }
+
+    fn transfer_reply_input(
+        &mut self,
+        agent: &AgentId,
+        target: &NodeId,
+        attempt: u32,
+        result: Result<Vec<u8>, NetError>,
+    ) -> Input {
+        let failed = |failure, error: String| Input::SendFailed { attempt, failure, error };
+        let bytes = match result {
+            Err(e @ NetError::Unreachable { .. }) => return failed(SendFailure::Unreachable, e.to_string()),
+            Err(e @ NetError::Lost { .. }) => return failed(SendFailure::Lost, e.to_string()),
+            Err(e @ NetError::TooLarge { .. }) => return failed(SendFailure::TooLarge, e.to_string()),
+            Ok(b) => b,
+        };
+        // A reply we cannot trust means we do not know what the target did.
+        let env = match Envelope::decode(&bytes) {
+            Ok(env) => env,
+            Err(e) => return failed(SendFailure::Lost, format!("undecodable reply: {e}")),
+        };
+        if !self.addressed_to_me(&env, target) || env.header.agent != *agent {
+            return failed(SendFailure::Lost, "reply from the wrong peer or about another agent".into());
+        }
+        self.received(&env);
+        match env.body {
+            Body::AgentStarted(s) if s.agent_id == *agent && s.node_id == *target => Input::Reply {
+                attempt,
+                reply: ReplyView { success: s.success, error: s.error, target_epoch: env.header.epoch },
+            },
+            _ => failed(SendFailure::Lost, "reply is not a matching AgentStarted".into()),
+        }
+    }
+
+    fn addressed_to_me(&self, env: &Envelope, from: &NodeId) -> bool {
+        env.header.audience == self.cfg.node_id && env.header.issuer == *from
+    }
+
+    fn received(&mut self, env: &Envelope) {
+        let h = &env.header;
+        self.emit(Event::MessageReceived {
+            kind: env.kind(),
+            peer: h.issuer.clone(),
+            agent: h.agent.clone(),
+            epoch: h.epoch,
+            head_tick: h.head_tick,
+            head_hash: h.head_hash,
+        });
+    }
+
+    fn stale(&mut self, agent: &AgentId, peer: &NodeId, kind: MessageKind, message_epoch: Epoch) {
+        self.stale_messages += 1;
+        let local_epoch = self.agents.get(agent).map(|s| s.authority.epoch()).unwrap_or_default();
+        self.emit(Event::StaleMessageIgnored {
+            agent: agent.clone(),
+            peer: peer.clone(),
+            kind,
+            message_epoch,
+            local_epoch,
+            total: self.stale_messages,
+        });
+    }
+
+    /// Answer one incoming request. Malformed, misaddressed or unexpected
+    /// requests get an empty reply (the requester treats it as no answer).
+    pub fn handle_request(&mut self, from: &NodeId, body: &[u8]) -> Vec<u8> {
+        if self.stopped {
+            return Vec::new();
+        }
+        let env = match Envelope::decode(body) {
+            Ok(env) => env,
+            Err(e) => {
+                self.fault(None, format!("malformed request from {from}: {e}"));
+                return Vec::new();
+            }
+        };
+        if !self.addressed_to_me(&env, from) {
+            self.fault(Some(&env.header.agent), format!("request from {from} names issuer {}", env.header.issuer));
+            return Vec::new();
+        }
+        self.received(&env);
+        let header = env.header;
+        match env.body {
+            Body::AgentTransfer(t) => self.accept_transfer(from, &header, t),
+            Body::HeadAnnounce(a) => {
+                self.observe_peer_view(from, &header, Some(a.state));
+                let state = self.agents.get(&header.agent).map(|s| s.authority.state());
+                let reply = self.header(&header.agent, from, header.nonce, header.expiry_unix_ns);
+                self.reply_bytes(Envelope::new(reply, Body::HeadAck(HeadAck { state })))
+            }
+            Body::AgentStarted(_) | Body::HeadAck(_) => {
+                self.fault(Some(&header.agent), format!("{} from {from} is a reply, not a request", env_kind(&header)));
+                Vec::new()
+            }
+        }
+    }
+
+    /// React to a peer's view of an agent we know: older epoch → stale;
+    /// same epoch with another head at the same tick, or two owners →
+    /// divergence (EI-11); newer epoch while we own → superseded.
+    fn observe_peer_view(&mut self, peer: &NodeId, h: &Header, peer_state: Option<AuthorityState>) {
+        let Some(s) = self.agents.get_mut(&h.agent) else { return };
+        let Some(peer_state) = peer_state else { return };
+        s.highest_major_seen = s.highest_major_seen.max(h.epoch.major);
+        let (local, state) = (s.authority.epoch(), s.authority.state());
+        let local_tick = s.lineage.head().map(|c| c.tick).unwrap_or_default();
+        let local_head = s.lineage.head_hash();
+        let holding = matches!(
+            state,
+            AuthorityState::ActiveOwner | AuthorityState::HandoffInitiated | AuthorityState::HandoffPending
+        );
+        if h.epoch < local {
+            self.stale(&h.agent, peer, MessageKind::HeadAnnounce, h.epoch);
+        } else if h.epoch == local {
+            let fork = h.head_tick == local_tick && h.head_hash != local_head && h.head_hash != Hash32::ZERO;
+            let two_owners = peer_state == AuthorityState::ActiveOwner && state == AuthorityState::ActiveOwner;
+            if fork || two_owners {
+                self.emit(Event::DivergenceDetected {
+                    agent: h.agent.clone(),
+                    peer: peer.clone(),
+                    epoch: h.epoch,
+                    local_tick,
+                    local_head,
+                    remote_tick: h.head_tick,
+                    remote_head: h.head_hash,
+                });
+                if holding {
+                    self.fall_to_recovery(&h.agent, Reason::Divergence);
+                }
+            }
+        } else if matches!(state, AuthorityState::ActiveOwner | AuthorityState::HandoffInitiated) {
+            // Someone holds the agent under a newer epoch: we must not tick.
+            self.fall_to_recovery(&h.agent, Reason::Superseded);
+        }
+    }
+
+    fn started_reply(
+        &mut self,
+        agent: &AgentId,
+        to: &NodeId,
+        h: &Header,
+        success: bool,
+        error: Option<String>,
+    ) -> Vec<u8> {
+        // Our own epoch for the agent: a refusal is clean (the source may
+        // resume) only if it is below the source's epoch.
+        let header = self.header(agent, to, h.nonce, h.expiry_unix_ns);
+        let body = AgentStarted { agent_id: agent.clone(), node_id: self.cfg.node_id.clone(), success, error };
+        self.reply_bytes(Envelope::new(header, Body::AgentStarted(body)))
+    }
+
+    fn refuse_transfer(&mut self, from: &NodeId, h: &Header, reason: String) -> Vec<u8> {
+        let (budget, tick, hash) = (Microcents::ZERO, h.head_tick, h.head_hash);
+        self.emit(Event::MigrationFinished {
+            agent: h.agent.clone(),
+            peer: from.clone(),
+            role: Role::Target,
+            outcome: Outcome::Refused(reason.clone()),
+            budget,
+            tick,
+            hash,
+        });
+        let reason: String = reason.chars().take(crate::wire::MAX_ERROR_BYTES / 4).collect();
+        self.started_reply(&h.agent.clone(), from, h, false, Some(reason))
+    }
+
+    fn local_view(&self, agent: &AgentId, c: &Checkpoint, hash: Hash32) -> Option<LocalView> {
+        let s = self.agents.get(agent)?;
+        let has_checkpoint =
+            self.disk.read(&lineage::history_path(agent, c.tick)).map(|b| Hash32::of(&b) == hash).unwrap_or(false);
+        Some(LocalView {
+            state: s.authority.state(),
+            epoch: s.authority.epoch(),
+            head_tick: s.lineage.head().map(|c| c.tick),
+            agent_key: s.lineage.head().and_then(|c| c.agent_key().copied()),
+            has_checkpoint,
+        })
+    }
+
+    fn accept_transfer(&mut self, from: &NodeId, h: &Header, t: AgentTransfer) -> Vec<u8> {
+        let agent = h.agent.clone();
+        let pkg = t.package;
+        let ckpt = match Checkpoint::decode(&pkg.checkpoint) {
+            Ok(c) => c,
+            Err(e) => return self.refuse_transfer(from, h, format!("checkpoint: {e}")),
+        };
+        let seed: Option<[u8; 32]> = pkg.agent_identity.as_deref().and_then(|s| s.try_into().ok());
+        let key = seed.map(Keypair::from_seed);
+        let facts = PackageFacts {
+            epoch: h.epoch,
+            expiry_unix_ns: h.expiry_unix_ns,
+            checkpoint: &ckpt,
+            checkpoint_hash: Hash32::of(&pkg.checkpoint),
+            head_tick: h.head_tick,
+            head_hash: h.head_hash,
+            wasm_hash_field: &pkg.wasm_hash,
+            wasm_hash_actual: Hash32::of(&pkg.wasm_binary),
+            budget: Microcents(pkg.budget),
+            identity: key.as_ref().map(|k| k.public()),
+        };
+        let local = self.local_view(&agent, &ckpt, facts.checkpoint_hash);
+        match migration::judge_package(local.as_ref(), &facts, self.clock.unix_ns()) {
+            Judgement::AlreadyAccepted => {
+                self.stale(&agent, from, MessageKind::AgentTransfer, h.epoch);
+                self.started_reply(&agent, from, h, true, None)
+            }
+            Judgement::Refuse(reason) => self.refuse_transfer(from, h, reason),
+            Judgement::Conflict { reason, detail } => {
+                if reason == Reason::Divergence {
+                    let s = self.agents.get(&agent);
+                    let local_tick = s.and_then(|s| s.lineage.head().map(|c| c.tick)).unwrap_or_default();
+                    let local_head = s.map(|s| s.lineage.head_hash()).unwrap_or_default();
+                    self.emit(Event::DivergenceDetected {
+                        agent: agent.clone(),
+                        peer: from.clone(),
+                        epoch: h.epoch,
+                        local_tick,
+                        local_head,
+                        remote_tick: h.head_tick,
+                        remote_head: h.head_hash,
+                    });
+                }
+                self.fall_to_recovery(&agent, reason);
+                self.refuse_transfer(from, h, detail)
+            }
+            Judgement::Accept => {
+                // Checked by judge_package: the identity is present.
+                let Some(key) = key else { return self.refuse_transfer(from, h, "AgentIdentity missing".into()) };
+                match self.check_with_executor(&agent, &pkg, &ckpt, &key) {
+                    Err(reason) => self.refuse_transfer(from, h, reason),
+                    Ok((hash, kv)) => self.assume(from, h, pkg, ckpt, key, hash, kv),
+                }
+            }
+        }
+    }
+
+    /// Capabilities (prepare), price policy, kv seal and optional replay of
+    /// the last tick. Any failure is a clean refusal.
+    fn check_with_executor(
+        &mut self,
+        agent: &AgentId,
+        pkg: &AgentPackage,
+        ckpt: &Checkpoint,
+        key: &Keypair,
+    ) -> Result<(Hash32, Vec<u8>), String> {
+        migration::check_price_policy(&pkg.manifest_data, self.cfg.price_per_second)?;
+        let hash = self.exec.prepare(&pkg.wasm_binary, &pkg.manifest_data).map_err(|e| e.to_string())?;
+        ckpt.check_wasm(&hash).map_err(|e| e.to_string())?;
+        let public = key.public();
+        let kv = match &pkg.kv {
+            Some(sealed) => store::open_kv(&public, agent, ckpt.tick, sealed)?,
+            None => Vec::new(),
+        };
+        if let (true, Some(r)) = (self.cfg.replay_on_accept, &pkg.replay_data) {
+            self.check_replay(agent, pkg, r, ckpt, &hash, &kv)?;
+        }
+        Ok((hash, kv))
+    }
+
+    fn check_replay(
+        &mut self,
+        agent: &AgentId,
+        pkg: &AgentPackage,
+        r: &ReplayData,
+        ckpt: &Checkpoint,
+        hash: &Hash32,
+        kv: &[u8],
+    ) -> Result<(), String> {
+        let prev = Checkpoint::parse(&r.prev_checkpoint, Some(hash)).map_err(|e| format!("replay base: {e}"))?;
+        if Hash32::of(&r.prev_checkpoint) != ckpt.prev_hash() {
+            return Err("signature chain broken: replay base is not the checkpoint's parent".into());
+        }
+        if prev.agent_key() != ckpt.agent_key() || prev.agent_key().is_none() {
+            return Err("identity discontinuity between replay base and checkpoint".into());
+        }
+        if r.tick != ckpt.tick.0 || prev.tick.0.checked_add(1) != Some(r.tick) || r.budget != prev.budget.0 {
+            return Err(format!("replay data names tick {} budget {}, inconsistent with the chain", r.tick, r.budget));
+        }
+        let key = prev.agent_key().copied().ok_or("replay base unsigned")?;
+        let prev_kv = store::open_kv(&key, agent, prev.tick, &r.prev_kv)?;
+        let inputs = TickInputs {
+            tick: TickNumber(r.tick),
+            now_unix_ns: r.now_unix_ns,
+            rand_seed: r.rand_seed.as_slice().try_into().map_err(|_| "RandSeed not 32 bytes")?,
+            budget: Microcents(r.budget),
+            price_per_second: prev.price_per_second,
+            side_effects_allowed: true,
+            receipts: Vec::new(),
+        };
+        let (state, new_kv, cost) = self
+            .exec
+            .replay(hash, &pkg.manifest_data, &prev.state, &prev_kv, &inputs, &r.event_log)
+            .map_err(|e| format!("replay: {e}"))?;
+        let spent = prev.budget.0 - ckpt.budget.0;
+        if state != ckpt.state || new_kv != kv || cost.0 > spent {
+            return Err(format!("replay of tick {} diverged from the package's checkpoint", r.tick));
+        }
+        Ok(())
+    }
+
+    /// The commit sequence of a target: record HANDOFF_PENDING, store the
+    /// agent's files, adopt the checkpoint, take authority at (major+1, 0)
+    /// durably, start ticking, confirm. A failure before authority is
+    /// durable leaves this node RECOVERY_REQUIRED at the package's epoch;
+    /// the refusal then carries that epoch, so the source treats the
+    /// outcome as ambiguous too (both pause; the operator recovers).
+    #[allow(clippy::too_many_arguments)]
+    fn assume(
+        &mut self,
+        from: &NodeId,
+        h: &Header,
+        pkg: AgentPackage,
+        ckpt: Checkpoint,
+        key: Keypair,
+        hash: Hash32,
+        kv: Vec<u8>,
+    ) -> Vec<u8> {
+        let agent = h.agent.clone();
+        let now = self.clock.now();
+        let previous = self.agents.get(&agent).map(|s| s.authority.state());
+        let lineage = match self.agents.remove(&agent) {
+            Some(s) => s.lineage,
+            None => Lineage::open(&self.disk, &agent).unwrap_or_else(|_| Lineage::new(agent.clone())),
+        };
+        let mut slot: Slot<X::Instance> = Slot::new(Authority::incoming(h.epoch), lineage, now);
+        slot.highest_major_seen = h.epoch.major.saturating_add(1);
+        slot.manifest = pkg.manifest_data.clone();
+        slot.wasm_hash = hash;
+        self.agents.insert(agent.clone(), slot);
+        self.emit(Event::AuthorityChanged {
+            agent: agent.clone(),
+            from: previous,
+            to: AuthorityState::HandoffPending,
+            epoch: h.epoch,
+            reason: Reason::PackageReceived,
+        });
+        let result = self.store_and_adopt(&agent, from, &pkg, &ckpt, &key, &kv);
+        let result = result.and_then(|()| {
+            let s = self.agents.get_mut(&agent).ok_or("slot vanished")?;
+            debug_assert!(s.authority.permits(Op::AcceptHandoff), "only a pending target accepts");
+            let before = s.authority.clone();
+            let t = s.authority.assume().map_err(|v| v.to_string())?;
+            s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
+            s.key = Some(key);
+            if let Err(e) = self.persist(&agent) {
+                if let Some(s) = self.agents.get_mut(&agent) {
+                    s.authority = before;
+                }
+                return Err(e);
+            }
+            Ok(t)
+        });
+        let t = match result {
+            Ok(t) => t,
+            Err(e) => {
+                self.fall_to_recovery(&agent, Reason::Fault);
+                return self.refuse_transfer(from, h, format!("target could not store the agent: {e}"));
+            }
+        };
+        self.emit(Event::AuthorityChanged {
+            agent: agent.clone(),
+            from: Some(t.from),
+            to: t.to,
+            epoch: t.epoch,
+            reason: Reason::Assumed,
+        });
+        if let Err(e) = self.start_instance(&agent) {
+            self.halt(&agent, format!("cannot start after transfer: {e}"));
+        }
+        let head_hash = self.agents.get(&agent).map(|s| s.lineage.head_hash()).unwrap_or_default();
+        self.emit(Event::MigrationFinished {
+            agent: agent.clone(),
+            peer: from.clone(),
+            role: Role::Target,
+            outcome: Outcome::Completed,
+            budget: ckpt.budget,
+            tick: ckpt.tick,
+            hash: head_hash,
+        });
+        self.announce(&agent);
+        self.started_reply(&agent, from, h, true, None)
+    }
+
+    fn store_and_adopt(
+        &mut self,
+        agent: &AgentId,
+        from: &NodeId,
+        pkg: &AgentPackage,
+        ckpt: &Checkpoint,
+        key: &Keypair,
+        kv: &[u8],
+    ) -> Result<(), String> {
+        self.persist(agent)?;
+        key.save(&self.disk, &lineage::agent_key_path(agent)).map_err(|e| e.to_string())?;
+        self.disk.write_atomic(&store::wasm_path(agent), &pkg.wasm_binary).map_err(|e| e.to_string())?;
+        self.disk.write_atomic(&store::manifest_path(agent), &pkg.manifest_data).map_err(|e| e.to_string())?;
+        let sealed = store::seal_kv(key, agent, ckpt.tick, kv);
+        self.disk.write_atomic(&store::kv_path(agent, ckpt.tick), &sealed).map_err(|e| e.to_string())?;
+        let s = self.agents.get_mut(agent).ok_or("slot vanished")?;
+        let c = s.lineage.adopt(&self.disk, ckpt.clone()).map_err(|e| e.to_string())?;
+        let hash = s.lineage.head_hash();
+        self.emit(Event::CheckpointAdopted {
+            agent: agent.clone(),
+            from: from.clone(),
+            tick: c.tick,
+            epoch: c.epoch,
+            hash,
+            prev_hash: c.prev_hash(),
+            budget: c.budget,
+        });
+        Ok(())
+    }
+}
+
+fn env_kind(h: &Header) -> String {
+    format!("message about {}", h.agent)
+}

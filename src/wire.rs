@@ -1,0 +1,509 @@
+//! The bytes nodes exchange (spec §6, protocol `/igor/migrate/1.0.0`): one
+//! [`Envelope`] per request or reply, JSON, byte fields in standard base64,
+//! the spec's field names (`AgentTransfer`, `AgentPackage`, `AgentStarted`)
+//! plus the head announcements the authority protocol needs. Every envelope
+//! carries a [`Header`] naming issuer, audience, agent, epoch, checkpoint
+//! head, nonce and expiry, so a stale or replayed claim can be recognised.
+//! Decoding never panics: oversized or malformed input is a [`WireError`].
+//! Pure data: no I/O.
+
+use crate::checkpoint::{HEADER_V4, Hash32, MAX_STATE_BYTES};
+use crate::units::{AgentId, Epoch, NodeId, TickNumber};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Protocol name carried in every envelope.
+pub const PROTOCOL: &str = "/igor/migrate/1.0.0";
+
+/// Largest wasm module accepted in a package. Agents are small, long-lived
+/// programs; 16 MiB is well above any agent we build and bounds compile time.
+pub const MAX_WASM_BYTES: usize = 16 * 1024 * 1024;
+/// Largest manifest: a JSON document of capability options.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+/// Largest checkpoint: a v4 header plus the largest state (64 MiB memory cap).
+pub const MAX_CHECKPOINT_BYTES: usize = HEADER_V4 + MAX_STATE_BYTES;
+/// Largest sealed kv snapshot (the kv quota is far below this).
+pub const MAX_KV_BYTES: usize = 16 * 1024 * 1024;
+/// Largest per-tick event log in replay data (log_emit is capped at 1 MiB
+/// per call; a tick that logs more is not worth replaying on transfer).
+pub const MAX_EVENT_LOG_BYTES: usize = 4 * 1024 * 1024;
+/// Receipts travelling with an agent: count and size of each.
+pub const MAX_RECEIPTS: usize = 1024;
+pub const MAX_RECEIPT_BYTES: usize = 4 * 1024;
+/// Largest error text in a reply.
+pub const MAX_ERROR_BYTES: usize = 1024;
+/// Largest encoded envelope: base64 (4/3) of the largest package (wasm,
+/// manifest, checkpoint, previous checkpoint for replay, kv twice, event
+/// log, receipts) plus 64 KiB of JSON overhead. Checked *before* parsing.
+pub const MAX_MESSAGE_BYTES: usize = (MAX_WASM_BYTES
+    + MAX_MANIFEST_BYTES
+    + 2 * MAX_CHECKPOINT_BYTES
+    + 2 * MAX_KV_BYTES
+    + MAX_EVENT_LOG_BYTES
+    + MAX_RECEIPTS * MAX_RECEIPT_BYTES)
+    / 3
+    * 4
+    + 64 * 1024;
+
+/// Why bytes are not a valid envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("message too large: {len} bytes (limit {limit})")]
+    TooLarge { len: usize, limit: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("wrong protocol {found:?} (expected {PROTOCOL})")]
+    WrongProtocol { found: String },
+    #[error("field {field} too large: {len} (limit {limit})")]
+    FieldTooLarge { field: &'static str, len: usize, limit: usize },
+    #[error("field {field}: {reason}")]
+    BadField { field: &'static str, reason: String },
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+    }
+
+    pub mod opt {
+        use super::*;
+        pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            match bytes {
+                Some(b) => super::serialize(b, s),
+                None => s.serialize_none(),
+            }
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+            let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+            s.map(|s| STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)).transpose()
+        }
+    }
+
+    pub mod list {
+        use super::*;
+        use serde::Serialize;
+        pub fn serialize<S: Serializer>(v: &Option<Vec<Vec<u8>>>, s: S) -> Result<S::Ok, S::Error> {
+            v.as_ref().map(|v| v.iter().map(|b| STANDARD.encode(b)).collect::<Vec<_>>()).serialize(s)
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Vec<u8>>>, D::Error> {
+            let v = <Option<Vec<String>>>::deserialize(d)?;
+            v.map(|v| v.iter().map(|s| STANDARD.decode(s).map_err(serde::de::Error::custom)).collect()).transpose()
+        }
+    }
+}
+
+mod hash_hex {
+    use crate::checkpoint::Hash32;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(h: &Hash32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&h.to_hex())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash32, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Hash32::from_hex(&s).ok_or_else(|| serde::de::Error::custom("not a 32-byte hex digest"))
+    }
+}
+
+/// What every message says about who sends it, to whom, and about which
+/// agent under which epoch and head. Nonce and expiry make replays of old
+/// genuine messages recognisable (NOTES: authority claims need issuer,
+/// audience, agent, epoch, nonce, expiry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    #[serde(rename = "Issuer")]
+    pub issuer: NodeId,
+    #[serde(rename = "Audience")]
+    pub audience: NodeId,
+    #[serde(rename = "AgentID")]
+    pub agent: AgentId,
+    #[serde(rename = "Epoch")]
+    pub epoch: Epoch,
+    /// Tick of the issuer's newest checkpoint of the agent (0 = none).
+    #[serde(rename = "HeadTick")]
+    pub head_tick: TickNumber,
+    /// Hash of that checkpoint (zeros = none).
+    #[serde(rename = "HeadHash", with = "hash_hex")]
+    pub head_hash: Hash32,
+    #[serde(rename = "Nonce")]
+    pub nonce: u64,
+    /// Unix ns after which the receiver must not act on the message.
+    #[serde(rename = "Expiry")]
+    pub expiry_unix_ns: i64,
+}
+
+/// The agent and everything it needs to run elsewhere (spec §6).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPackage {
+    #[serde(rename = "AgentID")]
+    pub agent_id: AgentId,
+    #[serde(rename = "WASMBinary", with = "b64")]
+    pub wasm_binary: Vec<u8>,
+    #[serde(rename = "WASMHash", with = "b64")]
+    pub wasm_hash: Vec<u8>,
+    /// The encoded handoff checkpoint (v4).
+    #[serde(rename = "Checkpoint", with = "b64")]
+    pub checkpoint: Vec<u8>,
+    #[serde(rename = "ManifestData", with = "b64")]
+    pub manifest_data: Vec<u8>,
+    /// Microcents; must equal the checkpoint's budget (money in flight).
+    #[serde(rename = "Budget")]
+    pub budget: i64,
+    #[serde(rename = "PricePerSecond")]
+    pub price_per_second: i64,
+    #[serde(rename = "ReplayData", default, skip_serializing_if = "Option::is_none")]
+    pub replay_data: Option<ReplayData>,
+    /// The agent's Ed25519 secret seed (32 bytes): the target signs the
+    /// next checkpoints with the same identity. Confidential in transit:
+    /// the transport (noise) encrypts it.
+    #[serde(rename = "AgentIdentity", default, skip_serializing_if = "Option::is_none", with = "b64::opt")]
+    pub agent_identity: Option<Vec<u8>>,
+    #[serde(rename = "Receipts", default, skip_serializing_if = "Option::is_none", with = "b64::list")]
+    pub receipts: Option<Vec<Vec<u8>>>,
+    /// The sealed kv snapshot (agent-key signature ++ kv bytes).
+    #[serde(rename = "KV", default, skip_serializing_if = "Option::is_none", with = "b64::opt")]
+    pub kv: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for AgentPackage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentPackage")
+            .field("agent_id", &self.agent_id)
+            .field("wasm_binary", &self.wasm_binary.len())
+            .field("checkpoint", &self.checkpoint.len())
+            .field("budget", &self.budget)
+            .field("replay_data", &self.replay_data.is_some())
+            .field("agent_identity", &self.agent_identity.as_ref().map(|_| "<secret>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a target needs to re-run the last tick before the handoff
+/// checkpoint: the checkpoint before it (also proves the signature chain),
+/// the tick's inputs and its recorded event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayData {
+    #[serde(rename = "PrevCheckpoint", with = "b64")]
+    pub prev_checkpoint: Vec<u8>,
+    #[serde(rename = "PrevKV", with = "b64")]
+    pub prev_kv: Vec<u8>,
+    #[serde(rename = "Tick")]
+    pub tick: u64,
+    #[serde(rename = "NowUnixNs")]
+    pub now_unix_ns: i64,
+    #[serde(rename = "RandSeed", with = "b64")]
+    pub rand_seed: Vec<u8>,
+    #[serde(rename = "Budget")]
+    pub budget: i64,
+    #[serde(rename = "EventLog", with = "b64")]
+    pub event_log: Vec<u8>,
+}
+
+/// Request: hand an agent over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTransfer {
+    #[serde(rename = "Package")]
+    pub package: AgentPackage,
+    #[serde(rename = "SourceNodeID")]
+    pub source_node_id: NodeId,
+}
+
+/// Reply to [`AgentTransfer`]. `Success: false` is a *definitive* refusal:
+/// the target has not taken authority from this package and never will.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStarted {
+    #[serde(rename = "AgentID")]
+    pub agent_id: AgentId,
+    #[serde(rename = "NodeID")]
+    pub node_id: NodeId,
+    #[serde(rename = "Success")]
+    pub success: bool,
+    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An owner announcing its epoch and head (after taking authority and on
+/// lease renewal), so that peers holding a stale or divergent copy notice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadAnnounce {
+    #[serde(rename = "State")]
+    pub state: crate::authority::AuthorityState,
+}
+
+/// Reply to anything that is not a transfer: the replier's own view of the
+/// agent in its header, and its authority state (if it knows the agent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadAck {
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::authority::AuthorityState>,
+}
+
+/// The message itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Body {
+    AgentTransfer(AgentTransfer),
+    AgentStarted(AgentStarted),
+    HeadAnnounce(HeadAnnounce),
+    HeadAck(HeadAck),
+}
+
+/// Message kinds, for events and traces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MessageKind {
+    AgentTransfer,
+    AgentStarted,
+    HeadAnnounce,
+    HeadAck,
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl Body {
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Body::AgentTransfer(_) => MessageKind::AgentTransfer,
+            Body::AgentStarted(_) => MessageKind::AgentStarted,
+            Body::HeadAnnounce(_) => MessageKind::HeadAnnounce,
+            Body::HeadAck(_) => MessageKind::HeadAck,
+        }
+    }
+}
+
+/// One request or reply on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    #[serde(rename = "Protocol")]
+    pub protocol: String,
+    #[serde(rename = "Header")]
+    pub header: Header,
+    #[serde(rename = "Body")]
+    pub body: Body,
+}
+
+fn limit(field: &'static str, len: usize, limit: usize) -> Result<(), WireError> {
+    if len > limit { Err(WireError::FieldTooLarge { field, len, limit }) } else { Ok(()) }
+}
+
+impl Envelope {
+    pub fn new(header: Header, body: Body) -> Self {
+        Envelope { protocol: PROTOCOL.to_string(), header, body }
+    }
+
+    pub fn kind(&self) -> MessageKind {
+        self.body.kind()
+    }
+
+    /// Canonical JSON bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising these plain structs to a Vec cannot fail: no maps
+        // with non-string keys, no custom serialisers that error.
+        serde_json::to_vec(self).expect("envelope serialisation is infallible")
+    }
+
+    /// Parse and check limits. Never panics on any input.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(WireError::TooLarge { len: bytes.len(), limit: MAX_MESSAGE_BYTES });
+        }
+        let env: Envelope = serde_json::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if env.protocol != PROTOCOL {
+            return Err(WireError::WrongProtocol { found: env.protocol.chars().take(64).collect() });
+        }
+        env.validate()?;
+        Ok(env)
+    }
+
+    fn validate(&self) -> Result<(), WireError> {
+        match &self.body {
+            Body::AgentTransfer(t) => {
+                let p = &t.package;
+                if p.agent_id != self.header.agent {
+                    return Err(WireError::BadField {
+                        field: "AgentID",
+                        reason: format!("package names {}, header names {}", p.agent_id, self.header.agent),
+                    });
+                }
+                if t.source_node_id != self.header.issuer {
+                    return Err(WireError::BadField {
+                        field: "SourceNodeID",
+                        reason: format!("{} is not the issuer {}", t.source_node_id, self.header.issuer),
+                    });
+                }
+                limit("WASMBinary", p.wasm_binary.len(), MAX_WASM_BYTES)?;
+                if p.wasm_hash.len() != 32 {
+                    return Err(WireError::BadField { field: "WASMHash", reason: "not 32 bytes".into() });
+                }
+                limit("Checkpoint", p.checkpoint.len(), MAX_CHECKPOINT_BYTES)?;
+                limit("ManifestData", p.manifest_data.len(), MAX_MANIFEST_BYTES)?;
+                if p.budget < 0 || p.price_per_second < 0 {
+                    return Err(WireError::BadField { field: "Budget", reason: "negative money".into() });
+                }
+                if let Some(id) = &p.agent_identity {
+                    if id.len() != 32 {
+                        return Err(WireError::BadField { field: "AgentIdentity", reason: "not 32 bytes".into() });
+                    }
+                }
+                if let Some(r) = &p.receipts {
+                    limit("Receipts", r.len(), MAX_RECEIPTS)?;
+                    for x in r {
+                        limit("Receipts[]", x.len(), MAX_RECEIPT_BYTES)?;
+                    }
+                }
+                if let Some(kv) = &p.kv {
+                    limit("KV", kv.len(), MAX_KV_BYTES)?;
+                }
+                if let Some(r) = &p.replay_data {
+                    limit("PrevCheckpoint", r.prev_checkpoint.len(), MAX_CHECKPOINT_BYTES)?;
+                    limit("PrevKV", r.prev_kv.len(), MAX_KV_BYTES)?;
+                    limit("EventLog", r.event_log.len(), MAX_EVENT_LOG_BYTES)?;
+                    if r.rand_seed.len() != 32 {
+                        return Err(WireError::BadField { field: "RandSeed", reason: "not 32 bytes".into() });
+                    }
+                }
+            }
+            Body::AgentStarted(s) => {
+                limit("Error", s.error.as_ref().map_or(0, String::len), MAX_ERROR_BYTES)?;
+            }
+            Body::HeadAnnounce(_) | Body::HeadAck(_) => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header() -> Header {
+        Header {
+            issuer: NodeId::new("a").unwrap(),
+            audience: NodeId::new("b").unwrap(),
+            agent: AgentId::new("counter").unwrap(),
+            epoch: Epoch::new(2, 3),
+            head_tick: TickNumber(9),
+            head_hash: Hash32::of(b"x"),
+            nonce: 7,
+            expiry_unix_ns: 1_000,
+        }
+    }
+
+    fn package() -> AgentPackage {
+        AgentPackage {
+            agent_id: AgentId::new("counter").unwrap(),
+            wasm_binary: b"\0asm".to_vec(),
+            wasm_hash: vec![1; 32],
+            checkpoint: vec![4; 300],
+            manifest_data: b"{}".to_vec(),
+            budget: 5,
+            price_per_second: 1,
+            replay_data: None,
+            agent_identity: Some(vec![9; 32]),
+            receipts: None,
+            kv: Some(vec![]),
+        }
+    }
+
+    fn transfer() -> Envelope {
+        Envelope::new(
+            header(),
+            Body::AgentTransfer(AgentTransfer { package: package(), source_node_id: NodeId::new("a").unwrap() }),
+        )
+    }
+
+    #[test]
+    fn transfer_uses_spec_field_names_and_base64() {
+        let json = String::from_utf8(transfer().encode()).unwrap();
+        for name in [
+            "\"AgentTransfer\"",
+            "\"Package\"",
+            "\"SourceNodeID\"",
+            "\"AgentID\"",
+            "\"WASMBinary\":\"AGFzbQ==\"",
+            "\"WASMHash\"",
+            "\"Checkpoint\"",
+            "\"ManifestData\"",
+            "\"Budget\"",
+            "\"PricePerSecond\"",
+            "\"AgentIdentity\"",
+            "\"KV\"",
+        ] {
+            assert!(json.contains(name), "{name} missing from {json}");
+        }
+        assert!(!json.contains("ReplayData"), "absent optionals are omitted");
+        assert_eq!(Envelope::decode(json.as_bytes()).unwrap(), transfer());
+        let started = Envelope::new(
+            header(),
+            Body::AgentStarted(AgentStarted {
+                agent_id: AgentId::new("counter").unwrap(),
+                node_id: NodeId::new("b").unwrap(),
+                success: false,
+                error: Some("price".into()),
+            }),
+        );
+        let json = String::from_utf8(started.encode()).unwrap();
+        assert!(json.contains("\"NodeID\":\"b\",\"Success\":false,\"Error\":\"price\""), "{json}");
+    }
+
+    #[test]
+    fn malformed_and_oversized_input_is_an_error() {
+        assert!(matches!(Envelope::decode(b""), Err(WireError::Malformed(_))));
+        assert!(matches!(Envelope::decode(b"{\"Protocol\":1}"), Err(WireError::Malformed(_))));
+        let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(Envelope::decode(&big), Err(WireError::TooLarge { .. })));
+        let mut e = transfer();
+        e.protocol = "/other/1".into();
+        assert!(matches!(Envelope::decode(&e.encode()), Err(WireError::WrongProtocol { .. })));
+        let mut e = transfer();
+        if let Body::AgentTransfer(t) = &mut e.body {
+            t.package.wasm_hash = vec![1; 31];
+        }
+        assert!(matches!(Envelope::decode(&e.encode()), Err(WireError::BadField { field: "WASMHash", .. })));
+        let mut e = transfer();
+        if let Body::AgentTransfer(t) = &mut e.body {
+            t.source_node_id = NodeId::new("mallory").unwrap();
+        }
+        assert!(matches!(Envelope::decode(&e.encode()), Err(WireError::BadField { field: "SourceNodeID", .. })));
+        let json = String::from_utf8(transfer().encode()).unwrap().replace("AGFzbQ==", "!!!");
+        assert!(matches!(Envelope::decode(json.as_bytes()), Err(WireError::Malformed(_))));
+        let json = String::from_utf8(transfer().encode()).unwrap().replacen("{", "{\"Extra\":1,", 1);
+        assert!(matches!(Envelope::decode(json.as_bytes()), Err(WireError::Malformed(_))));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Envelope::decode(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_on_mutated_valid_json(at in 0usize..2000, byte: u8) {
+            let mut b = transfer().encode();
+            let i = at % b.len();
+            b[i] = byte;
+            let _ = Envelope::decode(&b);
+        }
+    }
+}
