@@ -10,3 +10,9 @@ pub mod checkpoint;
 pub mod identity;
 pub mod executor;
 pub mod lineage;
+
+pub mod authority;
+pub mod lease;
+pub mod migration;
+pub mod node;
+pub mod wire;
