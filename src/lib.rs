@@ -16,3 +16,13 @@ pub mod lease;
 pub mod migration;
 pub mod node;
 pub mod wire;
+
+pub mod eventlog;
+pub mod http;
+pub mod kv;
+pub mod manifest;
+pub mod membrane;
+pub mod meter;
+pub mod receipt;
+pub mod replay;
+pub mod sandbox;

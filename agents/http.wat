@@ -1,0 +1,20 @@
+;; http: GETs http://api.example/data every tick. State (16 bytes at 0):
+;; count u64, last http_request result i32 (at 8), first 4 response bytes (at 12).
+(module
+  (import "igor" "http_request" (func $http (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "GET")
+  (data (i32.const 1040) "http://api.example/data")
+  (func (export "agent_init"))
+  (func (export "agent_tick") (result i32)
+    (i64.store (i32.const 0) (i64.add (i64.load (i32.const 0)) (i64.const 1)))
+    (i32.store (i32.const 8)
+      (call $http (i32.const 1024) (i32.const 3) (i32.const 1040) (i32.const 23)
+                  (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 4096) (i32.const 1024)))
+    (i32.store (i32.const 12) (i32.load (i32.const 4096)))
+    (i32.const 0))
+  (func (export "agent_checkpoint") (result i32) (i32.const 16))
+  (func (export "agent_checkpoint_ptr") (result i32) (i32.const 0))
+  (func (export "agent_resume") (param $p i32) (param $n i32)
+    (memory.copy (i32.const 0) (local.get $p) (select (local.get $n) (i32.const 16) (i32.lt_u (local.get $n) (i32.const 16)))))
+  (func (export "malloc") (param i32) (result i32) (i32.const 8192)))

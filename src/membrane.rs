@@ -1,0 +1,849 @@
+//! The capability membrane (spec §2): the `igor.*` host functions, which of
+//! them an agent may import (deny by default: only the manifest's
+//! capabilities are linked, and an undeclared import is refused before
+//! instantiation, naming the import and the capability), and the per-tick
+//! context every hostcall reads and records into the event log.
+//!
+//! Boundary: everything a hostcall needs comes from [`TickCtx`] (built from
+//! `TickInputs`) or the instance's own state (memory, kv); no disk, clock or
+//! OS randomness is reachable from here. Hostcalls never trap on bad guest
+//! pointers (they return an error code); they trap only when the tick's fuel
+//! runs out, or, in replay, when the guest's calls diverge from the log.
+//!
+//! Return codes beyond the spec's table (bad guest pointers): `rand_bytes`
+//! -4, `wallet_receipt` -4, `http_request` -1, `wallet_pay` -6, `kv_*` -1.
+//! Outside a tick (lifecycle exports) the world is invisible: `clock_now`,
+//! `wallet_*`, `node_price` return 0, `rand_bytes` -1, side effects -3,
+//! `kv_get` works (it reads the agent's own state).
+
+use crate::eventlog::{Entry, EventLog};
+use crate::executor::TickInputs;
+use crate::http::{
+    HttpError, HttpGateway, HttpRequest, MAX_HEADER_BYTES, MAX_METHOD_BYTES, MAX_REQUEST_BODY_BYTES, MAX_URL_BYTES,
+};
+use crate::kv::{Kv, PutError};
+use crate::manifest::{Capability, CapabilitySet, MAX_NAME_LEN, Manifest};
+use crate::meter::{FUEL_PER_BYTE, HOSTCALL_FUEL, cost_of_fuel};
+use crate::units::{Microcents, TickNumber};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use wasmtime::{Caller, ExternType, Linker, Memory, Module, StoreLimits, Trap, ValType};
+
+/// Import module name of every hostcall.
+pub const IMPORT_MODULE: &str = "igor";
+/// Longest log message kept (spec §2: 1 MiB); longer ones are truncated.
+pub const MAX_LOG_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Log bytes retained per tick; more are counted as dropped. Fuel bounds
+/// what a guest can send, this bounds what the node keeps in memory.
+pub const MAX_LOG_BYTES_PER_TICK: usize = 1024 * 1024;
+/// Most bytes one `rand_bytes` call hands out (-2 above).
+pub const MAX_RAND_BYTES: usize = 64 * 1024;
+/// Longest payment memo.
+pub const MAX_MEMO_BYTES: usize = 256;
+/// Largest payment receipt a [`PaymentGateway`] may return; `wallet_pay`
+/// needs a receipt buffer at least this large before it pays (-5 with this
+/// hint otherwise), so a payment is never made whose receipt cannot be kept.
+pub const MAX_PAY_RECEIPT_BYTES: usize = 256;
+
+/// Every host function of spec §2, with its event-log id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hostcall {
+    ClockNow = 1,
+    RandBytes = 2,
+    LogEmit = 3,
+    WalletBalance = 4,
+    WalletReceiptCount = 5,
+    WalletReceipt = 6,
+    NodePrice = 7,
+    HttpRequest = 8,
+    WalletPay = 9,
+    KvGet = 10,
+    KvPut = 11,
+    KvDelete = 12,
+}
+
+impl Hostcall {
+    pub const ALL: [Hostcall; 12] = [
+        Hostcall::ClockNow,
+        Hostcall::RandBytes,
+        Hostcall::LogEmit,
+        Hostcall::WalletBalance,
+        Hostcall::WalletReceiptCount,
+        Hostcall::WalletReceipt,
+        Hostcall::NodePrice,
+        Hostcall::HttpRequest,
+        Hostcall::WalletPay,
+        Hostcall::KvGet,
+        Hostcall::KvPut,
+        Hostcall::KvDelete,
+    ];
+
+    pub fn id(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_id(id: u8) -> Option<Hostcall> {
+        Hostcall::ALL.into_iter().find(|h| h.id() == id)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hostcall::ClockNow => "clock_now",
+            Hostcall::RandBytes => "rand_bytes",
+            Hostcall::LogEmit => "log_emit",
+            Hostcall::WalletBalance => "wallet_balance",
+            Hostcall::WalletReceiptCount => "wallet_receipt_count",
+            Hostcall::WalletReceipt => "wallet_receipt",
+            Hostcall::NodePrice => "node_price",
+            Hostcall::HttpRequest => "http_request",
+            Hostcall::WalletPay => "wallet_pay",
+            Hostcall::KvGet => "kv_get",
+            Hostcall::KvPut => "kv_put",
+            Hostcall::KvDelete => "kv_delete",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Hostcall> {
+        Hostcall::ALL.into_iter().find(|h| h.name() == name)
+    }
+
+    /// The capability that must be declared to import this hostcall.
+    pub fn capability(self) -> Capability {
+        match self {
+            Hostcall::ClockNow => Capability::Clock,
+            Hostcall::RandBytes => Capability::Rand,
+            Hostcall::LogEmit => Capability::Log,
+            Hostcall::WalletBalance | Hostcall::WalletReceiptCount | Hostcall::WalletReceipt => Capability::Wallet,
+            Hostcall::NodePrice => Capability::Pricing,
+            Hostcall::HttpRequest => Capability::Http,
+            Hostcall::WalletPay => Capability::X402,
+            Hostcall::KvGet | Hostcall::KvPut | Hostcall::KvDelete => Capability::Kv,
+        }
+    }
+
+    /// Whether this call changes the world (CM-5: only as ACTIVE_OWNER).
+    pub fn is_side_effect(self) -> bool {
+        matches!(self, Hostcall::HttpRequest | Hostcall::WalletPay | Hostcall::KvPut | Hostcall::KvDelete)
+    }
+
+    /// (params, results) of the import.
+    pub fn signature(self) -> (Vec<ValType>, Vec<ValType>) {
+        use ValType::{I32, I64};
+        match self {
+            Hostcall::ClockNow | Hostcall::WalletBalance | Hostcall::NodePrice => (vec![], vec![I64]),
+            Hostcall::RandBytes | Hostcall::KvDelete => (vec![I32; 2], vec![I32]),
+            Hostcall::LogEmit => (vec![I32; 2], vec![]),
+            Hostcall::WalletReceiptCount => (vec![], vec![I32]),
+            Hostcall::WalletReceipt => (vec![I32; 3], vec![I32]),
+            Hostcall::HttpRequest => (vec![I32; 10], vec![I32]),
+            Hostcall::WalletPay => (vec![I64, I32, I32, I32, I32, I32, I32], vec![I32]),
+            Hostcall::KvGet | Hostcall::KvPut => (vec![I32; 4], vec![I32]),
+        }
+    }
+}
+
+fn sig_text(params: &[ValType], results: &[ValType]) -> String {
+    let list = |v: &[ValType]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+    format!("({}) -> ({})", list(params), list(results))
+}
+
+/// Why a module's imports are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImportError {
+    #[error("import {module}.{name}: unknown import module (only `igor` host functions exist)")]
+    UnknownModule { module: String, name: String },
+    #[error("import igor.{name}: no such host function")]
+    UnknownHostcall { name: String },
+    #[error("import igor.{name} needs capability `{capability}`, which the manifest does not declare")]
+    Undeclared { name: String, capability: Capability },
+    #[error("import igor.{name}: capability `{capability}` is not offered by this node")]
+    NotOffered { name: String, capability: Capability },
+    #[error("import igor.{name}: wrong type, expected {expected}, found {found}")]
+    WrongType { name: String, expected: String, found: String },
+}
+
+/// Walk `module.imports()` before instantiation: every import must be an
+/// `igor` hostcall with the right type whose capability is both declared
+/// by the manifest and offered by the node.
+pub fn check_imports(module: &Module, declared: CapabilitySet, offered: CapabilitySet) -> Result<(), ImportError> {
+    for import in module.imports() {
+        let name = import.name().to_string();
+        if import.module() != IMPORT_MODULE {
+            return Err(ImportError::UnknownModule { module: import.module().to_string(), name });
+        }
+        let call = Hostcall::from_name(&name).ok_or_else(|| ImportError::UnknownHostcall { name: name.clone() })?;
+        let capability = call.capability();
+        if !declared.contains(capability) {
+            return Err(ImportError::Undeclared { name, capability });
+        }
+        if !offered.contains(capability) {
+            return Err(ImportError::NotOffered { name, capability });
+        }
+        let (params, results) = call.signature();
+        let expected = sig_text(&params, &results);
+        let found = match import.ty() {
+            ExternType::Func(f) => sig_text(&f.params().collect::<Vec<_>>(), &f.results().collect::<Vec<_>>()),
+            other => format!("{other:?}"),
+        };
+        if expected != found {
+            return Err(ImportError::WrongType { name, expected, found });
+        }
+    }
+    Ok(())
+}
+
+/// One payment request from `wallet_pay`, after every check passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    pub tick: TickNumber,
+    pub amount: Microcents,
+    pub recipient: String,
+    pub memo: Vec<u8>,
+}
+
+/// Moves money out of an agent's budget to a recipient and returns a
+/// receipt (at most [`MAX_PAY_RECEIPT_BYTES`]). The amount is deducted from
+/// the budget by the sandbox (`TickReport::paid`); the gateway settles it.
+pub trait PaymentGateway: Send + Sync {
+    fn pay(&self, payment: &Payment) -> Result<Vec<u8>, String>;
+}
+
+/// A gateway that settles nothing and records every payment, returning a
+/// deterministic receipt: `"IGPY"`, tick, amount, SHA-256(recipient ++ 0 ++ memo).
+#[derive(Clone, Default)]
+pub struct LedgerPayments {
+    paid: Arc<Mutex<Vec<Payment>>>,
+}
+
+impl LedgerPayments {
+    pub fn payments(&self) -> Vec<Payment> {
+        self.paid.lock().expect("ledger lock poisoned").clone()
+    }
+}
+
+impl PaymentGateway for LedgerPayments {
+    fn pay(&self, p: &Payment) -> Result<Vec<u8>, String> {
+        use sha2::{Digest, Sha256};
+        self.paid.lock().expect("ledger lock poisoned").push(p.clone());
+        let mut r = b"IGPY".to_vec();
+        r.extend_from_slice(&p.tick.0.to_le_bytes());
+        r.extend_from_slice(&p.amount.0.to_le_bytes());
+        let mut h = Sha256::new();
+        h.update(p.recipient.as_bytes());
+        h.update([0]);
+        h.update(&p.memo);
+        r.extend_from_slice(&h.finalize());
+        Ok(r)
+    }
+}
+
+/// What an instance may reach besides its own memory: its manifest and the
+/// node's gateways. Shared, immutable for the instance's life (the
+/// capability set never changes during a tick).
+#[derive(Clone)]
+pub struct Grants {
+    pub manifest: Manifest,
+    pub http: Arc<dyn HttpGateway>,
+    pub payments: Arc<dyn PaymentGateway>,
+}
+
+/// A guest call sequence that does not match the recorded log (replay only).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Diverged(pub String);
+
+/// The per-tick context: the tick's inputs, its RNG, what it paid and the
+/// event log being written (live) or checked (replay).
+pub struct TickCtx {
+    pub tick: TickNumber,
+    pub now_unix_ns: i64,
+    pub budget: Microcents,
+    pub price_per_second: Microcents,
+    pub side_effects_allowed: bool,
+    pub receipts: Vec<Vec<u8>>,
+    rng: ChaCha20Rng,
+    /// Fuel the tick started with (to price the fuel burnt so far).
+    pub fuel_limit: u64,
+    pub paid: Microcents,
+    pub side_effects: u32,
+    pub log: EventLog,
+    /// Replay: the recorded entries and the next one to consume.
+    replay: Option<(Vec<Entry>, usize)>,
+    pub divergence: Option<String>,
+    /// Undo journal of kv writes, applied if the tick does not complete.
+    pub kv_undo: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub logs: Vec<String>,
+    log_bytes: usize,
+    pub logs_dropped: u64,
+}
+
+impl TickCtx {
+    /// A live tick (`recorded = None`) or a replayed one.
+    pub fn new(inputs: &TickInputs, fuel_limit: u64, recorded: Option<Vec<Entry>>) -> Self {
+        TickCtx {
+            tick: inputs.tick,
+            now_unix_ns: inputs.now_unix_ns,
+            budget: inputs.budget,
+            price_per_second: inputs.price_per_second,
+            side_effects_allowed: inputs.side_effects_allowed,
+            receipts: inputs.receipts.clone(),
+            rng: ChaCha20Rng::from_seed(inputs.rand_seed),
+            fuel_limit,
+            paid: Microcents::ZERO,
+            side_effects: 0,
+            log: EventLog::new(inputs.tick),
+            replay: recorded.map(|e| (e, 0)),
+            divergence: None,
+            kv_undo: Vec::new(),
+            logs: Vec::new(),
+            log_bytes: 0,
+            logs_dropped: 0,
+        }
+    }
+
+    /// Recorded entries the replayed guest did not ask for.
+    pub fn unconsumed(&self) -> usize {
+        self.replay.as_ref().map_or(0, |(e, pos)| e.len() - pos)
+    }
+
+    fn diverge(&mut self, msg: String) -> wasmtime::Error {
+        let msg = format!("tick {}: {msg}", self.tick);
+        self.divergence.get_or_insert(msg.clone());
+        wasmtime::Error::new(Diverged(msg))
+    }
+
+    fn next_recorded(&mut self, call: Hostcall) -> Result<Option<Vec<u8>>, wasmtime::Error> {
+        let Some((entries, pos)) = &mut self.replay else { return Ok(None) };
+        let idx = *pos;
+        let Some(e) = entries.get(idx) else {
+            let n = entries.len();
+            return Err(
+                self.diverge(format!("entry {idx}: guest called {} but the log has only {n} entries", call.name()))
+            );
+        };
+        if e.id != call.id() {
+            let (id, name) = (e.id, Hostcall::from_id(e.id).map_or("?", Hostcall::name));
+            return Err(self
+                .diverge(format!("entry {idx}: guest called {} but the log recorded id {id} ({name})", call.name())));
+        }
+        let payload = e.payload.clone();
+        *pos += 1;
+        Ok(Some(payload))
+    }
+
+    /// Record a result derived from the tick's inputs or the agent's own
+    /// state. In replay the recorded entry must be byte-identical.
+    fn observe(&mut self, call: Hostcall, payload: Vec<u8>) -> Result<(), wasmtime::Error> {
+        if let Some(recorded) = self.next_recorded(call)?
+            && recorded != payload
+        {
+            let at = first_difference(&recorded, &payload);
+            let idx = self.log.entries.len();
+            return Err(self.diverge(format!(
+                "entry {idx} ({}): recorded result differs from the recomputed one at byte {at}",
+                call.name()
+            )));
+        }
+        self.log.push(call.id(), payload);
+        Ok(())
+    }
+
+    /// Record the outcome of a world effect: run `live` now, or in replay
+    /// return the recorded outcome without touching the world.
+    fn effect(&mut self, call: Hostcall, live: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, wasmtime::Error> {
+        let payload = match self.next_recorded(call)? {
+            Some(recorded) => recorded,
+            None => live(),
+        };
+        self.log.push(call.id(), payload.clone());
+        Ok(payload)
+    }
+
+    fn keep_log(&mut self, msg: &[u8]) {
+        if self.log_bytes + msg.len() > MAX_LOG_BYTES_PER_TICK {
+            self.logs_dropped += 1;
+            return;
+        }
+        self.log_bytes += msg.len();
+        self.logs.push(String::from_utf8_lossy(msg).into_owned());
+    }
+}
+
+/// First index at which two byte strings differ (or the shorter length).
+pub fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()))
+}
+
+/// The data of a wasmtime store: everything reachable from a hostcall.
+pub struct HostState {
+    pub limits: StoreLimits,
+    pub grants: Arc<Grants>,
+    pub kv: Kv,
+    pub memory: Option<Memory>,
+    /// `Some` while a tick runs; `None` during lifecycle calls.
+    pub tick: Option<TickCtx>,
+}
+
+type Cx<'a> = Caller<'a, HostState>;
+type HResult<T> = Result<T, wasmtime::Error>;
+
+/// Burn hostcall fuel from the store; running out is an ordinary
+/// `OutOfFuel` trap, exactly as if the guest had burnt it.
+fn burn(cx: &mut Cx<'_>, fuel: u64) -> HResult<()> {
+    let have = cx.get_fuel()?;
+    if have < fuel {
+        cx.set_fuel(0)?;
+        return Err(Trap::OutOfFuel.into());
+    }
+    cx.set_fuel(have - fuel)
+}
+
+fn burn_bytes(cx: &mut Cx<'_>, n: usize) -> HResult<()> {
+    burn(cx, (n as u64).saturating_mul(FUEL_PER_BYTE))
+}
+
+/// Guest bytes `[ptr, ptr+len)`, or `None` if out of bounds (never traps).
+fn read(cx: &Cx<'_>, ptr: i32, len: i32) -> Option<Vec<u8>> {
+    let mem = cx.data().memory?;
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    mem.data(cx).get(ptr..ptr.checked_add(len)?).map(<[u8]>::to_vec)
+}
+
+/// Copy `bytes` to guest `ptr`; false if out of bounds (nothing written).
+fn write(cx: &mut Cx<'_>, ptr: i32, bytes: &[u8]) -> bool {
+    let Some(mem) = cx.data().memory else { return false };
+    let ptr = ptr as u32 as usize;
+    let Some(end) = ptr.checked_add(bytes.len()) else { return false };
+    match mem.data_mut(cx).get_mut(ptr..end) {
+        Some(dst) => {
+            dst.copy_from_slice(bytes);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether `[ptr, ptr+len)` lies in guest memory.
+fn in_bounds(cx: &Cx<'_>, ptr: i32, len: usize) -> bool {
+    let Some(mem) = cx.data().memory else { return false };
+    (ptr as u32 as usize).checked_add(len).is_some_and(|end| end <= mem.data_size(cx))
+}
+
+fn i32_payload(v: i32, extra: &[u8]) -> Vec<u8> {
+    let mut p = v.to_le_bytes().to_vec();
+    p.extend_from_slice(extra);
+    p
+}
+
+fn clock_now(mut cx: Cx<'_>) -> HResult<i64> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
+    let now = t.now_unix_ns;
+    t.observe(Hostcall::ClockNow, now.to_le_bytes().to_vec())?;
+    Ok(now)
+}
+
+fn rand_bytes(mut cx: Cx<'_>, ptr: i32, len: i32) -> HResult<i32> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let n = len as u32 as usize;
+    let (code, bytes) = if cx.data().tick.is_none() {
+        (-1, Vec::new())
+    } else if n > MAX_RAND_BYTES {
+        (-2, Vec::new())
+    } else if !in_bounds(&cx, ptr, n) {
+        (-4, Vec::new())
+    } else {
+        burn_bytes(&mut cx, n)?;
+        let mut buf = vec![0u8; n];
+        let t = cx.data_mut().tick.as_mut().expect("checked above: inside a tick");
+        t.rng.fill_bytes(&mut buf);
+        (0, buf)
+    };
+    if let Some(t) = cx.data_mut().tick.as_mut() {
+        t.observe(Hostcall::RandBytes, i32_payload(code, &bytes))?;
+    }
+    if code == 0 {
+        write(&mut cx, ptr, &bytes);
+    }
+    Ok(code)
+}
+
+fn log_emit(mut cx: Cx<'_>, ptr: i32, len: i32) -> HResult<()> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let n = (len as u32 as usize).min(MAX_LOG_MESSAGE_BYTES);
+    let msg = read(&cx, ptr, n as i32);
+    let kept = msg.as_ref().map_or(0, Vec::len);
+    burn_bytes(&mut cx, kept)?;
+    if let Some(t) = cx.data_mut().tick.as_mut() {
+        t.observe(Hostcall::LogEmit, (kept as u32).to_le_bytes().to_vec())?;
+        if let Some(m) = msg {
+            t.keep_log(&m);
+        }
+    }
+    Ok(())
+}
+
+fn wallet_balance(mut cx: Cx<'_>) -> HResult<i64> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
+    // Budget at tick start minus what this tick paid out so far.
+    let balance = t.budget.0.saturating_sub(t.paid.0);
+    t.observe(Hostcall::WalletBalance, balance.to_le_bytes().to_vec())?;
+    Ok(balance)
+}
+
+fn wallet_receipt_count(mut cx: Cx<'_>) -> HResult<i32> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
+    let n = i32::try_from(t.receipts.len()).unwrap_or(i32::MAX);
+    t.observe(Hostcall::WalletReceiptCount, n.to_le_bytes().to_vec())?;
+    Ok(n)
+}
+
+fn wallet_receipt(mut cx: Cx<'_>, index: i32, buf: i32, cap: i32) -> HResult<i32> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let Some(t) = cx.data().tick.as_ref() else { return Ok(-1) };
+    let receipt = usize::try_from(index).ok().and_then(|i| t.receipts.get(i)).cloned();
+    let (code, bytes) = match receipt {
+        None => (-1, Vec::new()),
+        Some(r) if r.len() > cap as u32 as usize || !in_bounds(&cx, buf, r.len()) => (-4, Vec::new()),
+        Some(r) => (r.len() as i32, r),
+    };
+    burn_bytes(&mut cx, bytes.len())?;
+    cx.data_mut().tick.as_mut().expect("inside a tick").observe(Hostcall::WalletReceipt, i32_payload(code, &bytes))?;
+    if code >= 0 {
+        write(&mut cx, buf, &bytes);
+    }
+    Ok(code)
+}
+
+fn node_price(mut cx: Cx<'_>) -> HResult<i64> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
+    let p = t.price_per_second.0;
+    t.observe(Hostcall::NodePrice, p.to_le_bytes().to_vec())?;
+    Ok(p)
+}
+
+/// Count a side-effect attempt and check CM-5 (only ACTIVE_OWNER acts).
+fn side_effect_permitted(cx: &mut Cx<'_>) -> bool {
+    match cx.data_mut().tick.as_mut() {
+        Some(t) => {
+            t.side_effects = t.side_effects.saturating_add(1);
+            t.side_effects_allowed
+        }
+        None => false,
+    }
+}
+
+/// Read an input field with its length limit: Err(-2) too long, Err(bad) out of bounds.
+fn read_input(cx: &Cx<'_>, ptr: i32, len: i32, limit: usize, bad: i32) -> Result<Vec<u8>, i32> {
+    if len as u32 as usize > limit {
+        return Err(-2);
+    }
+    read(cx, ptr, len).ok_or(bad)
+}
+
+// http_request event payload: kind 0 = refused before the effect (i32
+// code); 1 = response (u16 status, body); 2 = gateway error (i32 code,
+// u64 needed length for -5).
+#[allow(clippy::too_many_arguments)]
+fn http_request(
+    mut cx: Cx<'_>,
+    method_ptr: i32,
+    method_len: i32,
+    url_ptr: i32,
+    url_len: i32,
+    hdr_ptr: i32,
+    hdr_len: i32,
+    body_ptr: i32,
+    body_len: i32,
+    resp_ptr: i32,
+    resp_cap: i32,
+) -> HResult<i32> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(&mut cx);
+    let inputs = (|| {
+        let method = read_input(&cx, method_ptr, method_len, MAX_METHOD_BYTES, -1)?;
+        let url = read_input(&cx, url_ptr, url_len, MAX_URL_BYTES, -1)?;
+        let headers = read_input(&cx, hdr_ptr, hdr_len, MAX_HEADER_BYTES, -1)?;
+        let body = read_input(&cx, body_ptr, body_len, MAX_REQUEST_BODY_BYTES, -1)?;
+        let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| -1);
+        Ok::<_, i32>(HttpRequest { method: text(method)?, url: text(url)?, headers, body })
+    })();
+    let grants = cx.data().grants.clone();
+    let policy = grants.manifest.http.clone().unwrap_or_else(|| crate::manifest::HttpPolicy {
+        allowed_hosts: Vec::new(),
+        timeout_ms: 0,
+        max_response_bytes: 0,
+    });
+    let refused = match &inputs {
+        Err(code) => Some(*code),
+        Ok(_) if !permitted => Some(-3),
+        Ok(req) if !policy.allows(&req.url) => Some(-3),
+        Ok(_) => None,
+    };
+    if let Ok(req) = &inputs {
+        burn_bytes(&mut cx, req.method.len() + req.url.len() + req.headers.len() + req.body.len())?;
+    }
+    let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(-3) };
+    if let Some(code) = refused {
+        t.observe(Hostcall::HttpRequest, i32_payload(0, &code.to_le_bytes()))?;
+        return Ok(code);
+    }
+    let req = inputs.expect("refused is None only for Ok inputs");
+    let payload = t.effect(Hostcall::HttpRequest, || match grants.http.request(&req, &policy) {
+        Ok(resp) => {
+            let mut p = vec![1u8];
+            p.extend_from_slice(&resp.status.to_le_bytes());
+            p.extend_from_slice(&resp.body);
+            p
+        }
+        Err(e) => {
+            let (code, needed) = match e {
+                HttpError::Network(_) => (-1i32, 0u64),
+                HttpError::HostNotAllowed(_) => (-3, 0),
+                HttpError::Timeout => (-4, 0),
+                HttpError::TooLarge { needed } => (-5, needed),
+            };
+            let mut p = vec![2u8];
+            p.extend_from_slice(&code.to_le_bytes());
+            p.extend_from_slice(&needed.to_le_bytes());
+            p
+        }
+    })?;
+    deliver_http(&mut cx, &payload, resp_ptr, resp_cap, policy.max_response_bytes)
+}
+
+/// Turn a recorded http outcome into what the guest sees (same code path
+/// live and in replay, so both write the same bytes).
+fn deliver_http(cx: &mut Cx<'_>, payload: &[u8], resp_ptr: i32, resp_cap: i32, max_response: u64) -> HResult<i32> {
+    let needed_hint = |cx: &mut Cx<'_>, needed: u64| -> HResult<i32> {
+        if resp_cap as u32 >= 4 {
+            write(cx, resp_ptr, &(needed.min(u64::from(u32::MAX)) as u32).to_le_bytes());
+        }
+        Ok(-5)
+    };
+    match payload.split_first() {
+        Some((1, rest)) if rest.len() >= 2 => {
+            let status = u16::from_le_bytes([rest[0], rest[1]]);
+            let body = &rest[2..];
+            if body.len() as u64 > max_response || body.len() > resp_cap as u32 as usize {
+                return needed_hint(cx, body.len() as u64);
+            }
+            burn_bytes(cx, body.len())?;
+            Ok(if write(cx, resp_ptr, body) { i32::from(status) } else { -1 })
+        }
+        Some((2, rest)) if rest.len() == 12 => {
+            let code = i32::from_le_bytes(rest[..4].try_into().expect("length checked"));
+            let needed = u64::from_le_bytes(rest[4..].try_into().expect("length checked"));
+            if code == -5 { needed_hint(cx, needed) } else { Ok(code) }
+        }
+        _ => {
+            let t = cx.data_mut().tick.as_mut().expect("inside a tick");
+            Err(t.diverge("http_request: recorded outcome is malformed".into()))
+        }
+    }
+}
+
+// wallet_pay event payload: kind 0 = refused before paying (i32 code);
+// 1 = paid (receipt bytes); 2 = gateway failure (-6).
+#[allow(clippy::too_many_arguments)]
+fn wallet_pay(
+    mut cx: Cx<'_>,
+    amount: i64,
+    rcpt_ptr: i32,
+    rcpt_len: i32,
+    memo_ptr: i32,
+    memo_len: i32,
+    buf: i32,
+    cap: i32,
+) -> HResult<i32> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(&mut cx);
+    let recipient =
+        read_input(&cx, rcpt_ptr, rcpt_len, MAX_NAME_LEN, -6).and_then(|r| String::from_utf8(r).map_err(|_| -6));
+    let memo = read_input(&cx, memo_ptr, memo_len, MAX_MEMO_BYTES, -6);
+    let moved = recipient.as_ref().map_or(0, String::len) + memo.as_ref().map_or(0, Vec::len);
+    burn_bytes(&mut cx, moved)?;
+    let fuel_left = cx.get_fuel()?;
+    let grants = cx.data().grants.clone();
+    let buf_ok = cap as u32 as usize >= MAX_PAY_RECEIPT_BYTES && in_bounds(&cx, buf, MAX_PAY_RECEIPT_BYTES);
+    let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(-3) };
+    let policy = grants.manifest.x402.clone();
+    let refused = (|| -> Result<(), i32> {
+        let recipient = recipient.clone()?;
+        memo.clone()?;
+        if amount <= 0 {
+            return Err(-6);
+        }
+        if !permitted {
+            return Err(-3);
+        }
+        let policy = policy.as_ref().ok_or(-3)?;
+        if !policy.allowed_recipients.iter().any(|r| *r == recipient.to_ascii_lowercase()) {
+            return Err(-3);
+        }
+        if policy.max_payment_microcents > 0 && amount > policy.max_payment_microcents {
+            return Err(-4);
+        }
+        if !buf_ok {
+            return Err(-5);
+        }
+        // Money left = budget - paid so far - the fuel burnt so far, priced.
+        let burnt = cost_of_fuel(t.fuel_limit.saturating_sub(fuel_left), t.price_per_second).map_err(|_| -6)?;
+        let left = t.budget.0.saturating_sub(t.paid.0).saturating_sub(burnt.0);
+        if amount > left {
+            return Err(-1);
+        }
+        Ok(())
+    })();
+    if let Err(code) = refused {
+        t.observe(Hostcall::WalletPay, i32_payload(0, &code.to_le_bytes()))?;
+        if code == -5 && cap as u32 >= 4 {
+            write(&mut cx, buf, &(MAX_PAY_RECEIPT_BYTES as u32).to_le_bytes());
+        }
+        return Ok(code);
+    }
+    let payment = Payment {
+        tick: t.tick,
+        amount: Microcents(amount),
+        recipient: recipient.expect("refused is Ok only with a recipient"),
+        memo: memo.expect("refused is Ok only with a memo"),
+    };
+    let payload = t.effect(Hostcall::WalletPay, || match grants.payments.pay(&payment) {
+        Ok(receipt) if receipt.len() <= MAX_PAY_RECEIPT_BYTES => [&[1u8][..], &receipt].concat(),
+        _ => vec![2u8],
+    })?;
+    match payload.split_first() {
+        Some((1, receipt)) => {
+            t.paid = Microcents(t.paid.0.saturating_add(amount));
+            let receipt = receipt.to_vec();
+            burn_bytes(&mut cx, receipt.len())?;
+            write(&mut cx, buf, &receipt);
+            Ok(receipt.len() as i32)
+        }
+        Some((2, [])) => Ok(-6),
+        _ => Err(t.diverge("wallet_pay: recorded outcome is malformed".into())),
+    }
+}
+
+fn kv_get(mut cx: Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_cap: i32) -> HResult<i32> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let max_key = cx.data().kv.limits().max_key_bytes as usize;
+    let (code, bytes) = match read_input(&cx, key_ptr, key_len, max_key, -1) {
+        Err(_) => (-1, Vec::new()),
+        Ok(key) => match cx.data().kv.get(&key).map(<[u8]>::to_vec) {
+            None => (-5, Vec::new()),
+            Some(v) if v.len() > val_cap as u32 as usize || !in_bounds(&cx, val_ptr, v.len()) => {
+                (-4, (v.len() as u32).to_le_bytes().to_vec())
+            }
+            Some(v) => (v.len() as i32, v),
+        },
+    };
+    burn_bytes(&mut cx, key_len.max(0) as usize + bytes.len())?;
+    if let Some(t) = cx.data_mut().tick.as_mut() {
+        t.observe(Hostcall::KvGet, i32_payload(code, &bytes))?;
+    }
+    if code >= 0 || (code == -4 && val_cap as u32 >= 4) {
+        write(&mut cx, val_ptr, &bytes[..if code >= 0 { bytes.len() } else { 4 }]);
+    }
+    Ok(code)
+}
+
+fn kv_put(mut cx: Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32) -> HResult<i32> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(&mut cx);
+    let limits = cx.data().kv.limits();
+    let key = read_input(&cx, key_ptr, key_len, limits.max_key_bytes as usize, -1);
+    let value = read_input(&cx, val_ptr, val_len, limits.max_value_bytes as usize, -1);
+    burn_bytes(&mut cx, key.as_ref().map_or(0, Vec::len) + value.as_ref().map_or(0, Vec::len))?;
+    let state = cx.data_mut();
+    let Some(t) = state.tick.as_mut() else { return Ok(-3) };
+    let code: i32 = match (key, value) {
+        (Err(c), _) | (_, Err(c)) => c,
+        _ if !permitted => -3,
+        (Ok(k), Ok(v)) => {
+            let old = state.kv.get(&k).map(<[u8]>::to_vec);
+            match state.kv.put(&k, &v) {
+                Ok(()) => {
+                    t.kv_undo.push((k, old));
+                    0
+                }
+                Err(PutError::TooLarge) => -2,
+                Err(PutError::Quota) => -6,
+            }
+        }
+    };
+    t.observe(Hostcall::KvPut, code.to_le_bytes().to_vec())?;
+    Ok(code)
+}
+
+fn kv_delete(mut cx: Cx<'_>, key_ptr: i32, key_len: i32) -> HResult<i32> {
+    burn(&mut cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(&mut cx);
+    let max_key = cx.data().kv.limits().max_key_bytes as usize;
+    let key = read_input(&cx, key_ptr, key_len, max_key, -1);
+    burn_bytes(&mut cx, key.as_ref().map_or(0, Vec::len))?;
+    let state = cx.data_mut();
+    let Some(t) = state.tick.as_mut() else { return Ok(-3) };
+    let code: i32 = match key {
+        Err(_) => -1,
+        Ok(_) if !permitted => -3,
+        Ok(k) => {
+            if let Some(old) = state.kv.get(&k).map(<[u8]>::to_vec) {
+                state.kv.delete(&k);
+                t.kv_undo.push((k, Some(old)));
+            }
+            0
+        }
+    };
+    t.observe(Hostcall::KvDelete, code.to_le_bytes().to_vec())?;
+    Ok(code)
+}
+
+/// Undo the kv writes of a tick that did not complete (ticks are atomic
+/// for the agent's own state).
+pub fn roll_back_kv(kv: &mut Kv, undo: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+    for (key, old) in undo.into_iter().rev() {
+        match old {
+            // Restoring an old value only frees space: it cannot fail.
+            Some(v) => {
+                kv.delete(&key);
+                let _ = kv.put(&key, &v);
+            }
+            None => kv.delete(&key),
+        }
+    }
+}
+
+/// A linker holding exactly the hostcalls of `caps` (deny by default).
+pub fn linker(engine: &wasmtime::Engine, caps: CapabilitySet) -> Result<Linker<HostState>, wasmtime::Error> {
+    let mut l = Linker::new(engine);
+    let m = IMPORT_MODULE;
+    for call in Hostcall::ALL.into_iter().filter(|c| caps.contains(c.capability())) {
+        match call {
+            Hostcall::ClockNow => l.func_wrap(m, call.name(), clock_now)?,
+            Hostcall::RandBytes => l.func_wrap(m, call.name(), rand_bytes)?,
+            Hostcall::LogEmit => l.func_wrap(m, call.name(), log_emit)?,
+            Hostcall::WalletBalance => l.func_wrap(m, call.name(), wallet_balance)?,
+            Hostcall::WalletReceiptCount => l.func_wrap(m, call.name(), wallet_receipt_count)?,
+            Hostcall::WalletReceipt => l.func_wrap(m, call.name(), wallet_receipt)?,
+            Hostcall::NodePrice => l.func_wrap(m, call.name(), node_price)?,
+            Hostcall::HttpRequest => l.func_wrap(m, call.name(), http_request)?,
+            Hostcall::WalletPay => l.func_wrap(m, call.name(), wallet_pay)?,
+            Hostcall::KvGet => l.func_wrap(m, call.name(), kv_get)?,
+            Hostcall::KvPut => l.func_wrap(m, call.name(), kv_put)?,
+            Hostcall::KvDelete => l.func_wrap(m, call.name(), kv_delete)?,
+        };
+    }
+    Ok(l)
+}
+
+impl fmt::Display for Hostcall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
