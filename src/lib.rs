@@ -16,6 +16,7 @@ pub mod lease;
 pub mod migration;
 pub mod node;
 pub mod wire;
+pub mod p2p;
 
 pub mod eventlog;
 pub mod http;

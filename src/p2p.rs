@@ -1,0 +1,326 @@
+//! The real network adapter: the [`Network`] trait on libp2p (TCP + noise +
+//! yamux, identify, ping, request-response on `/igor/migrate/1.0.0`). It
+//! moves opaque bytes and nothing else: no protocol decisions live here. The
+//! swarm runs in its own task; the node talks to it through channels. This
+//! is the only module that may name libp2p types.
+#![allow(clippy::disallowed_types)]
+
+use crate::env::{Incoming, NetError, Network};
+use crate::units::NodeId;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, connection_limits, identify, noise, ping, tcp, yamux};
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// The one application protocol.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/igor/migrate/1.0.0");
+/// Largest request or response body accepted on a stream. The protocol's own
+/// limits (`wire::MAX_MESSAGE_BYTES`) apply after this; this bound only stops
+/// a peer from making us buffer without end.
+pub const MAX_FRAME_BYTES: usize = crate::wire::MAX_MESSAGE_BYTES;
+/// Transport safety net. Protocol deadlines live in the state machines and
+/// are much shorter; this only reclaims streams of a vanished peer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connection limits (checked before the noise handshake for pending ones):
+/// a node talks to a handful of peers; these bound handshake spam.
+pub const MAX_PENDING_INCOMING: u32 = 16;
+pub const MAX_ESTABLISHED: u32 = 256;
+pub const MAX_ESTABLISHED_PER_PEER: u32 = 4;
+/// Concurrent inbound+outbound streams per connection.
+pub const MAX_CONCURRENT_STREAMS: usize = 32;
+
+/// Length-prefixed (u32 big-endian) opaque frames with an explicit limit.
+#[derive(Clone, Default)]
+pub struct FrameCodec;
+
+async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes over {MAX_FRAME_BYTES}")));
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+async fn write_frame<T: futures::AsyncWrite + Unpin + Send>(io: &mut T, body: Vec<u8>) -> io::Result<()> {
+    let len = u32::try_from(body.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(&body).await?;
+    io.close().await
+}
+
+impl request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        read_frame(io).await
+    }
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        read_frame(io).await
+    }
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
+        write_frame(io, req).await
+    }
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
+        write_frame(io, res).await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    rr: request_response::Behaviour<FrameCodec>,
+}
+
+enum Cmd {
+    Request { peer: PeerId, body: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, NetError>> },
+    Respond { channel: request_response::ResponseChannel<Vec<u8>>, body: Vec<u8> },
+    Dial { addr: Multiaddr },
+}
+
+/// Split `/ip4/…/tcp/…/p2p/<peer>` into the peer id and its address.
+pub fn split_peer_addr(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut base = addr.clone();
+    match base.pop() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => Some((peer, base)),
+        _ => None,
+    }
+}
+
+/// Errors starting the network.
+#[derive(Debug, thiserror::Error)]
+pub enum P2pError {
+    #[error("libp2p transport setup: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("peer address {addr} must end with /p2p/<peer id>")]
+    PeerAddr { addr: Multiaddr },
+}
+
+/// A running libp2p node endpoint.
+pub struct P2pNetwork {
+    local: NodeId,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    inbox: Mutex<mpsc::UnboundedReceiver<Incoming>>,
+    /// Addresses we listen on, with `/p2p/<peer id>` appended.
+    pub listen_addrs: Vec<Multiaddr>,
+}
+
+impl P2pNetwork {
+    /// Build the swarm, listen on `listen`, dial `peers`, and spawn the swarm
+    /// task on the current tokio runtime. Returns once listening.
+    pub async fn start(
+        key: libp2p::identity::Keypair,
+        listen: Multiaddr,
+        peers: &[Multiaddr],
+    ) -> Result<P2pNetwork, P2pError> {
+        let local_peer = key.public().to_peer_id();
+        let local = NodeId::new(local_peer.to_string()).map_err(|e| P2pError::Transport(e.to_string()))?;
+        let rr_config = request_response::Config::default()
+            .with_request_timeout(REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+            .with_max_established(Some(MAX_ESTABLISHED))
+            .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER));
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+            .map_err(|e| P2pError::Transport(e.to_string()))?
+            .with_behaviour(|k| Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                identify: identify::Behaviour::new(identify::Config::new("/igor/1.0.0".into(), k.public())),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                rr: request_response::Behaviour::with_codec(FrameCodec, [(PROTOCOL, ProtocolSupport::Full)], rr_config),
+            })
+            .map_err(|e| P2pError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        swarm
+            .listen_on(listen.clone())
+            .map_err(|e| P2pError::Listen { addr: listen.clone(), reason: e.to_string() })?;
+        let listen_addrs = loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    break vec![address.with(libp2p::multiaddr::Protocol::P2p(local_peer))];
+                }
+                SwarmEvent::ListenerError { error, .. } | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
+                    return Err(P2pError::Listen { addr: listen, reason: error.to_string() });
+                }
+                _ => {}
+            }
+        };
+        for addr in peers {
+            let (peer, base) = split_peer_addr(addr).ok_or_else(|| P2pError::PeerAddr { addr: addr.clone() })?;
+            swarm.add_peer_address(peer, base);
+        }
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_swarm(swarm, cmd_rx, cmd_tx.clone(), in_tx));
+        Ok(P2pNetwork { local, cmds: cmd_tx, inbox: Mutex::new(in_rx), listen_addrs })
+    }
+
+    pub fn local_id(&self) -> &NodeId {
+        &self.local
+    }
+
+    /// Learn and dial a peer address (`…/p2p/<peer id>`).
+    pub fn add_peer(&self, addr: Multiaddr) -> Result<NodeId, P2pError> {
+        let (peer, _) = split_peer_addr(&addr).ok_or_else(|| P2pError::PeerAddr { addr: addr.clone() })?;
+        let _ = self.cmds.send(Cmd::Dial { addr });
+        NodeId::new(peer.to_string()).map_err(|e| P2pError::Transport(e.to_string()))
+    }
+}
+
+fn classify(peer: &NodeId, failure: OutboundFailure) -> NetError {
+    let reason = failure.to_string();
+    match failure {
+        // Nothing reached the peer's application: safe to retry.
+        OutboundFailure::DialFailure | OutboundFailure::UnsupportedProtocols => {
+            NetError::Unreachable { peer: peer.clone(), reason }
+        }
+        // The request may have been read and acted on.
+        OutboundFailure::Timeout | OutboundFailure::ConnectionClosed | OutboundFailure::Io(_) => {
+            NetError::Lost { peer: peer.clone(), reason }
+        }
+    }
+}
+
+async fn run_swarm(
+    mut swarm: libp2p::Swarm<Behaviour>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    inbox: mpsc::UnboundedSender<Incoming>,
+) {
+    let mut pending: BTreeMap<OutboundRequestId, (NodeId, oneshot::Sender<Result<Vec<u8>, NetError>>)> =
+        BTreeMap::new();
+    loop {
+        tokio::select! {
+            biased;
+            cmd = cmds.recv() => match cmd {
+                None => return,
+                Some(Cmd::Request { peer, body, reply }) => {
+                    let id = swarm.behaviour_mut().rr.send_request(&peer, body);
+                    let node = NodeId::new(peer.to_string()).unwrap_or_else(|_| NodeId::new("unknown").expect("literal id is valid"));
+                    pending.insert(id, (node, reply));
+                }
+                Some(Cmd::Respond { channel, body }) => {
+                    // Err = the peer is gone; its request times out on its side.
+                    let _ = swarm.behaviour_mut().rr.send_response(channel, body);
+                }
+                Some(Cmd::Dial { addr }) => {
+                    if let Some((peer, base)) = split_peer_addr(&addr) {
+                        swarm.add_peer_address(peer, base);
+                    }
+                    if let Err(e) = swarm.dial(addr.clone()) {
+                        tracing::warn!(%addr, error = %e, "dial failed");
+                    }
+                }
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => {
+                    handle_rr(ev, &mut pending, &cmd_tx, &inbox);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    for addr in info.listen_addrs {
+                        swarm.add_peer_address(peer_id, addr);
+                    }
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => tracing::debug!(%peer_id, "connected"),
+                SwarmEvent::IncomingConnectionError { error, .. } => tracing::debug!(%error, "incoming connection refused"),
+                _ => {}
+            },
+        }
+    }
+}
+
+fn handle_rr(
+    ev: request_response::Event<Vec<u8>, Vec<u8>>,
+    pending: &mut BTreeMap<OutboundRequestId, (NodeId, oneshot::Sender<Result<Vec<u8>, NetError>>)>,
+    cmd_tx: &mpsc::UnboundedSender<Cmd>,
+    inbox: &mpsc::UnboundedSender<Incoming>,
+) {
+    match ev {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request { request, channel, .. } => {
+                let Ok(from) = NodeId::new(peer.to_string()) else { return };
+                let (tx, rx) = oneshot::channel();
+                if inbox.send(Incoming { from, body: request, reply: tx }).is_err() {
+                    return;
+                }
+                let cmd_tx = cmd_tx.clone();
+                tokio::spawn(async move {
+                    // Dropped reply = the node refused to answer: close the stream.
+                    if let Ok(body) = rx.await {
+                        let _ = cmd_tx.send(Cmd::Respond { channel, body });
+                    }
+                });
+            }
+            request_response::Message::Response { request_id, response } => {
+                if let Some((_, reply)) = pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+        },
+        request_response::Event::OutboundFailure { request_id, error, .. } => {
+            if let Some((peer, reply)) = pending.remove(&request_id) {
+                let _ = reply.send(Err(classify(&peer, error)));
+            }
+        }
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(%peer, %error, "inbound request failed");
+        }
+        request_response::Event::ResponseSent { .. } => {}
+    }
+}
+
+impl Network for P2pNetwork {
+    async fn request(&self, to: &NodeId, body: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        if body.len() > MAX_FRAME_BYTES {
+            return Err(NetError::TooLarge { peer: to.clone(), len: body.len(), limit: MAX_FRAME_BYTES });
+        }
+        let peer: PeerId = to
+            .as_str()
+            .parse()
+            .map_err(|_| NetError::Unreachable { peer: to.clone(), reason: "not a libp2p peer id".into() })?;
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Request { peer, body, reply })
+            .map_err(|_| NetError::Unreachable { peer: to.clone(), reason: "network stopped".into() })?;
+        rx.await.map_err(|_| NetError::Lost { peer: to.clone(), reason: "network stopped".into() })?
+    }
+
+    async fn accept(&self) -> Option<Incoming> {
+        self.inbox.lock().await.recv().await
+    }
+}
