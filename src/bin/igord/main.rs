@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod inspect;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +34,14 @@ enum Command {
     ///
     /// Example: igord verify nodeA/history/counter nodeB/history/counter
     Verify(inspect::VerifyArgs),
+    /// Run an agent locally from scratch; Ctrl-C commits a final checkpoint.
+    ///
+    /// Example: igord run --budget 1 --ticks 10 -v agents/counter.wat
+    Run(run::RunArgs),
+    /// Continue an agent from the head checkpoint of its history.
+    ///
+    /// Example: igord resume --checkpoint igor-data/history/counter/0000000010.ckpt --wasm agents/counter.wat
+    Resume(run::ResumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +49,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::inspect(&args),
         Command::Verify(args) => inspect::verify(&args),
+        Command::Run(args) => run::run(args).map(|c| c as u8),
+        Command::Resume(args) => run::resume(args).map(|c| c as u8),
     };
     match result {
         Ok(code) => ExitCode::from(code),
