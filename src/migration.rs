@@ -400,11 +400,18 @@ pub struct PackageFacts<'a> {
 /// hash, money in flight, identity continuity, epochs.
 pub fn judge_package(local: Option<&LocalView>, p: &PackageFacts<'_>, now_unix_ns: i64) -> Judgement {
     use AuthorityState::*;
+    // An expired package is dead whatever it says: it changes nothing here
+    // (a delayed copy must not knock a legitimate owner over either).
+    if let Some(l) = local {
+        if l.epoch.major > p.epoch.major && l.has_checkpoint {
+            return Judgement::AlreadyAccepted;
+        }
+    }
+    if now_unix_ns > p.expiry_unix_ns {
+        return Judgement::Refuse(format!("package expired at {} (now {now_unix_ns})", p.expiry_unix_ns));
+    }
     if let Some(l) = local {
         if l.epoch.major > p.epoch.major {
-            if l.has_checkpoint {
-                return Judgement::AlreadyAccepted;
-            }
             return Judgement::Refuse(format!("stale package: epoch {} but this node holds {}", p.epoch, l.epoch));
         }
         if matches!(l.state, ActiveOwner | HandoffInitiated | HandoffPending) {
@@ -414,9 +421,6 @@ pub fn judge_package(local: Option<&LocalView>, p: &PackageFacts<'_>, now_unix_n
                 detail: format!("package at epoch {} while this node is {} at {}", p.epoch, l.state, l.epoch),
             };
         }
-    }
-    if now_unix_ns > p.expiry_unix_ns {
-        return Judgement::Refuse(format!("package expired at {} (now {now_unix_ns})", p.expiry_unix_ns));
     }
     let c = p.checkpoint;
     if c.seal.is_none() {

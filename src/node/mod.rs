@@ -279,6 +279,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         &self.cfg
     }
 
+    /// The node's current time, read through its clock.
+    pub fn now(&self) -> Now {
+        self.clock.now()
+    }
+
     pub fn disk(&self) -> &D {
         &self.disk
     }

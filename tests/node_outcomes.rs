@@ -1,0 +1,469 @@
+//! One test per failure outcome of spec §6 (and the §5 rules they lean
+//! on), each on a hand-driven cluster of real nodes with the counter
+//! executor. Every test also checks the cluster invariants at the end.
+
+#[path = "node_harness.rs"]
+mod harness;
+
+use harness::{COST, Cluster, agent};
+use igor::authority::{AuthorityState, Reason};
+use igor::checkpoint::Hash32;
+use igor::env::Disk;
+use igor::env::mem::WriteStep;
+use igor::migration::Outcome;
+use igor::node::fake::CounterExecutor;
+use igor::node::{Command, Event, NodeConfig};
+use igor::units::{Epoch, TickNumber};
+use igor::wire::{Body, Envelope, HeadAnnounce, Header};
+
+const S: u64 = 1_000_000_000;
+
+fn quick(cfg: &mut NodeConfig) {
+    cfg.checkpoint_interval_ns = 2 * S;
+}
+
+/// Deploy on n0 and let it run a little.
+fn running(n: usize) -> Cluster {
+    let mut c = Cluster::new(n, 7, quick);
+    c.deploy(0, 1_000_000);
+    c.advance(5 * S);
+    c.settle();
+    assert_eq!(c.tickers(), vec![0]);
+    c
+}
+
+fn migrate(c: &mut Cluster, from: usize, to: usize) {
+    let to = c.ids[to].clone();
+    c.node(from).command(Command::Migrate { agent: agent(), to }).unwrap();
+    c.pump();
+}
+
+fn transfer_index(c: &Cluster) -> usize {
+    c.requests
+        .iter()
+        .position(|r| matches!(Envelope::decode(&r.body).map(|e| e.body), Ok(Body::AgentTransfer(_))))
+        .expect("a transfer is in flight")
+}
+
+fn outcomes(c: &Cluster, node: usize) -> Vec<Outcome> {
+    c.events
+        .iter()
+        .filter(|e| e.node == c.ids[node])
+        .filter_map(|e| match &e.event {
+            Event::MigrationFinished { outcome, .. } => Some(outcome.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn happy_path_moves_the_agent_and_retires_the_source() {
+    let mut c = running(2);
+    migrate(&mut c, 0, 1);
+    assert_eq!(c.state(0), Some(AuthorityState::HandoffPending));
+    assert!(c.tickers().is_empty(), "nobody ticks while the package is in flight");
+    c.settle();
+    assert_eq!(c.state(0), Some(AuthorityState::Retired));
+    assert_eq!(c.state(1), Some(AuthorityState::ActiveOwner));
+    let v = c.node(1).agent(&agent()).unwrap();
+    assert_eq!(v.epoch, Epoch::new(2, 0), "target epoch is (major+1, 0)");
+    assert!(!c.disks[0].exists("agents/counter/agent.wasm"), "source deleted its copy");
+    assert!(!c.disks[0].exists("agents/counter/agent.key"), "source deleted the agent key");
+    let before = c.ticks_by(1);
+    c.advance(3 * S);
+    assert!(c.ticks_by(1) > before, "target ticks");
+    assert_eq!(outcomes(&c, 0), vec![Outcome::Completed]);
+    c.check().unwrap();
+}
+
+#[test]
+fn handoff_seals_a_fresh_checkpoint_not_an_old_one() {
+    fn rare(cfg: &mut NodeConfig) {
+        cfg.checkpoint_interval_ns = 100 * S;
+    }
+    let mut c = Cluster::new(2, 5, rare);
+    c.deploy(0, 1_000_000);
+    c.advance(5 * S); // ticks after the genesis checkpoint, none committed
+    let tick = c.node(0).agent(&agent()).unwrap().tick;
+    migrate(&mut c, 0, 1);
+    let head = c.node(0).agent(&agent()).unwrap().head_tick;
+    assert_eq!(head, Some(tick), "the handoff checkpoint holds every tick run");
+    assert!(c.events.iter().any(|e| matches!(e.event, Event::CheckpointCommitted { handoff: true, .. })));
+    c.settle();
+    c.check().unwrap();
+}
+
+#[test]
+fn source_crash_before_relinquishing_keeps_authority() {
+    fn every_tick(cfg: &mut NodeConfig) {
+        cfg.checkpoint_interval_ns = 1; // the head is always fresh: sealing writes nothing
+    }
+    let mut c = Cluster::new(2, 4, every_tick);
+    c.deploy(0, 1_000_000);
+    c.advance(3 * S);
+    // The relinquish (HANDOFF_PENDING) write dies: as a crash at that point.
+    c.disks[0].interrupt_next_write("authority.json", WriteStep::Rename);
+    migrate(&mut c, 0, 1);
+    c.crash(0);
+    c.restart(0);
+    assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner));
+    assert!(
+        c.requests.iter().all(|r| !matches!(Envelope::decode(&r.body).map(|e| e.body), Ok(Body::AgentTransfer(_))))
+    );
+    let before = c.ticks_by(0);
+    c.advance(3 * S);
+    c.settle();
+    assert!(c.ticks_by(0) > before, "source keeps ticking after restart");
+    c.check().unwrap();
+}
+
+#[test]
+fn source_crash_after_relinquishing_without_confirmation_is_recovery_required() {
+    let mut c = running(2);
+    migrate(&mut c, 0, 1);
+    c.requests.clear(); // the package never arrives
+    c.crash(0);
+    c.restart(0);
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    assert_eq!(c.state(1), None);
+    c.advance(10 * S);
+    c.settle();
+    assert!(c.tickers().is_empty());
+    // The operator recovers on n0 from its newest checkpoint: one owner, higher major.
+    let head = c.node(0).agent(&agent()).unwrap().head_hash;
+    let wrong = Hash32::of(b"not the head");
+    assert!(c.node(0).command(Command::Recover { agent: agent(), anchor: wrong }).is_err());
+    c.node(0).command(Command::Recover { agent: agent(), anchor: head }).unwrap();
+    c.pump();
+    let v = c.node(0).agent(&agent()).unwrap();
+    assert_eq!((v.state, v.epoch.major), (AuthorityState::ActiveOwner, 2));
+    let before = c.ticks_by(0);
+    c.advance(3 * S);
+    c.settle();
+    assert!(c.ticks_by(0) > before);
+    c.check().unwrap();
+}
+
+#[test]
+fn target_crash_after_assuming_keeps_authority_and_source_is_ambiguous() {
+    let mut c = running(2);
+    migrate(&mut c, 0, 1);
+    let k = transfer_index(&c);
+    c.deliver(k, false);
+    assert_eq!(c.state(1), Some(AuthorityState::ActiveOwner));
+    c.crash(1); // before its confirmation reaches the source
+    c.restart(1);
+    assert_eq!(c.state(1), Some(AuthorityState::ActiveOwner), "target keeps authority");
+    // The confirmation is lost: the source cannot know, so it pauses.
+    let k = c.replies.iter().position(|r| r.to == 0).unwrap();
+    c.deliver_reply(k, true);
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    assert!(outcomes(&c, 0)[0].is_ambiguous());
+    c.advance(3 * S);
+    c.settle();
+    assert_eq!(c.tickers(), vec![1]);
+    c.check().unwrap();
+}
+
+#[test]
+fn reply_timeout_after_send_is_ambiguous_never_a_retry() {
+    let mut c = running(2);
+    migrate(&mut c, 0, 1);
+    let k = transfer_index(&c);
+    c.deliver(k, false); // target assumes
+    c.replies.clear(); // but the source hears nothing, not even an error
+    c.advance(6 * S);
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    let sent = c.events.iter().filter(|e| matches!(e.event, Event::PackageSent { .. })).count();
+    assert_eq!(sent, 1, "no blind retry after an ambiguous send");
+    c.settle();
+    assert_eq!(c.tickers(), vec![1]);
+    c.check().unwrap();
+}
+
+#[test]
+fn partition_before_send_retries_with_backoff_then_stays_on_source() {
+    let mut c = running(2);
+    migrate(&mut c, 0, 1);
+    for attempt in 1..=5 {
+        let k = transfer_index(&c);
+        c.drop_request(k, true, true); // Unreachable: never delivered
+        let r = c.replies.len() - 1;
+        c.deliver_reply(r, false);
+        if attempt < 5 {
+            assert!(c.tickers().is_empty(), "no ticking while the handoff is pending");
+        }
+        c.advance(S); // past the backoff (capped, 0.8 s at most here), before the reply deadline
+    }
+    let retries = c.events.iter().filter(|e| matches!(e.event, Event::RetryScheduled { .. })).count();
+    assert_eq!(retries, 4, "max_attempts = 5 sends, so 4 retries");
+    assert!(matches!(outcomes(&c, 0).last(), Some(Outcome::FailedBeforeSend(_))));
+    assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner));
+    assert_eq!(c.tickers(), vec![0]);
+    c.check().unwrap();
+}
+
+#[test]
+fn partition_after_send_never_gives_two_tickers() {
+    let mut c = running(3);
+    migrate(&mut c, 0, 1);
+    let k = transfer_index(&c);
+    c.deliver(k, false);
+    let k = c.replies.iter().position(|r| r.to == 0).unwrap();
+    c.drop_request(0, false, false);
+    c.replies.remove(k); // the reply is cut by the partition
+    for _ in 0..10 {
+        c.advance(S);
+        c.check().unwrap();
+    }
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    assert_eq!(c.tickers(), vec![1]);
+}
+
+#[test]
+fn second_migration_while_in_flight_is_refused() {
+    let mut c = running(3);
+    migrate(&mut c, 0, 1);
+    let to = c.ids[2].clone();
+    let err = c.node(0).command(Command::Migrate { agent: agent(), to }).unwrap_err();
+    assert!(err.reason.contains("already in flight"), "{err}");
+    c.pump();
+    assert!(c.events.iter().any(|e| matches!(e.event, Event::CommandRefused { .. })));
+    c.settle();
+    assert_eq!(c.state(1), Some(AuthorityState::ActiveOwner));
+    assert_eq!(c.state(2), None);
+    c.check().unwrap();
+}
+
+fn refusing_target(i: usize) -> CounterExecutor {
+    let mut x = CounterExecutor::new(COST);
+    if i == 1 {
+        x.unsupported.insert("capabilities".into());
+    }
+    x
+}
+
+#[test]
+fn refused_transfer_leaves_the_agent_on_the_source_after_the_package_expires() {
+    let mut c = Cluster::with_executors(2, 9, quick, refusing_target);
+    c.deploy(0, 1_000_000);
+    c.advance(3 * S);
+    migrate(&mut c, 0, 1);
+    c.settle();
+    assert_eq!(c.state(1), None, "the target refused and kept nothing");
+    assert_eq!(c.state(0), Some(AuthorityState::HandoffPending), "waits out duplicates of the package");
+    c.advance(6 * S);
+    assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner));
+    assert!(matches!(outcomes(&c, 0).last(), Some(Outcome::Refused(r)) if r.contains("capability")));
+    let before = c.ticks_by(0);
+    c.advance(3 * S);
+    assert!(c.ticks_by(0) > before);
+    c.check().unwrap();
+}
+
+#[test]
+fn price_policy_refuses_an_expensive_target() {
+    fn pricey(cfg: &mut NodeConfig) {
+        quick(cfg);
+        if cfg.node_id.as_str() == "n1" {
+            cfg.price_per_second = igor::units::Microcents(5_000);
+        }
+    }
+    let mut c = Cluster::new(2, 3, pricey);
+    let manifest = br#"{"migration_policy":{"enabled":true,"max_price_per_second":2000}}"#;
+    c.node(0).deploy(agent(), b"m".to_vec(), manifest.to_vec(), igor::units::Microcents(100_000)).unwrap();
+    c.pump();
+    migrate(&mut c, 0, 1);
+    c.settle();
+    c.advance(6 * S);
+    assert!(matches!(outcomes(&c, 0).last(), Some(Outcome::Refused(r)) if r.contains("max_price_per_second")));
+    assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner));
+    c.check().unwrap();
+}
+
+#[test]
+fn duplicated_package_is_confirmed_again_never_a_second_owner() {
+    let mut c = running(2);
+    migrate(&mut c, 0, 1);
+    let k = transfer_index(&c);
+    c.deliver(k, true);
+    c.deliver(k, false);
+    c.settle();
+    assert_eq!(c.state(0), Some(AuthorityState::Retired));
+    assert_eq!(c.tickers(), vec![1]);
+    assert!(c.node(1).stale_messages() >= 1, "the duplicate is counted");
+    c.check().unwrap();
+}
+
+#[test]
+fn stale_checkpoint_on_restart_must_not_tick() {
+    let mut c = running(2);
+    c.advance(4 * S);
+    let head = c.node(0).agent(&agent()).unwrap().head_tick.unwrap();
+    c.crash(0);
+    c.disks[0].remove(&harness::history_path(head.0)).unwrap(); // the newest checkpoint is lost
+    c.restart(0);
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    assert!(c.tickers().is_empty());
+    let loaded = c.events.iter().rev().find(|e| matches!(e.event, Event::AuthorityChanged { .. })).unwrap();
+    assert!(matches!(&loaded.event, Event::AuthorityChanged { reason: Reason::RestartInDoubt, .. }), "{loaded}");
+}
+
+#[test]
+fn damaged_newest_checkpoint_on_restart_must_not_tick() {
+    let mut c = running(1);
+    let head = c.node(0).agent(&agent()).unwrap().head_tick.unwrap();
+    c.crash(0);
+    c.disks[0].flip_bit(&harness::history_path(head.0), 30, 1).unwrap();
+    c.restart(0);
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+}
+
+#[test]
+fn restart_from_a_rolled_back_disk_that_ticked_is_caught_by_a_peer() {
+    let mut c = running(2);
+    // Keep a full copy of n0's disk as it is now (an old backup).
+    let backup = igor::env::mem::MemDisk::new();
+    for p in c.disks[0].paths() {
+        backup.write_atomic(&p, &c.disks[0].read(&p).unwrap()).unwrap();
+    }
+    migrate(&mut c, 0, 1);
+    c.settle();
+    assert_eq!(c.state(1), Some(AuthorityState::ActiveOwner));
+    // n0 comes back from the backup: locally it looks like a valid owner.
+    c.crash(0);
+    c.disks[0] = backup;
+    c.restart(0);
+    c.settle(); // its head announcement meets n1's newer epoch
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    assert!(c.events.iter().any(|e| e.node == c.ids[1] && matches!(e.event, Event::StaleMessageIgnored { .. })));
+    assert_eq!(c.tickers(), vec![1]);
+}
+
+#[test]
+fn lease_expiry_is_recovery_required_never_self_recovery() {
+    let mut c = running(1);
+    c.clock.skew_unix_ns(80 * S as i64); // the wall clock jumps past expiry + grace
+    c.advance(S);
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    assert!(c.events.iter().any(|e| matches!(e.event, Event::AuthorityChanged { reason: Reason::LeaseExpired, .. })));
+}
+
+#[test]
+fn unsafe_self_recovery_flag_recovers_on_lease_expiry() {
+    fn unsafe_mode(cfg: &mut NodeConfig) {
+        quick(cfg);
+        cfg.unsafe_self_recover_on_lease_expiry = true;
+    }
+    let mut c = Cluster::new(1, 2, unsafe_mode);
+    c.deploy(0, 1_000_000);
+    c.advance(3 * S);
+    c.clock.skew_unix_ns(80 * S as i64);
+    c.advance(S);
+    assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner));
+    assert!(
+        c.events.iter().any(|e| matches!(e.event, Event::AuthorityChanged { reason: Reason::UnsafeSelfRecovery, .. }))
+    );
+}
+
+#[test]
+fn lease_renewal_bumps_generation_and_is_recorded_in_the_next_checkpoint() {
+    let mut c = running(1);
+    c.advance(31 * S);
+    let v = c.node(0).agent(&agent()).unwrap();
+    assert_eq!(v.epoch, Epoch::new(1, 1));
+    c.advance(3 * S);
+    let last = c.all_checkpoints().into_iter().max_by_key(|(_, ck, _)| ck.tick).unwrap().1;
+    assert_eq!(last.epoch, Epoch::new(1, 1));
+    assert_eq!(last.lease_expiry_ns, c.node(0).agent(&agent()).unwrap().lease_expiry_ns);
+}
+
+fn announce(c: &Cluster, from: usize, to: usize, epoch: Epoch, tick: u64, hash: Hash32) -> Vec<u8> {
+    let h = Header {
+        issuer: c.ids[from].clone(),
+        audience: c.ids[to].clone(),
+        agent: agent(),
+        epoch,
+        head_tick: TickNumber(tick),
+        head_hash: hash,
+        nonce: 1,
+        expiry_unix_ns: i64::MAX,
+    };
+    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner })).encode()
+}
+
+#[test]
+fn older_epoch_messages_are_ignored_and_counted() {
+    let mut c = running(2);
+    migrate(&mut c, 0, 1);
+    c.settle();
+    let from = c.ids[0].clone();
+    let msg = announce(&c, 0, 1, Epoch::new(1, 0), 1, Hash32::of(b"old"));
+    let before = c.node(1).stale_messages();
+    c.node(1).handle_request(&from, &msg);
+    assert_eq!(c.node(1).stale_messages(), before + 1);
+    assert_eq!(c.state(1), Some(AuthorityState::ActiveOwner));
+}
+
+#[test]
+fn conflicting_head_for_the_same_epoch_is_divergence() {
+    let mut c = running(2);
+    let v = c.node(0).agent(&agent()).unwrap();
+    let from = c.ids[1].clone();
+    let msg = announce(&c, 1, 0, v.epoch, v.head_tick.unwrap().0, Hash32::of(b"a fork"));
+    c.node(0).handle_request(&from, &msg);
+    c.pump();
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    assert!(c.events.iter().any(|e| matches!(e.event, Event::DivergenceDetected { .. })));
+}
+
+#[test]
+fn malformed_requests_get_no_answer_and_change_nothing() {
+    let mut c = running(2);
+    let from = c.ids[1].clone();
+    for junk in [&b""[..], b"{", b"\xff\xfe", &[b'a'; 10_000]] {
+        assert!(c.node(0).handle_request(&from, junk).is_empty());
+    }
+    assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner));
+}
+
+#[test]
+fn replay_data_is_checked_by_the_target() {
+    fn every_tick(cfg: &mut NodeConfig) {
+        cfg.checkpoint_interval_ns = 1;
+    }
+    let mut c = Cluster::new(2, 11, every_tick);
+    c.deploy(0, 1_000_000);
+    c.advance(3 * S);
+    migrate(&mut c, 0, 1);
+    let k = transfer_index(&c);
+    let Ok(Body::AgentTransfer(t)) = Envelope::decode(&c.requests[k].body).map(|e| e.body) else { unreachable!() };
+    assert!(t.package.replay_data.is_some(), "one tick since the previous checkpoint: replayable");
+    c.settle();
+    assert_eq!(c.state(1), Some(AuthorityState::ActiveOwner));
+    c.check().unwrap();
+}
+
+#[test]
+fn budget_is_conserved_across_migrations_to_the_microcent() {
+    let mut c = running(3);
+    for (from, to) in [(0, 1), (1, 2), (2, 0)] {
+        c.advance(3 * S);
+        migrate(&mut c, from, to);
+        c.settle();
+        c.check().unwrap();
+    }
+    c.advance(5 * S);
+    let v = c.node(0).agent(&agent()).unwrap();
+    let charged: i64 = c
+        .events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::CheckpointCommitted { charged, paid, .. } => Some(charged.0 + paid.0),
+            _ => None,
+        })
+        .sum();
+    let head = c.all_checkpoints().into_iter().max_by_key(|(_, ck, _)| ck.tick).unwrap().1;
+    assert_eq!(head.budget.0 + charged, 1_000_000, "initial = remaining + charged + paid");
+    assert_eq!(v.epoch.major, 4, "three transfers, three majors");
+}
