@@ -101,8 +101,13 @@ struct Behaviour {
     rr: request_response::Behaviour<FrameCodec>,
 }
 
+/// Where the result of an outbound request goes.
+type ReplyTo = oneshot::Sender<Result<Vec<u8>, NetError>>;
+/// Outbound requests awaiting their response, by libp2p request id.
+type PendingRequests = BTreeMap<OutboundRequestId, (NodeId, ReplyTo)>;
+
 enum Cmd {
-    Request { peer: PeerId, body: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, NetError>> },
+    Request { peer: PeerId, body: Vec<u8>, reply: ReplyTo },
     Respond { channel: request_response::ResponseChannel<Vec<u8>>, body: Vec<u8> },
     Dial { addr: Multiaddr },
 }
@@ -222,8 +227,7 @@ async fn run_swarm(
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     inbox: mpsc::UnboundedSender<Incoming>,
 ) {
-    let mut pending: BTreeMap<OutboundRequestId, (NodeId, oneshot::Sender<Result<Vec<u8>, NetError>>)> =
-        BTreeMap::new();
+    let mut pending = PendingRequests::new();
     loop {
         tokio::select! {
             biased;
@@ -266,7 +270,7 @@ async fn run_swarm(
 
 fn handle_rr(
     ev: request_response::Event<Vec<u8>, Vec<u8>>,
-    pending: &mut BTreeMap<OutboundRequestId, (NodeId, oneshot::Sender<Result<Vec<u8>, NetError>>)>,
+    pending: &mut PendingRequests,
     cmd_tx: &mpsc::UnboundedSender<Cmd>,
     inbox: &mpsc::UnboundedSender<Incoming>,
 ) {

@@ -36,12 +36,16 @@ impl State {
 pub enum Obs {
     /// An agent was deployed with its initial budget (genesis).
     Deployed { agent: AgentId, budget: i64 },
-    /// An instance started (or resumed) from the checkpoint `head` at `tick`.
-    Started { agent: AgentId, tick: u64, head: Hash32 },
+    /// The node (re)started: it runs again and reloads its agents.
+    Booted,
+    /// A tick is about to run, descending from the committed checkpoint `base`.
+    TickStarted { agent: AgentId, tick: u64, base: Hash32 },
     /// A tick ran to `tick` (ticks completed) and charged `cost` + `paid`.
     Ticked { agent: AgentId, tick: u64, epoch: Epoch, cost: i64, paid: i64, side_effects: u32 },
     /// A checkpoint became durable (or was adopted from a transfer).
-    Committed { agent: AgentId, tick: u64, hash: Hash32, prev: Hash32, budget: i64 },
+    /// `charged`: what the node says the ticks since `prev` cost (with
+    /// payments); `None` for an adopted checkpoint (no new link).
+    Committed { agent: AgentId, tick: u64, hash: Hash32, prev: Hash32, budget: i64, charged: Option<i64> },
     /// Authority moved `from` → `to` (`from` = None for a new record).
     Authority { agent: AgentId, from: Option<State>, to: State },
     /// The node detected divergent heads for one epoch (EI-11).
@@ -82,16 +86,14 @@ struct AgentModel {
     initial_budget: Option<i64>,
     /// Latest authority state per node.
     authority: BTreeMap<NodeId, State>,
-    /// Nodes with a started instance since their last crash (RE-8).
-    running: BTreeSet<NodeId>,
+    /// Tick each node announced it is running (RE-8: start before finish).
+    started: BTreeMap<NodeId, u64>,
     /// Every committed checkpoint: hash → (tick, budget, spent up to it).
     committed: BTreeMap<Hash32, (u64, i64, i64)>,
     /// EI-3: parent → the one child it may have.
     children: BTreeMap<Hash32, Hash32>,
     /// Ticks run per node since that node's last commit: tick → charge.
     pending: BTreeMap<NodeId, BTreeMap<u64, i64>>,
-    /// Checkpoint each node's instance is running from (RE-3 base).
-    base: BTreeMap<NodeId, Hash32>,
     /// Nodes that detected divergence and must stop (EI-11).
     must_stop: BTreeSet<NodeId>,
 }
@@ -100,6 +102,8 @@ struct AgentModel {
 #[derive(Default)]
 pub struct Checker {
     agents: BTreeMap<AgentId, AgentModel>,
+    /// Nodes whose process is down (crashed, not yet restarted).
+    down: BTreeSet<NodeId>,
     /// Count of observations per kind, for coverage reporting.
     pub seen: BTreeMap<&'static str, u64>,
 }
@@ -121,22 +125,31 @@ impl Checker {
 
     pub fn observe(&mut self, at_ns: u64, node: &NodeId, obs: &Obs) -> Result<(), Violation> {
         *self.seen.entry(obs_kind(obs)).or_default() += 1;
-        if let Obs::Crashed = obs {
-            for m in self.agents.values_mut() {
-                m.running.remove(node);
-                m.pending.remove(node);
+        match obs {
+            Obs::Crashed => {
+                self.down.insert(node.clone());
+                for m in self.agents.values_mut() {
+                    m.started.remove(node);
+                    m.pending.remove(node);
+                }
+                return Ok(());
             }
-            return Ok(());
+            Obs::Booted => {
+                self.down.remove(node);
+                return Ok(());
+            }
+            _ => {}
         }
+        let down = &self.down;
         let agent = match obs {
             Obs::Deployed { agent, .. }
-            | Obs::Started { agent, .. }
+            | Obs::TickStarted { agent, .. }
             | Obs::Ticked { agent, .. }
             | Obs::Committed { agent, .. }
             | Obs::Authority { agent, .. }
             | Obs::Divergence { agent }
             | Obs::Forgot { agent } => agent.clone(),
-            Obs::Crashed => unreachable!("handled above"),
+            Obs::Crashed | Obs::Booted => unreachable!("handled above"),
         };
         let m = self.agents.entry(agent.clone()).or_default();
         let fail = |invariant, nodes: Vec<NodeId>, message: String| {
@@ -149,21 +162,19 @@ impl Checker {
             }
             Obs::Forgot { .. } => {
                 m.authority.remove(node);
-                m.running.remove(node);
+                m.started.remove(node);
                 m.pending.remove(node);
             }
-            Obs::Started { head, tick, .. } => {
+            Obs::TickStarted { base, tick, .. } => {
                 // EI-2: execution resumes only from a committed checkpoint.
-                if !m.committed.contains_key(head) {
+                if !m.committed.contains_key(base) {
                     return fail(
                         "EI-2",
                         vec![node.clone()],
-                        format!("started from uncommitted checkpoint {head:?} at tick {tick}"),
+                        format!("tick {tick} runs from uncommitted checkpoint {base:?}"),
                     );
                 }
-                m.running.insert(node.clone());
-                m.base.insert(node.clone(), *head);
-                m.pending.remove(node);
+                m.started.insert(node.clone(), *tick);
             }
             Obs::Ticked { tick, epoch, cost, paid, side_effects, .. } => {
                 let state = m.authority.get(node).copied();
@@ -176,7 +187,7 @@ impl Checker {
                 let others: Vec<NodeId> = m
                     .authority
                     .iter()
-                    .filter(|(n, s)| *n != node && **s == State::ActiveOwner && m.running.contains(*n))
+                    .filter(|(n, s)| *n != node && **s == State::ActiveOwner && !down.contains(*n))
                     .map(|(n, _)| n.clone())
                     .collect();
                 if !others.is_empty() {
@@ -184,9 +195,9 @@ impl Checker {
                     nodes.extend(others);
                     return fail("EI-1", nodes, format!("two tickers: tick {tick} while another node is ACTIVE_OWNER"));
                 }
-                // RE-8: ticks only after the instance was started.
-                if !m.running.contains(node) {
-                    return fail("RE-8", vec![node.clone()], format!("tick {tick} before the instance started"));
+                // RE-8: a tick finishes only after it was started, in order.
+                if m.started.remove(node) != Some(*tick) {
+                    return fail("RE-8", vec![node.clone()], format!("tick {tick} finished without being started"));
                 }
                 if m.must_stop.contains(node) {
                     return fail("EI-11", vec![node.clone()], format!("tick {tick} after detecting divergence"));
@@ -200,7 +211,7 @@ impl Checker {
                 }
                 m.pending.entry(node.clone()).or_default().insert(*tick, cost.saturating_add(*paid));
             }
-            Obs::Committed { tick, hash, prev, budget, .. } => {
+            Obs::Committed { tick, hash, prev, budget, charged, .. } => {
                 if *budget < 0 {
                     return fail("RE-3", vec![node.clone()], format!("negative budget {budget} at tick {tick}"));
                 }
@@ -216,8 +227,14 @@ impl Checker {
                 }
                 if m.committed.contains_key(hash) {
                     // The same checkpoint adopted by a migration target.
-                    m.base.insert(node.clone(), *hash);
                     return Ok(());
+                }
+                if charged.is_none() {
+                    return fail(
+                        "EI-2",
+                        vec![node.clone()],
+                        format!("adopted checkpoint {hash:?} at tick {tick} was never committed"),
+                    );
                 }
                 m.children.insert(*prev, *hash);
                 let (prev_tick, prev_budget, prev_spent) = match m.committed.get(prev) {
@@ -240,6 +257,13 @@ impl Checker {
                 let pending = m.pending.entry(node.clone()).or_default();
                 let spent_now: i64 = pending.range(prev_tick + 1..=*tick).map(|(_, c)| *c).sum();
                 pending.retain(|t, _| *t > *tick);
+                if *charged != Some(spent_now) {
+                    return fail(
+                        "RE-3",
+                        vec![node.clone()],
+                        format!("checkpoint at tick {tick} claims {charged:?} charged, its ticks charged {spent_now}"),
+                    );
+                }
                 let spent = prev_spent.saturating_add(spent_now);
                 if let Some(initial) = m.initial_budget {
                     if initial.saturating_sub(spent) != *budget {
@@ -253,7 +277,6 @@ impl Checker {
                     }
                 }
                 m.committed.insert(*hash, (*tick, *budget, spent));
-                m.base.insert(node.clone(), *hash);
             }
             Obs::Authority { to, .. } => {
                 if *to == State::ActiveOwner {
@@ -278,7 +301,7 @@ impl Checker {
             Obs::Divergence { .. } => {
                 m.must_stop.insert(node.clone());
             }
-            Obs::Crashed => {}
+            Obs::Crashed | Obs::Booted => {}
         }
         Ok(())
     }
@@ -287,7 +310,8 @@ impl Checker {
 fn obs_kind(obs: &Obs) -> &'static str {
     match obs {
         Obs::Deployed { .. } => "deployed",
-        Obs::Started { .. } => "started",
+        Obs::Booted => "booted",
+        Obs::TickStarted { .. } => "tick_started",
         Obs::Ticked { .. } => "ticked",
         Obs::Committed { .. } => "committed",
         Obs::Authority { .. } => "authority",
@@ -314,57 +338,65 @@ mod tests {
         let obs = Obs::Authority { agent: ag(), from: None, to: State::ActiveOwner };
         c.observe(0, &n(node), &obs).unwrap();
     }
-    fn tick(tick: u64, cost: i64) -> Obs {
-        Obs::Ticked { agent: ag(), tick, epoch: Epoch::new(1, 0), cost, paid: 0, side_effects: 0 }
+    fn tick(c: &mut Checker, node: &str, tick: u64, cost: i64) -> Result<(), Violation> {
+        c.observe(0, &n(node), &Obs::TickStarted { agent: ag(), tick, base: Hash32::ZERO })?;
+        let obs = Obs::Ticked { agent: ag(), tick, epoch: Epoch::new(1, 0), cost, paid: 0, side_effects: 0 };
+        c.observe(0, &n(node), &obs)
     }
-    fn start(c: &mut Checker, node: &str, head: Hash32) {
-        c.observe(0, &n(node), &Obs::Started { agent: ag(), tick: 0, head }).unwrap();
+
+    fn deployed(node: &str) -> Checker {
+        let mut c = Checker::new();
+        c.observe(0, &n(node), &Obs::Deployed { agent: ag(), budget: 100 }).unwrap();
+        owner(&mut c, node);
+        c
+    }
+    fn commit(tick: u64, hash: Hash32, prev: Hash32, budget: i64, charged: i64) -> Obs {
+        Obs::Committed { agent: ag(), tick, hash, prev, budget, charged: Some(charged) }
     }
 
     #[test]
     fn conserved_chain_passes_and_leak_is_re3() {
-        let mut c = Checker::new();
-        c.observe(0, &n("a"), &Obs::Deployed { agent: ag(), budget: 100 }).unwrap();
-        owner(&mut c, "a");
-        start(&mut c, "a", Hash32::ZERO);
-        c.observe(1, &n("a"), &tick(1, 10)).unwrap();
-        c.observe(2, &n("a"), &tick(2, 5)).unwrap();
-        let ok = Obs::Committed { agent: ag(), tick: 2, hash: h(1), prev: Hash32::ZERO, budget: 85 };
-        c.observe(3, &n("a"), &ok).unwrap();
-        c.observe(4, &n("a"), &tick(3, 5)).unwrap();
-        let leak = Obs::Committed { agent: ag(), tick: 3, hash: h(2), prev: h(1), budget: 81 };
-        assert_eq!(c.observe(5, &n("a"), &leak).unwrap_err().invariant, "RE-3");
+        let mut c = deployed("a");
+        tick(&mut c, "a", 1, 10).unwrap();
+        tick(&mut c, "a", 2, 5).unwrap();
+        c.observe(3, &n("a"), &commit(2, h(1), Hash32::ZERO, 85, 15)).unwrap();
+        tick(&mut c, "a", 3, 5).unwrap();
+        assert_eq!(c.observe(5, &n("a"), &commit(3, h(2), h(1), 81, 5)).unwrap_err().invariant, "RE-3");
     }
 
     #[test]
-    fn two_tickers_are_ei1_and_two_owners_ei5() {
-        let mut c = Checker::new();
-        c.observe(0, &n("a"), &Obs::Deployed { agent: ag(), budget: 100 }).unwrap();
-        owner(&mut c, "a");
-        start(&mut c, "a", Hash32::ZERO);
+    fn node_accounting_that_disagrees_with_its_ticks_is_re3() {
+        let mut c = deployed("a");
+        tick(&mut c, "a", 1, 10).unwrap();
+        let err = c.observe(3, &n("a"), &commit(1, h(1), Hash32::ZERO, 91, 9)).unwrap_err();
+        assert_eq!(err.invariant, "RE-3");
+    }
+
+    #[test]
+    fn two_owners_are_ei5_and_a_second_live_ticker_is_ei1() {
+        let mut c = deployed("a");
         let err =
             c.observe(1, &n("b"), &Obs::Authority { agent: ag(), from: None, to: State::ActiveOwner }).unwrap_err();
         assert_eq!(err.invariant, "EI-5");
-        // Had b got there anyway (the checker keeps going in tests), its tick is EI-1.
-        let mut c2 = Checker::new();
-        c2.observe(0, &n("a"), &Obs::Deployed { agent: ag(), budget: 100 }).unwrap();
-        owner(&mut c2, "a");
-        start(&mut c2, "a", Hash32::ZERO);
+        let mut c2 = deployed("a");
         c2.agents.get_mut(&ag()).unwrap().authority.insert(n("b"), State::ActiveOwner);
-        start(&mut c2, "b", Hash32::ZERO);
-        assert_eq!(c2.observe(2, &n("b"), &tick(1, 1)).unwrap_err().invariant, "EI-1");
+        let err = tick(&mut c2, "b", 1, 1).unwrap_err();
+        assert_eq!(err.invariant, "EI-1");
+        assert_eq!(err.nodes, vec![n("b"), n("a")]);
+        // A crashed owner cannot tick: not a second ticker.
+        c2.observe(3, &n("a"), &Obs::Crashed).unwrap();
+        tick(&mut c2, "b", 1, 1).unwrap();
     }
 
     #[test]
-    fn fork_is_ei3_and_tick_outside_owner_is_ei1() {
-        let mut c = Checker::new();
-        c.observe(0, &n("a"), &Obs::Deployed { agent: ag(), budget: 100 }).unwrap();
-        let first = Obs::Committed { agent: ag(), tick: 0, hash: h(1), prev: Hash32::ZERO, budget: 100 };
-        c.observe(1, &n("a"), &first).unwrap();
-        let fork = Obs::Committed { agent: ag(), tick: 0, hash: h(2), prev: Hash32::ZERO, budget: 100 };
-        assert_eq!(c.observe(2, &n("b"), &fork).unwrap_err().invariant, "EI-3");
-        assert_eq!(c.observe(3, &n("c"), &tick(1, 1)).unwrap_err().invariant, "EI-1");
-        let err = c.observe(4, &n("c"), &Obs::Started { agent: ag(), tick: 5, head: h(9) }).unwrap_err();
+    fn fork_is_ei3_tick_outside_owner_is_ei1_unstarted_tick_is_re8() {
+        let mut c = deployed("a");
+        c.observe(1, &n("a"), &commit(0, h(1), Hash32::ZERO, 100, 0)).unwrap();
+        assert_eq!(c.observe(2, &n("b"), &commit(0, h(2), Hash32::ZERO, 100, 0)).unwrap_err().invariant, "EI-3");
+        assert_eq!(tick(&mut c, "c", 1, 1).unwrap_err().invariant, "EI-1");
+        let err = c.observe(4, &n("a"), &Obs::TickStarted { agent: ag(), tick: 5, base: h(9) }).unwrap_err();
         assert_eq!(err.invariant, "EI-2");
+        let finish = Obs::Ticked { agent: ag(), tick: 7, epoch: Epoch::new(1, 0), cost: 1, paid: 0, side_effects: 0 };
+        assert_eq!(c.observe(5, &n("a"), &finish).unwrap_err().invariant, "RE-8");
     }
 }

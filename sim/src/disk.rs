@@ -116,3 +116,26 @@ impl Disk for SimDisk {
         Ok(names)
     }
 }
+
+impl SimDisk {
+    /// Lose the whole data directory (a node restarting on an empty disk).
+    pub fn wipe(&self) {
+        for path in self.walk_root() {
+            let _ = self.remove(&path);
+        }
+    }
+
+    fn walk_root(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.root) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(self.walk(&name));
+            } else {
+                out.push(name);
+            }
+        }
+        out
+    }
+}

@@ -7,5 +7,6 @@ pub mod checker;
 pub mod clock;
 pub mod disk;
 pub mod net;
+pub mod runner;
 pub mod scenario;
 pub mod trace;

@@ -152,15 +152,16 @@ impl MemDisk {
     }
 
     fn take_fault(st: &mut MemDiskState, path: &str, step: WriteStep) -> Result<(), DiskError> {
-        if let Some((suffix, at)) = &st.fault {
-            if *at == step && path.ends_with(suffix.as_str()) {
-                st.fault = None;
-                return Err(DiskError::Io {
-                    op: "write",
-                    path: path.to_string(),
-                    reason: format!("injected fault before {step:?}"),
-                });
-            }
+        if let Some((suffix, at)) = &st.fault
+            && *at == step
+            && path.ends_with(suffix.as_str())
+        {
+            st.fault = None;
+            return Err(DiskError::Io {
+                op: "write",
+                path: path.to_string(),
+                reason: format!("injected fault before {step:?}"),
+            });
         }
         Ok(())
     }
