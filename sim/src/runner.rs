@@ -151,7 +151,13 @@ fn load_agents(scenario: &Scenario, base: &Path) -> Result<Vec<AgentBytes>, RunE
             Ok(AgentBytes {
                 // Validated by Scenario::validate.
                 id: AgentId::new(a.name.clone()).map_err(|e| RunError::Sim(e.to_string()))?,
-                wasm: read(&a.name, &a.wasm)?,
+                // Agents travel as wasm binaries: WAT is compiled to binary
+                // once here, so every node hashes the same bytes.
+                wasm: igor::sandbox::wasm_binary(&read(&a.name, &a.wasm)?).map_err(|e| RunError::AgentFile {
+                    agent: a.name.clone(),
+                    path: base.join(&a.wasm).display().to_string(),
+                    reason: e.to_string(),
+                })?,
                 manifest: match &a.manifest {
                     Some(m) => read(&a.name, m)?,
                     // No manifest file: an agent with no capabilities.
