@@ -402,10 +402,8 @@ pub fn judge_package(local: Option<&LocalView>, p: &PackageFacts<'_>, now_unix_n
     use AuthorityState::*;
     // An expired package is dead whatever it says: it changes nothing here
     // (a delayed copy must not knock a legitimate owner over either).
-    if let Some(l) = local {
-        if l.epoch.major > p.epoch.major && l.has_checkpoint {
-            return Judgement::AlreadyAccepted;
-        }
+    if local.is_some_and(|l| l.epoch.major > p.epoch.major && l.has_checkpoint) {
+        return Judgement::AlreadyAccepted;
     }
     if now_unix_ns > p.expiry_unix_ns {
         return Judgement::Refuse(format!("package expired at {} (now {now_unix_ns})", p.expiry_unix_ns));
@@ -456,10 +454,8 @@ pub fn judge_package(local: Option<&LocalView>, p: &PackageFacts<'_>, now_unix_n
         if l.agent_key.is_some() && l.agent_key.as_ref() != c.agent_key() {
             return Judgement::Refuse("identity discontinuity: agent key differs from local history".into());
         }
-        if let Some(t) = l.head_tick {
-            if t >= c.tick {
-                return Judgement::Refuse(format!("checkpoint tick {} not after local head tick {t}", c.tick));
-            }
+        if let Some(t) = l.head_tick.filter(|t| *t >= c.tick) {
+            return Judgement::Refuse(format!("checkpoint tick {} not after local head tick {t}", c.tick));
         }
     }
     Judgement::Accept

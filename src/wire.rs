@@ -257,7 +257,8 @@ pub struct HeadAck {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum Body {
-    AgentTransfer(AgentTransfer),
+    /// Boxed: a package is large, the other bodies are a few words.
+    AgentTransfer(Box<AgentTransfer>),
     AgentStarted(AgentStarted),
     HeadAnnounce(HeadAnnounce),
     HeadAck(HeadAck),
@@ -359,10 +360,8 @@ impl Envelope {
                 if p.budget < 0 || p.price_per_second < 0 {
                     return Err(WireError::BadField { field: "Budget", reason: "negative money".into() });
                 }
-                if let Some(id) = &p.agent_identity {
-                    if id.len() != 32 {
-                        return Err(WireError::BadField { field: "AgentIdentity", reason: "not 32 bytes".into() });
-                    }
+                if p.agent_identity.as_ref().is_some_and(|id| id.len() != 32) {
+                    return Err(WireError::BadField { field: "AgentIdentity", reason: "not 32 bytes".into() });
                 }
                 if let Some(r) = &p.receipts {
                     limit("Receipts", r.len(), MAX_RECEIPTS)?;
@@ -428,7 +427,10 @@ mod tests {
     fn transfer() -> Envelope {
         Envelope::new(
             header(),
-            Body::AgentTransfer(AgentTransfer { package: package(), source_node_id: NodeId::new("a").unwrap() }),
+            Body::AgentTransfer(Box::new(AgentTransfer {
+                package: package(),
+                source_node_id: NodeId::new("a").unwrap(),
+            })),
         )
     }
 

@@ -49,6 +49,9 @@ pub struct Cluster {
     pub requests: Vec<Request>,
     pub replies: Vec<Reply>,
     pub events: Vec<NodeEvent>,
+    /// Requests of which some copy reached its target: the transport can
+    /// no longer truthfully call them `Unreachable`.
+    pub delivered: BTreeSet<(usize, u32, RequestId)>,
     pub configure: fn(&mut NodeConfig),
     pub executor: fn(usize) -> CounterExecutor,
 }
@@ -83,6 +86,7 @@ impl Cluster {
             requests: Vec::new(),
             replies: Vec::new(),
             events: Vec::new(),
+            delivered: BTreeSet::new(),
             configure,
             executor,
         };
@@ -138,9 +142,14 @@ impl Cluster {
     pub fn deliver(&mut self, k: usize, duplicate: bool) {
         let r = if duplicate { self.requests[k].clone() } else { self.requests.remove(k) };
         let from_id = self.ids[r.from].clone();
+        let key = (r.from, r.from_incarnation, r.id);
         let result = match self.nodes[r.to].as_mut() {
+            None if self.delivered.contains(&key) => {
+                Err(NetError::Lost { peer: self.ids[r.to].clone(), reason: "down (a copy was delivered)".into() })
+            }
             None => Err(NetError::Unreachable { peer: self.ids[r.to].clone(), reason: "down".into() }),
             Some(n) => {
+                self.delivered.insert(key);
                 let reply = n.handle_request(&from_id, &r.body);
                 if reply.is_empty() {
                     Err(NetError::Lost { peer: self.ids[r.to].clone(), reason: "no answer".into() })
@@ -159,7 +168,8 @@ impl Cluster {
         let r = self.requests.remove(k);
         if report {
             let peer = self.ids[r.to].clone();
-            let result = if unreachable {
+            let delivered = self.delivered.contains(&(r.from, r.from_incarnation, r.id));
+            let result = if unreachable && !delivered {
                 Err(NetError::Unreachable { peer, reason: "partitioned".into() })
             } else {
                 Err(NetError::Lost { peer, reason: "connection reset".into() })
@@ -325,10 +335,10 @@ impl Cluster {
                     ));
                 }
             }
-            if let Event::PackageSent { hash, budget, .. } = &e.event {
-                if budgets.get(hash).is_some_and(|b| b != budget) {
-                    return Err(format!("RE-3: package {} carries {budget}, checkpoint says otherwise", hash.short()));
-                }
+            if let Event::PackageSent { hash, budget, .. } = &e.event
+                && budgets.get(hash).is_some_and(|b| b != budget)
+            {
+                return Err(format!("RE-3: package {} carries {budget}, checkpoint says otherwise", hash.short()));
             }
         }
         // Every ambiguous handoff leaves the source RECOVERY_REQUIRED.

@@ -48,7 +48,7 @@ impl CounterExecutor {
         let outcome = if budget <= self.cost_per_tick {
             TickOutcome::BudgetExhausted
         } else {
-            let more_work = self.more_work_every > 0 && next % self.more_work_every == 0;
+            let more_work = self.more_work_every > 0 && next.is_multiple_of(self.more_work_every);
             TickOutcome::Completed { more_work }
         };
         (next, cost, outcome)

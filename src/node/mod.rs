@@ -204,8 +204,21 @@ impl<I> Slot<I> {
 }
 
 enum Pending {
-    Transfer { agent: AgentId, attempt: u32, target: NodeId },
-    Announce { agent: AgentId, peer: NodeId },
+    Transfer {
+        agent: AgentId,
+        attempt: u32,
+        target: NodeId,
+    },
+    /// A transfer whose handoff has ended: its late reply is stale (and must
+    /// never reach a later handoff of the same agent).
+    Orphan {
+        agent: AgentId,
+        target: NodeId,
+    },
+    Announce {
+        agent: AgentId,
+        peer: NodeId,
+    },
 }
 
 /// One Igor node. Generic over the sandbox ([`Executor`]) and the
@@ -393,11 +406,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         } else {
             self.emit(Event::AuthorityChanged { agent: agent.clone(), from: Some(from), to, epoch, reason });
         }
-        if now_state != AuthorityState::HandoffInitiated {
-            if let Err(e) = self.persist(agent) {
-                self.fault(Some(agent), format!("persist authority: {e}"));
-                return Err(e);
-            }
+        if now_state != AuthorityState::HandoffInitiated
+            && let Err(e) = self.persist(agent)
+        {
+            self.fault(Some(agent), format!("persist authority: {e}"));
+            return Err(e);
         }
         match violation {
             Some(v) => Err(v.to_string()),
@@ -413,10 +426,25 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             return;
         }
         let _ = self.set_state(agent, AuthorityState::RecoveryRequired, reason.clone());
-        if let Some(m) = self.handoffs.remove(agent) {
+        if let Some(m) = self.end_handoff(agent) {
             let outcome = migration::Outcome::Ambiguous(format!("authority fell to RECOVERY_REQUIRED ({reason})"));
             self.finish_event(agent, &m.target, Role::Source, outcome);
         }
+    }
+
+    /// Remove the agent's handoff machine with its timers, and orphan its
+    /// outstanding requests: nothing of this handoff may feed the next one.
+    fn end_handoff(&mut self, agent: &AgentId) -> Option<SourceHandoff> {
+        let m = self.handoffs.remove(agent)?;
+        self.timers.retain(|_, (a, _)| a != agent);
+        for p in self.pending.values_mut() {
+            if let Pending::Transfer { agent: a, target, .. } = p
+                && a == agent
+            {
+                *p = Pending::Orphan { agent: a.clone(), target: target.clone() };
+            }
+        }
+        Some(m)
     }
 
     fn finish_event(&mut self, agent: &AgentId, peer: &NodeId, role: Role, outcome: migration::Outcome) {
@@ -460,16 +488,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         slot.manifest = self.disk.read(&store::manifest_path(&agent)).unwrap_or_default();
         let doubt = self.restart_doubt(&agent, &rec, &slot, now);
         self.agents.insert(agent.clone(), slot);
-        match doubt {
-            Some((reason, why)) => {
-                self.fault(Some(&agent), format!("restart in doubt: {why}"));
-                if reason == Reason::LeaseExpired && self.cfg.unsafe_self_recover_on_lease_expiry {
-                    self.unsafe_self_recover(&agent);
-                } else {
-                    self.fall_to_recovery(&agent, reason);
-                }
+        if let Some((reason, why)) = doubt {
+            self.fault(Some(&agent), format!("restart in doubt: {why}"));
+            if reason == Reason::LeaseExpired && self.cfg.unsafe_self_recover_on_lease_expiry {
+                self.unsafe_self_recover(&agent);
+            } else {
+                self.fall_to_recovery(&agent, reason);
             }
-            None => {}
         }
         if self.agents.get(&agent).is_some_and(|s| s.authority.state() == AuthorityState::ActiveOwner) {
             if let Err(e) = self.start_instance(&agent) {
@@ -653,10 +678,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             Command::Shutdown => {
                 for agent in self.agent_ids() {
                     let dirty = self.agents.get(&agent).is_some_and(|s| s.ticks_since_checkpoint > 0);
-                    if dirty && self.agents.get(&agent).is_some_and(|s| s.authority.permits(Op::NewCheckpoint)) {
-                        if let Err(e) = self.commit(&agent, Op::NewCheckpoint, false, false) {
-                            self.fault(Some(&agent), format!("final checkpoint: {e}"));
-                        }
+                    let owned = self.agents.get(&agent).is_some_and(|s| s.authority.permits(Op::NewCheckpoint));
+                    if dirty
+                        && owned
+                        && let Err(e) = self.commit(&agent, Op::NewCheckpoint, false, false)
+                    {
+                        self.fault(Some(&agent), format!("final checkpoint: {e}"));
                     }
                 }
                 self.stopped = true;
@@ -674,10 +701,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             let state = s.authority.state();
             return Err(self.refuse("retire", Some(&agent), format!("agent is {state}")));
         }
-        if s.ticks_since_checkpoint > 0 {
-            if let Err(e) = self.commit(&agent, Op::NewCheckpoint, false, false) {
-                return Err(self.refuse("retire", Some(&agent), e));
-            }
+        if s.ticks_since_checkpoint > 0
+            && let Err(e) = self.commit(&agent, Op::NewCheckpoint, false, false)
+        {
+            return Err(self.refuse("retire", Some(&agent), e));
         }
         if let Some(s) = self.agents.get_mut(&agent) {
             s.ticking = false;
@@ -931,10 +958,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             TickOutcome::WallClockTimeout => Some((false, "wall-clock safety net fired".to_string())),
         };
         if let Some((commit, reason)) = stop {
-            if commit {
-                if let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
-                    self.fault(Some(agent), format!("final checkpoint: {e}"));
-                }
+            if commit && let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
+                self.fault(Some(agent), format!("final checkpoint: {e}"));
             }
             self.halt(agent, reason);
         }
@@ -946,10 +971,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let due = s.ticks_since_checkpoint > 0
             && now.saturating_sub(s.last_checkpoint_ns) >= self.cfg.checkpoint_interval_ns
             && s.authority.permits(Op::NewCheckpoint);
-        if due {
-            if let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
-                self.fault(Some(agent), format!("checkpoint: {e}"));
-            }
+        if due && let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
+            self.fault(Some(agent), format!("checkpoint: {e}"));
         }
     }
 
@@ -967,10 +990,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if !s.authority.permits(op) {
             return Err(format!("{} does not permit {op:?}", s.authority.state()));
         }
-        if !genesis && s.ticks_since_checkpoint == 0 {
-            if let Some(c) = s.lineage.head() {
-                return Ok((c.tick, s.lineage.head_hash()));
-            }
+        if !genesis
+            && s.ticks_since_checkpoint == 0
+            && let Some(c) = s.lineage.head()
+        {
+            return Ok((c.tick, s.lineage.head_hash()));
         }
         let instance = s.instance.as_mut().ok_or("no running instance")?;
         let (state, kv) = self.exec.snapshot(instance).map_err(|e| e.to_string())?;

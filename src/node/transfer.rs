@@ -84,7 +84,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     }
                     Err(e) => {
                         // EI-7: a violation ends the handoff in doubt.
-                        if let Some(m) = self.handoffs.remove(agent) {
+                        if let Some(m) = self.end_handoff(agent) {
                             self.finish_event(agent, &m.target, Role::Source, Outcome::Ambiguous(e));
                         }
                         return;
@@ -128,7 +128,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     None
                 }
                 Action::Finished(outcome) => {
-                    if let Some(m) = self.handoffs.remove(agent) {
+                    if let Some(m) = self.end_handoff(agent) {
                         debug_assert!(
                             !outcome.is_ambiguous()
                                 || self.agents.get(agent).map(|s| s.authority.state())
@@ -253,7 +253,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             kv: Some(kv),
         };
         let header = self.header(agent, &target, nonce, expiry);
-        let body = Body::AgentTransfer(AgentTransfer { package, source_node_id: self.cfg.node_id.clone() });
+        let body = Body::AgentTransfer(Box::new(AgentTransfer { package, source_node_id: self.cfg.node_id.clone() }));
         let env = Envelope::new(header, body);
         self.push_request(env, Pending::Transfer { agent: agent.clone(), attempt, target: target.clone() });
         self.emit(Event::PackageSent {
@@ -299,6 +299,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 if !self.feed_handoff(&agent, input) {
                     self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
                 }
+            }
+            Pending::Orphan { agent, target } => {
+                let epoch = self.agents.get(&agent).map(|s| s.authority.epoch()).unwrap_or_default();
+                self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
             }
             Pending::Announce { agent, peer } => {
                 let Ok(bytes) = result else { return };
@@ -397,7 +401,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         self.received(&env);
         let header = env.header;
         match env.body {
-            Body::AgentTransfer(t) => self.accept_transfer(from, &header, t),
+            Body::AgentTransfer(t) => self.accept_transfer(from, &header, *t),
             Body::HeadAnnounce(a) => {
                 self.observe_peer_view(from, &header, Some(a.state));
                 let state = self.agents.get(&header.agent).map(|s| s.authority.state());
@@ -466,6 +470,18 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     }
 
     fn refuse_transfer(&mut self, from: &NodeId, h: &Header, reason: String) -> Vec<u8> {
+        self.refusal(from, h, reason, false)
+    }
+
+    fn refuse_transfer_in_doubt(&mut self, from: &NodeId, h: &Header, reason: String) -> Vec<u8> {
+        self.refusal(from, h, reason, true)
+    }
+
+    /// A refusal is *clean* (the source may resume once the package has
+    /// expired) only if it is sticky: every copy of this package would be
+    /// refused too. Otherwise the reply claims at least the package's epoch,
+    /// which the source reads as a conflict (ambiguous).
+    fn refusal(&mut self, from: &NodeId, h: &Header, reason: String, in_doubt: bool) -> Vec<u8> {
         let (budget, tick, hash) = (Microcents::ZERO, h.head_tick, h.head_hash);
         self.emit(Event::MigrationFinished {
             agent: h.agent.clone(),
@@ -477,7 +493,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             hash,
         });
         let reason: String = reason.chars().take(crate::wire::MAX_ERROR_BYTES / 4).collect();
-        self.started_reply(&h.agent.clone(), from, h, false, Some(reason))
+        let body = AgentStarted {
+            agent_id: h.agent.clone(),
+            node_id: self.cfg.node_id.clone(),
+            success: false,
+            error: Some(reason),
+        };
+        let mut header = self.header(&h.agent, from, h.nonce, h.expiry_unix_ns);
+        if in_doubt {
+            header.epoch = header.epoch.max(h.epoch);
+        }
+        self.reply_bytes(Envelope::new(header, Body::AgentStarted(body)))
     }
 
     fn local_view(&self, agent: &AgentId, c: &Checkpoint, hash: Hash32) -> Option<LocalView> {
@@ -537,7 +563,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     });
                 }
                 self.fall_to_recovery(&agent, reason);
-                self.refuse_transfer(from, h, detail)
+                // Not a clean refusal: once this node is RECOVERY_REQUIRED a
+                // duplicate of the package could be accepted, so the source
+                // must not resume. Claim at least the package's epoch.
+                self.refuse_transfer_in_doubt(from, h, detail)
             }
             Judgement::Accept => {
                 // Checked by judge_package: the identity is present.
@@ -670,7 +699,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             Ok(t) => t,
             Err(e) => {
                 self.fall_to_recovery(&agent, Reason::Fault);
-                return self.refuse_transfer(from, h, format!("target could not store the agent: {e}"));
+                return self.refuse_transfer_in_doubt(from, h, format!("target could not store the agent: {e}"));
             }
         };
         self.emit(Event::AuthorityChanged {
