@@ -80,7 +80,19 @@ impl Disk for SimDisk {
         let full = self.full("write", path)?;
         let err = io("write", path);
         let dir = full.parent().unwrap_or(Path::new(SIM_DATA_ROOT)).to_path_buf();
-        fs::create_dir_all(&dir).map_err(&err)?;
+        if !fs::exists(&dir) {
+            fs::create_dir_all(&dir).map_err(&err)?;
+            // A new directory's entry is durable only once its parent is
+            // synced, up to the root (turmoil models this like POSIX does).
+            let mut d = dir.as_path();
+            while let Some(parent) = d.parent() {
+                fs::sync_dir(parent).map_err(&err)?;
+                if parent == self.root || parent == Path::new("/") {
+                    break;
+                }
+                d = parent;
+            }
+        }
         let tmp = PathBuf::from(format!("{}{TEMP_SUFFIX}", full.display()));
         let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(&err)?;
         f.write_all(bytes).map_err(&err)?;

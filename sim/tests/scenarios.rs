@@ -16,7 +16,7 @@ fn every_scenario_matches_expect_and_its_trace_snapshot() {
             let scenario = Scenario::load(path).unwrap_or_else(|e| panic!("{e}"));
             let report = runner::run(&scenario, &Scenario::base_dir(path), None).unwrap_or_else(|e| panic!("{e}"));
             assert!(report.matches_expectation(), "{}", report.summary(&path.display().to_string()));
-            insta::assert_snapshot!(report.trace.text());
+            insta::assert_snapshot!("trace", report.trace.text());
         });
     });
 }

@@ -72,7 +72,19 @@ impl FsDisk {
         let io =
             |reason: std::io::Error| DiskError::Io { op: "write", path: path.to_string(), reason: reason.to_string() };
         let dir = full.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(io)?;
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(io)?;
+            // A new directory survives a power loss only once its entry in
+            // the parent is synced: sync every ancestor up to the root.
+            let mut d = dir.as_path();
+            while let Some(parent) = d.parent() {
+                File::open(parent).and_then(|p| p.sync_all()).map_err(io)?;
+                if parent == self.root || parent.as_os_str().is_empty() {
+                    break;
+                }
+                d = parent;
+            }
+        }
         let tmp = PathBuf::from(format!("{}{TEMP_SUFFIX}", full.display()));
         let mut opts = OpenOptions::new();
         opts.write(true).create(true).truncate(true);
