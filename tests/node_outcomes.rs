@@ -467,3 +467,31 @@ fn budget_is_conserved_across_migrations_to_the_microcent() {
     assert_eq!(head.budget.0 + charged, 1_000_000, "initial = remaining + charged + paid");
     assert_eq!(v.epoch.major, 4, "three transfers, three majors");
 }
+
+#[test]
+fn a_package_whose_replay_base_is_not_the_parent_is_refused() {
+    fn every_tick(cfg: &mut NodeConfig) {
+        cfg.checkpoint_interval_ns = 1;
+    }
+    let mut c = Cluster::new(2, 12, every_tick);
+    c.deploy(0, 1_000_000);
+    c.advance(3 * S);
+    migrate(&mut c, 0, 1);
+    let k = transfer_index(&c);
+    let mut env = Envelope::decode(&c.requests[k].body).unwrap();
+    let Body::AgentTransfer(t) = &mut env.body else { unreachable!() };
+    let r = t.package.replay_data.as_mut().unwrap();
+    let last = r.prev_checkpoint.len() - 1;
+    r.prev_checkpoint[last] ^= 1; // a different (forged) base state
+    c.requests[k].body = env.encode();
+    c.settle();
+    assert_eq!(c.state(1), None, "target refused");
+    let refused = c.events.iter().any(|e| {
+        e.node == c.ids[1]
+            && matches!(&e.event, Event::MigrationFinished { outcome: Outcome::Refused(r), .. } if r.contains("replay base"))
+    });
+    assert!(refused, "{}", c.trace_tail(10));
+    c.advance(6 * S);
+    assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner), "stays on the source");
+    c.check().unwrap();
+}
