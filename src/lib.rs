@@ -12,6 +12,7 @@ pub mod executor;
 pub mod lineage;
 
 pub mod authority;
+pub mod control;
 pub mod driver;
 pub mod lease;
 pub mod migration;

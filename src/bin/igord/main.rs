@@ -3,7 +3,10 @@
 //! backend: it may touch the filesystem and the clock directly.
 #![allow(clippy::disallowed_methods)]
 
+mod client;
+mod fault;
 mod inspect;
+mod node;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +45,24 @@ enum Command {
     ///
     /// Example: igord resume --checkpoint igor-data/history/counter/0000000010.ckpt --wasm agents/counter.wat
     Resume(run::ResumeArgs),
+    /// Run a node: libp2p on --listen, agents in --data-dir, a control socket for the commands below.
+    ///
+    /// Example: igord node --listen /ip4/127.0.0.1/tcp/4001 --peer /ip4/127.0.0.1/tcp/4002/p2p/12D3…
+    Node(node::NodeArgs),
+    /// List the agents of a running node (state, epoch, ticks, budget, DID).
+    Agents(client::AgentsArgs),
+    /// Deploy an agent on a running node.
+    ///
+    /// Example: igord deploy agents/counter.wat --budget 1 --data-dir igor-data
+    Deploy(client::DeployArgs),
+    /// Migrate an agent from a running node to another node.
+    ///
+    /// Example: igord migrate counter --to /ip4/127.0.0.1/tcp/4002/p2p/12D3… --wait
+    Migrate(client::MigrateArgs),
+    /// Recover a RECOVERY_REQUIRED agent on a running node from its newest checkpoint.
+    Recover(client::RecoverArgs),
+    /// Stop a running node: final checkpoint of every agent, then exit.
+    Stop(client::StopArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +72,12 @@ fn main() -> ExitCode {
         Command::Verify(args) => inspect::verify(&args),
         Command::Run(args) => run::run(args).map(|c| c as u8),
         Command::Resume(args) => run::resume(args).map(|c| c as u8),
+        Command::Node(args) => node::node(args).map(|c| c as u8),
+        Command::Agents(args) => client::agents(args).map(|c| c as u8),
+        Command::Deploy(args) => client::deploy(args).map(|c| c as u8),
+        Command::Migrate(args) => client::migrate(args).map(|c| c as u8),
+        Command::Recover(args) => client::recover(args).map(|c| c as u8),
+        Command::Stop(args) => client::stop(args).map(|c| c as u8),
     };
     match result {
         Ok(code) => ExitCode::from(code),

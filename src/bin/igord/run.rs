@@ -93,7 +93,7 @@ pub struct ResumeArgs {
 }
 
 /// Parse "1", "0.25" or "12.000001" units into microcents, exactly.
-fn parse_units(s: &str) -> anyhow::Result<Microcents> {
+pub(crate) fn parse_units(s: &str) -> anyhow::Result<Microcents> {
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     let bad = || anyhow::anyhow!("--budget {s:?}: expected units with at most 6 decimals, e.g. 1 or 0.5");
     if whole.is_empty() && frac.is_empty() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
@@ -115,7 +115,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// The manifest bytes: `--manifest`, else `<stem>.manifest.json` beside
 /// the module, else none (deny by default). Parse errors stop the run.
-fn manifest_bytes(wasm: &Path, explicit: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn manifest_bytes(wasm: &Path, explicit: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     let beside = wasm.with_extension("manifest.json");
     let bytes = match explicit {
         Some(p) => read(p)?,

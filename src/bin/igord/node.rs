@@ -1,0 +1,431 @@
+//! `igord node`: the real deployment of one [`Node`]: libp2p network
+//! ([`P2pNetwork`]), filesystem disk rooted in `--data-dir`, system clock, OS
+//! entropy and the wasmtime sandbox, run by the one adapter loop
+//! ([`driver::run`]). Around it: the persisted libp2p key (so the peer id
+//! survives restarts), a lock on the data dir, structured logs, the local
+//! control socket (`docs/control-api.md`) and the signals (SIGINT/SIGTERM:
+//! final checkpoint of every agent, then exit). Every decision stays in the
+//! node; this file wires and forwards.
+//!
+//! Data dir layout added here: `node/libp2p.key` (mode 0600), `node.lock`,
+//! `control.sock`; the rest (agents/, history/, kv/) belongs to the node.
+
+use crate::fault::{FaultNet, FaultPoint};
+use anyhow::{Context, bail};
+use clap::Args;
+use igor::checkpoint::{Checkpoint, Hash32};
+use igor::control::{self, Reply, Request, StatusBoard};
+use igor::driver::{self, Control};
+use igor::env::Disk;
+use igor::env::real::{FsDisk, OsEntropy, SystemClock};
+use igor::lease::LeaseConfig;
+use igor::lineage;
+use igor::node::{Command, Event, Node, NodeConfig, NodeEvent};
+use igor::p2p::P2pNetwork;
+use igor::sandbox::{Sandbox, SandboxConfig, WallClockNet};
+use igor::units::{AgentId, Microcents, NodeId};
+use libp2p::Multiaddr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+
+/// Where the libp2p identity lives in the data dir.
+pub const P2P_KEY_PATH: &str = "node/libp2p.key";
+/// Held (flock) while a node runs on the data dir: two nodes on one disk
+/// would both believe they own its agents.
+pub const LOCK_FILE: &str = "node.lock";
+/// Control connections served at once (a local operator needs one or two).
+const MAX_CONTROL_CONNECTIONS: usize = 8;
+/// A control client must send its request line within this time.
+const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events buffered for control requests waiting on their answer; a waiter
+/// that falls further behind is told so instead of blocking the node.
+const EVENT_FANOUT_CAPACITY: usize = 4096;
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// Address to listen on; the full address with /p2p/<peer id> is printed on stdout.
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+    pub listen: Multiaddr,
+    /// A known peer, as a multiaddr ending in /p2p/<peer id> (repeatable).
+    #[arg(long = "peer")]
+    pub peers: Vec<Multiaddr>,
+    /// Data directory: node key, agents/, history/, kv/, control socket.
+    #[arg(long, default_value = "igor-data")]
+    pub data_dir: PathBuf,
+    /// Control socket path (default: <data-dir>/control.sock).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// This node's price, microcents per second (written into checkpoints).
+    #[arg(long, default_value_t = 1_000)]
+    pub price: i64,
+    /// Lease duration, milliseconds (spec: 60 s).
+    #[arg(long, default_value_t = 60_000)]
+    pub lease_ms: u64,
+    /// Renew this long before expiry, milliseconds (default: half the duration).
+    #[arg(long)]
+    pub lease_renew_ms: Option<u64>,
+    /// Grace after expiry before RECOVERY_REQUIRED, milliseconds (spec: 10 s).
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_grace_ms: u64,
+    /// Milliseconds between ticks when the agent has no more work (spec: 1 Hz).
+    #[arg(long, default_value_t = 1_000)]
+    pub tick_ms: u64,
+    /// Milliseconds between ticks when the agent reports more work (spec: 10 ms).
+    #[arg(long, default_value_t = 10)]
+    pub fast_tick_ms: u64,
+    /// Milliseconds between periodic checkpoints (spec: 5 s).
+    #[arg(long, default_value_t = 5_000)]
+    pub checkpoint_ms: u64,
+    /// How long a sent package stays acceptable, milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub package_ttl_ms: u64,
+    /// Print every node event as one JSON line on stdout (after the address).
+    #[arg(long)]
+    pub events: bool,
+    /// TEST ONLY: exit abruptly at a named point of a migration (see docs/control-api.md).
+    #[arg(long, hide = true, value_enum)]
+    pub fault: Option<FaultPoint>,
+}
+
+impl NodeArgs {
+    fn config(&self, node_id: NodeId, peers: Vec<NodeId>) -> anyhow::Result<NodeConfig> {
+        if self.price < 0 {
+            bail!("--price must not be negative (got {})", self.price);
+        }
+        let ms = |v: u64, flag: &str| {
+            if v == 0 { Err(anyhow::anyhow!("{flag} must be positive")) } else { Ok(v.saturating_mul(1_000_000)) }
+        };
+        let mut cfg = NodeConfig::new(node_id);
+        cfg.price_per_second = Microcents(self.price);
+        cfg.tick_idle_ns = ms(self.tick_ms, "--tick-ms")?;
+        cfg.tick_fast_ns = ms(self.fast_tick_ms, "--fast-tick-ms")?;
+        cfg.checkpoint_interval_ns = ms(self.checkpoint_ms, "--checkpoint-ms")?;
+        let duration_ns = ms(self.lease_ms, "--lease-ms")?;
+        let renew_before_ns = match self.lease_renew_ms {
+            Some(r) if r >= self.lease_ms => bail!("--lease-renew-ms {r} must be below --lease-ms {}", self.lease_ms),
+            Some(r) => ms(r, "--lease-renew-ms")?,
+            None => duration_ns / 2,
+        };
+        cfg.lease =
+            LeaseConfig { duration_ns, renew_before_ns, grace_ns: self.lease_grace_ms.saturating_mul(1_000_000) };
+        cfg.migration.package_ttl_ns = ms(self.package_ttl_ms, "--package-ttl-ms")?;
+        cfg.peers = peers;
+        Ok(cfg)
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Err = a subscriber is already set (never in this binary): keep it.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Load the libp2p key, or create and persist it (mode 0600) on first start.
+fn p2p_key(disk: &FsDisk) -> anyhow::Result<libp2p::identity::Keypair> {
+    match disk.read(P2P_KEY_PATH) {
+        Ok(bytes) => libp2p::identity::Keypair::from_protobuf_encoding(&bytes).with_context(|| {
+            format!("{}: not a libp2p key (protobuf encoding)", disk.root().join(P2P_KEY_PATH).display())
+        }),
+        Err(e) if e.is_not_found() => {
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().context("encoding the new libp2p key")?;
+            disk.write_secret(P2P_KEY_PATH, &bytes)?;
+            Ok(key)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Take the data dir's lock, or say which node holds it.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("data dir {} is in use by another igord node ({} is locked)", dir.display(), path.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+pub fn node(args: NodeArgs) -> anyhow::Result<i32> {
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: NodeArgs) -> anyhow::Result<i32> {
+    let _lock = lock_data_dir(&args.data_dir)?;
+    let disk = FsDisk::new(&args.data_dir);
+    let key = p2p_key(&disk)?;
+    let net = Arc::new(P2pNetwork::start(key, args.listen.clone(), &args.peers).await?);
+    let mut peers = Vec::new();
+    for addr in &args.peers {
+        peers.push(net.add_peer(addr.clone()).with_context(|| format!("--peer {addr}"))?);
+    }
+    let listen: Vec<String> = net.listen_addrs.iter().map(|a| a.to_string()).collect();
+    {
+        let mut out = std::io::stdout().lock();
+        for a in &listen {
+            writeln!(out, "{a}")?;
+        }
+        out.flush()?;
+    }
+    let node_id = net.local_id().clone();
+    let cfg = args.config(node_id.clone(), peers)?;
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let _wall_clock = WallClockNet::start(sandbox.engine().clone());
+    tracing::info!(node = %node_id, data_dir = %args.data_dir.display(), listen = ?listen, "node starting");
+    let mut node = Node::open(cfg, disk.clone(), SystemClock::default(), OsEntropy, sandbox);
+
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (fanout, _) = broadcast::channel(EVENT_FANOUT_CAPACITY);
+    let board = Arc::new(Mutex::new(StatusBoard::default()));
+    let consumer = tokio::spawn(consume_events(events_rx, board.clone(), fanout.clone(), disk, args.events));
+    let socket = args.control.clone().unwrap_or_else(|| args.data_dir.join(control::SOCKET_FILE));
+    let listener = bind_control(&socket)?;
+    let ctx = Arc::new(ControlCtx { control: control_tx.clone(), fanout, board, net: net.clone(), node_id, listen });
+    tokio::spawn(control_server(listener, ctx));
+    tokio::spawn(on_signals(control_tx));
+
+    let fault_net = FaultNet::new(&*net, args.fault);
+    driver::run(&mut node, &fault_net, &mut control_rx, &events_tx).await;
+    drop(events_tx);
+    let _ = consumer.await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("node stopped");
+    Ok(0)
+}
+
+/// SIGINT or SIGTERM: a graceful stop (final checkpoints). A second one
+/// leaves at once.
+async fn on_signals(control: mpsc::UnboundedSender<Control>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the node with `igord stop`");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: final checkpoint of every agent, then exit");
+    let _ = control.send(Control::Command(Command::Shutdown));
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting without waiting");
+    std::process::exit(130);
+}
+
+/// How loud an event is in the log.
+fn log_event(e: &NodeEvent) {
+    match &e.event {
+        Event::FaultObserved { .. }
+        | Event::CommandRefused { .. }
+        | Event::DivergenceDetected { .. }
+        | Event::AgentHalted { .. } => tracing::warn!(seq = e.seq, "{}", e.event),
+        Event::TickStarted { .. }
+        | Event::TickFinished { .. }
+        | Event::MessageSent { .. }
+        | Event::MessageReceived { .. }
+        | Event::StaleMessageIgnored { .. } => tracing::debug!(seq = e.seq, "{}", e.event),
+        _ => tracing::info!(seq = e.seq, "{}", e.event),
+    }
+}
+
+/// The agent's DID, read from one of its checkpoints on disk.
+fn did_from_disk(disk: &FsDisk, agent: &AgentId, tick: igor::units::TickNumber) -> Option<String> {
+    let bytes = disk.read(&lineage::history_path(agent, tick)).ok()?;
+    Checkpoint::decode(&bytes).ok()?.agent_key().map(|k| k.did())
+}
+
+/// Log every event, keep the status board, print JSON lines if asked, and
+/// hand each event to the control requests waiting for their answer.
+async fn consume_events(
+    mut events: mpsc::UnboundedReceiver<NodeEvent>,
+    board: Arc<Mutex<StatusBoard>>,
+    fanout: broadcast::Sender<NodeEvent>,
+    disk: FsDisk,
+    print: bool,
+) {
+    while let Some(e) = events.recv().await {
+        log_event(&e);
+        let head = match &e.event {
+            Event::CheckpointCommitted { agent, tick, .. } | Event::CheckpointAdopted { agent, tick, .. } => {
+                Some((agent.clone(), *tick))
+            }
+            Event::AgentLoaded { agent, head_tick, .. } => Some((agent.clone(), *head_tick)),
+            _ => None,
+        };
+        {
+            let mut b = board.lock().unwrap_or_else(|p| p.into_inner());
+            b.apply(&e);
+            if let Some((agent, tick)) = head.filter(|(a, _)| b.get(a).is_some_and(|s| s.did.is_none()))
+                && let Some(did) = did_from_disk(&disk, &agent, tick)
+            {
+                b.set_did(&agent, did);
+            }
+        }
+        if print && let Ok(line) = serde_json::to_string(&e) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        // Err = nobody is waiting.
+        let _ = fanout.send(e);
+    }
+}
+
+struct ControlCtx {
+    control: mpsc::UnboundedSender<Control>,
+    fanout: broadcast::Sender<NodeEvent>,
+    board: Arc<Mutex<StatusBoard>>,
+    net: Arc<P2pNetwork>,
+    node_id: NodeId,
+    listen: Vec<String>,
+}
+
+/// Bind the control socket. A socket file left by a killed node is
+/// replaced (the data dir lock proves no node is using it).
+fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale control socket {}", path.display())),
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The socket commands the node: owner only.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+async fn control_server(listener: UnixListener, ctx: Arc<ControlCtx>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, &ctx).await {
+                tracing::debug!(error = %e, "control connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(stream: UnixStream, ctx: &ControlCtx) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let limit = u64::try_from(control::MAX_REQUEST_BYTES + 1).unwrap_or(u64::MAX);
+    let mut reader = BufReader::new(read.take(limit));
+    let read = tokio::time::timeout(CONTROL_READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    let reply = match read {
+        Err(_) => Reply::Error { error: format!("no request line within {CONTROL_READ_TIMEOUT:?}") },
+        Ok(Err(e)) => Reply::Error { error: format!("reading the request: {e}") },
+        Ok(Ok(_)) if line.len() > control::MAX_REQUEST_BYTES => {
+            Reply::Error { error: format!("request over {} bytes", control::MAX_REQUEST_BYTES) }
+        }
+        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => handle(req, ctx).await,
+            Err(e) => Reply::Error { error: format!("bad request: {e}") },
+        },
+    };
+    // Serialising a reply (plain data) cannot fail.
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+/// Resolve `--to`: a multiaddr (learned and dialed) or a bare peer id.
+fn resolve_target(ctx: &ControlCtx, to: &str) -> Result<NodeId, String> {
+    if to.starts_with('/') {
+        let addr: Multiaddr = to.parse().map_err(|e| format!("target {to:?}: not a multiaddr: {e}"))?;
+        return ctx.net.add_peer(addr).map_err(|e| format!("target {to:?}: {e}"));
+    }
+    to.parse::<libp2p::PeerId>().map_err(|e| format!("target {to:?}: not a peer id or multiaddr: {e}"))?;
+    NodeId::new(to).map_err(|e| format!("target {to:?}: {e}"))
+}
+
+async fn handle(req: Request, ctx: &ControlCtx) -> Reply {
+    let control = match &req {
+        Request::Agents => {
+            let agents = ctx.board.lock().unwrap_or_else(|p| p.into_inner()).agents();
+            return Reply::Agents { node: ctx.node_id.clone(), listen: ctx.listen.clone(), agents };
+        }
+        Request::Stop => {
+            let _ = ctx.control.send(Control::Command(Command::Shutdown));
+            return Reply::Stopping;
+        }
+        Request::Deploy { agent, wasm, manifest, budget } => {
+            Control::Deploy { agent: agent.clone(), wasm: wasm.clone(), manifest: manifest.clone(), budget: *budget }
+        }
+        Request::Migrate { agent, to, .. } => match resolve_target(ctx, to) {
+            Ok(to) => Control::Command(Command::Migrate { agent: agent.clone(), to }),
+            Err(error) => return Reply::Error { error },
+        },
+        Request::Recover { agent, anchor } => match Hash32::from_hex(anchor) {
+            Some(anchor) => Control::Command(Command::Recover { agent: agent.clone(), anchor }),
+            None => return Reply::Error { error: format!("anchor {anchor:?}: not a 64-digit hex hash") },
+        },
+        Request::Retire { agent } => Control::Command(Command::Retire { agent: agent.clone() }),
+    };
+    let timeout_ms = match req {
+        Request::Migrate { wait: true, .. } => control::MIGRATION_WAIT_TIMEOUT_MS,
+        _ => control::COMMAND_TIMEOUT_MS,
+    };
+    // Subscribe before sending, so the answer cannot slip past.
+    let mut events = ctx.fanout.subscribe();
+    if ctx.control.send(control).is_err() {
+        return Reply::Error { error: "node is stopping".into() };
+    }
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(reply) = control::answer(&req, &e.event) {
+                        return reply;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    return Reply::Error {
+                        error: format!("lost {n} events waiting for the answer; see `igord agents`"),
+                    };
+                }
+                Err(broadcast::error::RecvError::Closed) => return Reply::Error { error: "node stopped".into() },
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await {
+        Ok(reply) => reply,
+        Err(_) => Reply::Error { error: format!("no answer from the node within {timeout_ms} ms; see `igord agents`") },
+    }
+}
