@@ -234,7 +234,10 @@ pub enum ScenarioError {
 impl Scenario {
     /// Parse RON text; `path` is used in error messages only.
     pub fn parse(text: &str, path: &str) -> Result<Scenario, ScenarioError> {
-        let s: Scenario = ron::from_str(text).map_err(|e| ScenarioError::Parse {
+        // `implicit_some`: optional fields are written as plain values
+        // (`lease_duration_ms: 8000`), not `Some(8000)`.
+        let options = ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
+        let s: Scenario = options.from_str(text).map_err(|e| ScenarioError::Parse {
             path: path.to_string(),
             line: e.span.start.line,
             col: e.span.start.col,
@@ -252,7 +255,8 @@ impl Scenario {
 
     /// Canonical RON text of this scenario (for resolved scenarios).
     pub fn to_ron(&self) -> String {
-        let cfg = ron::ser::PrettyConfig::new().struct_names(true);
+        let cfg =
+            ron::ser::PrettyConfig::new().struct_names(true).extensions(ron::extensions::Extensions::IMPLICIT_SOME);
         // Serializing plain data with string keys cannot fail.
         ron::ser::to_string_pretty(self, cfg).expect("scenario serializes")
     }

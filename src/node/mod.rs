@@ -835,6 +835,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let mut consider = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
         for s in self.agents.values() {
             if s.authority.state() != AuthorityState::ActiveOwner {
+                if self.cfg.unsafe_self_recover_on_lease_expiry
+                    && unsafe_recoverable(s.authority.state(), s.authority.role())
+                {
+                    let change = s.lease.next_change(&self.cfg.lease, now.unix_ns);
+                    consider(now.mono_ns.saturating_add(change.saturating_sub(now.unix_ns).max(0) as u64));
+                }
                 continue;
             }
             let change = s.lease.next_change(&self.cfg.lease, now.unix_ns);
@@ -853,6 +859,16 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let now = self.clock.now();
         let Some(s) = self.agents.get_mut(agent) else { return };
         if s.authority.state() != AuthorityState::ActiveOwner {
+            // UNSAFE, scenarios only: the original also took authority back
+            // when a source in doubt saw its lease run out, which allows two
+            // tickers once the target has assumed. Off by default.
+            let lapsed = s.lease.status(&self.cfg.lease, now.unix_ns) == LeaseStatus::Lapsed;
+            if self.cfg.unsafe_self_recover_on_lease_expiry
+                && lapsed
+                && unsafe_recoverable(s.authority.state(), s.authority.role())
+            {
+                self.unsafe_self_recover(agent);
+            }
             return;
         }
         match s.lease.status(&self.cfg.lease, now.unix_ns) {
@@ -1036,5 +1052,15 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             self.fault(Some(agent), format!("persist head: {e}"));
         }
         Ok((c.tick, hash))
+    }
+}
+
+/// States from which the deliberately unsafe flag lets a former source take
+/// authority back by itself (the original's behaviour): a handoff in doubt.
+fn unsafe_recoverable(state: AuthorityState, role: Role) -> bool {
+    match state {
+        AuthorityState::RecoveryRequired => true,
+        AuthorityState::HandoffPending => role == Role::Source,
+        _ => false,
     }
 }
