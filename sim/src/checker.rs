@@ -216,14 +216,14 @@ impl Checker {
                     return fail("RE-3", vec![node.clone()], format!("negative budget {budget} at tick {tick}"));
                 }
                 // EI-3: one parent, one child.
-                if let Some(child) = m.children.get(prev) {
-                    if child != hash {
-                        return fail(
-                            "EI-3",
-                            vec![node.clone()],
-                            format!("second child of {prev:?}: {hash:?} at tick {tick} (first: {child:?})"),
-                        );
-                    }
+                if let Some(child) = m.children.get(prev)
+                    && child != hash
+                {
+                    return fail(
+                        "EI-3",
+                        vec![node.clone()],
+                        format!("second child of {prev:?}: {hash:?} at tick {tick} (first: {child:?})"),
+                    );
                 }
                 if m.committed.contains_key(hash) {
                     // The same checkpoint adopted by a migration target.
@@ -265,16 +265,16 @@ impl Checker {
                     );
                 }
                 let spent = prev_spent.saturating_add(spent_now);
-                if let Some(initial) = m.initial_budget {
-                    if initial.saturating_sub(spent) != *budget {
-                        return fail(
-                            "RE-3",
-                            vec![node.clone()],
-                            format!(
-                                "budget not conserved at tick {tick}: initial {initial} - charged {spent} != {budget} in checkpoint"
-                            ),
-                        );
-                    }
+                if let Some(initial) = m.initial_budget
+                    && initial.saturating_sub(spent) != *budget
+                {
+                    return fail(
+                        "RE-3",
+                        vec![node.clone()],
+                        format!(
+                            "budget not conserved at tick {tick}: initial {initial} - charged {spent} != {budget} in checkpoint"
+                        ),
+                    );
                 }
                 m.committed.insert(*hash, (*tick, *budget, spent));
             }

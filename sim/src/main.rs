@@ -140,6 +140,9 @@ fn scenario_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// (scenario index, seed, report or the error that stopped the run).
+type SweepResult = (usize, u64, Result<RunReport, String>);
+
 struct Row {
     scenario: String,
     seeds: u64,
@@ -157,7 +160,7 @@ fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>
     let total = work.len();
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, u64, Result<RunReport, String>)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<SweepResult>> = Mutex::new(Vec::new());
     let started = std::time::Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {

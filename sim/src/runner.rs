@@ -378,11 +378,11 @@ pub fn run(scenario: &Scenario, base: &Path, seed: Option<u64>) -> Result<RunRep
             events += 1;
             trace.event(e.at_ns, e.node.as_str(), &e.event.to_string());
             remember_head(&mut heads, &e);
-            if let Some(o) = observation(&e.event) {
-                if let Err(v) = checker.observe(e.at_ns, &e.node, &o) {
-                    violation = Some(v);
-                    break 'run;
-                }
+            if let Some(o) = observation(&e.event)
+                && let Err(v) = checker.observe(e.at_ns, &e.node, &o)
+            {
+                violation = Some(v);
+                break 'run;
             }
         }
     }

@@ -62,9 +62,11 @@ fn request_reply_and_partition() {
     sim.client("a", async move {
         let net = SimNet::bind(Rc::new(RefCell::new(FaultState::new(1, "a")))).await?;
         let b = NodeId::new("b").unwrap();
-        out.borrow_mut().push(net.request(&b, b"!".to_vec()).await);
+        let first = net.request(&b, b"!".to_vec()).await;
+        out.borrow_mut().push(first);
         turmoil::partition("a", "b");
-        out.borrow_mut().push(net.request(&b, b"?".to_vec()).await);
+        let second = net.request(&b, b"?".to_vec()).await;
+        out.borrow_mut().push(second);
         Ok(())
     });
     sim.run().unwrap();
