@@ -7,8 +7,8 @@ pub mod env;
 pub mod units;
 
 pub mod checkpoint;
-pub mod identity;
 pub mod executor;
+pub mod identity;
 pub mod lineage;
 
 pub mod authority;
@@ -17,8 +17,8 @@ pub mod driver;
 pub mod lease;
 pub mod migration;
 pub mod node;
-pub mod wire;
 pub mod p2p;
+pub mod wire;
 
 pub mod eventlog;
 pub mod http;
