@@ -195,3 +195,34 @@ fn counter_migrates_between_two_processes_and_survives_sigkill() {
         "RE-3: initial budget = remaining + everything charged and paid, to the microcent"
     );
 }
+
+/// SIGTERM and SIGINT are graceful: a final checkpoint of every agent
+/// (holding its last tick), then exit 0; the restarted node resumes there.
+#[test]
+fn sigterm_and_sigint_commit_a_final_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    // Long checkpoint interval: only the shutdown commits after genesis.
+    let slow = ["--checkpoint-ms", "600000"];
+    let mut a = NodeProc::start("A", &dir, &[], &slow);
+    deploy_counter(&a, "1");
+    for (round, sig) in ["TERM", "INT"].into_iter().enumerate() {
+        wait_until("ticks", T, || a.agent_status().filter(|s| s.ticks_here >= 5));
+        a.signal(sig);
+        a.wait_event("shutdown", T, |e| matches!(e, Event::NodeShutdown));
+        assert!(a.wait_exit(T).success(), "SIG{sig}: exit 0");
+        let ev = a.events();
+        let last_tick = ticks(&ev).last().map(|t| t.0).expect("ticked");
+        let last_commit = ev.iter().rev().find_map(|e| match &e.event {
+            Event::CheckpointCommitted { tick, .. } => Some(tick.0),
+            _ => None,
+        });
+        assert_eq!(last_commit, Some(last_tick), "SIG{sig}: the final checkpoint holds the last tick");
+        let head = history(&dir).last().map(|(_, b)| igor::checkpoint::Checkpoint::decode(b).unwrap().tick.0);
+        assert_eq!(head, Some(last_tick), "SIG{sig}: it is on disk");
+        drop(a);
+        a = NodeProc::start(&format!("A{}", round + 2), &dir, &[], &slow);
+        let first = a.wait_event("resume", T, |e| matches!(e, Event::TickStarted { .. }));
+        assert!(matches!(first.event, Event::TickStarted { tick, .. } if tick.0 == last_tick + 1));
+    }
+}

@@ -43,7 +43,14 @@ impl NodeProc {
         let log = dir.with_extension(format!("{}.log", start_count(dir)));
         let log_file = std::fs::File::create(&log).expect("create node log");
         let mut cmd = Command::new(IGORD);
-        cmd.args(["node", "--events", "--data-dir"]).arg(dir).args(FAST).args(extra);
+        cmd.args(["node", "--events", "--data-dir"]).arg(dir);
+        // FAST's defaults, unless `extra` sets the same flag.
+        for pair in FAST.chunks(2) {
+            if !extra.contains(&pair[0]) {
+                cmd.args(pair);
+            }
+        }
+        cmd.args(extra);
         for p in peers {
             cmd.args(["--peer", p]);
         }
@@ -85,8 +92,7 @@ impl NodeProc {
 
     /// Wait until an event satisfies `f`; return it.
     pub fn wait_event(&self, what: &str, timeout: Duration, f: impl Fn(&Event) -> bool) -> NodeEvent {
-        let found = wait_until(what, timeout, || self.events().into_iter().find(|e| f(&e.event)));
-        found
+        wait_until(what, timeout, || self.events().into_iter().find(|e| f(&e.event)))
     }
 
     pub fn status(&self) -> Vec<AgentStatus> {
@@ -107,6 +113,12 @@ impl NodeProc {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Send a signal (e.g. "TERM", "INT") with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        assert!(st.is_ok_and(|s| s.success()), "kill -{sig} {}", self.name);
     }
 
     /// Wait for the process to end by itself.

@@ -176,13 +176,6 @@ async fn serve(args: NodeArgs) -> anyhow::Result<i32> {
         peers.push(net.add_peer(addr.clone()).with_context(|| format!("--peer {addr}"))?);
     }
     let listen: Vec<String> = net.listen_addrs.iter().map(|a| a.to_string()).collect();
-    {
-        let mut out = std::io::stdout().lock();
-        for a in &listen {
-            writeln!(out, "{a}")?;
-        }
-        out.flush()?;
-    }
     let node_id = net.local_id().clone();
     let cfg = args.config(node_id.clone(), peers)?;
     let sandbox = Sandbox::new(SandboxConfig::default())?;
@@ -197,9 +190,25 @@ async fn serve(args: NodeArgs) -> anyhow::Result<i32> {
     let consumer = tokio::spawn(consume_events(events_rx, board.clone(), fanout.clone(), disk, args.events));
     let socket = args.control.clone().unwrap_or_else(|| args.data_dir.join(control::SOCKET_FILE));
     let listener = bind_control(&socket)?;
-    let ctx = Arc::new(ControlCtx { control: control_tx.clone(), fanout, board, net: net.clone(), node_id, listen });
+    let ctx = Arc::new(ControlCtx {
+        control: control_tx.clone(),
+        fanout,
+        board,
+        net: net.clone(),
+        node_id,
+        listen: listen.clone(),
+    });
     tokio::spawn(control_server(listener, ctx));
     tokio::spawn(on_signals(control_tx));
+    // The address goes out last: once it is printed, the node (and its
+    // control socket) is ready.
+    {
+        let mut out = std::io::stdout().lock();
+        for a in &listen {
+            writeln!(out, "{a}")?;
+        }
+        out.flush()?;
+    }
 
     let fault_net = FaultNet::new(&*net, args.fault);
     driver::run(&mut node, &fault_net, &mut control_rx, &events_tx).await;
