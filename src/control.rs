@@ -207,7 +207,8 @@ impl StatusBoard {
                 if *role == Role::Source {
                     s.handoff_to = None;
                 }
-                s.last_migration = Some(format!("{role:?} with {peer}: {outcome}").to_lowercase());
+                let side = if *role == Role::Source { "source" } else { "target" };
+                s.last_migration = Some(format!("{side} with {peer}: {outcome}"));
             }
             Event::AgentHalted { reason, .. } => s.halted = Some(reason.clone()),
             Event::Recovered { anchor_tick, epoch, budget, .. } => {
