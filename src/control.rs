@@ -181,7 +181,15 @@ impl StatusBoard {
     /// Fold one event in.
     pub fn apply(&mut self, e: &NodeEvent) {
         let Some(agent) = e.event.agent() else { return };
-        let s = self.agents.entry(agent.clone()).or_insert_with(|| AgentStatus::new(agent.clone()));
+        // Only these prove the node holds (or held) the agent; a refused
+        // command or package about an unknown agent lists nothing.
+        let known =
+            matches!(e.event, Event::AgentDeployed { .. } | Event::AgentLoaded { .. } | Event::AuthorityChanged { .. });
+        let s = match self.agents.get_mut(agent) {
+            Some(s) => s,
+            None if known => self.agents.entry(agent.clone()).or_insert_with(|| AgentStatus::new(agent.clone())),
+            None => return,
+        };
         match &e.event {
             Event::AgentDeployed { budget, .. } => {
                 s.budget = *budget;
@@ -338,6 +346,17 @@ mod tests {
         let s = board.get(&a).unwrap();
         assert_eq!((s.tick, s.budget, s.ticks_here, s.handoff_to.clone()), (TickNumber(1), Microcents(97), 1, None));
         assert_eq!(s.state, AuthorityState::ActiveOwner);
+    }
+
+    #[test]
+    fn refusals_about_unknown_agents_list_nothing() {
+        let mut board = StatusBoard::default();
+        board.apply(&ev(Event::CommandRefused {
+            command: "migrate".into(),
+            agent: Some(AgentId::new("ghost").unwrap()),
+            reason: "unknown agent".into(),
+        }));
+        assert!(board.agents().is_empty());
     }
 
     #[test]
