@@ -2,6 +2,8 @@
 //! built binary, exit codes 0 (valid) / 1 (invalid, reason printed) / 2
 //! (usage or I/O error).
 
+#![allow(clippy::disallowed_methods)] // the test edits real files the way a user (or a disk fault) would
+
 use igor::checkpoint::{CheckpointBody, Hash32};
 use igor::env::mem::SeededEntropy;
 use igor::env::real::FsDisk;
