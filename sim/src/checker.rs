@@ -118,6 +118,11 @@ impl Checker {
         self.agents.get(agent)?.authority.get(node).copied()
     }
 
+    /// Authority of `agent` on every node that holds a record of it.
+    pub fn states(&self, agent: &AgentId) -> Vec<(NodeId, State)> {
+        self.agents.get(agent).map(|m| m.authority.iter().map(|(n, s)| (n.clone(), *s)).collect()).unwrap_or_default()
+    }
+
     /// Highest committed tick of `agent` on any node.
     pub fn highest_tick(&self, agent: &AgentId) -> Option<u64> {
         self.agents.get(agent)?.committed.values().map(|(t, _, _)| *t).max()

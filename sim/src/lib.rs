@@ -5,6 +5,7 @@
 
 pub mod checker;
 pub mod clock;
+pub mod coverage;
 pub mod disk;
 pub mod net;
 pub mod runner;

@@ -1,13 +1,17 @@
 //! Simulated twin of the libp2p adapter: the [`Network`] trait over
 //! `turmoil::net` TCP. One request per connection: a length-prefixed frame
 //! out, one frame back. Faults turmoil lacks (duplication, extra delay for
-//! reordering) are injected here from a seeded RNG, per node; partitions,
-//! holds and latency come from turmoil itself. Must run inside a turmoil host.
+//! reordering, bit corruption) are injected here from a seeded RNG, per
+//! node; partitions, holds and latency come from turmoil itself. Every frame
+//! carries a checksum of its body, the model of the real transport's AEAD
+//! tag (noise): a corrupted frame is rejected here, never handed to a node.
+//! Must run inside a turmoil host.
 
 use igor::env::{Incoming, NetError, Network, derive_seed};
 use igor::units::NodeId;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -30,11 +34,25 @@ pub struct LinkFaults {
     /// Extra delay drawn uniformly from this range (ms) before a request
     /// leaves: with several requests in flight this reorders them.
     pub extra_delay_ms: (u64, u64),
+    /// Probability that a frame this node sends has one bit flipped.
+    pub corrupt: f64,
+}
+
+/// What the twin did and saw, for the trace and coverage marks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Frames this node sent with a flipped bit.
+    pub corrupted: u64,
+    /// Frames this node received whose checksum did not match (rejected).
+    pub rejected: u64,
+    /// Requests this node sent twice.
+    pub duplicated: u64,
 }
 
 /// Shared, mutable fault settings of one node plus its fault RNG.
 pub struct FaultState {
     pub faults: LinkFaults,
+    pub counters: NetCounters,
     rng: ChaCha20Rng,
 }
 
@@ -42,6 +60,7 @@ impl FaultState {
     pub fn new(seed: u64, node: &str) -> Self {
         FaultState {
             faults: LinkFaults::default(),
+            counters: NetCounters::default(),
             rng: ChaCha20Rng::from_seed(derive_seed(seed, &format!("net/{node}"))),
         }
     }
@@ -55,8 +74,29 @@ impl FaultState {
         let dup = self.faults.duplicate > 0.0 && self.unit() < self.faults.duplicate;
         let (lo, hi) = self.faults.extra_delay_ms;
         let delay = if hi > lo { lo + self.rng.next_u64() % (hi - lo + 1) } else { lo };
+        if dup {
+            self.counters.duplicated += 1;
+        }
         (dup, Duration::from_millis(delay))
     }
+
+    /// The bit to flip in a frame of `len` bytes, if this frame is corrupted.
+    /// Draws nothing while corruption is off.
+    fn corruption(&mut self, len: usize) -> Option<usize> {
+        if self.faults.corrupt <= 0.0 || len == 0 || self.unit() >= self.faults.corrupt {
+            return None;
+        }
+        self.counters.corrupted += 1;
+        Some((self.rng.next_u64() % (len as u64 * 8)) as usize)
+    }
+}
+
+/// Checksum of a frame body: the first 8 bytes of its SHA-256.
+fn checksum(body: &[u8]) -> [u8; 8] {
+    let d = Sha256::digest(body);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    out
 }
 
 /// A node's endpoint on the simulated network.
@@ -66,35 +106,59 @@ pub struct SimNet {
     inbox: Rc<Mutex<mpsc::UnboundedReceiver<Incoming>>>,
 }
 
-async fn write_frame(s: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+/// Frame: `len: u32 LE | checksum: 8 bytes | body`. The sender's fault
+/// state may flip one bit of the body after the checksum is taken.
+async fn write_frame(s: &mut TcpStream, body: &[u8], faults: &RefCell<FaultState>) -> std::io::Result<()> {
     let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    let sum = checksum(body);
+    let flip = faults.borrow_mut().corruption(body.len());
     s.write_all(&len.to_le_bytes()).await?;
-    s.write_all(body).await?;
+    s.write_all(&sum).await?;
+    match flip {
+        Some(bit) => {
+            let mut bad = body.to_vec();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            s.write_all(&bad).await?;
+        }
+        None => s.write_all(body).await?,
+    }
     s.flush().await
 }
 
-async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_frame(s: &mut TcpStream, faults: &RefCell<FaultState>) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME_BYTES {
         return Err(std::io::Error::other(format!("frame of {len} bytes exceeds {MAX_FRAME_BYTES}")));
     }
+    let mut sum = [0u8; 8];
+    s.read_exact(&mut sum).await?;
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await?;
+    if checksum(&body) != sum {
+        faults.borrow_mut().counters.rejected += 1;
+        return Err(std::io::Error::other("corrupted frame: checksum mismatch"));
+    }
     Ok(body)
 }
 
 /// Serve one connection: read the request, hand it to the node, write back
-/// whatever it replies. A dropped reply closes the stream.
-async fn serve(mut stream: TcpStream, from: NodeId, tx: mpsc::UnboundedSender<Incoming>) {
-    let Ok(body) = read_frame(&mut stream).await else { return };
+/// whatever it replies. A dropped reply or a corrupted request closes the
+/// stream (the requester sees a lost message).
+async fn serve(
+    mut stream: TcpStream,
+    from: NodeId,
+    tx: mpsc::UnboundedSender<Incoming>,
+    faults: Rc<RefCell<FaultState>>,
+) {
+    let Ok(body) = read_frame(&mut stream, &faults).await else { return };
     let (reply, rx) = oneshot::channel();
     if tx.send(Incoming { from, body, reply }).is_err() {
         return;
     }
     if let Ok(answer) = rx.await {
-        let _ = write_frame(&mut stream, &answer).await;
+        let _ = write_frame(&mut stream, &answer, &faults).await;
     }
 }
 
@@ -103,23 +167,24 @@ impl SimNet {
     pub async fn bind(faults: Rc<RefCell<FaultState>>) -> std::io::Result<SimNet> {
         let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let server_faults = faults.clone();
         tokio::task::spawn_local(async move {
             while let Ok((stream, peer)) = listener.accept().await {
                 let name = turmoil::reverse_lookup(peer.ip()).unwrap_or_else(|| "unknown".to_string());
                 let Ok(from) = NodeId::new(name) else { continue };
-                tokio::task::spawn_local(serve(stream, from, tx.clone()));
+                tokio::task::spawn_local(serve(stream, from, tx.clone(), server_faults.clone()));
             }
         });
         Ok(SimNet { faults, inbox: Rc::new(Mutex::new(rx)) })
     }
 
-    async fn send_once(to: &NodeId, body: &[u8]) -> Result<Vec<u8>, NetError> {
+    async fn send_once(to: &NodeId, body: &[u8], faults: &RefCell<FaultState>) -> Result<Vec<u8>, NetError> {
         let mut stream = TcpStream::connect((to.as_str(), PORT))
             .await
             .map_err(|e| NetError::Unreachable { peer: to.clone(), reason: e.to_string() })?;
         let lost = |e: std::io::Error| NetError::Lost { peer: to.clone(), reason: e.to_string() };
-        write_frame(&mut stream, body).await.map_err(lost)?;
-        read_frame(&mut stream).await.map_err(lost)
+        write_frame(&mut stream, body, faults).await.map_err(lost)?;
+        read_frame(&mut stream, faults).await.map_err(lost)
     }
 }
 
@@ -133,12 +198,12 @@ impl Network for SimNet {
             tokio::time::sleep(delay).await;
         }
         if duplicate {
-            let (to, body) = (to.clone(), body.clone());
+            let (to, body, faults) = (to.clone(), body.clone(), self.faults.clone());
             tokio::task::spawn_local(async move {
-                let _ = SimNet::send_once(&to, &body).await;
+                let _ = SimNet::send_once(&to, &body, &faults).await;
             });
         }
-        SimNet::send_once(to, &body).await
+        SimNet::send_once(to, &body, &self.faults).await
     }
 
     async fn accept(&self) -> Option<Incoming> {

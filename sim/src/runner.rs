@@ -5,22 +5,26 @@
 //! scenario's `expect`. A violation stops the run at once.
 
 use crate::checker::{Checker, Obs, State, Violation};
-use crate::clock::{SIM_EPOCH_UNIX_NS, SimClock};
+use crate::clock::{ClockFault, SIM_EPOCH_UNIX_NS, SimClock};
+use crate::coverage::Coverage;
 use crate::disk::SimDisk;
-use crate::net::{FaultState, LinkFaults, SimNet};
-use crate::scenario::{Action, Expect, NodeSpec, Scenario, Storage, Verdict};
+use crate::net::{FaultState, LinkFaults, NetCounters, SimNet};
+use crate::scenario::{Action, Boundary, Expect, NodeSpec, Scenario, Step, Storage, Verdict};
 use crate::trace::{Trace, fmt_time};
 use igor::authority::AuthorityState;
 use igor::checkpoint::Hash32;
 use igor::driver::{self, Control};
-use igor::env::Disk;
 use igor::env::mem::SeededEntropy;
+use igor::env::{Disk, derive_seed};
 use igor::lineage;
 use igor::node::{Command, Event, Node, NodeConfig, NodeEvent};
 use igor::sandbox::{Sandbox, SandboxConfig};
 use igor::units::{AgentId, Microcents, NodeId};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use sha2::Digest;
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -50,7 +54,7 @@ struct AgentBytes {
 /// What the runner shares with one host across its restarts.
 struct HostCtl {
     name: NodeId,
-    skew_ns: Rc<Cell<i64>>,
+    clock: Rc<Cell<ClockFault>>,
     faults: Rc<RefCell<FaultState>>,
     control: RefCell<Option<mpsc::UnboundedSender<Control>>>,
     boots: Cell<u32>,
@@ -71,6 +75,8 @@ pub struct RunReport {
     /// Final authority per (node, agent), state names.
     pub authority: BTreeMap<(String, String), String>,
     pub highest_ticks: BTreeMap<String, Option<u64>>,
+    /// Coverage marks this run fired.
+    pub coverage: Coverage,
 }
 
 impl RunReport {
@@ -238,7 +244,7 @@ async fn host_main(
     apply_damage(&disk, &damage);
     let net = SimNet::bind(ctl.faults.clone()).await?;
     let entropy = SeededEntropy::derived(seed, &format!("node/{}/boot/{boot}", ctl.name));
-    let clock = SimClock::new(ctl.skew_ns.clone());
+    let clock = SimClock::new(ctl.clock.clone());
     let sandbox = sandbox().map_err(|e| e.to_string())?;
     let mut node = Node::open(cfg, disk, clock, entropy, sandbox);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -310,108 +316,460 @@ pub fn run(scenario: &Scenario, base: &Path, seed: Option<u64>) -> Result<RunRep
     let seed = seed.unwrap_or(scenario.seed);
     let agents = load_agents(scenario, base)?;
     let duration_ns = scenario.duration_s.saturating_mul(1_000_000_000);
-    let mut sim = turmoil::Builder::new()
+    let liveness_ns = scenario.expect.liveness.as_ref().map(|l| l.within_ms.saturating_mul(1_000_000));
+    let sim_s = scenario.duration_s + liveness_ns.unwrap_or(0) / 1_000_000_000 + 60;
+    let sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_nanos(SIM_EPOCH_UNIX_NS as u64))
         .tick_duration(Duration::from_millis(scenario.step_ms))
-        .simulation_duration(Duration::from_secs(scenario.duration_s + 60))
+        .simulation_duration(Duration::from_secs(sim_s))
         .min_message_latency(Duration::from_millis(scenario.network.latency_ms.0))
         .max_message_latency(Duration::from_millis(scenario.network.latency_ms.1))
         .fail_rate(scenario.network.loss)
         .build();
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<NodeEvent>();
-    let mut ctls: BTreeMap<String, Rc<HostCtl>> = BTreeMap::new();
+    let (events_tx, events_rx) = mpsc::unbounded_channel::<NodeEvent>();
+    let mut w = World::new(sim, seed, scenario, events_rx);
     // Hosts are registered in the scenario's order: each registration draws
     // from turmoil's world RNG.
     for spec in &scenario.nodes {
         let cfg = node_config(spec, &scenario.nodes)?;
         let ctl = Rc::new(HostCtl {
             name: cfg.node_id.clone(),
-            skew_ns: Rc::new(Cell::new(0)),
+            clock: Rc::new(Cell::new(ClockFault::default())),
             faults: Rc::new(RefCell::new(FaultState::new(seed, &spec.name))),
             control: RefCell::new(None),
             boots: Cell::new(0),
             damage: RefCell::new(Storage::Intact),
         });
-        ctls.insert(spec.name.clone(), ctl.clone());
+        w.ctls.insert(spec.name.clone(), ctl.clone());
         let deploys: Vec<AgentBytes> = agents.iter().filter(|a| a.node == spec.name).cloned().collect();
         let events = events_tx.clone();
-        sim.host(spec.name.as_str(), move || {
+        w.sim.host(spec.name.as_str(), move || {
             host_main(ctl.clone(), cfg.clone(), seed, deploys.clone(), events.clone())
         });
     }
-
-    let mut trace = Trace::new();
-    trace.note(format!("# scenario {} seed {seed}", scenario.name));
-    trace.note(format!(
-        "# igor-sim {} duration {}s step {}ms",
-        env!("CARGO_PKG_VERSION"),
-        scenario.duration_s,
-        scenario.step_ms
-    ));
-    let mut checker = Checker::new();
-    let mut timeline: Vec<_> = scenario.timeline.iter().collect();
+    write_header(&mut w.trace, scenario, seed);
+    let mut timeline: Vec<Step> = scenario.timeline.clone();
     timeline.sort_by_key(|s| s.at_ms); // stable: same-time actions keep file order
-    let mut next_action = 0;
-    let mut heads: Heads = BTreeMap::new();
-    let mut violation = None;
-    let mut events = 0u64;
-    let mut now_ns = 0u64;
-    'run: while now_ns <= duration_ns {
-        while let Some(step) = timeline.get(next_action) {
-            if step.at_ms.saturating_mul(1_000_000) > now_ns {
-                break;
-            }
-            next_action += 1;
-            trace.note(format!("{} sim {}", fmt_time(now_ns), describe(&step.action)));
-            let obs = apply(&mut sim, &ctls, &heads, &step.action, &agents);
-            for (node, o) in obs {
-                if let Err(v) = checker.observe(now_ns, &node, &o) {
-                    violation = Some(v);
-                    break 'run;
-                }
-            }
-        }
-        sim.step().map_err(|e| RunError::Sim(e.to_string()))?;
-        now_ns = u64::try_from(sim.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        while let Ok(e) = events_rx.try_recv() {
-            events += 1;
-            trace.event(e.at_ns, e.node.as_str(), &e.event.to_string());
-            remember_head(&mut heads, &e);
-            if let Some(o) = observation(&e.event)
-                && let Err(v) = checker.observe(e.at_ns, &e.node, &o)
-            {
-                violation = Some(v);
-                break 'run;
-            }
-        }
+    for step in timeline {
+        w.schedule(step.at_ms.saturating_mul(1_000_000), Sched::Act(step.action));
+    }
+
+    // Safety: the fault window is the scenario's duration.
+    let mut violation = w.run_until(duration_ns, &agents, |_| false)?.err();
+    let (authority, highest_ticks) = final_state(&w, scenario, &agents)?;
+    // Then liveness: heal everything and ask every agent to tick again.
+    if violation.is_none()
+        && let Some(within) = liveness_ns
+    {
+        violation = w.liveness(within, &agents)?.err();
     }
     if let Some(v) = &violation {
-        trace.note(format!("{} VIOLATION {v}", fmt_time(v.at_ns)));
+        w.trace.note(format!("{} VIOLATION {v}", fmt_time(v.at_ns)));
     }
-    let mut authority = BTreeMap::new();
-    for spec in &scenario.nodes {
-        for a in &agents {
-            let node = NodeId::new(spec.name.clone()).map_err(|e| RunError::Sim(e.to_string()))?;
-            let state = checker.authority(&node, &a.id).map(State::name).unwrap_or("ABSENT");
-            authority.insert((spec.name.clone(), a.id.to_string()), state.to_string());
-        }
-    }
-    let highest_ticks = agents.iter().map(|a| (a.id.to_string(), checker.highest_tick(&a.id))).collect();
     let mut report = RunReport {
         scenario: scenario.name.clone(),
         seed,
         expect: scenario.expect.clone(),
         violation,
         failures: Vec::new(),
-        trace,
-        events,
-        sim_ns: now_ns,
+        trace: w.trace,
+        events: w.events,
+        sim_ns: w.now_ns,
         authority,
         highest_ticks,
+        coverage: w.coverage,
     };
     report.failures = expectation_failures(&report);
     Ok(report)
+}
+
+/// Authority per (node, agent) and highest committed tick per agent, as the
+/// checker saw them at the end of the fault window.
+type FinalState = (BTreeMap<(String, String), String>, BTreeMap<String, Option<u64>>);
+
+fn final_state(w: &World<'_>, scenario: &Scenario, agents: &[AgentBytes]) -> Result<FinalState, RunError> {
+    let mut authority = BTreeMap::new();
+    for spec in &scenario.nodes {
+        let node = NodeId::new(spec.name.clone()).map_err(|e| RunError::Sim(e.to_string()))?;
+        for a in agents {
+            let state = w.checker.authority(&node, &a.id).map(State::name).unwrap_or("ABSENT");
+            authority.insert((spec.name.clone(), a.id.to_string()), state.to_string());
+        }
+    }
+    let highest = agents.iter().map(|a| (a.id.to_string(), w.checker.highest_tick(&a.id))).collect();
+    Ok((authority, highest))
+}
+
+/// Something the runner does at a simulated time: a timeline action, or a
+/// step the runner derived from one (a swizzle's holds, a BUGGIFY restart).
+#[derive(Clone, Debug)]
+enum Sched {
+    Act(Action),
+    Hold(String),
+    Release(String),
+}
+
+/// After the heal, how long the runner lets restarted nodes reload their
+/// agents before it decides that an agent needs the operator.
+const SETTLE_NS: u64 = 2_000_000_000;
+
+/// The running simulation and everything the runner tracks about it.
+struct World<'a> {
+    sim: turmoil::Sim<'a>,
+    seed: u64,
+    nodes: Vec<String>,
+    ctls: BTreeMap<String, Rc<HostCtl>>,
+    rx: mpsc::UnboundedReceiver<NodeEvent>,
+    trace: Trace,
+    checker: Checker,
+    coverage: Coverage,
+    heads: Heads,
+    now_ns: u64,
+    events: u64,
+    /// Pending actions by (time, order of scheduling).
+    scheduled: BTreeMap<(u64, u64), Sched>,
+    scheduled_seq: u64,
+    /// Nodes crashed and not restarted.
+    down: BTreeSet<String>,
+    /// Directed links cut by partitions.
+    cut: BTreeSet<(String, String)>,
+    /// Hold count per node (Pause and Swizzle may overlap).
+    held: BTreeMap<String, u32>,
+    /// Armed BUGGIFY crashes: (node, boundary, restart after ns).
+    armed: Vec<(String, Boundary, u64)>,
+    swizzles: u64,
+    /// Agents that stopped for good (budget, trap): exempt from liveness.
+    halted: BTreeSet<String>,
+    /// Agents that finished a tick since the heal.
+    ticked_since_heal: Option<BTreeSet<String>>,
+    net_seen: BTreeMap<String, NetCounters>,
+}
+
+impl<'a> World<'a> {
+    fn new(sim: turmoil::Sim<'a>, seed: u64, scenario: &Scenario, rx: mpsc::UnboundedReceiver<NodeEvent>) -> Self {
+        World {
+            sim,
+            seed,
+            nodes: scenario.nodes.iter().map(|n| n.name.clone()).collect(),
+            ctls: BTreeMap::new(),
+            rx,
+            trace: Trace::new(),
+            checker: Checker::new(),
+            coverage: Coverage::default(),
+            heads: BTreeMap::new(),
+            now_ns: 0,
+            events: 0,
+            scheduled: BTreeMap::new(),
+            scheduled_seq: 0,
+            down: BTreeSet::new(),
+            cut: BTreeSet::new(),
+            held: BTreeMap::new(),
+            armed: Vec::new(),
+            swizzles: 0,
+            halted: BTreeSet::new(),
+            ticked_since_heal: None,
+            net_seen: BTreeMap::new(),
+        }
+    }
+
+    fn schedule(&mut self, at_ns: u64, what: Sched) {
+        self.scheduled.insert((at_ns, self.scheduled_seq), what);
+        self.scheduled_seq += 1;
+    }
+
+    /// Step the simulation until `end_ns` or until `done` says so; the
+    /// inner result is the first violation.
+    fn run_until(
+        &mut self,
+        end_ns: u64,
+        agents: &[AgentBytes],
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) -> Result<Result<(), Violation>, RunError> {
+        while self.now_ns <= end_ns {
+            if let Err(v) = self.apply_due(agents) {
+                return Ok(Err(v));
+            }
+            if done(self) {
+                break;
+            }
+            self.sim.step().map_err(|e| RunError::Sim(e.to_string()))?;
+            self.now_ns = u64::try_from(self.sim.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if let Err(v) = self.drain(agents) {
+                return Ok(Err(v));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn apply_due(&mut self, agents: &[AgentBytes]) -> Result<(), Violation> {
+        while let Some(entry) = self.scheduled.first_entry() {
+            if entry.key().0 > self.now_ns {
+                break;
+            }
+            let what = entry.remove();
+            match what {
+                Sched::Act(action) => {
+                    self.trace.note(format!("{} sim {}", fmt_time(self.now_ns), describe(&action)));
+                    for (node, o) in self.apply(&action, agents) {
+                        self.checker.observe(self.now_ns, &node, &o)?;
+                    }
+                }
+                Sched::Hold(n) => {
+                    self.trace.note(format!("{} sim Hold(node: {n:?})", fmt_time(self.now_ns)));
+                    self.hold(&n);
+                }
+                Sched::Release(n) => {
+                    self.trace.note(format!("{} sim Release(node: {n:?})", fmt_time(self.now_ns)));
+                    self.release(&n);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Feed the events of the last step to the trace, coverage and checker.
+    fn drain(&mut self, agents: &[AgentBytes]) -> Result<(), Violation> {
+        let mut fire = Vec::new();
+        while let Ok(e) = self.rx.try_recv() {
+            self.events += 1;
+            self.trace.event(e.at_ns, e.node.as_str(), &e.event.to_string());
+            remember_head(&mut self.heads, &e);
+            let isolated = self.isolated(e.node.as_str());
+            self.coverage.observe(e.node.as_str(), &e.event, isolated);
+            match &e.event {
+                Event::AgentHalted { agent, .. } => {
+                    self.halted.insert(agent.to_string());
+                }
+                Event::TickFinished { agent, .. } => {
+                    if let Some(t) = &mut self.ticked_since_heal {
+                        t.insert(agent.to_string());
+                    }
+                }
+                _ => {}
+            }
+            if let Some(i) = self.armed.iter().position(|(n, b, _)| n == e.node.as_str() && boundary_hit(*b, &e.event))
+            {
+                fire.push(self.armed.remove(i));
+            }
+            if let Some(o) = observation(&e.event) {
+                self.checker.observe(e.at_ns, &e.node, &o)?;
+            }
+        }
+        self.note_net_counters();
+        for (node, boundary, restart_ns) in fire {
+            if self.down.contains(&node) {
+                continue;
+            }
+            self.trace.note(format!("{} sim BUGGIFY crash {node} at {boundary:?}", fmt_time(self.now_ns)));
+            self.coverage.mark("buggify_crash");
+            let crash = Action::Crash { node: node.clone() };
+            for (n, o) in self.apply(&crash, agents) {
+                self.checker.observe(self.now_ns, &n, &o)?;
+            }
+            let restart = Action::Restart { node, storage: Storage::Intact };
+            self.schedule(self.now_ns.saturating_add(restart_ns), Sched::Act(restart));
+        }
+        Ok(())
+    }
+
+    /// Trace what the network twin rejected or corrupted since last time.
+    fn note_net_counters(&mut self) {
+        for (name, ctl) in &self.ctls {
+            let now = ctl.faults.borrow().counters.clone();
+            let before = self.net_seen.entry(name.clone()).or_default();
+            if now.rejected > before.rejected {
+                let n = now.rejected - before.rejected;
+                self.trace.note(format!("{} sim net {name} rejected {n} corrupted frame(s)", fmt_time(self.now_ns)));
+                self.coverage.mark("corrupt_frame_rejected");
+            }
+            if now.duplicated > before.duplicated {
+                self.coverage.mark("duplicate_request_sent");
+            }
+            *before = now;
+        }
+    }
+
+    fn isolated(&self, node: &str) -> bool {
+        self.held.get(node).is_some_and(|c| *c > 0) || self.cut.iter().any(|(a, b)| a == node || b == node)
+    }
+
+    fn hold(&mut self, node: &str) {
+        let count = self.held.entry(node.to_string()).or_default();
+        *count += 1;
+        if *count == 1 {
+            for other in self.nodes.iter().filter(|o| *o != node) {
+                self.sim.hold(node, other.as_str());
+            }
+            self.coverage.mark("node_paused");
+        }
+    }
+
+    fn release(&mut self, node: &str) {
+        let Some(count) = self.held.get_mut(node) else { return };
+        *count = count.saturating_sub(1);
+        if *count > 0 {
+            return;
+        }
+        self.held.remove(node);
+        for other in self.nodes.iter().filter(|o| *o != node) {
+            // A link stays held while its other end is held too.
+            if !self.held.contains_key(other.as_str()) {
+                self.sim.release(node, other.as_str());
+            }
+        }
+    }
+
+    /// Liveness: heal every fault, then within `within_ns` every agent that
+    /// did not halt must finish a tick. An agent that only RECOVERY_REQUIRED
+    /// copies hold gets one operator recovery, on the copy with the newest
+    /// head. A run that is safe only because everything stopped fails here.
+    fn liveness(&mut self, within_ns: u64, agents: &[AgentBytes]) -> Result<Result<(), Violation>, RunError> {
+        self.heal(agents);
+        let heal_ns = self.now_ns;
+        let deadline = heal_ns.saturating_add(within_ns);
+        self.ticked_since_heal = Some(BTreeSet::new());
+        let mut recovered: BTreeSet<String> = BTreeSet::new();
+        let mut violation = None;
+        let r = self.run_until(deadline, agents, |w| {
+            let mut all_live = true;
+            for a in agents {
+                let name = a.id.to_string();
+                if w.halted.contains(&name) || w.ticked_since_heal.as_ref().is_some_and(|t| t.contains(&name)) {
+                    continue;
+                }
+                all_live = false;
+                if w.now_ns >= heal_ns + SETTLE_NS
+                    && !recovered.contains(&name)
+                    && let Some(node) = w.recovery_candidate(&a.id)
+                {
+                    recovered.insert(name.clone());
+                    w.coverage.mark("recovered_after_heal");
+                    let action = Action::Recover { agent: name, node, anchor_tick: None };
+                    w.trace.note(format!("{} sim liveness {}", fmt_time(w.now_ns), describe(&action)));
+                    // Recover yields no checker observations.
+                    let _ = w.apply(&action, agents);
+                }
+            }
+            all_live
+        })?;
+        if let Err(v) = r {
+            return Ok(Err(v));
+        }
+        for a in agents {
+            let name = a.id.to_string();
+            if self.halted.contains(&name) || self.ticked_since_heal.as_ref().is_some_and(|t| t.contains(&name)) {
+                continue;
+            }
+            let states: Vec<String> =
+                self.checker.states(&a.id).iter().map(|(n, s)| format!("{n}={}", s.name())).collect();
+            let tried = if recovered.contains(&name) { ", after one operator recovery" } else { "" };
+            violation = Some(Violation {
+                invariant: LIVENESS,
+                at_ns: self.now_ns,
+                nodes: Vec::new(),
+                agent: a.id.clone(),
+                message: format!(
+                    "no tick within {} ms of the heal at {}{tried} (authority: [{}])",
+                    within_ns / 1_000_000,
+                    fmt_time(heal_ns),
+                    states.join(", ")
+                ),
+            });
+            break;
+        }
+        Ok(match violation {
+            Some(v) => Err(v),
+            None => Ok(()),
+        })
+    }
+
+    /// The node to recover `agent` on, if nobody can tick it without the
+    /// operator: no live node owns it or is in a handoff, and some live node
+    /// holds it in RECOVERY_REQUIRED (the one with the newest head wins).
+    fn recovery_candidate(&self, agent: &AgentId) -> Option<String> {
+        let states = self.checker.states(agent);
+        let live = |n: &NodeId| !self.down.contains(n.as_str());
+        let busy = states
+            .iter()
+            .any(|(n, s)| live(n) && matches!(s, State::ActiveOwner | State::HandoffInitiated | State::HandoffPending));
+        if busy {
+            return None;
+        }
+        states
+            .iter()
+            .filter(|(n, s)| live(n) && *s == State::RecoveryRequired)
+            .max_by_key(|(n, _)| {
+                let head = self.heads.get(&(n.to_string(), agent.to_string())).and_then(|m| m.keys().next_back());
+                (head.copied(), std::cmp::Reverse(n.to_string()))
+            })
+            .map(|(n, _)| n.to_string())
+    }
+
+    /// End of the fault window: repair every cut link, release every hold,
+    /// clear message faults, drop pending fault steps and armed BUGGIFY
+    /// crashes, and restart crashed nodes with their disks as they are.
+    /// Clock skew stays: a wrong clock is a condition, not an event.
+    fn heal(&mut self, agents: &[AgentBytes]) {
+        self.trace.note(format!("{} sim Heal(all)", fmt_time(self.now_ns)));
+        for (a, b) in std::mem::take(&mut self.cut) {
+            self.sim.repair_oneway(a.as_str(), b.as_str());
+        }
+        for node in std::mem::take(&mut self.held).into_keys() {
+            for other in self.nodes.iter().filter(|o| **o != node) {
+                self.sim.release(node.as_str(), other.as_str());
+            }
+        }
+        for ctl in self.ctls.values() {
+            ctl.faults.borrow_mut().faults = LinkFaults::default();
+        }
+        self.scheduled.clear();
+        self.armed.clear();
+        for node in self.down.clone() {
+            let restart = Action::Restart { node, storage: Storage::Intact };
+            self.trace.note(format!("{} sim {}", fmt_time(self.now_ns), describe(&restart)));
+            let _ = self.apply(&restart, agents);
+        }
+    }
+}
+
+/// The invariant name of a liveness failure.
+pub const LIVENESS: &str = "LIVENESS";
+
+fn boundary_hit(b: Boundary, e: &Event) -> bool {
+    match (b, e) {
+        (Boundary::PackageSent, Event::PackageSent { .. }) => true,
+        (Boundary::HandoffCheckpoint, Event::CheckpointCommitted { handoff, .. }) => *handoff,
+        (Boundary::CheckpointCommitted, Event::CheckpointCommitted { .. }) => true,
+        (Boundary::PackageAdopted, Event::CheckpointAdopted { .. }) => true,
+        (Boundary::MigrationFinished, Event::MigrationFinished { .. }) => true,
+        _ => false,
+    }
+}
+
+/// The trace header: format, scenario and seed, build (version, git
+/// revision, wasmtime), the resolved options and a fingerprint of the whole
+/// resolved scenario, so a trace says exactly what produced it.
+fn write_header(trace: &mut Trace, scenario: &Scenario, seed: u64) {
+    let mut resolved = scenario.clone();
+    resolved.seed = seed;
+    let fingerprint = hex::encode(sha2::Sha256::digest(resolved.to_ron().as_bytes()));
+    let names = |v: Vec<&str>| v.join(",");
+    trace.note(format!("# igor-sim trace v{}", crate::trace::TRACE_FORMAT));
+    trace.note(format!("# scenario {} seed {seed}", scenario.name));
+    trace.note(crate::trace::build_line());
+    let (lo, hi) = scenario.network.latency_ms;
+    trace.note(format!(
+        "# options duration_s={} step_ms={} latency_ms={lo}..{hi} loss={} nodes={} agents={} timeline={} liveness={}",
+        scenario.duration_s,
+        scenario.step_ms,
+        scenario.network.loss,
+        names(scenario.nodes.iter().map(|n| n.name.as_str()).collect()),
+        names(scenario.agents.iter().map(|a| a.name.as_str()).collect()),
+        scenario.timeline.len(),
+        scenario.expect.liveness.as_ref().map(|l| format!("{}ms", l.within_ms)).unwrap_or_else(|| "off".into()),
+    ));
+    trace.note(format!("# resolved-scenario sha256 {}", &fingerprint[..32]));
 }
 
 /// Checkpoints seen per (node, agent): tick → hash, to resolve recovery anchors.
@@ -425,7 +783,13 @@ fn remember_head(heads: &mut Heads, e: &NodeEvent) {
         Event::AgentLoaded { agent, head_tick, head_hash, .. } => (agent, head_tick, *head_hash),
         _ => return,
     };
-    heads.entry((e.node.to_string(), agent.to_string())).or_default().insert(tick.0, hash);
+    let seen = heads.entry((e.node.to_string(), agent.to_string())).or_default();
+    if matches!(e.event, Event::AgentLoaded { .. }) {
+        // What a restarted node loads is its disk's head: anything newer
+        // was lost with the disk and cannot anchor a recovery.
+        seen.retain(|t, _| *t <= tick.0);
+    }
+    seen.insert(tick.0, hash);
 }
 
 fn expectation_failures(r: &RunReport) -> Vec<String> {
@@ -455,66 +819,125 @@ fn describe(a: &Action) -> String {
     format!("{a:?}")
 }
 
-/// Apply one timeline action; returns observations for the checker.
-fn apply(
-    sim: &mut turmoil::Sim<'_>,
-    ctls: &BTreeMap<String, Rc<HostCtl>>,
-    heads: &Heads,
-    action: &Action,
-    agents: &[AgentBytes],
-) -> Vec<(NodeId, Obs)> {
-    let ctl = |n: &str| ctls.get(n).expect("scenario validated: node names resolve");
-    let send = |n: &str, cmd: Command| {
-        if let Some(tx) = ctl(n).control.borrow().as_ref() {
-            let _ = tx.send(Control::Command(cmd));
-        }
-    };
-    let agent_id = |a: &str| AgentId::new(a).expect("scenario validated: agent names are ids");
-    let mut obs = Vec::new();
-    match action {
-        Action::Migrate { agent, from, to } => {
-            let to = ctl(to).name.clone();
-            send(from, Command::Migrate { agent: agent_id(agent), to });
-        }
-        Action::Crash { node } => {
-            sim.crash(node.as_str());
-            *ctl(node).control.borrow_mut() = None;
-            obs.push((ctl(node).name.clone(), Obs::Crashed));
-        }
-        Action::Restart { node, storage } => {
-            if matches!(storage, Storage::Wipe) {
-                for a in agents {
-                    obs.push((ctl(node).name.clone(), Obs::Forgot { agent: a.id.clone() }));
+impl World<'_> {
+    /// Apply one action; returns observations for the checker.
+    fn apply(&mut self, action: &Action, agents: &[AgentBytes]) -> Vec<(NodeId, Obs)> {
+        let ctl = |n: &str| self.ctls.get(n).expect("scenario validated: node names resolve").clone();
+        let send = |n: &str, cmd: Command| {
+            if let Some(tx) = ctl(n).control.borrow().as_ref() {
+                let _ = tx.send(Control::Command(cmd));
+            }
+        };
+        let agent_id = |a: &str| AgentId::new(a).expect("scenario validated: agent names are ids");
+        let mut obs = Vec::new();
+        match action {
+            Action::Migrate { agent, from, to } => {
+                let to = ctl(to).name.clone();
+                send(from, Command::Migrate { agent: agent_id(agent), to });
+            }
+            Action::Crash { node } => {
+                if self.down.insert(node.clone()) {
+                    self.sim.crash(node.as_str());
+                    *ctl(node).control.borrow_mut() = None;
+                    self.coverage.crashed(node);
+                    obs.push((ctl(node).name.clone(), Obs::Crashed));
                 }
             }
-            *ctl(node).damage.borrow_mut() = storage.clone();
-            sim.bounce(node.as_str());
+            Action::Restart { node, storage } => {
+                if matches!(storage, Storage::Wipe) {
+                    for a in agents {
+                        obs.push((ctl(node).name.clone(), Obs::Forgot { agent: a.id.clone() }));
+                    }
+                }
+                if !matches!(storage, Storage::Intact) {
+                    self.coverage.mark("restart_with_damaged_disk");
+                }
+                self.down.remove(node);
+                *ctl(node).damage.borrow_mut() = storage.clone();
+                self.sim.bounce(node.as_str());
+            }
+            Action::Partition { a, b } => {
+                self.cut.insert((a.clone(), b.clone()));
+                self.cut.insert((b.clone(), a.clone()));
+                self.sim.partition(a.as_str(), b.as_str())
+            }
+            Action::PartitionOneway { from, to } => {
+                self.cut.insert((from.clone(), to.clone()));
+                self.sim.partition_oneway(from.as_str(), to.as_str())
+            }
+            Action::Heal { a, b } => {
+                self.cut.remove(&(a.clone(), b.clone()));
+                self.cut.remove(&(b.clone(), a.clone()));
+                self.sim.repair(a.as_str(), b.as_str())
+            }
+            Action::HealOneway { from, to } => {
+                self.cut.remove(&(from.clone(), to.clone()));
+                self.sim.repair_oneway(from.as_str(), to.as_str())
+            }
+            Action::Latency { a, b, ms } => {
+                self.sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(*ms))
+            }
+            Action::Duplicate { node, probability } => ctl(node).faults.borrow_mut().faults.duplicate = *probability,
+            Action::Reorder { node, max_delay_ms } => {
+                ctl(node).faults.borrow_mut().faults.extra_delay_ms = (0, *max_delay_ms)
+            }
+            Action::Corrupt { node, probability } => ctl(node).faults.borrow_mut().faults.corrupt = *probability,
+            Action::ClearFaults { node } => ctl(node).faults.borrow_mut().faults = LinkFaults::default(),
+            Action::Skew { node, ms } => {
+                let c = &ctl(node).clock;
+                let mut f = c.get();
+                f.skew(*ms);
+                c.set(f);
+            }
+            Action::Drift { node, ppm } => {
+                let c = &ctl(node).clock;
+                let mut f = c.get();
+                f.set_drift(self.now_ns, *ppm);
+                c.set(f);
+            }
+            Action::Pause { node, ms } => {
+                self.hold(node);
+                self.schedule(self.now_ns.saturating_add(ms.saturating_mul(1_000_000)), Sched::Release(node.clone()));
+            }
+            Action::Swizzle { nodes, step_ms } => self.swizzle(nodes, *step_ms),
+            Action::CrashOn { node, on, restart_after_ms } => {
+                self.armed.push((node.clone(), *on, restart_after_ms.saturating_mul(1_000_000)));
+            }
+            Action::Recover { agent, node, anchor_tick } => {
+                let seen = self.heads.get(&(node.clone(), agent.clone()));
+                let anchor = match anchor_tick {
+                    Some(t) => seen.and_then(|m| m.get(t).copied()),
+                    None => seen.and_then(|m| m.values().next_back().copied()),
+                };
+                // An unknown anchor is passed as zeros: the node refuses it,
+                // and the refusal is in the trace.
+                let anchor = anchor.unwrap_or(Hash32::ZERO);
+                send(node, Command::Recover { agent: agent_id(agent), anchor });
+            }
         }
-        Action::Partition { a, b } => sim.partition(a.as_str(), b.as_str()),
-        Action::PartitionOneway { from, to } => sim.partition_oneway(from.as_str(), to.as_str()),
-        Action::Heal { a, b } => sim.repair(a.as_str(), b.as_str()),
-        Action::HealOneway { from, to } => sim.repair_oneway(from.as_str(), to.as_str()),
-        Action::Latency { a, b, ms } => sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(*ms)),
-        Action::Duplicate { node, probability } => ctl(node).faults.borrow_mut().faults.duplicate = *probability,
-        Action::Reorder { node, max_delay_ms } => {
-            ctl(node).faults.borrow_mut().faults.extra_delay_ms = (0, *max_delay_ms)
+        obs
+    }
+
+    /// Hold `nodes` one by one, then release them in a random order drawn
+    /// from this swizzle's own child RNG.
+    fn swizzle(&mut self, nodes: &[String], step_ms: u64) {
+        let mut rng = ChaCha20Rng::from_seed(derive_seed(self.seed, &format!("swizzle/{}", self.swizzles)));
+        self.swizzles += 1;
+        let step = step_ms.saturating_mul(1_000_000);
+        let mut order: Vec<String> = nodes.to_vec();
+        let mut at = self.now_ns;
+        for n in &order {
+            self.schedule(at, Sched::Hold(n.clone()));
+            at = at.saturating_add(step);
         }
-        Action::ClearFaults { node } => ctl(node).faults.borrow_mut().faults = LinkFaults::default(),
-        Action::Skew { node, ms } => {
-            let c = &ctl(node).skew_ns;
-            c.set(c.get().saturating_add(ms.saturating_mul(1_000_000)));
+        // Fisher-Yates with the child RNG.
+        for i in (1..order.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
         }
-        Action::Recover { agent, node, anchor_tick } => {
-            let seen = heads.get(&(node.clone(), agent.clone()));
-            let anchor = match anchor_tick {
-                Some(t) => seen.and_then(|m| m.get(t).copied()),
-                None => seen.and_then(|m| m.values().next_back().copied()),
-            };
-            // An unknown anchor is passed as zeros: the node refuses it, and
-            // the refusal is in the trace.
-            let anchor = anchor.unwrap_or(Hash32::ZERO);
-            send(node, Command::Recover { agent: agent_id(agent), anchor });
+        for n in order {
+            self.schedule(at, Sched::Release(n));
+            at = at.saturating_add(step);
         }
     }
-    obs
 }

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 pub const MAX_DURATION_S: u64 = 24 * 3600;
 /// Upper bound on timeline length; scenarios are written (or minimized) by hand.
 pub const MAX_TIMELINE_STEPS: usize = 10_000;
+/// Upper bound on clock drift: 10% fast or slow is already far outside any
+/// real oscillator; more is a typo.
+pub const MAX_DRIFT_PPM: u64 = 100_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,7 +169,7 @@ pub enum Action {
         node: String,
         max_delay_ms: u64,
     },
-    /// Remove message faults (duplication, reordering) from `node`.
+    /// Remove message faults (duplication, reordering, corruption) from `node`.
     ClearFaults {
         node: String,
     },
@@ -174,6 +177,43 @@ pub enum Action {
     Skew {
         node: String,
         ms: i64,
+    },
+    /// From now on `node`'s wall clock runs fast (positive) or slow
+    /// (negative) by `ppm` parts per million; 0 stops the drift (the offset
+    /// gathered so far stays, like a skew).
+    Drift {
+        node: String,
+        ppm: i64,
+    },
+    /// Frames sent by `node` (requests and replies) get one bit flipped in
+    /// transit with this probability. The network twin's frame checksum
+    /// (the model of the transport's AEAD tag) must reject every one: the
+    /// receiver drops it and the sender sees a lost message.
+    Corrupt {
+        node: String,
+        probability: f64,
+    },
+    /// Freeze `node` for `ms`: every link to and from it is held (messages
+    /// wait, none are lost), then released. Its clock and timers go on.
+    Pause {
+        node: String,
+        ms: u64,
+    },
+    /// Swizzle-clogging (FoundationDB): hold the links of `nodes` one by one,
+    /// `step_ms` apart, then release them in a random order (drawn from the
+    /// run's seed), `step_ms` apart.
+    Swizzle {
+        nodes: Vec<String>,
+        step_ms: u64,
+    },
+    /// BUGGIFY at a protocol boundary: from `at_ms` on, the first time
+    /// `node` reports `on`, it crashes at once, and restarts (disk intact)
+    /// `restart_after_ms` later.
+    CrashOn {
+        node: String,
+        on: Boundary,
+        #[serde(default = "default_restart_after_ms")]
+        restart_after_ms: u64,
     },
     /// Operator recovery of `agent` on `node` from its newest checkpoint
     /// there (or the one at `anchor_tick`).
@@ -183,6 +223,27 @@ pub enum Action {
         #[serde(default)]
         anchor_tick: Option<u64>,
     },
+}
+
+fn default_restart_after_ms() -> u64 {
+    1_000
+}
+
+/// Protocol boundaries a [`Action::CrashOn`] can be armed at, by the node
+/// event that marks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Boundary {
+    /// The source sent the agent package (`package_sent`).
+    PackageSent,
+    /// The source made its handoff checkpoint durable
+    /// (`checkpoint_committed handoff=true`).
+    HandoffCheckpoint,
+    /// Any checkpoint became durable (`checkpoint_committed`).
+    CheckpointCommitted,
+    /// The target stored a received checkpoint (`checkpoint_adopted`).
+    PackageAdopted,
+    /// Either side finished a handoff (`migration_finished`).
+    MigrationFinished,
 }
 
 /// Damage applied to a node's disk before it restarts.
@@ -211,6 +272,31 @@ pub struct Expect {
     /// Inclusive range of the agent's highest committed tick at the end.
     #[serde(default)]
     pub ticks: BTreeMap<String, (u64, u64)>,
+    /// Safety, then liveness (STYLE 14b). The timeline is the fault window;
+    /// at its end (`duration_s`) the runner heals everything (links,
+    /// message faults, holds, crashed nodes) and then, within `within_ms`,
+    /// every agent must tick again, using at most one operator recovery for
+    /// an agent that only RECOVERY_REQUIRED copies hold. `None` switches the
+    /// check off. `authority` and `ticks` above are checked at the heal.
+    #[serde(default = "default_liveness")]
+    pub liveness: Option<Liveness>,
+}
+
+/// The liveness bound after the heal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Liveness {
+    pub within_ms: u64,
+}
+
+/// Default heal window: long enough for a lease to run out and a handoff's
+/// retries to finish at the default settings.
+pub const DEFAULT_LIVENESS_MS: u64 = 30_000;
+/// Upper bound on the heal window (same reason as [`MAX_DURATION_S`]).
+pub const MAX_LIVENESS_MS: u64 = 3_600_000;
+
+fn default_liveness() -> Option<Liveness> {
+    Some(Liveness { within_ms: DEFAULT_LIVENESS_MS })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,8 +404,16 @@ impl Scenario {
                 agent(&f, a)?;
             }
             match &step.action {
-                Action::Duplicate { probability, .. } if !(0.0..=1.0).contains(probability) => {
+                Action::Duplicate { probability, .. } | Action::Corrupt { probability, .. }
+                    if !(0.0..=1.0).contains(probability) =>
+                {
                     return Err(format!("{f}.probability: {probability} is not a probability"));
+                }
+                Action::Drift { ppm, .. } if ppm.unsigned_abs() > MAX_DRIFT_PPM => {
+                    return Err(format!("{f}.ppm: {ppm} is outside ±{MAX_DRIFT_PPM}"));
+                }
+                Action::Swizzle { nodes, .. } if nodes.is_empty() => {
+                    return Err(format!("{f}.nodes: empty"));
                 }
                 _ => {}
             }
@@ -332,6 +426,11 @@ impl Scenario {
         }
         for a in self.expect.ticks.keys() {
             agent("expect.ticks", a)?;
+        }
+        if let Some(l) = &self.expect.liveness
+            && (l.within_ms == 0 || l.within_ms > MAX_LIVENESS_MS)
+        {
+            return Err(format!("expect.liveness.within_ms: {} is outside 1..={MAX_LIVENESS_MS}", l.within_ms));
         }
         Ok(())
     }
@@ -350,7 +449,12 @@ impl Action {
             Action::Crash { node } | Action::Restart { node, .. } => vec![node],
             Action::Partition { a, b } | Action::Heal { a, b } | Action::Latency { a, b, .. } => vec![a, b],
             Action::PartitionOneway { from, to } | Action::HealOneway { from, to } => vec![from, to],
+            Action::Swizzle { nodes, .. } => nodes.iter().map(String::as_str).collect(),
             Action::Duplicate { node, .. }
+            | Action::Drift { node, .. }
+            | Action::Corrupt { node, .. }
+            | Action::Pause { node, .. }
+            | Action::CrashOn { node, .. }
             | Action::Reorder { node, .. }
             | Action::ClearFaults { node }
             | Action::Skew { node, .. }

@@ -4,6 +4,41 @@
 //! fingerprint for determinism checks.
 
 use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
+
+/// Version of the trace format; bump when the header or line shape changes.
+pub const TRACE_FORMAT: u32 = 2;
+
+/// Git revision of the simulator build: `IGOR_GIT_REV` at build time, else
+/// `git rev-parse` in the source tree at run time, else "unknown". Only the
+/// `# build` header line carries it, so snapshots can mask that one line.
+pub fn git_revision() -> &'static str {
+    static REV: OnceLock<String> = OnceLock::new();
+    REV.get_or_init(|| {
+        if let Some(rev) = option_env!("IGOR_GIT_REV") {
+            return rev.to_string();
+        }
+        #[allow(clippy::disallowed_methods)] // build metadata for the header, never part of a decision
+        let out = std::process::Command::new("git")
+            .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short=12", "HEAD"])
+            .stderr(std::process::Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _ => "unknown".to_string(),
+        }
+    })
+}
+
+/// The `# build` header line: crate version, git revision, wasmtime version.
+pub fn build_line() -> String {
+    format!(
+        "# build igor-sim {} git {} wasmtime {}",
+        env!("CARGO_PKG_VERSION"),
+        git_revision(),
+        igor::meter::WASMTIME_VERSION
+    )
+}
 
 /// `SSSSSS.mmm` seconds of simulated time, fixed width so traces align.
 pub fn fmt_time(ns: u64) -> String {
