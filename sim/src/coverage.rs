@@ -21,7 +21,8 @@ pub const A1_MARKS: &[(&str, &str)] = &[
     ("corrupt_frame_rejected", "the network twin's checksum rejected a corrupted frame"),
     ("duplicate_request_sent", "a request went out twice"),
     ("restart_with_damaged_disk", "a node restarted on a stale or corrupted disk"),
-    ("buggify_crash", "a crash fired at a protocol boundary (CrashOn)"),
+    ("buggify_crash", "a crash fired at a protocol boundary (Buggify Crash)"),
+    ("buggify_isolate", "a node was cut off at a protocol boundary (Buggify Isolate)"),
     ("node_paused", "a node's links were held (Pause or Swizzle)"),
 ];
 

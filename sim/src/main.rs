@@ -4,8 +4,10 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use igor_sim::coverage::{self, Coverage};
 use igor_sim::runner::{self, RunReport};
 use igor_sim::scenario::Scenario;
+use igor_sim::{explore, html, minimize};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -39,6 +41,43 @@ enum Command {
         /// Write the full canonical trace to this file.
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// Write a self-contained HTML timeline of the run to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// Swarm mode: per seed, draw the fault families that are on and their
+    /// intensities, print the resolved scenario, run it. Reports failing
+    /// seeds (with their resolved RON) and coverage marks that never fired.
+    ///
+    /// Example: igor-sim explore scenarios/templates/a1-swarm.ron --seeds 0..500 --jobs 2
+    Explore {
+        template: PathBuf,
+        /// Seed range, end exclusive: A..B.
+        #[arg(long, value_parser = parse_seeds)]
+        seeds: (u64, u64),
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Print every resolved scenario (failing ones are always printed).
+        #[arg(long)]
+        print: bool,
+        /// Write each failing resolved scenario to DIR/<name>.ron.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Do not fail when a required coverage mark never fired.
+        #[arg(long)]
+        allow_gaps: bool,
+    },
+    /// Shrink a failing run to a smallest scenario that fails the same
+    /// invariant (delta debugging over timeline actions, then intensities).
+    ///
+    /// Example: igor-sim minimize noisy.ron --seed 13 --out small.ron
+    Minimize {
+        scenario: PathBuf,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to write the minimal scenario (default: print it).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run every scenario under a file or directory over a range of seeds.
     ///
@@ -88,7 +127,11 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { scenario, seed, trace } => run(&scenario, seed, trace.as_deref()),
+        Command::Run { scenario, seed, trace, html } => run(&scenario, seed, trace.as_deref(), html.as_deref()),
+        Command::Explore { template, seeds, jobs, print, out_dir, allow_gaps } => {
+            explore(&template, seeds, jobs, print, out_dir.as_deref(), allow_gaps)
+        }
+        Command::Minimize { scenario, seed, out } => minimize(&scenario, seed, out.as_deref()),
         Command::Sweep { path, seeds, jobs, shard } => sweep(&path, seeds, jobs, shard),
         Command::CheckDeterminism { path, seeds } => check_determinism(&path, seeds),
     };
@@ -106,11 +149,15 @@ fn load(path: &Path) -> anyhow::Result<Scenario> {
     Ok(Scenario::load(path)?)
 }
 
-fn run(path: &Path, seed: Option<u64>, trace_out: Option<&Path>) -> anyhow::Result<bool> {
+fn run(path: &Path, seed: Option<u64>, trace_out: Option<&Path>, html_out: Option<&Path>) -> anyhow::Result<bool> {
     let scenario = load(path)?;
     let report = runner::run(&scenario, &Scenario::base_dir(path), seed)?;
     if let Some(out) = trace_out {
         std::fs::write(out, report.trace.text()).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if let Some(out) = html_out {
+        let page = html::render(&report.trace, &scenario.name);
+        std::fs::write(out, page).with_context(|| format!("writing {}", out.display()))?;
     }
     print!("{}", report.summary(&path.display().to_string()));
     Ok(report.matches_expectation())
@@ -151,26 +198,22 @@ struct Row {
     first_failure: Option<(u64, String)>,
 }
 
-fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>) -> anyhow::Result<bool> {
-    let files = scenario_files(path)?;
-    let scenarios: Vec<(PathBuf, Scenario)> =
-        files.iter().map(|f| Ok((f.clone(), load(f)?))).collect::<anyhow::Result<_>>()?;
-    let seeds: Vec<u64> = (a..b).filter(|s| shard.is_none_or(|(i, n)| s % n == i)).collect();
-    let work: Vec<(usize, u64)> = (0..scenarios.len()).flat_map(|i| seeds.iter().map(move |s| (i, *s))).collect();
+/// Run `f` over `work` on `jobs` threads with a progress line; results in
+/// the order of `work` (each simulation is single-threaded and independent).
+fn parallel<W: Sync, R: Send>(work: &[W], jobs: usize, f: impl Fn(&W) -> R + Sync) -> Vec<R> {
     let total = work.len();
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<SweepResult>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(usize, R)>> = Mutex::new(Vec::new());
     let started = std::time::Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             scope.spawn(|| {
                 loop {
                     let k = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(&(i, seed)) = work.get(k) else { break };
-                    let (file, scenario) = &scenarios[i];
-                    let r = runner::run(scenario, &Scenario::base_dir(file), Some(seed)).map_err(|e| e.to_string());
-                    results.lock().unwrap_or_else(|e| e.into_inner()).push((i, seed, r));
+                    let Some(w) = work.get(k) else { break };
+                    let r = f(w);
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push((k, r));
                     let d = done.fetch_add(1, Ordering::SeqCst) + 1;
                     let secs = started.elapsed().as_secs_f64();
                     let eta = secs / d as f64 * (total - d) as f64;
@@ -181,12 +224,29 @@ fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>
     });
     eprintln!();
     let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    results.sort_by_key(|(i, s, _)| (*i, *s));
+    results.sort_by_key(|(k, _)| *k);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>) -> anyhow::Result<bool> {
+    let files = scenario_files(path)?;
+    let scenarios: Vec<(PathBuf, Scenario)> =
+        files.iter().map(|f| Ok((f.clone(), load(f)?))).collect::<anyhow::Result<_>>()?;
+    let seeds: Vec<u64> = (a..b).filter(|s| shard.is_none_or(|(i, n)| s % n == i)).collect();
+    let work: Vec<(usize, u64)> = (0..scenarios.len()).flat_map(|i| seeds.iter().map(move |s| (i, *s))).collect();
+    let results: Vec<SweepResult> = parallel(&work, jobs, |&(i, seed)| {
+        let (file, scenario) = &scenarios[i];
+        (i, seed, runner::run(scenario, &Scenario::base_dir(file), Some(seed)).map_err(|e| e.to_string()))
+    });
+    let mut coverage = Coverage::default();
     let mut rows: Vec<Row> = scenarios
         .iter()
         .map(|(f, _)| Row { scenario: f.display().to_string(), seeds: 0, passed: 0, failed: 0, first_failure: None })
         .collect();
     for (i, seed, r) in results {
+        if let Ok(rep) = &r {
+            coverage.merge(&rep.coverage);
+        }
         let row = &mut rows[i];
         row.seeds += 1;
         let ok = matches!(&r, Ok(rep) if rep.matches_expectation());
@@ -212,7 +272,104 @@ fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>
         };
         println!("| {} | {} | {} | {} | {} |", r.scenario, r.seeds, r.passed, r.failed, first);
     }
+    println!("\ncoverage:\n{}", coverage.report());
+    for m in coverage.unfired(coverage::a1_required()) {
+        println!("coverage gap: mark {m} never fired");
+    }
     Ok(rows.iter().all(|r| r.failed == 0))
+}
+
+fn explore(
+    template_path: &Path,
+    (a, b): (u64, u64),
+    jobs: usize,
+    print: bool,
+    out_dir: Option<&Path>,
+    allow_gaps: bool,
+) -> anyhow::Result<bool> {
+    let template = load(template_path)?;
+    let base = Scenario::base_dir(template_path);
+    let seeds: Vec<u64> = (a..b).collect();
+    let started = std::time::Instant::now();
+    let results = parallel(&seeds, jobs, |&seed| {
+        let resolved = explore::resolve(&template, seed);
+        let r = runner::run(&resolved, &base, None).map_err(|e| e.to_string());
+        (seed, resolved, r)
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let mut coverage = Coverage::default();
+    let mut failed = 0;
+    for (seed, resolved, r) in &results {
+        if print {
+            println!("// seed {seed}\n{}", resolved.to_ron());
+        }
+        let why = match r {
+            Ok(rep) => {
+                coverage.merge(&rep.coverage);
+                if rep.matches_expectation() {
+                    continue;
+                }
+                rep.mismatch_reason()
+            }
+            Err(e) => e.clone(),
+        };
+        failed += 1;
+        println!("FAIL seed {seed}: {why}");
+        match out_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                let file = dir.join(format!("{}.ron", resolved.name));
+                // Paths in the resolved scenario are relative to the template.
+                let text = format!(
+                    "// {} seed {seed}; agent paths are relative to {}\n{}",
+                    template_path.display(),
+                    base.display(),
+                    resolved.to_ron()
+                );
+                std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+                println!("  resolved scenario: {}", file.display());
+            }
+            None => println!("{}", resolved.to_ron()),
+        }
+        println!("  reproduce: igor-sim explore {} --seeds {seed}..{}", template_path.display(), seed + 1);
+    }
+    let n = seeds.len();
+    println!(
+        "explored {n} seeds of {} in {secs:.1}s ({:.0} seeds/minute): {} passed, {failed} failed",
+        template_path.display(),
+        n as f64 / secs.max(1e-9) * 60.0,
+        n - failed
+    );
+    println!("\ncoverage:\n{}", coverage.report());
+    let gaps = coverage.unfired(coverage::a1_required());
+    for m in &gaps {
+        println!("coverage gap: mark {m} never fired in seeds {a}..{b}");
+    }
+    Ok(failed == 0 && (gaps.is_empty() || allow_gaps))
+}
+
+fn minimize(path: &Path, seed: Option<u64>, out: Option<&Path>) -> anyhow::Result<bool> {
+    let scenario = load(path)?;
+    let base = Scenario::base_dir(path);
+    let result = minimize::minimize(&scenario, &base, seed, |line| eprintln!("{line}"))?;
+    let text = format!(
+        "// minimized from {} (seed {}): {} -> {} timeline actions, {} runs; fails {}\n{}",
+        path.display(),
+        result.scenario.seed,
+        scenario.timeline.len(),
+        result.scenario.timeline.len(),
+        result.runs,
+        result.invariant,
+        result.scenario.to_ron()
+    );
+    match out {
+        Some(f) => {
+            std::fs::write(f, &text).with_context(|| format!("writing {}", f.display()))?;
+            println!("wrote {} ({} timeline actions)", f.display(), result.scenario.timeline.len());
+        }
+        None => print!("{text}"),
+    }
+    Ok(true)
 }
 
 fn check_determinism(path: &Path, (a, b): (u64, u64)) -> anyhow::Result<bool> {

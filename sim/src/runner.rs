@@ -9,7 +9,7 @@ use crate::clock::{ClockFault, SIM_EPOCH_UNIX_NS, SimClock};
 use crate::coverage::Coverage;
 use crate::disk::SimDisk;
 use crate::net::{FaultState, LinkFaults, NetCounters, SimNet};
-use crate::scenario::{Action, Boundary, Expect, NodeSpec, Scenario, Step, Storage, Verdict};
+use crate::scenario::{Action, Boundary, BuggifyFault, Expect, NodeSpec, Scenario, Step, Storage, Verdict};
 use crate::trace::{Trace, fmt_time};
 use igor::authority::AuthorityState;
 use igor::checkpoint::Hash32;
@@ -215,14 +215,18 @@ fn apply_damage(disk: &SimDisk, damage: &Storage) {
     match damage {
         Storage::Intact => {}
         Storage::Wipe => disk.wipe(),
+        // Partial damage never touches the oldest checkpoint: losing every
+        // copy is `Wipe`, and that is data loss, not a fault to recover from.
         Storage::RemoveNewest { agent, count } => {
-            for p in newest(agent).into_iter().take(*count) {
-                let _ = disk.remove(&p);
+            let all = newest(agent);
+            for p in all.iter().take((*count).min(all.len().saturating_sub(1))) {
+                let _ = disk.remove(p);
             }
         }
         Storage::CorruptNewest { agent } => {
-            if let Some(p) = newest(agent).first() {
-                let _ = disk.flip_bit(p, 40);
+            let all = newest(agent);
+            if all.len() > 1 {
+                let _ = disk.flip_bit(&all[0], 40);
             }
         }
     }
@@ -436,8 +440,8 @@ struct World<'a> {
     cut: BTreeSet<(String, String)>,
     /// Hold count per node (Pause and Swizzle may overlap).
     held: BTreeMap<String, u32>,
-    /// Armed BUGGIFY crashes: (node, boundary, restart after ns).
-    armed: Vec<(String, Boundary, u64)>,
+    /// Armed BUGGIFY faults: (node, boundary, fault, duration ns).
+    armed: Vec<(String, Boundary, BuggifyFault, u64)>,
     swizzles: u64,
     /// Agents that stopped for good (budget, trap): exempt from liveness.
     halted: BTreeSet<String>,
@@ -548,7 +552,8 @@ impl<'a> World<'a> {
                 }
                 _ => {}
             }
-            if let Some(i) = self.armed.iter().position(|(n, b, _)| n == e.node.as_str() && boundary_hit(*b, &e.event))
+            if let Some(i) =
+                self.armed.iter().position(|(n, b, _, _)| n == e.node.as_str() && boundary_hit(*b, &e.event))
             {
                 fire.push(self.armed.remove(i));
             }
@@ -557,18 +562,30 @@ impl<'a> World<'a> {
             }
         }
         self.note_net_counters();
-        for (node, boundary, restart_ns) in fire {
+        for (node, boundary, fault, for_ns) in fire {
             if self.down.contains(&node) {
                 continue;
             }
-            self.trace.note(format!("{} sim BUGGIFY crash {node} at {boundary:?}", fmt_time(self.now_ns)));
-            self.coverage.mark("buggify_crash");
-            let crash = Action::Crash { node: node.clone() };
-            for (n, o) in self.apply(&crash, agents) {
-                self.checker.observe(self.now_ns, &n, &o)?;
+            self.trace.note(format!("{} sim BUGGIFY {node} {fault:?} at {boundary:?}", fmt_time(self.now_ns)));
+            let end = self.now_ns.saturating_add(for_ns);
+            match fault {
+                BuggifyFault::Crash => {
+                    self.coverage.mark("buggify_crash");
+                    let crash = Action::Crash { node: node.clone() };
+                    for (n, o) in self.apply(&crash, agents) {
+                        self.checker.observe(self.now_ns, &n, &o)?;
+                    }
+                    self.schedule(end, Sched::Act(Action::Restart { node, storage: Storage::Intact }));
+                }
+                BuggifyFault::Isolate => {
+                    self.coverage.mark("buggify_isolate");
+                    for other in self.nodes.clone().into_iter().filter(|o| *o != node) {
+                        let (a, b) = (node.clone(), other);
+                        let _ = self.apply(&Action::Partition { a: a.clone(), b: b.clone() }, agents);
+                        self.schedule(end, Sched::Act(Action::Heal { a, b }));
+                    }
+                }
             }
-            let restart = Action::Restart { node, storage: Storage::Intact };
-            self.schedule(self.now_ns.saturating_add(restart_ns), Sched::Act(restart));
         }
         Ok(())
     }
@@ -644,7 +661,6 @@ impl<'a> World<'a> {
                     && let Some(node) = w.recovery_candidate(&a.id)
                 {
                     recovered.insert(name.clone());
-                    w.coverage.mark("recovered_after_heal");
                     let action = Action::Recover { agent: name, node, anchor_tick: None };
                     w.trace.note(format!("{} sim liveness {}", fmt_time(w.now_ns), describe(&action)));
                     // Recover yields no checker observations.
@@ -658,7 +674,11 @@ impl<'a> World<'a> {
         }
         for a in agents {
             let name = a.id.to_string();
-            if self.halted.contains(&name) || self.ticked_since_heal.as_ref().is_some_and(|t| t.contains(&name)) {
+            let ticked = self.ticked_since_heal.as_ref().is_some_and(|t| t.contains(&name));
+            if ticked && recovered.contains(&name) {
+                self.coverage.mark("recovered_after_heal");
+            }
+            if self.halted.contains(&name) || ticked {
                 continue;
             }
             let states: Vec<String> =
@@ -900,8 +920,8 @@ impl World<'_> {
                 self.schedule(self.now_ns.saturating_add(ms.saturating_mul(1_000_000)), Sched::Release(node.clone()));
             }
             Action::Swizzle { nodes, step_ms } => self.swizzle(nodes, *step_ms),
-            Action::CrashOn { node, on, restart_after_ms } => {
-                self.armed.push((node.clone(), *on, restart_after_ms.saturating_mul(1_000_000)));
+            Action::Buggify { node, on, fault, for_ms } => {
+                self.armed.push((node.clone(), *on, *fault, for_ms.saturating_mul(1_000_000)));
             }
             Action::Recover { agent, node, anchor_tick } => {
                 let seen = self.heads.get(&(node.clone(), agent.clone()));

@@ -207,13 +207,13 @@ pub enum Action {
         step_ms: u64,
     },
     /// BUGGIFY at a protocol boundary: from `at_ms` on, the first time
-    /// `node` reports `on`, it crashes at once, and restarts (disk intact)
-    /// `restart_after_ms` later.
-    CrashOn {
+    /// `node` reports `on`, the `fault` hits it at once and lasts `for_ms`.
+    Buggify {
         node: String,
         on: Boundary,
-        #[serde(default = "default_restart_after_ms")]
-        restart_after_ms: u64,
+        fault: BuggifyFault,
+        #[serde(default = "default_buggify_ms")]
+        for_ms: u64,
     },
     /// Operator recovery of `agent` on `node` from its newest checkpoint
     /// there (or the one at `anchor_tick`).
@@ -225,8 +225,18 @@ pub enum Action {
     },
 }
 
-fn default_restart_after_ms() -> u64 {
+fn default_buggify_ms() -> u64 {
     1_000
+}
+
+/// What a [`Action::Buggify`] does to its node when the boundary is hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BuggifyFault {
+    /// Crash now; restart with the disk intact `for_ms` later.
+    Crash,
+    /// Cut every link to and from the node (messages in flight are lost)
+    /// and repair them `for_ms` later: the classic ambiguous transfer.
+    Isolate,
 }
 
 /// Protocol boundaries a [`Action::CrashOn`] can be armed at, by the node
@@ -253,9 +263,11 @@ pub enum Storage {
     #[default]
     Intact,
     /// Delete the newest `count` history checkpoints of `agent` (a stale
-    /// checkpoint: the node restarts behind where it was).
+    /// checkpoint: the node restarts behind where it was). The oldest one
+    /// always survives: losing every copy is `Wipe`.
     RemoveNewest { agent: String, count: usize },
-    /// Flip a bit in the newest history checkpoint of `agent`.
+    /// Flip a bit in the newest history checkpoint of `agent`, unless it is
+    /// the only one.
     CorruptNewest { agent: String },
     /// Lose the whole data directory.
     Wipe,
@@ -454,7 +466,7 @@ impl Action {
             | Action::Drift { node, .. }
             | Action::Corrupt { node, .. }
             | Action::Pause { node, .. }
-            | Action::CrashOn { node, .. }
+            | Action::Buggify { node, .. }
             | Action::Reorder { node, .. }
             | Action::ClearFaults { node }
             | Action::Skew { node, .. }
