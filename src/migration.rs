@@ -395,24 +395,55 @@ pub struct PackageFacts<'a> {
     pub identity: Option<PublicKey>,
 }
 
+/// Which of the judgement's defences are on (all by default). Switching
+/// one off exists only so a scenario can show the attack it stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JudgeChecks {
+    /// Expiry and epoch high-water marks (defence `replay_window`).
+    pub replay_window: bool,
+    /// Same-epoch conflict with a local claim (defence `divergence_detection`).
+    pub divergence_detection: bool,
+    /// Checkpoint signature, identity = signing key, local key continuity
+    /// (defence `transfer_identity_checks`).
+    pub identity: bool,
+}
+
+impl Default for JudgeChecks {
+    fn default() -> Self {
+        JudgeChecks { replay_window: true, divergence_detection: true, identity: true }
+    }
+}
+
 /// Judge a package against the local view (spec §6 target checks that need
 /// no executor): expiry, header/checkpoint consistency, signature, wasm
 /// hash, money in flight, identity continuity, epochs.
 pub fn judge_package(local: Option<&LocalView>, p: &PackageFacts<'_>, now_unix_ns: i64) -> Judgement {
+    judge_package_with(local, p, now_unix_ns, JudgeChecks::default())
+}
+
+/// [`judge_package`] with some defences switched off (scenarios only).
+pub fn judge_package_with(
+    local: Option<&LocalView>,
+    p: &PackageFacts<'_>,
+    now_unix_ns: i64,
+    checks: JudgeChecks,
+) -> Judgement {
     use AuthorityState::*;
     // An expired package is dead whatever it says: it changes nothing here
     // (a delayed copy must not knock a legitimate owner over either).
     if local.is_some_and(|l| l.epoch.major > p.epoch.major && l.has_checkpoint) {
         return Judgement::AlreadyAccepted;
     }
-    if now_unix_ns > p.expiry_unix_ns {
+    if checks.replay_window && now_unix_ns > p.expiry_unix_ns {
         return Judgement::Refuse(format!("package expired at {} (now {now_unix_ns})", p.expiry_unix_ns));
     }
     if let Some(l) = local {
-        if l.epoch.major > p.epoch.major {
+        if checks.replay_window && l.epoch.major > p.epoch.major {
             return Judgement::Refuse(format!("stale package: epoch {} but this node holds {}", p.epoch, l.epoch));
         }
-        if matches!(l.state, ActiveOwner | HandoffInitiated | HandoffPending) {
+        if (checks.divergence_detection || l.epoch != p.epoch)
+            && matches!(l.state, ActiveOwner | HandoffInitiated | HandoffPending)
+        {
             let reason = if l.epoch == p.epoch { Reason::Divergence } else { Reason::Superseded };
             return Judgement::Conflict {
                 reason,
@@ -421,10 +452,10 @@ pub fn judge_package(local: Option<&LocalView>, p: &PackageFacts<'_>, now_unix_n
         }
     }
     let c = p.checkpoint;
-    if c.seal.is_none() {
+    if checks.identity && c.seal.is_none() {
         return Judgement::Refuse(format!("checkpoint v{} carries no signature", c.version));
     }
-    if let Err(e) = c.verify_signature() {
+    if let (true, Err(e)) = (checks.identity, c.verify_signature()) {
         return Judgement::Refuse(e.to_string());
     }
     if c.epoch != p.epoch || c.tick != p.head_tick || p.checkpoint_hash != p.head_hash {
@@ -447,11 +478,11 @@ pub fn judge_package(local: Option<&LocalView>, p: &PackageFacts<'_>, now_unix_n
     if p.budget != c.budget {
         return Judgement::Refuse(format!("Budget {} differs from the checkpoint's {}", p.budget, c.budget));
     }
-    if p.identity.is_none() || p.identity.as_ref() != c.agent_key() {
+    if checks.identity && (p.identity.is_none() || p.identity.as_ref() != c.agent_key()) {
         return Judgement::Refuse("AgentIdentity missing or not the checkpoint's signing key".into());
     }
     if let Some(l) = local {
-        if l.agent_key.is_some() && l.agent_key.as_ref() != c.agent_key() {
+        if checks.identity && l.agent_key.is_some() && l.agent_key.as_ref() != c.agent_key() {
             return Judgement::Refuse("identity discontinuity: agent key differs from local history".into());
         }
         if let Some(t) = l.head_tick.filter(|t| *t >= c.tick) {

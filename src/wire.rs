@@ -242,6 +242,11 @@ pub struct AgentStarted {
 pub struct HeadAnnounce {
     #[serde(rename = "State")]
     pub state: crate::authority::AuthorityState,
+    /// The agent's public key (32 bytes) as the announcer knows it, so peers
+    /// can check identity continuity of later transfers (defence
+    /// `transfer_identity_checks`). Absent from announcers that lack it.
+    #[serde(rename = "AgentKey", default, skip_serializing_if = "Option::is_none", with = "b64::opt")]
+    pub agent_key: Option<Vec<u8>>,
 }
 
 /// Reply to anything that is not a transfer: the replier's own view of the
@@ -300,6 +305,12 @@ pub struct Envelope {
     pub header: Header,
     #[serde(rename = "Body")]
     pub body: Body,
+    /// Ed25519 signature by the issuer's node key over [`Envelope::signing_bytes`]
+    /// (defence `signed_claims`): binds issuer, audience, agent, epoch,
+    /// head, nonce and expiry to the body, so a claim cannot be forged or
+    /// altered by whoever forwards it. Absent from unkeyed nodes.
+    #[serde(rename = "Signature", default, skip_serializing_if = "Option::is_none", with = "b64::opt")]
+    pub signature: Option<Vec<u8>>,
 }
 
 fn limit(field: &'static str, len: usize, limit: usize) -> Result<(), WireError> {
@@ -308,7 +319,31 @@ fn limit(field: &'static str, len: usize, limit: usize) -> Result<(), WireError>
 
 impl Envelope {
     pub fn new(header: Header, body: Body) -> Self {
-        Envelope { protocol: PROTOCOL.to_string(), header, body }
+        Envelope { protocol: PROTOCOL.to_string(), header, body, signature: None }
+    }
+
+    /// What the issuer signs: a domain tag, the canonical header JSON and
+    /// the SHA-256 of the canonical body JSON.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        // Plain structs with string keys: serialisation cannot fail.
+        let header = serde_json::to_vec(&self.header).expect("header serialisation is infallible");
+        let body = serde_json::to_vec(&self.body).expect("body serialisation is infallible");
+        let mut out = b"igor/envelope/v1\0".to_vec();
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&Hash32::of(&body).0);
+        out
+    }
+
+    /// Sign as the issuer (replaces any previous signature).
+    pub fn sign(&mut self, key: &crate::identity::Keypair) {
+        self.signature = Some(key.sign(&self.signing_bytes()).0.to_vec());
+    }
+
+    /// Whether the envelope carries a valid signature by `key`.
+    pub fn verify(&self, key: &crate::identity::PublicKey) -> bool {
+        let Some(sig) = self.signature.as_deref().and_then(|s| <[u8; 64]>::try_from(s).ok()) else { return false };
+        key.verify(&self.signing_bytes(), &crate::identity::Signature(sig))
     }
 
     pub fn kind(&self) -> MessageKind {
@@ -384,7 +419,15 @@ impl Envelope {
             Body::AgentStarted(s) => {
                 limit("Error", s.error.as_ref().map_or(0, String::len), MAX_ERROR_BYTES)?;
             }
-            Body::HeadAnnounce(_) | Body::HeadAck(_) => {}
+            Body::HeadAnnounce(a) => {
+                if a.agent_key.as_ref().is_some_and(|k| k.len() != 32) {
+                    return Err(WireError::BadField { field: "AgentKey", reason: "not 32 bytes".into() });
+                }
+            }
+            Body::HeadAck(_) => {}
+        }
+        if self.signature.as_ref().is_some_and(|s| s.len() != 64) {
+            return Err(WireError::BadField { field: "Signature", reason: "not 64 bytes".into() });
         }
         Ok(())
     }
@@ -491,6 +534,26 @@ mod tests {
         assert!(matches!(Envelope::decode(json.as_bytes()), Err(WireError::Malformed(_))));
         let json = String::from_utf8(transfer().encode()).unwrap().replacen("{", "{\"Extra\":1,", 1);
         assert!(matches!(Envelope::decode(json.as_bytes()), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn signature_binds_header_and_body() {
+        let key = crate::identity::Keypair::from_seed([3; 32]);
+        let other = crate::identity::Keypair::from_seed([4; 32]);
+        let mut e = transfer();
+        assert!(!e.verify(&key.public()), "unsigned");
+        e.sign(&key);
+        let e = Envelope::decode(&e.encode()).unwrap();
+        assert!(e.verify(&key.public()));
+        assert!(!e.verify(&other.public()), "wrong issuer key");
+        let mut t = e.clone();
+        t.header.epoch = Epoch::new(9, 0);
+        assert!(!t.verify(&key.public()), "inflated epoch");
+        let mut t = e.clone();
+        if let Body::AgentTransfer(x) = &mut t.body {
+            x.package.budget += 1;
+        }
+        assert!(!t.verify(&key.public()), "tampered body");
     }
 
     proptest! {

@@ -389,7 +389,7 @@ fn announce(c: &Cluster, from: usize, to: usize, epoch: Epoch, tick: u64, hash: 
         nonce: 1,
         expiry_unix_ns: i64::MAX,
     };
-    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner })).encode()
+    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner, agent_key: None })).encode()
 }
 
 #[test]

@@ -3,12 +3,14 @@
 //! scenario; the checker watches the nodes' event streams for invariant
 //! violations and the trace records every event canonically.
 
+pub mod adversary;
 pub mod checker;
 pub mod clock;
 pub mod coverage;
 pub mod disk;
 pub mod explore;
 pub mod html;
+pub mod matrix;
 pub mod minimize;
 pub mod net;
 pub mod runner;

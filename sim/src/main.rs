@@ -102,6 +102,20 @@ enum Command {
         #[arg(long, value_parser = parse_seeds)]
         seeds: (u64, u64),
     },
+    /// Attack matrix: every adversary scenario (A2-A4) under a path, with
+    /// its defence on and off, as a markdown table (docs/attack-matrix.md).
+    ///
+    /// Example: igor-sim matrix scenarios/ --seeds 0..100 --jobs 2 --out docs/attack-matrix.md
+    Matrix {
+        path: PathBuf,
+        #[arg(long, value_parser = parse_seeds)]
+        seeds: (u64, u64),
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Write the table to this file (default: print it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn parse_seeds(s: &str) -> Result<(u64, u64), String> {
@@ -134,6 +148,7 @@ fn main() -> ExitCode {
         Command::Minimize { scenario, seed, out } => minimize(&scenario, seed, out.as_deref()),
         Command::Sweep { path, seeds, jobs, shard } => sweep(&path, seeds, jobs, shard),
         Command::CheckDeterminism { path, seeds } => check_determinism(&path, seeds),
+        Command::Matrix { path, seeds, jobs, out } => igor_sim::matrix::command(&path, seeds, jobs, out.as_deref()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

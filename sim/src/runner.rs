@@ -195,6 +195,7 @@ fn node_config(spec: &NodeSpec, all: &[NodeSpec]) -> Result<NodeConfig, RunError
         cfg.checkpoint_interval_ns = ms(c);
     }
     cfg.unsafe_self_recover_on_lease_expiry = spec.unsafe_self_recover;
+    crate::adversary::configure(&mut cfg, spec, all);
     cfg.peers = all.iter().filter(|n| n.name != spec.name).filter_map(|n| NodeId::new(n.name.clone()).ok()).collect();
     Ok(cfg)
 }
@@ -448,6 +449,8 @@ struct World<'a> {
     /// Agents that finished a tick since the heal.
     ticked_since_heal: Option<BTreeSet<String>>,
     net_seen: BTreeMap<String, NetCounters>,
+    /// Keeps Byzantine nodes' own misdeeds out of the checker (A2–A4).
+    byzantine: crate::adversary::Filter,
 }
 
 impl<'a> World<'a> {
@@ -474,6 +477,7 @@ impl<'a> World<'a> {
             halted: BTreeSet::new(),
             ticked_since_heal: None,
             net_seen: BTreeMap::new(),
+            byzantine: crate::adversary::Filter::default(),
         }
     }
 
@@ -557,8 +561,8 @@ impl<'a> World<'a> {
             {
                 fire.push(self.armed.remove(i));
             }
-            if let Some(o) = observation(&e.event) {
-                self.checker.observe(e.at_ns, &e.node, &o)?;
+            for (node, o) in self.byzantine.filter(&e.node, &e.event, observation(&e.event)) {
+                self.checker.observe(e.at_ns, &node, &o)?;
             }
         }
         self.note_net_counters();

@@ -36,6 +36,10 @@ pub struct Scenario {
     #[serde(default)]
     pub timeline: Vec<Step>,
     pub expect: Expect,
+    /// Adversary scenarios (A2–A4): the class, the defence under test and
+    /// the verdict with it switched off (`igor-sim matrix`, `adversary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<crate::adversary::AttackSpec>,
 }
 
 fn default_step_ms() -> u64 {
@@ -87,6 +91,12 @@ pub struct NodeSpec {
     /// the checker catching a double ticker.
     #[serde(default)]
     pub unsafe_self_recover: bool,
+    /// SCENARIOS ONLY: a named misbehaviour (A2–A4), see `igor::node::Misbehaviour`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversary: Option<igor::node::Misbehaviour>,
+    /// Defence switches (all on when absent), see `igor::node::Defences`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defences: Option<igor::node::Defences>,
 }
 
 fn default_price() -> i64 {
@@ -353,8 +363,11 @@ impl Scenario {
 
     /// Canonical RON text of this scenario (for resolved scenarios).
     pub fn to_ron(&self) -> String {
-        let cfg =
-            ron::ser::PrettyConfig::new().struct_names(true).extensions(ron::extensions::Extensions::IMPLICIT_SOME);
+        // Depth 2: one line per node, agent and timeline step.
+        let cfg = ron::ser::PrettyConfig::new()
+            .struct_names(true)
+            .depth_limit(2)
+            .extensions(ron::extensions::Extensions::IMPLICIT_SOME);
         // Serializing plain data with string keys cannot fail.
         ron::ser::to_string_pretty(self, cfg).expect("scenario serializes")
     }

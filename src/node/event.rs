@@ -258,6 +258,19 @@ pub enum Event {
         budget: Microcents,
     },
     NodeShutdown,
+    /// A defence did not believe a request (A2–A4): which defence, why.
+    ClaimRejected {
+        agent: AgentId,
+        peer: NodeId,
+        kind: MessageKind,
+        defence: String,
+        reason: String,
+    },
+    /// SCENARIOS ONLY: this node just acted out its configured misbehaviour.
+    Misbehaved {
+        agent: Option<AgentId>,
+        act: String,
+    },
 }
 
 impl Event {
@@ -266,7 +279,7 @@ impl Event {
         use Event::*;
         match self {
             NodeStarted { .. } | NodeShutdown => None,
-            FaultObserved { agent, .. } | CommandRefused { agent, .. } => agent.as_ref(),
+            FaultObserved { agent, .. } | CommandRefused { agent, .. } | Misbehaved { agent, .. } => agent.as_ref(),
             AgentDeployed { agent, .. }
             | AgentLoaded { agent, .. }
             | TickStarted { agent, .. }
@@ -285,6 +298,7 @@ impl Event {
             | StaleMessageIgnored { agent, .. }
             | DivergenceDetected { agent, .. }
             | AgentHalted { agent, .. }
+            | ClaimRejected { agent, .. }
             | Recovered { agent, .. } => Some(agent),
         }
     }

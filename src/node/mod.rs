@@ -15,11 +15,13 @@
 //!    the bytes [`Node::handle_request`] returns.
 //! 5. Collect [`Node::drain_events`].
 
+pub mod defence;
 pub mod event;
 pub mod fake;
 pub mod store;
 mod transfer;
 
+pub use defence::{Defences, Misbehaviour};
 pub use event::{Event, NodeEvent};
 
 use crate::authority::{Authority, AuthorityState, Op, Reason, Role};
@@ -61,6 +63,15 @@ pub struct NodeConfig {
     /// (the original's behaviour) instead of falling to RECOVERY_REQUIRED.
     /// Lets a scenario show the checker catching two tickers.
     pub unsafe_self_recover_on_lease_expiry: bool,
+    /// The defences against A2–A4 (all on by default; see `defence`).
+    pub defences: Defences,
+    /// This node's Ed25519 key seed: envelopes are signed with it when set.
+    pub node_key_seed: Option<[u8; 32]>,
+    /// The key directory: peers' node keys. When it is empty, claims are
+    /// bound to the authenticated transport peer instead of a signature.
+    pub peer_keys: BTreeMap<NodeId, crate::identity::PublicKey>,
+    /// SCENARIOS ONLY: a named misbehaviour (A2–A4). `None` on real nodes.
+    pub misbehaviour: Option<Misbehaviour>,
 }
 
 impl NodeConfig {
@@ -76,6 +87,10 @@ impl NodeConfig {
             peers: Vec::new(),
             replay_on_accept: true,
             unsafe_self_recover_on_lease_expiry: false,
+            defences: Defences::default(),
+            node_key_seed: None,
+            peer_keys: BTreeMap::new(),
+            misbehaviour: None,
         }
     }
 }
@@ -219,6 +234,8 @@ enum Pending {
         agent: AgentId,
         peer: NodeId,
     },
+    /// A message sent by a misbehaviour: its reply is ignored.
+    Forged,
 }
 
 /// One Igor node. Generic over the sandbox ([`Executor`]) and the
@@ -240,6 +257,9 @@ pub struct Node<X: Executor, D: Disk, C: Clock, R: Entropy> {
     seq: u64,
     stale_messages: u64,
     stopped: bool,
+    guard: defence::Guard,
+    node_key: Option<Keypair>,
+    adversary: transfer::AdversaryState,
 }
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
@@ -266,7 +286,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             seq: 0,
             stale_messages: 0,
             stopped: false,
+            guard: defence::Guard::default(),
+            node_key: None,
+            adversary: transfer::AdversaryState::default(),
         };
+        node.node_key = node.cfg.node_key_seed.map(Keypair::from_seed);
         let names = match node.disk.list(store::AGENTS_DIR) {
             Ok(n) => n,
             Err(e) => {
@@ -822,6 +846,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             self.maybe_tick(&agent);
             self.maybe_checkpoint(&agent);
         }
+        self.misbehave(now.mono_ns);
         self.next_deadline()
     }
 
@@ -833,6 +858,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let now = self.clock.now();
         let mut next = self.timers.keys().next().map(|(at, _)| *at);
         let mut consider = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
+        if let Some(t) = self.adversary.next_ns(self.cfg.misbehaviour.as_ref()) {
+            consider(t);
+        }
         for s in self.agents.values() {
             if s.authority.state() != AuthorityState::ActiveOwner {
                 if self.cfg.unsafe_self_recover_on_lease_expiry
@@ -935,6 +963,15 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         s.budget = Microcents(left.0 - paid.0);
         s.tick = inputs.tick;
         s.charged = Microcents(s.charged.0.saturating_add(cost.0));
+        // SCENARIOS ONLY (A2 metering lie): take more than the tick cost.
+        let lie = match self.cfg.misbehaviour {
+            Some(Misbehaviour::Overcharge { factor }) => {
+                cost.0.saturating_mul(i64::from(factor.saturating_sub(1))).min(s.budget.0).max(0)
+            }
+            _ => 0,
+        };
+        s.budget = Microcents(s.budget.0 - lie);
+        s.charged = Microcents(s.charged.0.saturating_add(lie));
         s.paid = Microcents(s.paid.0.saturating_add(paid.0));
         s.ticks_since_checkpoint += 1;
         s.last_tick = (s.ticks_since_checkpoint == 1).then(|| TickRecord {
@@ -952,6 +989,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 Some(agent),
                 format!("executor charged {} + {} against {}", report.cost, report.paid, inputs.budget),
             );
+        }
+        if lie > 0 && !self.adversary.overcharging {
+            self.adversary.overcharging = true;
+            self.emit(Event::Misbehaved {
+                agent: Some(agent.clone()),
+                act: format!("overcharge: {lie} above the fuel-derived cost"),
+            });
         }
         self.emit(Event::TickFinished {
             agent: agent.clone(),

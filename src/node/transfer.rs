@@ -4,12 +4,15 @@
 //! divergent). The protocol decisions live in [`crate::migration`]; this
 //! file performs them against the disk, the executor and the outbox.
 
+use super::defence::{Guard, Misbehaviour, Rejection};
 use super::{Node, Outgoing, Pending, Refused, Slot, store};
 use crate::authority::{Authority, AuthorityState, Op, Reason, Role};
+use crate::checkpoint::CheckpointBody;
 use crate::checkpoint::{Checkpoint, Hash32};
 use crate::env::{Clock, Disk, Entropy, NetError};
 use crate::executor::{Executor, TickInputs};
 use crate::identity::Keypair;
+use crate::identity::PublicKey;
 use crate::lease::Lease;
 use crate::lineage::{self, Lineage};
 use crate::migration::{
@@ -21,6 +24,35 @@ use crate::wire::{
     AgentPackage, AgentStarted, AgentTransfer, Body, Envelope, HeadAck, HeadAnnounce, Header, MessageKind, ReplayData,
 };
 use std::collections::VecDeque;
+
+/// What a configured misbehaviour remembers (scenarios only).
+#[derive(Debug, Default)]
+pub(super) struct AdversaryState {
+    /// The last transfer sent: (when, to, bytes), for `ReplayOwnPackage`.
+    last_package: Option<(u64, NodeId, Vec<u8>)>,
+    /// Next firing of a repeated forgery (mono ns).
+    next_forgery_ns: Option<u64>,
+    done: bool,
+    pub(super) overcharging: bool,
+}
+
+impl AdversaryState {
+    pub(super) fn next_ns(&self, m: Option<&Misbehaviour>) -> Option<u64> {
+        match m? {
+            Misbehaviour::ReplayOwnPackage { after_ms } => {
+                let (at, _, _) = self.last_package.as_ref()?;
+                (!self.done).then(|| at.saturating_add(after_ms.saturating_mul(1_000_000)))
+            }
+            Misbehaviour::ForgeTransfer { at_ms, .. } | Misbehaviour::ForgeAnnounce { at_ms, .. } => {
+                if self.done {
+                    return None;
+                }
+                Some(self.next_forgery_ns.unwrap_or(at_ms.saturating_mul(1_000_000)))
+            }
+            _ => None,
+        }
+    }
+}
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     pub(super) fn start_handoff(&mut self, agent: AgentId, to: NodeId) -> Result<(), Refused> {
@@ -73,7 +105,19 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     fn run_actions(&mut self, agent: &AgentId, actions: Vec<Action>) {
         let mut queue: VecDeque<Action> = actions.into();
+        let keep_copy = match self.cfg.misbehaviour {
+            Some(Misbehaviour::KeepCopyAfterHandoff { claim_target_epoch }) => Some(claim_target_epoch),
+            _ => None,
+        };
         while let Some(action) = queue.pop_front() {
+            let action = match (action, keep_copy) {
+                (Action::Transition { to: AuthorityState::Retired, reason: Reason::Confirmed }, Some(claim)) => {
+                    self.keep_copy(agent, claim);
+                    continue;
+                }
+                (Action::DeleteLocalCopy, Some(_)) => continue,
+                (a, _) => a,
+            };
             let feed = match action {
                 Action::Transition { to, reason } => match self.set_state(agent, to, reason) {
                     Ok(()) => None,
@@ -149,6 +193,168 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
     }
 
+    /// SCENARIOS ONLY: act out a timed misbehaviour that is due.
+    pub(super) fn misbehave(&mut self, now_ns: u64) {
+        let Some(m) = self.cfg.misbehaviour.clone() else { return };
+        match self.adversary.next_ns(Some(&m)) {
+            Some(due) if due <= now_ns => {}
+            _ => return,
+        }
+        let every_ms = match &m {
+            Misbehaviour::ForgeTransfer { every_ms, .. } | Misbehaviour::ForgeAnnounce { every_ms, .. } => *every_ms,
+            _ => 0,
+        };
+        if every_ms == 0 {
+            self.adversary.done = true;
+        } else {
+            self.adversary.next_forgery_ns = Some(now_ns.saturating_add(every_ms.saturating_mul(1_000_000)));
+        }
+        let sent = match m {
+            Misbehaviour::ReplayOwnPackage { .. } => self.replay_own_package(),
+            Misbehaviour::ForgeTransfer { agent, from_agent, to, as_node, .. } => {
+                self.forge_transfer(&agent, &from_agent, &to, as_node.as_deref())
+            }
+            Misbehaviour::ForgeAnnounce { agent, to, epoch_major, as_node, .. } => {
+                self.forge_announce(&agent, &to, epoch_major, as_node.as_deref())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = sent {
+            self.fault(None, format!("misbehaviour: {e}"));
+        }
+    }
+
+    fn queue_forged(&mut self, to: NodeId, body: Vec<u8>) {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.outbox.push(Outgoing { id, to, body });
+        self.pending.insert(id, Pending::Forged);
+    }
+
+    fn replay_own_package(&mut self) -> Result<(), String> {
+        let (_, to, bytes) = self.adversary.last_package.clone().ok_or("no package sent yet")?;
+        let agent = Envelope::decode(&bytes).map(|e| e.header.agent).ok();
+        self.emit(Event::Misbehaved { agent, act: format!("replays its old transfer package to {to}") });
+        self.queue_forged(to, bytes);
+        Ok(())
+    }
+
+    fn forged_header(
+        &mut self,
+        agent: &AgentId,
+        to: &NodeId,
+        epoch: Epoch,
+        as_node: Option<&str>,
+    ) -> Result<Header, String> {
+        let issuer = match as_node {
+            Some(n) => NodeId::new(n).map_err(|e| format!("as_node: {e}"))?,
+            None => self.cfg.node_id.clone(),
+        };
+        let ttl = i64::try_from(self.cfg.migration.package_ttl_ns).unwrap_or(i64::MAX);
+        Ok(Header {
+            issuer,
+            audience: to.clone(),
+            agent: agent.clone(),
+            epoch,
+            head_tick: TickNumber(0),
+            head_hash: Hash32::ZERO,
+            nonce: self.entropy.next_u64(),
+            expiry_unix_ns: self.clock.unix_ns().saturating_add(ttl),
+        })
+    }
+
+    /// A package for `agent` made of this node's own agent `from_agent`,
+    /// signed by a fresh key: the wrong agent key for `agent`.
+    fn forge_transfer(&mut self, agent: &str, from_agent: &str, to: &str, as_node: Option<&str>) -> Result<(), String> {
+        let agent = AgentId::new(agent).map_err(|e| format!("agent: {e}"))?;
+        let from_agent = AgentId::new(from_agent).map_err(|e| format!("from_agent: {e}"))?;
+        let to = NodeId::new(to).map_err(|e| format!("to: {e}"))?;
+        let s = self.agents.get(&from_agent).ok_or(format!("from_agent {from_agent} not hosted here"))?;
+        let head = s.lineage.head().ok_or("from_agent has no checkpoint")?.clone();
+        let manifest = s.manifest.clone();
+        let wasm = self.disk.read(&store::wasm_path(&from_agent)).map_err(|e| e.to_string())?;
+        let mut seed = [0u8; 32];
+        self.entropy.fill(&mut seed);
+        let key = Keypair::from_seed(seed);
+        let epoch = Epoch::new(1, 0);
+        let tick = TickNumber(head.tick.0.saturating_add(1));
+        let body = CheckpointBody {
+            budget: head.budget,
+            price_per_second: self.cfg.price_per_second,
+            tick,
+            wasm_hash: head.wasm_hash,
+            epoch,
+            lease_expiry_ns: 0,
+            prev_hash: Hash32::ZERO,
+            state: head.state.clone(),
+        };
+        let ckpt = body.sign(&key);
+        let bytes = ckpt.encode();
+        let package = AgentPackage {
+            agent_id: agent.clone(),
+            wasm_hash: head.wasm_hash.0.to_vec(),
+            wasm_binary: wasm,
+            checkpoint: bytes.clone(),
+            manifest_data: manifest,
+            budget: head.budget.0,
+            price_per_second: self.cfg.price_per_second.0,
+            replay_data: None,
+            agent_identity: Some(seed.to_vec()),
+            receipts: None,
+            kv: Some(store::seal_kv(&key, &agent, tick, &[])),
+        };
+        let mut header = self.forged_header(&agent, &to, epoch, as_node)?;
+        (header.head_tick, header.head_hash) = (tick, Hash32::of(&bytes));
+        let source_node_id = header.issuer.clone();
+        let env =
+            self.seal(Envelope::new(header, Body::AgentTransfer(Box::new(AgentTransfer { package, source_node_id }))));
+        self.emit(Event::Misbehaved {
+            agent: Some(agent.clone()),
+            act: format!("sends {to} a package for {agent} signed by a fresh key, as {}", env.header.issuer),
+        });
+        self.queue_forged(to, env.encode());
+        Ok(())
+    }
+
+    /// An announcement claiming `agent` at an epoch this node never held.
+    fn forge_announce(&mut self, agent: &str, to: &str, epoch_major: u64, as_node: Option<&str>) -> Result<(), String> {
+        let agent = AgentId::new(agent).map_err(|e| format!("agent: {e}"))?;
+        let to = NodeId::new(to).map_err(|e| format!("to: {e}"))?;
+        let mut header = self.forged_header(&agent, &to, Epoch::new(epoch_major, 0), as_node)?;
+        header.head_hash = Hash32::of(b"forged head");
+        let body = Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner, agent_key: None });
+        let env = self.seal(Envelope::new(header, body));
+        self.emit(Event::Misbehaved {
+            agent: Some(agent.clone()),
+            act: format!("announces {agent} at epoch {epoch_major}.0 to {to}, as {}", env.header.issuer),
+        });
+        self.queue_forged(to, env.encode());
+        Ok(())
+    }
+
+    /// SCENARIOS ONLY (A2 fork): confirmed, yet keep ticking the copy,
+    /// optionally under the epoch the target took.
+    fn keep_copy(&mut self, agent: &AgentId, claim_target_epoch: bool) {
+        let now = self.clock.now();
+        let Some(s) = self.agents.get_mut(agent) else { return };
+        let mut epoch = s.authority.epoch();
+        if claim_target_epoch {
+            epoch = Epoch::new(epoch.major.saturating_add(1), 0);
+        }
+        s.authority = Authority::restore(AuthorityState::ActiveOwner, Role::Source, epoch);
+        s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
+        s.ticking = s.halted.is_none() && s.instance.is_some();
+        s.next_tick_ns = now.mono_ns;
+        self.emit(Event::Misbehaved {
+            agent: Some(agent.clone()),
+            act: format!("keeps ticking a copy after handing it off, at epoch {epoch}"),
+        });
+        if let Err(e) = self.persist(agent) {
+            self.fault(Some(agent), format!("persist authority: {e}"));
+        }
+        self.announce(agent);
+    }
+
     fn delete_local_copy(&mut self, agent: &AgentId) {
         let mut paths = vec![store::wasm_path(agent), lineage::agent_key_path(agent)];
         if let Ok(names) = self.disk.list(&store::kv_dir(agent)) {
@@ -186,7 +392,16 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
     }
 
+    /// Sign as this node (defence `signed_claims`), if it has a key.
+    fn seal(&self, mut env: Envelope) -> Envelope {
+        if let Some(k) = &self.node_key {
+            env.sign(k);
+        }
+        env
+    }
+
     fn push_request(&mut self, env: Envelope, pending: Pending) -> u64 {
+        let env = self.seal(env);
         let id = self.next_request;
         self.next_request += 1;
         let h = &env.header;
@@ -205,6 +420,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     }
 
     fn reply_bytes(&mut self, env: Envelope) -> Vec<u8> {
+        let env = self.seal(env);
         let h = &env.header;
         self.emit(Event::MessageSent {
             kind: env.kind(),
@@ -255,7 +471,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let header = self.header(agent, &target, nonce, expiry);
         let body = Body::AgentTransfer(Box::new(AgentTransfer { package, source_node_id: self.cfg.node_id.clone() }));
         let env = Envelope::new(header, body);
-        self.push_request(env, Pending::Transfer { agent: agent.clone(), attempt, target: target.clone() });
+        let id = self.push_request(env, Pending::Transfer { agent: agent.clone(), attempt, target: target.clone() });
+        if matches!(self.cfg.misbehaviour, Some(Misbehaviour::ReplayOwnPackage { .. }))
+            && let Some(o) = self.outbox.iter().find(|o| o.id == id)
+        {
+            self.adversary.last_package = Some((self.clock.mono_ns(), target.clone(), o.body.clone()));
+            self.adversary.done = false;
+        }
         self.emit(Event::PackageSent {
             agent: agent.clone(),
             target,
@@ -271,6 +493,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     /// Tell every configured peer our epoch and head for `agent`.
     pub(super) fn announce(&mut self, agent: &AgentId) {
         let Some(state) = self.agents.get(agent).map(|s| s.authority.state()) else { return };
+        let agent_key = self.agents.get(agent).and_then(|s| {
+            s.key.as_ref().map(|k| k.public()).or_else(|| s.lineage.head().and_then(|c| c.agent_key().copied()))
+        });
+        let agent_key = agent_key.map(|k| k.as_bytes().to_vec());
         let ttl = i64::try_from(self.cfg.migration.package_ttl_ns).unwrap_or(i64::MAX);
         let expiry = self.clock.unix_ns().saturating_add(ttl);
         for peer in self.cfg.peers.clone() {
@@ -278,8 +504,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 continue;
             }
             let nonce = self.entropy.next_u64();
-            let env =
-                Envelope::new(self.header(agent, &peer, nonce, expiry), Body::HeadAnnounce(HeadAnnounce { state }));
+            let env = Envelope::new(
+                self.header(agent, &peer, nonce, expiry),
+                Body::HeadAnnounce(HeadAnnounce { state, agent_key: agent_key.clone() }),
+            );
             self.push_request(env, Pending::Announce { agent: agent.clone(), peer });
         }
     }
@@ -300,6 +528,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
                 }
             }
+            Pending::Forged => {}
             Pending::Orphan { agent, target } => {
                 let epoch = self.agents.get(&agent).map(|s| s.authority.epoch()).unwrap_or_default();
                 self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
@@ -394,16 +623,24 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 return Vec::new();
             }
         };
-        if !self.addressed_to_me(&env, from) {
-            self.fault(Some(&env.header.agent), format!("request from {from} names issuer {}", env.header.issuer));
+        if env.header.audience != self.cfg.node_id {
+            self.fault(Some(&env.header.agent), format!("request from {from} is addressed to {}", env.header.audience));
             return Vec::new();
         }
+        let copy = match self.admit(from, &env) {
+            Ok(copy) => copy,
+            Err(r) => return self.claim_rejected(from, &env, r),
+        };
         self.received(&env);
         let header = env.header;
         match env.body {
             Body::AgentTransfer(t) => self.accept_transfer(from, &header, *t),
             Body::HeadAnnounce(a) => {
-                self.observe_peer_view(from, &header, Some(a.state));
+                let key = a.agent_key.as_deref().and_then(|k| <[u8; 32]>::try_from(k).ok());
+                let key = key.and_then(|k| PublicKey::from_bytes(k).ok());
+                if !copy {
+                    self.observe_peer_view_with_key(from, &header, Some(a.state), key);
+                }
                 let state = self.agents.get(&header.agent).map(|s| s.authority.state());
                 let reply = self.header(&header.agent, from, header.nonce, header.expiry_unix_ns);
                 self.reply_bytes(Envelope::new(reply, Body::HeadAck(HeadAck { state })))
@@ -415,10 +652,72 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
     }
 
+    /// The defences every request passes before it is believed: the claim's
+    /// signature and issuer, the per-peer rate, freshness.
+    /// `Ok(true)`: a copy of a request seen before.
+    fn admit(&mut self, from: &NodeId, env: &Envelope) -> Result<bool, Rejection> {
+        let d = self.cfg.defences;
+        Guard::check_claim(&d, &self.cfg.peer_keys, from, env)?;
+        self.guard.check_rate(&d, from, env.kind(), self.clock.mono_ns())?;
+        self.guard.check_fresh(&d, env, self.clock.unix_ns())
+    }
+
+    /// Report a request a defence did not believe. A transfer gets a clean,
+    /// sticky refusal (the source may resume: every copy is refused too);
+    /// anything else gets no answer.
+    fn claim_rejected(&mut self, from: &NodeId, env: &Envelope, r: Rejection) -> Vec<u8> {
+        self.guard.rejected += 1;
+        let h = &env.header;
+        self.emit(Event::ClaimRejected {
+            agent: h.agent.clone(),
+            peer: from.clone(),
+            kind: env.kind(),
+            defence: r.defence.to_string(),
+            reason: r.reason.clone(),
+        });
+        if env.kind() != MessageKind::AgentTransfer || r.defence == "signed_claims" {
+            return Vec::new();
+        }
+        let now = self.clock.unix_ns();
+        self.guard.remember_refusal(&h.issuer, h.nonce, h.expiry_unix_ns, now, &r.reason);
+        let reason = format!("{}: {}", r.defence, r.reason);
+        self.refuse_transfer(from, &h.clone(), reason)
+    }
+
     /// React to a peer's view of an agent we know: older epoch → stale;
     /// same epoch with another head at the same tick, or two owners →
     /// divergence (EI-11); newer epoch while we own → superseded.
     fn observe_peer_view(&mut self, peer: &NodeId, h: &Header, peer_state: Option<AuthorityState>) {
+        self.observe_peer_view_with_key(peer, h, peer_state, None);
+    }
+
+    fn observe_peer_view_with_key(
+        &mut self,
+        peer: &NodeId,
+        h: &Header,
+        peer_state: Option<AuthorityState>,
+        agent_key: Option<PublicKey>,
+    ) {
+        let d = self.cfg.defences;
+        if let Some(st) = peer_state
+            && let Some(why) = self.guard.record_view(&d, &h.agent, &h.issuer, h.epoch, h.head_hash, st, agent_key)
+            && !self.agents.contains_key(&h.agent)
+        {
+            // Divergence seen by a node that does not host the agent: no
+            // transfer of it is accepted here any more.
+            self.emit(Event::ClaimRejected {
+                agent: h.agent.clone(),
+                peer: peer.clone(),
+                kind: MessageKind::HeadAnnounce,
+                defence: "divergence_detection".into(),
+                reason: why,
+            });
+        }
+        // SCENARIOS ONLY: a forking node ignores every sign that it no
+        // longer holds the agent.
+        if matches!(self.cfg.misbehaviour, Some(Misbehaviour::KeepCopyAfterHandoff { .. })) {
+            return;
+        }
         let Some(s) = self.agents.get_mut(&h.agent) else { return };
         let Some(peer_state) = peer_state else { return };
         s.highest_major_seen = s.highest_major_seen.max(h.epoch.major);
@@ -434,7 +733,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         } else if h.epoch == local {
             let fork = h.head_tick == local_tick && h.head_hash != local_head && h.head_hash != Hash32::ZERO;
             let two_owners = peer_state == AuthorityState::ActiveOwner && state == AuthorityState::ActiveOwner;
-            if fork || two_owners {
+            if (fork || two_owners) && d.divergence_detection {
                 self.emit(Event::DivergenceDetected {
                     agent: h.agent.clone(),
                     peer: peer.clone(),
@@ -541,7 +840,33 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             identity: key.as_ref().map(|k| k.public()),
         };
         let local = self.local_view(&agent, &ckpt, facts.checkpoint_hash);
-        match migration::judge_package(local.as_ref(), &facts, self.clock.unix_ns()) {
+        let d = self.cfg.defences;
+        let checks = migration::JudgeChecks {
+            replay_window: d.replay_window,
+            divergence_detection: d.divergence_detection,
+            identity: d.transfer_identity_checks,
+        };
+        let judgement = migration::judge_package_with(local.as_ref(), &facts, self.clock.unix_ns(), checks);
+        if judgement != Judgement::AlreadyAccepted {
+            if let Some(reason) = self.guard.sticky_refusal(&h.issuer, h.nonce) {
+                return self.refuse_transfer(from, h, format!("refused before: {reason}"));
+            }
+            let env_kind = MessageKind::AgentTransfer;
+            if let Err(r) = self.guard.check_package(&d, &agent, h.epoch, ckpt.agent_key()) {
+                self.guard.rejected += 1;
+                self.emit(Event::ClaimRejected {
+                    agent: agent.clone(),
+                    peer: from.clone(),
+                    kind: env_kind,
+                    defence: r.defence.to_string(),
+                    reason: r.reason.clone(),
+                });
+                let now = self.clock.unix_ns();
+                self.guard.remember_refusal(&h.issuer, h.nonce, h.expiry_unix_ns, now, &r.reason);
+                return self.refuse_transfer(from, h, format!("{}: {}", r.defence, r.reason));
+            }
+        }
+        match judgement {
             Judgement::AlreadyAccepted => {
                 self.stale(&agent, from, MessageKind::AgentTransfer, h.epoch);
                 self.started_reply(&agent, from, h, true, None)
@@ -572,7 +897,18 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 // Checked by judge_package: the identity is present.
                 let Some(key) = key else { return self.refuse_transfer(from, h, "AgentIdentity missing".into()) };
                 match self.check_with_executor(&agent, &pkg, &ckpt, &key) {
-                    Err(reason) => self.refuse_transfer(from, h, reason),
+                    Err(reason) => {
+                        if let Some(detail) = reason.strip_prefix("metering_check: ") {
+                            self.emit(Event::ClaimRejected {
+                                agent: agent.clone(),
+                                peer: from.clone(),
+                                kind: MessageKind::AgentTransfer,
+                                defence: "metering_check".into(),
+                                reason: detail.to_string(),
+                            });
+                        }
+                        self.refuse_transfer(from, h, reason)
+                    }
                     Ok((hash, kv)) => self.assume(from, h, pkg, ckpt, key, hash, kv),
                 }
             }
@@ -596,7 +932,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             Some(sealed) => store::open_kv(&public, agent, ckpt.tick, sealed)?,
             None => Vec::new(),
         };
-        if let (true, Some(r)) = (self.cfg.replay_on_accept, &pkg.replay_data) {
+        let metering = self.cfg.defences.metering_check;
+        if let (true, true, Some(r)) = (self.cfg.replay_on_accept, metering, &pkg.replay_data) {
             self.check_replay(agent, pkg, r, ckpt, &hash, &kv)?;
         }
         Ok((hash, kv))
@@ -639,6 +976,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let spent = prev.budget.0 - ckpt.budget.0;
         if state != ckpt.state || new_kv != kv || cost.0 > spent {
             return Err(format!("replay of tick {} diverged from the package's checkpoint", r.tick));
+        }
+        // Defence `metering_check`: the checkpoint may not charge more than
+        // the re-run tick cost (a node lying about metering is caught here).
+        if spent != cost.0 {
+            return Err(format!("metering_check: tick {} charged {spent}, its replay costs {}", r.tick, cost.0));
         }
         Ok(())
     }
@@ -723,6 +1065,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             hash: head_hash,
         });
         self.announce(&agent);
+        if matches!(self.cfg.misbehaviour, Some(Misbehaviour::RefuseConfirm)) {
+            self.emit(Event::Misbehaved {
+                agent: Some(agent.clone()),
+                act: format!("took {agent} over, never confirms to {from}"),
+            });
+            return Vec::new();
+        }
         self.started_reply(&agent, from, h, true, None)
     }
 

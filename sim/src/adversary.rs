@@ -1,0 +1,243 @@
+//! Adversaries in the simulator (spec §8, A2–A4). The misbehaviours
+//! themselves live in the core (`igor::node::Misbehaviour`: the real node,
+//! perturbed at a few named points), so this file holds only what the
+//! simulator adds around them: node keys and defence switches for each
+//! host, the observation filter that keeps a Byzantine node's own,
+//! unpreventable misdeeds (ticking a copy it keeps) out of the checker while
+//! still judging everything honest nodes accept from it, and the audit of
+//! collateral (detection time, ticks lost, budget drained, A3 bound).
+
+use crate::checker::Obs;
+use crate::runner::RunReport;
+use crate::scenario::{Expect, NodeSpec, Scenario, Verdict};
+use igor::checkpoint::Hash32;
+use igor::env::derive_seed;
+use igor::identity::Keypair;
+use igor::node::{Event, NodeConfig};
+use igor::units::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What an adversary scenario is about (the `attack` field of a scenario).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttackSpec {
+    /// "A2" (Byzantine node), "A3" (economic griefer), "A4" (identity forger).
+    pub class: String,
+    /// The defence this scenario tests (a `Defences` field name); none when
+    /// the protocol itself (not a switchable defence) beats the attack.
+    #[serde(default)]
+    pub defence: Option<String>,
+    /// What must happen with that defence switched off on every node.
+    #[serde(default)]
+    pub off: Option<Expect>,
+}
+
+/// A3 bound: requests an attacker can make an honest node act on per
+/// simulated minute, per kind, with `rate_limit` on: the bucket's burst
+/// plus its sustained rate (see `igor::node::defence`).
+pub fn a3_bound_per_minute() -> u64 {
+    use igor::node::defence::*;
+    let per_min = |refill_ns: u64| 60_000_000_000 / refill_ns;
+    (TRANSFER_BURST + per_min(TRANSFER_REFILL_NS)).max(ANNOUNCE_BURST + per_min(ANNOUNCE_REFILL_NS))
+}
+
+/// Budget an A3 griefer that does not host the agent can drain from it,
+/// microcents per minute: failed, refused or rejected interactions never
+/// charge the agent (only ticks do, and only on its owner).
+pub const A3_DRAIN_BOUND_PER_MINUTE: i64 = 0;
+
+/// Node key seed of a simulated node: fixed per name, so every node can
+/// know every peer's key (the key directory a real deployment configures).
+pub fn node_key_seed(name: &str) -> [u8; 32] {
+    derive_seed(0, &format!("igor-sim/node-key/{name}"))
+}
+
+/// Apply a node's adversary and defence settings and the key directory.
+pub fn configure(cfg: &mut NodeConfig, spec: &NodeSpec, all: &[NodeSpec]) {
+    cfg.misbehaviour = spec.adversary.clone();
+    cfg.defences = spec.defences.unwrap_or_default();
+    cfg.node_key_seed = Some(node_key_seed(&spec.name));
+    cfg.peer_keys = all
+        .iter()
+        .filter_map(|n| Some((NodeId::new(n.name.clone()).ok()?, Keypair::from_seed(node_key_seed(&n.name)).public())))
+        .collect();
+}
+
+/// The scenario with `defence` switched off on every node, expecting
+/// `attack.off` if `off_expect` (else keeping the on-expectation, so that
+/// the damage shows as failed expectations).
+pub fn with_defence_off(s: &Scenario, defence: &str, off_expect: bool) -> Option<Scenario> {
+    let mut s = s.clone();
+    for n in &mut s.nodes {
+        let mut d = n.defences.unwrap_or_default();
+        if !d.set(defence, false) {
+            return None;
+        }
+        n.defences = Some(d);
+    }
+    if let (true, Some(off)) = (off_expect, s.attack.as_ref().and_then(|a| a.off.clone())) {
+        s.expect = off;
+    }
+    Some(s)
+}
+
+/// Keeps a Byzantine node's own misdeeds out of the checker: once a node
+/// has misbehaved, its ticks and authority claims are not the system's (no
+/// protocol can stop a node from running code it holds), and its commits
+/// are held back. A held commit reaches the checker the moment an honest
+/// node adopts it (or a descendant): then it *is* the system's, and the
+/// checker judges it like any other link (EI-3 fork, RE-3 money).
+#[derive(Debug, Default)]
+pub struct Filter {
+    byzantine: BTreeSet<NodeId>,
+    held: BTreeMap<Hash32, (NodeId, Obs)>,
+}
+
+impl Filter {
+    pub fn is_byzantine(&self, node: &NodeId) -> bool {
+        self.byzantine.contains(node)
+    }
+
+    /// The observations the checker should see for one node event.
+    pub fn filter(&mut self, node: &NodeId, event: &Event, obs: Option<Obs>) -> Vec<(NodeId, Obs)> {
+        if matches!(event, Event::Misbehaved { .. }) {
+            self.byzantine.insert(node.clone());
+        }
+        let Some(obs) = obs else { return Vec::new() };
+        if self.byzantine.contains(node) {
+            return match obs {
+                Obs::Committed { hash, charged: Some(_), .. } => {
+                    self.held.insert(hash, (node.clone(), obs));
+                    Vec::new()
+                }
+                Obs::TickStarted { .. } | Obs::Ticked { .. } | Obs::Authority { .. } | Obs::Divergence { .. } => {
+                    Vec::new()
+                }
+                other => vec![(node.clone(), other)],
+            };
+        }
+        let mut out = Vec::new();
+        if let Obs::Committed { hash, charged: None, .. } = &obs {
+            let mut next = *hash;
+            while let Some((n, held)) = self.held.remove(&next) {
+                if let Obs::Committed { prev, .. } = &held {
+                    next = *prev;
+                }
+                out.push((n, held));
+            }
+            out.reverse();
+        }
+        out.push((node.clone(), obs));
+        out
+    }
+}
+
+/// What the attack cost and when it was noticed, from the canonical trace.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Collateral {
+    /// First misbehaviour (s) and first defence reaction after it (s).
+    pub attack_at_s: Option<f64>,
+    pub detected_at_s: Option<f64>,
+    /// The defence named by the first reaction.
+    pub detected_by: Option<String>,
+    /// Ticks run on honest nodes and never committed (discarded work).
+    pub ticks_lost: u64,
+    /// Microcents charged on Byzantine nodes beyond the ticks' own cost.
+    pub budget_drained: i64,
+    /// Requests honest nodes acted on per attacker per simulated minute
+    /// (the highest over attackers).
+    pub admitted_per_minute: u64,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Audit a run's trace. Lines look like `000012.345 node kind k=v …`.
+pub fn collateral(r: &RunReport) -> Collateral {
+    let mut c = Collateral::default();
+    let mut byz: BTreeSet<String> = BTreeSet::new();
+    let mut admitted: BTreeMap<String, u64> = BTreeMap::new();
+    let mut uncommitted: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut byz_cost: i64 = 0;
+    let mut byz_charged: i64 = 0;
+    for line in r.trace.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(t), Some(node), Some(rest)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let Ok(at) = t.parse::<f64>() else { continue };
+        let kind = rest.split(' ').next().unwrap_or("");
+        let num = |k: &str| field(rest, k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        match kind {
+            "misbehaved" => {
+                byz.insert(node.to_string());
+                c.attack_at_s.get_or_insert(at);
+            }
+            "claim_rejected" | "divergence_detected" if c.attack_at_s.is_some() && c.detected_at_s.is_none() => {
+                c.detected_at_s = Some(at);
+                c.detected_by = Some(field(rest, "defence").unwrap_or("divergence_detection").to_string());
+            }
+            "authority_changed"
+                if c.attack_at_s.is_some()
+                    && c.detected_at_s.is_none()
+                    && !byz.contains(node)
+                    && field(rest, "to") == Some("RECOVERY_REQUIRED") =>
+            {
+                c.detected_at_s = Some(at);
+                c.detected_by = Some(format!("pause ({})", field(rest, "reason").unwrap_or("?")));
+            }
+            "message_received" if !byz.contains(node) => {
+                if let Some(peer) = field(rest, "peer").filter(|p| byz.contains(*p)) {
+                    *admitted.entry(peer.to_string()).or_default() += 1;
+                }
+            }
+            "tick_finished" => {
+                let agent = field(rest, "agent").unwrap_or("").to_string();
+                if byz.contains(node) {
+                    byz_cost += num("cost") + num("paid");
+                } else {
+                    *uncommitted.entry((node.to_string(), agent)).or_default() += 1;
+                }
+            }
+            "checkpoint_committed" => {
+                let agent = field(rest, "agent").unwrap_or("").to_string();
+                if byz.contains(node) {
+                    byz_charged += num("charged") + num("paid");
+                }
+                uncommitted.remove(&(node.to_string(), agent));
+            }
+            _ => {}
+        }
+    }
+    c.ticks_lost = uncommitted.values().sum();
+    c.budget_drained = (byz_charged - byz_cost).max(0);
+    let minutes = (r.sim_ns as f64 / 60e9).max(1.0 / 60.0);
+    c.admitted_per_minute = admitted.values().map(|n| (*n as f64 / minutes).ceil() as u64).max().unwrap_or(0);
+    c
+}
+
+/// The verdict of a run as the matrix reports it: the checker's first
+/// violation, else the A3 bound, else the expectations that failed.
+pub fn verdict(r: &RunReport, class: &str) -> String {
+    if let Some(v) = &r.violation {
+        return v.invariant.to_string();
+    }
+    if class == "A3" && collateral(r).admitted_per_minute > a3_bound_per_minute() {
+        return "A3-BOUND".to_string();
+    }
+    if !r.failures.is_empty() {
+        return "DEGRADED".to_string();
+    }
+    "PASS".to_string()
+}
+
+/// Does a run match `expect` (an A3 bound breach counts as the violation
+/// `A3-BOUND`, which the checker itself cannot see)?
+pub fn matches(r: &RunReport, expect: &Expect, class: &str) -> bool {
+    let v = verdict(r, class);
+    match &expect.verdict {
+        Verdict::Pass => v == "PASS",
+        Verdict::Violation(name) if name == "A3-BOUND" => v == "A3-BOUND",
+        Verdict::Violation(_) => r.matches_expectation(),
+    }
+}

@@ -1,0 +1,472 @@
+//! Defences against Byzantine nodes, griefers and forgers (spec §8, A2–A4),
+//! and the named misbehaviours a scenario can give a node to attack them.
+//! Each defence is one mechanism with its own switch in [`Defences`] (all on
+//! by default); switching one off exists only so a scenario can show the
+//! damage it prevents. The [`Guard`] holds what the defences remember:
+//! per-(issuer, agent) epoch high-water marks, recent nonces, the peers'
+//! announced views of every agent (hosted here or not), sticky refusals and
+//! per-peer token buckets. Pure data and decisions: time comes in as
+//! arguments, effects go out as results (`docs/threat-model.md`).
+
+use crate::authority::AuthorityState;
+use crate::checkpoint::Hash32;
+use crate::identity::PublicKey;
+use crate::units::{AgentId, Epoch, NodeId};
+use crate::wire::{Envelope, MessageKind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The defences, each with its switch. All on by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Defences {
+    /// Every envelope is signed by its issuer's node key over issuer,
+    /// audience, agent, epoch, head, nonce, expiry and the body; a request
+    /// is believed only if the signature verifies against the issuer's known
+    /// key (or, on a node with no key directory, if the issuer is the
+    /// authenticated transport peer). Off: the header's issuer is believed.
+    pub signed_claims: bool,
+    /// Expiry of every request, per-(issuer, agent) epoch high-water marks,
+    /// a nonce window for announcements, and the highest epoch any peer
+    /// announced for an agent: a package below it is stale.
+    pub replay_window: bool,
+    /// Two owners or two heads for one epoch, seen across peers (also by a
+    /// node that does not host the agent): RECOVERY_REQUIRED if held here,
+    /// and no transfer of the agent is accepted any more.
+    pub divergence_detection: bool,
+    /// A target re-runs the shipped last tick and requires its cost to be
+    /// exactly what the checkpoint charged.
+    pub metering_check: bool,
+    /// Per-peer token buckets on incoming transfers and announcements.
+    pub rate_limit: bool,
+    /// Checkpoint signature, AgentIdentity = signing key, and continuity
+    /// with the agent key held locally or announced by peers.
+    pub transfer_identity_checks: bool,
+}
+
+impl Default for Defences {
+    fn default() -> Self {
+        Defences {
+            signed_claims: true,
+            replay_window: true,
+            divergence_detection: true,
+            metering_check: true,
+            rate_limit: true,
+            transfer_identity_checks: true,
+        }
+    }
+}
+
+impl Defences {
+    /// Switch one defence, by its name; `false` if the name is unknown.
+    pub fn set(&mut self, name: &str, on: bool) -> bool {
+        let slot = match name {
+            "signed_claims" => &mut self.signed_claims,
+            "replay_window" => &mut self.replay_window,
+            "divergence_detection" => &mut self.divergence_detection,
+            "metering_check" => &mut self.metering_check,
+            "rate_limit" => &mut self.rate_limit,
+            "transfer_identity_checks" => &mut self.transfer_identity_checks,
+            _ => return false,
+        };
+        *slot = on;
+        true
+    }
+
+    pub const NAMES: [&'static str; 6] = [
+        "signed_claims",
+        "replay_window",
+        "divergence_detection",
+        "metering_check",
+        "rate_limit",
+        "transfer_identity_checks",
+    ];
+}
+
+/// A named misbehaviour (scenarios only): the real node, perturbed at one
+/// explicit point. Never set on a real node. Times are the node's
+/// monotonic clock in ms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Misbehaviour {
+    /// A2 fork: on the target's confirmation keep the agent and resume
+    /// ticking the copy; with `claim_target_epoch`, also claim the epoch
+    /// the target took (a forged epoch for the forked head).
+    KeepCopyAfterHandoff {
+        #[serde(default)]
+        claim_target_epoch: bool,
+    },
+    /// A2 metering lie: deduct `factor` times the fuel-derived cost of each
+    /// tick from the budget (the surplus goes to the host).
+    Overcharge { factor: u32 },
+    /// A2: take over an incoming agent but never confirm (no reply).
+    RefuseConfirm,
+    /// A2/A4: send the last transfer package again, byte for byte,
+    /// `after_ms` after it was first sent.
+    ReplayOwnPackage { after_ms: u64 },
+    /// A4 (A3 when repeated): a package for `agent` built from this node's
+    /// own agent `from_agent`, re-signed with a fresh agent key, sent to
+    /// `to` at `at_ms` and every `every_ms` after (0: once), issued as
+    /// `as_node` if set (impersonation).
+    ForgeTransfer {
+        agent: String,
+        from_agent: String,
+        to: String,
+        at_ms: u64,
+        #[serde(default)]
+        every_ms: u64,
+        #[serde(default)]
+        as_node: Option<String>,
+    },
+    /// A4 (A3 when repeated): announce `agent` as ACTIVE_OWNER at epoch
+    /// (`epoch_major`, 0) to `to` at `at_ms` and every `every_ms` after,
+    /// issued as `as_node` if set (impersonation).
+    ForgeAnnounce {
+        agent: String,
+        to: String,
+        epoch_major: u64,
+        at_ms: u64,
+        #[serde(default)]
+        every_ms: u64,
+        #[serde(default)]
+        as_node: Option<String>,
+    },
+}
+
+/// Sustained incoming transfers per peer: one per `TRANSFER_REFILL_NS`
+/// (12/min) after a burst of `TRANSFER_BURST`. A transfer costs the target a
+/// compile and a replay; an honest source sends one per handoff.
+pub const TRANSFER_BURST: u64 = 8;
+pub const TRANSFER_REFILL_NS: u64 = 5_000_000_000;
+/// Announcements per peer: burst 64, then one per 500 ms (120/min): an
+/// honest owner announces each agent once per lease renewal (30 s) and on
+/// takeover, recovery and restart.
+pub const ANNOUNCE_BURST: u64 = 64;
+pub const ANNOUNCE_REFILL_NS: u64 = 500_000_000;
+/// Nonces remembered (each until its message expires): bounds memory.
+pub const MAX_NONCES: usize = 4096;
+/// Sticky refusals remembered, for the same reason.
+pub const MAX_STICKY: usize = 1024;
+/// Agents whose peer view is kept (hosted or not).
+pub const MAX_VIEWS: usize = 4096;
+
+/// What peers announced about one agent.
+#[derive(Clone, Debug, Default)]
+pub struct PeerView {
+    /// Highest epoch any peer claimed to own the agent under.
+    pub highest: Epoch,
+    /// Owner claims per epoch major: who, and the head it announced.
+    pub owners: BTreeMap<u64, (NodeId, Hash32)>,
+    /// The agent key peers announced (the first one seen).
+    pub agent_key: Option<PublicKey>,
+    /// Set once two owners or two heads were claimed for one major.
+    pub divergent: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: u64,
+    at_ns: u64,
+}
+
+/// Why a request was not believed: the defence and the detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub defence: &'static str,
+    pub reason: String,
+}
+
+fn reject(defence: &'static str, reason: String) -> Rejection {
+    Rejection { defence, reason }
+}
+
+/// The defences' memory on one node.
+#[derive(Debug, Default)]
+pub struct Guard {
+    marks: BTreeMap<(NodeId, AgentId), Epoch>,
+    nonces: BTreeMap<(NodeId, u64), i64>,
+    sticky: BTreeMap<(NodeId, u64), (i64, String)>,
+    buckets: BTreeMap<(NodeId, MessageKind), Bucket>,
+    pub views: BTreeMap<AgentId, PeerView>,
+    /// Requests not believed so far.
+    pub rejected: u64,
+}
+
+impl Guard {
+    /// Signature and issuer check (`signed_claims`). `keys` is the node's
+    /// key directory; an empty one falls back to the transport's identity.
+    pub fn check_claim(
+        d: &Defences,
+        keys: &BTreeMap<NodeId, PublicKey>,
+        from: &NodeId,
+        env: &Envelope,
+    ) -> Result<(), Rejection> {
+        if !d.signed_claims {
+            return Ok(());
+        }
+        let issuer = &env.header.issuer;
+        if keys.is_empty() {
+            if issuer != from {
+                return Err(reject("signed_claims", format!("peer {from} sent a claim issued by {issuer}")));
+            }
+            return Ok(());
+        }
+        let Some(key) = keys.get(issuer) else {
+            return Err(reject("signed_claims", format!("issuer {issuer} (via {from}) has no known node key")));
+        };
+        if !env.verify(key) {
+            let what = if env.signature.is_some() { "invalid" } else { "missing" };
+            return Err(reject("signed_claims", format!("{what} signature for issuer {issuer} (via {from})")));
+        }
+        Ok(())
+    }
+
+    /// Expiry, epoch high-water mark and nonce window (`replay_window`).
+    /// `Ok(true)`: a copy of a message seen before (the network duplicates
+    /// messages): the caller answers it without acting on it again (a
+    /// transfer's judgement is idempotent by itself).
+    pub fn check_fresh(&mut self, d: &Defences, env: &Envelope, now_unix_ns: i64) -> Result<bool, Rejection> {
+        if !d.replay_window {
+            return Ok(false);
+        }
+        let h = &env.header;
+        if now_unix_ns > h.expiry_unix_ns {
+            return Err(reject(
+                "replay_window",
+                format!("{} expired at {} (now {now_unix_ns})", env.kind(), h.expiry_unix_ns),
+            ));
+        }
+        let key = (h.issuer.clone(), h.agent.clone());
+        if let Some(mark) = self.marks.get(&key)
+            && h.epoch.major < mark.major
+        {
+            return Err(reject(
+                "replay_window",
+                format!(
+                    "{} from {} about {} at epoch {} below its high-water mark {mark}",
+                    env.kind(),
+                    h.issuer,
+                    h.agent,
+                    h.epoch
+                ),
+            ));
+        }
+        let nonce = (h.issuer.clone(), h.nonce);
+        if self.nonces.contains_key(&nonce) {
+            return Ok(true);
+        }
+        self.nonces.retain(|_, exp| *exp >= now_unix_ns);
+        if self.nonces.len() < MAX_NONCES {
+            self.nonces.insert(nonce, h.expiry_unix_ns);
+        }
+        let mark = self.marks.entry(key).or_default();
+        *mark = (*mark).max(h.epoch);
+        Ok(false)
+    }
+
+    /// Token bucket per (peer, kind) (`rate_limit`).
+    pub fn check_rate(
+        &mut self,
+        d: &Defences,
+        from: &NodeId,
+        kind: MessageKind,
+        now_mono_ns: u64,
+    ) -> Result<(), Rejection> {
+        if !d.rate_limit {
+            return Ok(());
+        }
+        let (burst, refill) = match kind {
+            MessageKind::AgentTransfer => (TRANSFER_BURST, TRANSFER_REFILL_NS),
+            MessageKind::HeadAnnounce => (ANNOUNCE_BURST, ANNOUNCE_REFILL_NS),
+            _ => return Ok(()),
+        };
+        let b = self.buckets.entry((from.clone(), kind)).or_insert(Bucket { tokens: burst, at_ns: now_mono_ns });
+        let earned = now_mono_ns.saturating_sub(b.at_ns) / refill;
+        if earned > 0 {
+            b.tokens = (b.tokens + earned).min(burst);
+            b.at_ns = b.at_ns.saturating_add(earned * refill);
+        }
+        if b.tokens == 0 {
+            return Err(reject(
+                "rate_limit",
+                format!("{kind} from {from} above {burst} burst, one per {} ms", refill / 1_000_000),
+            ));
+        }
+        b.tokens -= 1;
+        Ok(())
+    }
+
+    /// A transfer refused earlier stays refused: every copy of it gets the
+    /// same answer, so the refusal is clean for the source.
+    pub fn sticky_refusal(&self, issuer: &NodeId, nonce: u64) -> Option<String> {
+        self.sticky.get(&(issuer.clone(), nonce)).map(|(_, r)| r.clone())
+    }
+
+    pub fn remember_refusal(
+        &mut self,
+        issuer: &NodeId,
+        nonce: u64,
+        expiry_unix_ns: i64,
+        now_unix_ns: i64,
+        reason: &str,
+    ) {
+        self.sticky.retain(|_, (exp, _)| *exp >= now_unix_ns);
+        if self.sticky.len() < MAX_STICKY {
+            self.sticky.insert((issuer.clone(), nonce), (expiry_unix_ns, reason.to_string()));
+        }
+    }
+
+    /// Record a peer's announced view of `agent`. Returns a divergence
+    /// description the first time two owners or two heads are claimed for
+    /// one epoch major (only with `divergence_detection`).
+    pub fn record_view(
+        &mut self,
+        d: &Defences,
+        agent: &AgentId,
+        issuer: &NodeId,
+        epoch: Epoch,
+        head: Hash32,
+        state: AuthorityState,
+        agent_key: Option<PublicKey>,
+    ) -> Option<String> {
+        if !self.views.contains_key(agent) && self.views.len() >= MAX_VIEWS {
+            return None;
+        }
+        let v = self.views.entry(agent.clone()).or_default();
+        if v.agent_key.is_none() {
+            v.agent_key = agent_key;
+        }
+        if state != AuthorityState::ActiveOwner {
+            return None;
+        }
+        v.highest = v.highest.max(epoch);
+        match v.owners.get(&epoch.major) {
+            None => {
+                v.owners.insert(epoch.major, (issuer.clone(), head));
+                None
+            }
+            Some((owner, _)) if owner == issuer => {
+                v.owners.insert(epoch.major, (issuer.clone(), head));
+                None
+            }
+            Some((owner, _)) if d.divergence_detection && v.divergent.is_none() => {
+                let why = format!("{owner} and {issuer} both claim {agent} at epoch major {}", epoch.major);
+                v.divergent = Some(why.clone());
+                Some(why)
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Checks of a package against the peers' views: stale epoch
+    /// (`replay_window`), known divergence (`divergence_detection`), agent
+    /// key continuity (`transfer_identity_checks`).
+    pub fn check_package(
+        &self,
+        d: &Defences,
+        agent: &AgentId,
+        epoch: Epoch,
+        key: Option<&PublicKey>,
+    ) -> Result<(), Rejection> {
+        let Some(v) = self.views.get(agent) else { return Ok(()) };
+        if d.replay_window && epoch.major < v.highest.major {
+            return Err(reject(
+                "replay_window",
+                format!("package at epoch {epoch} but a peer announced {agent} at {}", v.highest),
+            ));
+        }
+        if let (true, Some(why)) = (d.divergence_detection, &v.divergent) {
+            return Err(reject("divergence_detection", format!("{agent} is divergent: {why}")));
+        }
+        if let (true, Some(known)) = (d.transfer_identity_checks, &v.agent_key)
+            && key != Some(known)
+        {
+            return Err(reject(
+                "transfer_identity_checks",
+                format!("package for {agent} not signed by its announced agent key"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Hash32;
+    use crate::units::TickNumber;
+    use crate::wire::{Body, HeadAnnounce, Header};
+
+    fn n(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn announce(issuer: &str, major: u64, nonce: u64, expiry: i64) -> Envelope {
+        let h = Header {
+            issuer: n(issuer),
+            audience: n("b"),
+            agent: AgentId::new("counter").unwrap(),
+            epoch: Epoch::new(major, 0),
+            head_tick: TickNumber(1),
+            head_hash: Hash32::of(b"h"),
+            nonce,
+            expiry_unix_ns: expiry,
+        };
+        Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner, agent_key: None }))
+    }
+
+    #[test]
+    fn replay_window_refuses_expired_duplicate_and_below_mark() {
+        let d = Defences::default();
+        let mut g = Guard::default();
+        assert!(!g.check_fresh(&d, &announce("a", 2, 1, 100), 50).unwrap());
+        assert!(g.check_fresh(&d, &announce("a", 2, 1, 100), 60).unwrap(), "a copy is recognised");
+        assert!(g.check_fresh(&d, &announce("a", 1, 2, 100), 60).is_err(), "below the mark");
+        assert!(g.check_fresh(&d, &announce("a", 3, 3, 100), 101).is_err(), "expired");
+        let off = Defences { replay_window: false, ..d };
+        g.check_fresh(&off, &announce("a", 1, 1, 0), 60).unwrap();
+    }
+
+    #[test]
+    fn signed_claims_need_the_issuers_key() {
+        let d = Defences::default();
+        let ka = crate::identity::Keypair::from_seed([1; 32]);
+        let km = crate::identity::Keypair::from_seed([2; 32]);
+        let keys: BTreeMap<NodeId, PublicKey> = [(n("a"), ka.public()), (n("m"), km.public())].into();
+        let mut forged = announce("a", 9, 1, 100);
+        forged.sign(&km);
+        assert!(Guard::check_claim(&d, &keys, &n("m"), &forged).is_err());
+        let mut genuine = announce("a", 9, 1, 100);
+        genuine.sign(&ka);
+        Guard::check_claim(&d, &keys, &n("m"), &genuine).expect("a relayed genuine claim is believed");
+        assert!(Guard::check_claim(&d, &BTreeMap::new(), &n("m"), &genuine).is_err(), "no keys: transport identity");
+        let off = Defences { signed_claims: false, ..d };
+        Guard::check_claim(&off, &keys, &n("m"), &forged).unwrap();
+    }
+
+    #[test]
+    fn rate_limit_bounds_a_burst_and_refills() {
+        let d = Defences::default();
+        let mut g = Guard::default();
+        let m = n("m");
+        for _ in 0..TRANSFER_BURST {
+            g.check_rate(&d, &m, MessageKind::AgentTransfer, 0).unwrap();
+        }
+        assert!(g.check_rate(&d, &m, MessageKind::AgentTransfer, 1).is_err());
+        g.check_rate(&d, &m, MessageKind::AgentTransfer, TRANSFER_REFILL_NS).unwrap();
+        assert!(g.check_rate(&d, &m, MessageKind::AgentTransfer, TRANSFER_REFILL_NS).is_err());
+    }
+
+    #[test]
+    fn two_owners_for_one_major_are_divergent() {
+        let d = Defences::default();
+        let mut g = Guard::default();
+        let agent = AgentId::new("counter").unwrap();
+        let own = AuthorityState::ActiveOwner;
+        assert!(g.record_view(&d, &agent, &n("b"), Epoch::new(2, 0), Hash32::of(b"x"), own, None).is_none());
+        assert!(g.record_view(&d, &agent, &n("b"), Epoch::new(2, 1), Hash32::of(b"y"), own, None).is_none());
+        assert!(g.record_view(&d, &agent, &n("a"), Epoch::new(2, 1), Hash32::of(b"z"), own, None).is_some());
+        assert_eq!(g.check_package(&d, &agent, Epoch::new(2, 3), None).unwrap_err().defence, "divergence_detection");
+        assert_eq!(g.check_package(&d, &agent, Epoch::new(1, 3), None).unwrap_err().defence, "replay_window");
+    }
+}
