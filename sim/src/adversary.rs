@@ -33,13 +33,18 @@ pub struct AttackSpec {
     pub off: Option<Expect>,
 }
 
-/// A3 bound: requests an attacker can make an honest node act on per
-/// simulated minute, per kind, with `rate_limit` on: the bucket's burst
-/// plus its sustained rate (see `igor::node::defence`).
-pub fn a3_bound_per_minute() -> u64 {
+/// A3 bound: requests of one kind an attacker can make an honest node act
+/// on per simulated minute with `rate_limit` on: the bucket's burst plus its
+/// sustained rate (see `igor::node::defence`). `None` for kinds that are not
+/// rate limited (replies).
+pub fn a3_bound_per_minute(kind: &str) -> Option<u64> {
     use igor::node::defence::*;
     let per_min = |refill_ns: u64| 60_000_000_000 / refill_ns;
-    (TRANSFER_BURST + per_min(TRANSFER_REFILL_NS)).max(ANNOUNCE_BURST + per_min(ANNOUNCE_REFILL_NS))
+    match kind {
+        "AgentTransfer" => Some(TRANSFER_BURST + per_min(TRANSFER_REFILL_NS)),
+        "HeadAnnounce" => Some(ANNOUNCE_BURST + per_min(ANNOUNCE_REFILL_NS)),
+        _ => None,
+    }
 }
 
 /// Budget an A3 griefer that does not host the agent can drain from it,
@@ -83,15 +88,24 @@ pub fn with_defence_off(s: &Scenario, defence: &str, off_expect: bool) -> Option
 }
 
 /// Keeps a Byzantine node's own misdeeds out of the checker: once a node
-/// has misbehaved, its ticks and authority claims are not the system's (no
-/// protocol can stop a node from running code it holds), and its commits
-/// are held back. A held commit reaches the checker the moment an honest
-/// node adopts it (or a descendant): then it *is* the system's, and the
-/// checker judges it like any other link (EI-3 fork, RE-3 money).
+/// has misbehaved, its authority claims are not the system's (no protocol
+/// can stop a node from running code it holds), and its ticks and commits
+/// are held back. A held commit reaches the checker, with the ticks it
+/// covers, the moment an honest node adopts it (or a descendant): then it
+/// *is* the system's, and the checker judges it like any other link (a
+/// forked tick run without authority is EI-1, a money lie RE-3).
 #[derive(Debug, Default)]
 pub struct Filter {
     byzantine: BTreeSet<NodeId>,
     held: BTreeMap<Hash32, (NodeId, Obs)>,
+    held_ticks: BTreeMap<NodeId, Vec<Obs>>,
+}
+
+fn tick_of(o: &Obs) -> u64 {
+    match o {
+        Obs::TickStarted { tick, .. } | Obs::Ticked { tick, .. } | Obs::Committed { tick, .. } => *tick,
+        _ => 0,
+    }
 }
 
 impl Filter {
@@ -111,22 +125,37 @@ impl Filter {
                     self.held.insert(hash, (node.clone(), obs));
                     Vec::new()
                 }
-                Obs::TickStarted { .. } | Obs::Ticked { .. } | Obs::Authority { .. } | Obs::Divergence { .. } => {
+                Obs::TickStarted { .. } | Obs::Ticked { .. } => {
+                    self.held_ticks.entry(node.clone()).or_default().push(obs);
                     Vec::new()
+                }
+                Obs::Authority { .. } | Obs::Divergence { .. } => Vec::new(),
+                Obs::Crashed | Obs::Forgot { .. } => {
+                    self.held_ticks.remove(node);
+                    vec![(node.clone(), obs)]
                 }
                 other => vec![(node.clone(), other)],
             };
         }
-        let mut out = Vec::new();
+        let mut chain = Vec::new();
         if let Obs::Committed { hash, charged: None, .. } = &obs {
             let mut next = *hash;
             while let Some((n, held)) = self.held.remove(&next) {
                 if let Obs::Committed { prev, .. } = &held {
                     next = *prev;
                 }
-                out.push((n, held));
+                chain.push((n, held));
             }
-            out.reverse();
+            chain.reverse();
+        }
+        let mut out = Vec::new();
+        for (n, commit) in chain {
+            let upto = tick_of(&commit);
+            if let Some(ticks) = self.held_ticks.get_mut(&n) {
+                let split = ticks.iter().position(|t| tick_of(t) > upto).unwrap_or(ticks.len());
+                out.extend(ticks.drain(..split).map(|t| (n.clone(), t)));
+            }
+            out.push((n, commit));
         }
         out.push((node.clone(), obs));
         out
@@ -145,9 +174,10 @@ pub struct Collateral {
     pub ticks_lost: u64,
     /// Microcents charged on Byzantine nodes beyond the ticks' own cost.
     pub budget_drained: i64,
-    /// Requests honest nodes acted on per attacker per simulated minute
-    /// (the highest over attackers).
-    pub admitted_per_minute: u64,
+    /// Requests honest nodes acted on per attacker per simulated minute,
+    /// per kind (the highest over attackers); runs shorter than a minute
+    /// count as one minute.
+    pub admitted_per_minute: BTreeMap<String, u64>,
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -158,7 +188,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 pub fn collateral(r: &RunReport) -> Collateral {
     let mut c = Collateral::default();
     let mut byz: BTreeSet<String> = BTreeSet::new();
-    let mut admitted: BTreeMap<String, u64> = BTreeMap::new();
+    let mut admitted: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut uncommitted: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut byz_cost: i64 = 0;
     let mut byz_charged: i64 = 0;
@@ -188,7 +218,8 @@ pub fn collateral(r: &RunReport) -> Collateral {
             }
             "message_received" if !byz.contains(node) => {
                 if let Some(peer) = field(rest, "peer").filter(|p| byz.contains(*p)) {
-                    *admitted.entry(peer.to_string()).or_default() += 1;
+                    let kind = field(rest, "kind").unwrap_or("?").to_string();
+                    *admitted.entry((peer.to_string(), kind)).or_default() += 1;
                 }
             }
             "tick_finished" => {
@@ -211,9 +242,20 @@ pub fn collateral(r: &RunReport) -> Collateral {
     }
     c.ticks_lost = uncommitted.values().sum();
     c.budget_drained = (byz_charged - byz_cost).max(0);
-    let minutes = (r.sim_ns as f64 / 60e9).max(1.0 / 60.0);
-    c.admitted_per_minute = admitted.values().map(|n| (*n as f64 / minutes).ceil() as u64).max().unwrap_or(0);
+    let minutes = (r.sim_ns as f64 / 60e9).max(1.0);
+    for ((_, kind), n) in admitted {
+        let rate = (n as f64 / minutes).ceil() as u64;
+        let e = c.admitted_per_minute.entry(kind).or_default();
+        *e = (*e).max(rate);
+    }
     c
+}
+
+impl Collateral {
+    /// Whether some attacker exceeded the A3 bound for some kind.
+    pub fn exceeds_a3_bound(&self) -> bool {
+        self.admitted_per_minute.iter().any(|(k, n)| a3_bound_per_minute(k).is_some_and(|b| *n > b))
+    }
 }
 
 /// The verdict of a run as the matrix reports it: the checker's first
@@ -222,7 +264,7 @@ pub fn verdict(r: &RunReport, class: &str) -> String {
     if let Some(v) = &r.violation {
         return v.invariant.to_string();
     }
-    if class == "A3" && collateral(r).admitted_per_minute > a3_bound_per_minute() {
+    if class == "A3" && collateral(r).exceeds_a3_bound() {
         return "A3-BOUND".to_string();
     }
     if !r.failures.is_empty() {
@@ -239,5 +281,19 @@ pub fn matches(r: &RunReport, expect: &Expect, class: &str) -> bool {
         Verdict::Pass => v == "PASS",
         Verdict::Violation(name) if name == "A3-BOUND" => v == "A3-BOUND",
         Verdict::Violation(_) => r.matches_expectation(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_without_adversaries_serialize_as_before() {
+        let text = r#"Scenario(name: "x", seed: 1, duration_s: 10, nodes: [(name: "a")],
+            agents: [(name: "counter", wasm: "c.wat", budget_microcents: 1, node: "a")], expect: (verdict: Pass))"#;
+        let s = Scenario::parse(text, "x.ron").unwrap();
+        let ron = s.to_ron();
+        assert!(!ron.contains("adversary") && !ron.contains("attack") && !ron.contains("defences"), "{ron}");
     }
 }

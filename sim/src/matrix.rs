@@ -26,7 +26,7 @@ struct Row {
     detect_s: Vec<f64>,
     ticks_lost: Vec<u64>,
     drained_max: i64,
-    admitted_max: u64,
+    admitted_max: BTreeMap<String, u64>,
     errors: u64,
 }
 
@@ -78,7 +78,7 @@ pub fn run(scenarios: &[(PathBuf, Scenario)], (a, b): (u64, u64), jobs: usize) -
             detect_s: Vec::new(),
             ticks_lost: Vec::new(),
             drained_max: 0,
-            admitted_max: 0,
+            admitted_max: BTreeMap::new(),
             errors: 0,
         });
         match r {
@@ -89,7 +89,10 @@ pub fn run(scenarios: &[(PathBuf, Scenario)], (a, b): (u64, u64), jobs: usize) -
                 }
                 row.ticks_lost.push(c.ticks_lost);
                 row.drained_max = row.drained_max.max(c.budget_drained);
-                row.admitted_max = row.admitted_max.max(c.admitted_per_minute);
+                for (k, n) in c.admitted_per_minute {
+                    let e = row.admitted_max.entry(k).or_default();
+                    *e = (*e).max(n);
+                }
             }
             Err(_) => row.errors += 1,
         }
@@ -110,8 +113,10 @@ fn render(scenarios: &[(PathBuf, Scenario)], rows: &BTreeMap<(usize, bool), Row>
             attacker beyond the fuel-derived cost in one run. Admitted/min: most requests from one attacker \
             that honest nodes acted on, per simulated minute (A3 bound: ";
     out += &format!(
-        "{} per attacker per minute; budget drain bound for non-hosting griefers: {} µ¢/min).\n\n",
-        adversary::a3_bound_per_minute(),
+        "AgentTransfer {} and HeadAnnounce {} per attacker per minute; budget drain bound for griefers that do \
+         not host the agent: {} µ¢/min).\n\n",
+        adversary::a3_bound_per_minute("AgentTransfer").unwrap_or(0),
+        adversary::a3_bound_per_minute("HeadAnnounce").unwrap_or(0),
         adversary::A3_DRAIN_BOUND_PER_MINUTE
     );
     out += "| scenario | class | defence | setting | verdicts | detection (s) | detected by | ticks lost | drained (µ¢) | admitted/min |\n";
@@ -129,12 +134,14 @@ fn render(scenarios: &[(PathBuf, Scenario)], rows: &BTreeMap<(usize, bool), Row>
         let detect = mean(&row.detect_s).map(|d| format!("{d:.2}")).unwrap_or("-".into());
         let by = detected_by(scenarios, *i, *off, row);
         let lost = mean(&row.ticks_lost.iter().map(|t| *t as f64).collect::<Vec<_>>()).unwrap_or(0.0);
+        let admitted: Vec<String> = row.admitted_max.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let admitted = if admitted.is_empty() { "-".to_string() } else { admitted.join(", ") };
         out += &format!(
             "| {} | {class} | {defence} | {setting} | {} | {detect} | {by} | {lost:.1} | {} | {} |\n",
             s.name,
             verdicts.join(", "),
             row.drained_max,
-            row.admitted_max
+            admitted
         );
     }
     out
