@@ -32,9 +32,13 @@ pub const A1_MARKS: &[(&str, &str)] = &[
 pub const OPTIONAL_MARKS: &[(&str, &str)] =
     &[("divergence_detected", "a node saw two different heads for one epoch (EI-11)")];
 
-/// Prefix of node event kinds that adversaries (A2–A4) emit: each such kind
-/// is its own mark, e.g. `adversary_replay`.
-pub const ADVERSARY_PREFIX: &str = "adversary";
+/// Adversary marks (A2–A4) are named at run time: `adversary_<behaviour>`
+/// each time a node configured with that misbehaviour reports acting it out
+/// (`misbehaved`), and `defence_<name>` each time a defence rejects a claim
+/// (`claim_rejected defence=<name>`). Read from the event text, so this
+/// module needs none of the adversary types.
+pub const ADVERSARY_PREFIX: &str = "adversary_";
+pub const DEFENCE_PREFIX: &str = "defence_";
 
 /// Marks fired in one run (or summed over many), with counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,9 +46,17 @@ pub struct Coverage {
     pub fired: BTreeMap<String, u64>,
     /// (agent, source, target) handoffs in flight, from the source's view.
     inflight: BTreeSet<(String, String, String)>,
+    /// Configured misbehaviour per node (its variant name), for marks.
+    behaviours: BTreeMap<String, String>,
 }
 
 impl Coverage {
+    /// Name `node`'s configured misbehaviour (e.g. `Overcharge`): its
+    /// `misbehaved` events fire `adversary_<name>`.
+    pub fn set_behaviour(&mut self, node: &str, behaviour: &str) {
+        self.behaviours.insert(node.to_string(), behaviour.to_string());
+    }
+
     pub fn mark(&mut self, name: &str) {
         *self.fired.entry(name.to_string()).or_default() += 1;
     }
@@ -72,9 +84,16 @@ impl Coverage {
             _ => {}
         }
         let text = event.to_string();
-        let kind = text.split(' ').next().unwrap_or_default();
-        if kind.starts_with(ADVERSARY_PREFIX) {
-            self.mark(kind);
+        match text.split(' ').next().unwrap_or_default() {
+            "misbehaved" => {
+                let behaviour = self.behaviours.get(node).cloned().unwrap_or_else(|| "unnamed".to_string());
+                self.mark(&format!("{ADVERSARY_PREFIX}{behaviour}"));
+            }
+            "claim_rejected" => {
+                let defence = text.split(' ').find_map(|kv| kv.strip_prefix("defence=")).unwrap_or("unnamed");
+                self.mark(&format!("{DEFENCE_PREFIX}{}", defence.trim_matches('"')));
+            }
+            _ => {}
         }
     }
 
@@ -112,11 +131,28 @@ impl Coverage {
         }
         for (name, n) in &self.fired {
             if !known.contains(name.as_str()) {
-                s += &format!("| {name} | {n} | adversary behaviour |\n");
+                let meaning = if name.starts_with(DEFENCE_PREFIX) {
+                    "a defence rejected a claim"
+                } else {
+                    "an adversary acted out its behaviour"
+                };
+                s += &format!("| {name} | {n} | {meaning} |\n");
             }
         }
         s
     }
+}
+
+/// The mark name of a misbehaviour from its Debug text
+/// (`Overcharge { factor: 2 }` → `Overcharge`).
+pub fn behaviour_name(debug: &str) -> &str {
+    debug.split([' ', '{', '(']).next().unwrap_or_default()
+}
+
+/// The adversary marks a set of scenarios must fire: one per configured
+/// misbehaviour (variant names, as given to [`Coverage::set_behaviour`]).
+pub fn adversary_required(behaviours: &BTreeSet<String>) -> Vec<String> {
+    behaviours.iter().map(|b| format!("{ADVERSARY_PREFIX}{b}")).collect()
 }
 
 /// Names of the required A1 marks.

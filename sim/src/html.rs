@@ -71,7 +71,7 @@ pub fn render(trace: &crate::trace::Trace, title: &str) -> String {
     let scale = PX_PER_S.min(MAX_WIDTH / end);
     let x = |t: f64| LEFT + t * scale;
     let y = |i: usize| TOP + i as f64 * LANE_H + LANE_H / 2.0;
-    let width = x(end) + 40.0;
+    let width = x(end) + 120.0; // room for the violation label
     let height = TOP + nodes.len() as f64 * LANE_H + 30.0;
 
     let mut faults = String::new();
@@ -283,9 +283,19 @@ fn sim_action(
                 rect(out, i, l.t, l.t + ms / 1000.0, &what);
             }
         }
+        // `BUGGIFY <node> <Crash|Isolate> at <boundary>`
         "BUGGIFY" => {
-            let node = l.rest.split(' ').nth(2).unwrap_or_default();
-            start(Some(node), "crash".into());
+            let mut words = l.rest.split(' ').skip(1);
+            let (node, fault) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+            if fault == "Crash" {
+                start(Some(node), "crash".into());
+            } else {
+                let others: Vec<&str> = lane.keys().copied().filter(|o| *o != node).collect();
+                for o in others {
+                    start(Some(node), format!("cut {o}"));
+                    start(Some(o), format!("cut {node}"));
+                }
+            }
         }
         _ => {}
     }

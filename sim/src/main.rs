@@ -8,6 +8,7 @@ use igor_sim::coverage::{self, Coverage};
 use igor_sim::runner::{self, RunReport};
 use igor_sim::scenario::Scenario;
 use igor_sim::{explore, html, minimize};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -288,7 +289,17 @@ fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>
         println!("| {} | {} | {} | {} | {} |", r.scenario, r.seeds, r.passed, r.failed, first);
     }
     println!("\ncoverage:\n{}", coverage.report());
-    for m in coverage.unfired(coverage::a1_required()) {
+    // Every misbehaviour configured in the swept scenarios must have fired.
+    let behaviours: BTreeSet<String> = scenarios
+        .iter()
+        .flat_map(|(_, s)| s.nodes.iter().filter_map(|n| n.adversary.as_ref()))
+        .map(|m| coverage::behaviour_name(&format!("{m:?}")).to_string())
+        .collect();
+    let adversary = coverage::adversary_required(&behaviours);
+    let mut required: Vec<&str> = coverage::a1_required().collect();
+    required.extend(adversary.iter().map(String::as_str));
+    let gaps = coverage.unfired(required);
+    for m in &gaps {
         println!("coverage gap: mark {m} never fired");
     }
     Ok(rows.iter().all(|r| r.failed == 0))
@@ -334,13 +345,13 @@ fn explore(
             Some(dir) => {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 let file = dir.join(format!("{}.ron", resolved.name));
-                // Paths in the resolved scenario are relative to the template.
-                let text = format!(
-                    "// {} seed {seed}; agent paths are relative to {}\n{}",
-                    template_path.display(),
-                    base.display(),
-                    resolved.to_ron()
-                );
+                // Agent paths are made absolute so the file runs from anywhere.
+                let mut portable = resolved.clone();
+                for a in &mut portable.agents {
+                    a.wasm = absolute(&base, &a.wasm);
+                    a.manifest = a.manifest.as_deref().map(|m| absolute(&base, m));
+                }
+                let text = format!("// {} seed {seed}\n{}", template_path.display(), portable.to_ron());
                 std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
                 println!("  resolved scenario: {}", file.display());
             }
@@ -361,6 +372,12 @@ fn explore(
         println!("coverage gap: mark {m} never fired in seeds {a}..{b}");
     }
     Ok(failed == 0 && (gaps.is_empty() || allow_gaps))
+}
+
+/// `rel` resolved against `base`, canonical if it exists.
+fn absolute(base: &Path, rel: &str) -> String {
+    let p = base.join(rel);
+    std::fs::canonicalize(&p).unwrap_or(p).display().to_string()
 }
 
 fn minimize(path: &Path, seed: Option<u64>, out: Option<&Path>) -> anyhow::Result<bool> {

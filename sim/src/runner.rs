@@ -17,9 +17,9 @@ use igor::driver::{self, Control};
 use igor::env::mem::SeededEntropy;
 use igor::env::{Disk, derive_seed};
 use igor::lineage;
-use igor::node::{Command, Event, Node, NodeConfig, NodeEvent};
+use igor::node::{Command, Event, Node, NodeConfig, NodeEvent, store};
 use igor::sandbox::{Sandbox, SandboxConfig};
-use igor::units::{AgentId, Microcents, NodeId};
+use igor::units::{AgentId, Microcents, NodeId, TickNumber};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use sha2::Digest;
@@ -208,26 +208,44 @@ fn sandbox() -> Result<Sandbox, RunError> {
 }
 
 fn apply_damage(disk: &SimDisk, damage: &Storage) {
-    let newest = |agent: &str| -> Vec<String> {
+    // (path, recoverable) of an agent's history checkpoints, newest first.
+    // Recoverable: its kv snapshot is still on disk, so a recovery could
+    // resume from it (older ones are pruned once superseded).
+    let newest = |agent: &str| -> Vec<(String, bool)> {
         let Ok(id) = AgentId::new(agent) else { return Vec::new() };
         let dir = lineage::history_dir(&id);
-        disk.list(&dir).unwrap_or_default().into_iter().rev().map(|n| format!("{dir}/{n}")).collect()
+        let kv: BTreeSet<String> = disk.list(&store::kv_dir(&id)).unwrap_or_default().into_iter().collect();
+        disk.list(&dir)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .map(|n| {
+                let tick = n.split('.').next().and_then(|t| t.parse::<u64>().ok());
+                let ok = tick.is_some_and(|t| {
+                    let p = store::kv_path(&id, TickNumber(t));
+                    p.rsplit('/').next().is_some_and(|f| kv.contains(f))
+                });
+                (format!("{dir}/{n}"), ok)
+            })
+            .collect()
     };
+    // Partial damage is a fault to recover from, not data loss (that is
+    // `Wipe`): it stops short of the oldest checkpoint a recovery could
+    // still resume from.
+    let spare = |all: &[(String, bool)]| all.iter().rposition(|(_, ok)| *ok).unwrap_or(0);
     match damage {
         Storage::Intact => {}
         Storage::Wipe => disk.wipe(),
-        // Partial damage never touches the oldest checkpoint: losing every
-        // copy is `Wipe`, and that is data loss, not a fault to recover from.
         Storage::RemoveNewest { agent, count } => {
             let all = newest(agent);
-            for p in all.iter().take((*count).min(all.len().saturating_sub(1))) {
+            for (p, _) in all.iter().take((*count).min(spare(&all))) {
                 let _ = disk.remove(p);
             }
         }
         Storage::CorruptNewest { agent } => {
             let all = newest(agent);
-            if all.len() > 1 {
-                let _ = disk.flip_bit(&all[0], 40);
+            if spare(&all) > 0 {
+                let _ = disk.flip_bit(&all[0].0, 40);
             }
         }
     }
@@ -334,6 +352,11 @@ pub fn run(scenario: &Scenario, base: &Path, seed: Option<u64>) -> Result<RunRep
         .build();
     let (events_tx, events_rx) = mpsc::unbounded_channel::<NodeEvent>();
     let mut w = World::new(sim, seed, scenario, events_rx);
+    for spec in &scenario.nodes {
+        if let Some(m) = &spec.adversary {
+            w.coverage.set_behaviour(&spec.name, crate::coverage::behaviour_name(&format!("{m:?}")));
+        }
+    }
     // Hosts are registered in the scenario's order: each registration draws
     // from turmoil's world RNG.
     for spec in &scenario.nodes {

@@ -273,11 +273,12 @@ pub enum Storage {
     #[default]
     Intact,
     /// Delete the newest `count` history checkpoints of `agent` (a stale
-    /// checkpoint: the node restarts behind where it was). The oldest one
-    /// always survives: losing every copy is `Wipe`.
+    /// checkpoint: the node restarts behind where it was). Stops short of
+    /// the oldest checkpoint a recovery could resume from (its kv snapshot
+    /// is on disk): losing every usable copy is `Wipe`.
     RemoveNewest { agent: String, count: usize },
-    /// Flip a bit in the newest history checkpoint of `agent`, unless it is
-    /// the only one.
+    /// Flip a bit in the newest history checkpoint of `agent`, unless no
+    /// older checkpoint could be recovered from.
     CorruptNewest { agent: String },
     /// Lose the whole data directory.
     Wipe,
