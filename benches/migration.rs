@@ -104,6 +104,10 @@ async fn start_node(dir: &std::path::Path, seed: u8, peers: &[libp2p::Multiaddr]
     for p in peers {
         cfg.peers.push(net.add_peer(p.clone()).expect("peer address"));
     }
+    // The benchmark bounces one agent back and forth as fast as it can,
+    // which is exactly the churn the per-peer rate limit (an A3 defence)
+    // refuses; it measures the migration path, so the limit is off here.
+    cfg.defences.rate_limit = false;
     let sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox");
     let node = Node::open(cfg, FsDisk::new(dir), SystemClock::default(), OsEntropy, sandbox);
     (node, net)
