@@ -1,8 +1,8 @@
 //! Minimal failing timeline: delta debugging (Zeller's ddmin) over a failing
-//! scenario's timeline, then a pass that simplifies what is left (network
-//! back to defaults, fault intensities halved), keeping a change only while
-//! the run still violates the *same* invariant at the same seed. The result
-//! is an ordinary scenario that expects that violation.
+//! scenario's timeline, then a pass that simplifies what is left (idle nodes
+//! dropped, network back to defaults, fault intensities halved), keeping a
+//! change only while the run still violates the *same* invariant at the same
+//! seed. The result is an ordinary scenario that expects that violation.
 
 use crate::runner::{self, RunError};
 use crate::scenario::{Action, NetworkSpec, Scenario, Step, Verdict};
@@ -131,9 +131,27 @@ fn ddmin<L: FnMut(String)>(s: &Scenario, oracle: &mut Oracle<'_, L>) -> Vec<Step
     current
 }
 
-/// Simplify what is left: default network, then each action's intensity
-/// halved (repeatedly) while the failure holds.
+/// Simplify what is left: drop nodes nothing refers to any more, default
+/// network, then each action's intensity halved (repeatedly) while the
+/// failure holds.
 fn simplify<L: FnMut(String)>(s: &mut Scenario, oracle: &mut Oracle<'_, L>) {
+    let idle: Vec<String> = s
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| {
+            !s.agents.iter().any(|a| a.node == *n)
+                && !s.timeline.iter().any(|st| st.action.nodes().contains(&n.as_str()))
+                && !s.expect.authority.contains_key(n)
+        })
+        .collect();
+    for name in idle {
+        let mut c = s.clone();
+        c.nodes.retain(|n| n.name != name);
+        if oracle.fails(&c) {
+            *s = c;
+        }
+    }
     if s.network != NetworkSpec::default() {
         let mut c = s.clone();
         c.network = NetworkSpec::default();

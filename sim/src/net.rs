@@ -203,7 +203,14 @@ impl Network for SimNet {
                 let _ = SimNet::send_once(&to, &body, &faults).await;
             });
         }
-        SimNet::send_once(to, &body, &self.faults).await
+        match SimNet::send_once(to, &body, &self.faults).await {
+            // "Unreachable" promises that nothing was delivered; with a
+            // duplicate copy in flight that promise cannot be made.
+            Err(NetError::Unreachable { peer, reason }) if duplicate => {
+                Err(NetError::Lost { peer, reason: format!("{reason} (a duplicate copy may have been delivered)") })
+            }
+            other => other,
+        }
     }
 
     async fn accept(&self) -> Option<Incoming> {

@@ -60,6 +60,7 @@ fn minimize_shrinks_the_noisy_unsafe_scenario_to_a_handful_of_actions() {
         min.scenario.timeline.len(),
         min.scenario.to_ron()
     );
+    assert_eq!(min.scenario.nodes.len(), 2, "the idle third node is dropped:\n{}", min.scenario.to_ron());
     // The written scenario is an ordinary one that fails the same way.
     let again = Scenario::parse(&min.scenario.to_ron(), "min.ron").unwrap();
     let report = runner::run(&again, &base, None).unwrap();
