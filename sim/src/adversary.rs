@@ -170,7 +170,8 @@ pub struct Collateral {
     pub detected_at_s: Option<f64>,
     /// The defence named by the first reaction.
     pub detected_by: Option<String>,
-    /// Ticks run on honest nodes and never committed (discarded work).
+    /// Ticks honest nodes ran and then discarded by falling to
+    /// RECOVERY_REQUIRED before committing them (EI-2).
     pub ticks_lost: u64,
     /// Microcents charged on Byzantine nodes beyond the ticks' own cost.
     pub budget_drained: i64,
@@ -190,14 +191,14 @@ pub fn collateral(r: &RunReport) -> Collateral {
     let mut byz: BTreeSet<String> = BTreeSet::new();
     let mut admitted: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut uncommitted: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut byz_cost: i64 = 0;
-    let mut byz_charged: i64 = 0;
+    let mut pending_cost: BTreeMap<(String, String), i64> = BTreeMap::new();
     for line in r.trace.lines() {
         let mut parts = line.splitn(3, ' ');
         let (Some(t), Some(node), Some(rest)) = (parts.next(), parts.next(), parts.next()) else { continue };
         let Ok(at) = t.parse::<f64>() else { continue };
         let kind = rest.split(' ').next().unwrap_or("");
         let num = |k: &str| field(rest, k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let key = (node.to_string(), field(rest, "agent").unwrap_or("").to_string());
         match kind {
             "misbehaved" => {
                 byz.insert(node.to_string());
@@ -207,41 +208,38 @@ pub fn collateral(r: &RunReport) -> Collateral {
                 c.detected_at_s = Some(at);
                 c.detected_by = Some(field(rest, "defence").unwrap_or("divergence_detection").to_string());
             }
-            "authority_changed"
-                if c.attack_at_s.is_some()
-                    && c.detected_at_s.is_none()
-                    && !byz.contains(node)
-                    && field(rest, "to") == Some("RECOVERY_REQUIRED") =>
-            {
-                c.detected_at_s = Some(at);
-                c.detected_by = Some(format!("pause ({})", field(rest, "reason").unwrap_or("?")));
+            "authority_changed" if !byz.contains(node) && field(rest, "to") == Some("RECOVERY_REQUIRED") => {
+                // EI-2: work since the last checkpoint is discarded.
+                c.ticks_lost += uncommitted.remove(&key).unwrap_or(0);
+                if c.attack_at_s.is_some() && c.detected_at_s.is_none() {
+                    c.detected_at_s = Some(at);
+                    c.detected_by = Some(format!("pause ({})", field(rest, "reason").unwrap_or("?")));
+                }
             }
             "message_received" if !byz.contains(node) => {
-                if let Some(peer) = field(rest, "peer").filter(|p| byz.contains(*p)) {
-                    let kind = field(rest, "kind").unwrap_or("?").to_string();
-                    *admitted.entry((peer.to_string(), kind)).or_default() += 1;
+                let kind = field(rest, "kind").unwrap_or("?");
+                if let Some(peer) = field(rest, "peer").filter(|p| byz.contains(*p))
+                    && a3_bound_per_minute(kind).is_some()
+                {
+                    *admitted.entry((peer.to_string(), kind.to_string())).or_default() += 1;
                 }
             }
             "tick_finished" => {
-                let agent = field(rest, "agent").unwrap_or("").to_string();
-                if byz.contains(node) {
-                    byz_cost += num("cost") + num("paid");
-                } else {
-                    *uncommitted.entry((node.to_string(), agent)).or_default() += 1;
+                *pending_cost.entry(key.clone()).or_default() += num("cost") + num("paid");
+                if !byz.contains(node) {
+                    *uncommitted.entry(key).or_default() += 1;
                 }
             }
             "checkpoint_committed" => {
-                let agent = field(rest, "agent").unwrap_or("").to_string();
+                let ticks = pending_cost.remove(&key).unwrap_or(0);
                 if byz.contains(node) {
-                    byz_charged += num("charged") + num("paid");
+                    c.budget_drained += (num("charged") + num("paid") - ticks).max(0);
                 }
-                uncommitted.remove(&(node.to_string(), agent));
+                uncommitted.remove(&key);
             }
             _ => {}
         }
     }
-    c.ticks_lost = uncommitted.values().sum();
-    c.budget_drained = (byz_charged - byz_cost).max(0);
     let minutes = (r.sim_ns as f64 / 60e9).max(1.0);
     for ((_, kind), n) in admitted {
         let rate = (n as f64 / minutes).ceil() as u64;

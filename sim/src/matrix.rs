@@ -109,7 +109,7 @@ fn render(scenarios: &[(PathBuf, Scenario)], rows: &BTreeMap<(usize, bool), Row>
             documented per-minute bound), `DEGRADED` (no invariant broken, but the scenario's on-expectations \
             failed: lost availability), or `PASS`. Detection: mean seconds from the first misbehaviour to the \
             first defence reaction (a claim rejected, a divergence detected, an honest node pausing). Ticks \
-            lost: mean ticks run on honest nodes and never committed. Drained: most microcents charged by the \
+            lost: mean ticks honest nodes ran and discarded when they paused (RECOVERY_REQUIRED). Drained: most microcents charged by the \
             attacker beyond the fuel-derived cost in one run. Admitted/min: most requests from one attacker \
             that honest nodes acted on, per simulated minute (A3 bound: ";
     out += &format!(

@@ -12,7 +12,7 @@ use crate::authority::AuthorityState;
 use crate::checkpoint::Hash32;
 use crate::identity::PublicKey;
 use crate::units::{AgentId, Epoch, NodeId};
-use crate::wire::{Envelope, MessageKind};
+use crate::wire::{Envelope, Header, MessageKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -34,8 +34,9 @@ pub struct Defences {
     /// node that does not host the agent): RECOVERY_REQUIRED if held here,
     /// and no transfer of the agent is accepted any more.
     pub divergence_detection: bool,
-    /// A target re-runs the shipped last tick and requires its cost to be
-    /// exactly what the checkpoint charged.
+    /// A target re-runs the shipped last tick and requires the checkpoint
+    /// to charge no more than its cost (plus the agent's declared payment
+    /// allowance per tick, as payments are settled, not re-run).
     pub metering_check: bool,
     /// Per-peer token buckets on incoming transfers and announcements.
     pub rate_limit: bool,
@@ -225,15 +226,22 @@ impl Guard {
     /// `Ok(true)`: a copy of a message seen before (the network duplicates
     /// messages): the caller answers it without acting on it again (a
     /// transfer's judgement is idempotent by itself).
-    pub fn check_fresh(&mut self, d: &Defences, env: &Envelope, now_unix_ns: i64) -> Result<bool, Rejection> {
+    /// `skew_ns`: the clock-skew margin the protocol tolerates past expiry.
+    pub fn check_fresh(
+        &mut self,
+        d: &Defences,
+        env: &Envelope,
+        now_unix_ns: i64,
+        skew_ns: i64,
+    ) -> Result<bool, Rejection> {
         if !d.replay_window {
             return Ok(false);
         }
         let h = &env.header;
-        if now_unix_ns > h.expiry_unix_ns {
+        if now_unix_ns.saturating_sub(skew_ns) > h.expiry_unix_ns {
             return Err(reject(
                 "replay_window",
-                format!("{} expired at {} (now {now_unix_ns})", env.kind(), h.expiry_unix_ns),
+                format!("{} expired at {} (now {now_unix_ns}, skew margin {skew_ns})", env.kind(), h.expiry_unix_ns),
             ));
         }
         let key = (h.issuer.clone(), h.agent.clone());
@@ -322,13 +330,11 @@ impl Guard {
     pub fn record_view(
         &mut self,
         d: &Defences,
-        agent: &AgentId,
-        issuer: &NodeId,
-        epoch: Epoch,
-        head: Hash32,
+        h: &Header,
         state: AuthorityState,
         agent_key: Option<PublicKey>,
     ) -> Option<String> {
+        let (agent, issuer, epoch, head) = (&h.agent, &h.issuer, h.epoch, h.head_hash);
         if !self.views.contains_key(agent) && self.views.len() >= MAX_VIEWS {
             return None;
         }
@@ -395,7 +401,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::Hash32;
     use crate::units::TickNumber;
-    use crate::wire::{Body, HeadAnnounce, Header};
+    use crate::wire::{Body, HeadAnnounce};
 
     fn n(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
@@ -419,12 +425,12 @@ mod tests {
     fn replay_window_refuses_expired_duplicate_and_below_mark() {
         let d = Defences::default();
         let mut g = Guard::default();
-        assert!(!g.check_fresh(&d, &announce("a", 2, 1, 100), 50).unwrap());
-        assert!(g.check_fresh(&d, &announce("a", 2, 1, 100), 60).unwrap(), "a copy is recognised");
-        assert!(g.check_fresh(&d, &announce("a", 1, 2, 100), 60).is_err(), "below the mark");
-        assert!(g.check_fresh(&d, &announce("a", 3, 3, 100), 101).is_err(), "expired");
+        assert!(!g.check_fresh(&d, &announce("a", 2, 1, 100), 50, 0).unwrap());
+        assert!(g.check_fresh(&d, &announce("a", 2, 1, 100), 60, 0).unwrap(), "a copy is recognised");
+        assert!(g.check_fresh(&d, &announce("a", 1, 2, 100), 60, 0).is_err(), "below the mark");
+        assert!(g.check_fresh(&d, &announce("a", 3, 3, 100), 101, 0).is_err(), "expired");
         let off = Defences { replay_window: false, ..d };
-        g.check_fresh(&off, &announce("a", 1, 1, 0), 60).unwrap();
+        g.check_fresh(&off, &announce("a", 1, 1, 0), 60, 0).unwrap();
     }
 
     #[test]
@@ -463,9 +469,14 @@ mod tests {
         let mut g = Guard::default();
         let agent = AgentId::new("counter").unwrap();
         let own = AuthorityState::ActiveOwner;
-        assert!(g.record_view(&d, &agent, &n("b"), Epoch::new(2, 0), Hash32::of(b"x"), own, None).is_none());
-        assert!(g.record_view(&d, &agent, &n("b"), Epoch::new(2, 1), Hash32::of(b"y"), own, None).is_none());
-        assert!(g.record_view(&d, &agent, &n("a"), Epoch::new(2, 1), Hash32::of(b"z"), own, None).is_some());
+        let claim = |issuer: &str, major: u64, generation: u64, head: &[u8]| {
+            let mut h = announce(issuer, major, 0, 0).header;
+            (h.epoch, h.head_hash) = (Epoch::new(major, generation), Hash32::of(head));
+            h
+        };
+        assert!(g.record_view(&d, &claim("b", 2, 0, b"x"), own, None).is_none());
+        assert!(g.record_view(&d, &claim("b", 2, 1, b"y"), own, None).is_none());
+        assert!(g.record_view(&d, &claim("a", 2, 1, b"z"), own, None).is_some());
         assert_eq!(g.check_package(&d, &agent, Epoch::new(2, 3), None).unwrap_err().defence, "divergence_detection");
         assert_eq!(g.check_package(&d, &agent, Epoch::new(1, 3), None).unwrap_err().defence, "replay_window");
     }

@@ -659,7 +659,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let d = self.cfg.defences;
         Guard::check_claim(&d, &self.cfg.peer_keys, from, env)?;
         self.guard.check_rate(&d, from, env.kind(), self.clock.mono_ns())?;
-        self.guard.check_fresh(&d, env, self.clock.unix_ns())
+        // Expiry tolerates the protocol's clock-skew margin.
+        let skew = i64::try_from(self.cfg.migration.max_clock_skew_ns).unwrap_or(i64::MAX);
+        self.guard.check_fresh(&d, env, self.clock.unix_ns(), skew)
     }
 
     /// Report a request a defence did not believe. A transfer gets a clean,
@@ -700,7 +702,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     ) {
         let d = self.cfg.defences;
         if let Some(st) = peer_state
-            && let Some(why) = self.guard.record_view(&d, &h.agent, &h.issuer, h.epoch, h.head_hash, st, agent_key)
+            && let Some(why) = self.guard.record_view(&d, h, st, agent_key)
             && !self.agents.contains_key(&h.agent)
         {
             // Divergence seen by a node that does not host the agent: no
@@ -978,9 +980,15 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             return Err(format!("replay of tick {} diverged from the package's checkpoint", r.tick));
         }
         // Defence `metering_check`: the checkpoint may not charge more than
-        // the re-run tick cost (a node lying about metering is caught here).
-        if spent != cost.0 {
-            return Err(format!("metering_check: tick {} charged {spent}, its replay costs {}", r.tick, cost.0));
+        // the re-run tick cost, plus what the agent may pay in one tick
+        // (payments are settled, not re-run): a node lying about metering
+        // is caught here.
+        let allowance = migration::payment_allowance(&pkg.manifest_data);
+        if spent > cost.0.saturating_add(allowance) {
+            return Err(format!(
+                "metering_check: tick {} charged {spent}, its replay costs {} (payment allowance {allowance})",
+                r.tick, cost.0
+            ));
         }
         Ok(())
     }
