@@ -708,13 +708,13 @@ impl<'a> World<'a> {
             if self.halted.contains(&name) || ticked {
                 continue;
             }
-            let states: Vec<String> =
-                self.checker.states(&a.id).iter().map(|(n, s)| format!("{n}={}", s.name())).collect();
+            let held = self.checker.states(&a.id);
+            let states: Vec<String> = held.iter().map(|(n, s)| format!("{n}={}", s.name())).collect();
             let tried = if recovered.contains(&name) { ", after one operator recovery" } else { "" };
             violation = Some(Violation {
                 invariant: LIVENESS,
                 at_ns: self.now_ns,
-                nodes: Vec::new(),
+                nodes: held.into_iter().map(|(n, _)| n).collect(),
                 agent: a.id.clone(),
                 message: format!(
                     "no tick within {} ms of the heal at {}{tried} (authority: [{}])",
