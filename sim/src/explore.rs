@@ -101,6 +101,9 @@ fn draw_family(
     window_ms: u64,
     add: &mut Vec<Step>,
 ) {
+    if nodes.is_empty() || agents.is_empty() {
+        return; // nothing to aim faults at (a template may have no agents)
+    }
     let at = |d: &mut Draw| d.range(500, window_ms.max(500));
     let mut push = |at_ms: u64, action: Action| add.push(Step { at_ms, action });
     match family {
@@ -244,6 +247,20 @@ mod tests {
             let text = r.to_ron();
             let back = Scenario::parse(&text, "resolved.ron").unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
             assert_eq!(back, r);
+        }
+    }
+
+    #[test]
+    fn a_template_without_agents_resolves_without_panicking() {
+        let text = TEMPLATE.replace(
+            r#"agents: [(name: "counter", wasm: "counter.wat", budget_microcents: 1000, node: "a")],"#,
+            "agents: [],",
+        );
+        let text =
+            text.replace(r#"timeline: [(at_ms: 5000, action: Migrate(agent: "counter", from: "a", to: "b"))],"#, "");
+        let t = Scenario::parse(&text, "t.ron").unwrap();
+        for seed in 0..20 {
+            Scenario::parse(&resolve(&t, seed).to_ron(), "r.ron").unwrap();
         }
     }
 
