@@ -100,6 +100,10 @@ pub enum Misbehaviour {
     /// A2 metering lie: deduct `factor` times the fuel-derived cost of each
     /// tick from the budget (the surplus goes to the host).
     Overcharge { factor: u32 },
+    /// A2 tamper: add `budget_delta` to the handoff checkpoint's budget
+    /// before sending it; `resign` re-signs it with the agent key (which the
+    /// host holds), else the old signature stays (and no longer verifies).
+    TamperPackage { budget_delta: i64, resign: bool },
     /// A2: take over an incoming agent but never confirm (no reply).
     RefuseConfirm,
     /// A2/A4: send the last transfer package again, byte for byte,

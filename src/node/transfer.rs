@@ -193,6 +193,44 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
     }
 
+    /// SCENARIOS ONLY (A2 tamper): change the handoff checkpoint's budget
+    /// before sending, re-signed with the agent key (`resign_with`, which a
+    /// host holds) or keeping the now invalid signature.
+    fn tamper(
+        &mut self,
+        agent: &AgentId,
+        package: &mut AgentPackage,
+        header: &mut Header,
+        head: &Checkpoint,
+        budget_delta: i64,
+        resign_with: Option<[u8; 32]>,
+    ) {
+        let mut c = head.clone();
+        c.budget = Microcents(c.budget.0.saturating_add(budget_delta));
+        if let Some(seed) = resign_with {
+            let body = CheckpointBody {
+                budget: c.budget,
+                price_per_second: c.price_per_second,
+                tick: c.tick,
+                wasm_hash: c.wasm_hash,
+                epoch: c.epoch,
+                lease_expiry_ns: c.lease_expiry_ns,
+                prev_hash: c.prev_hash(),
+                state: c.state.clone(),
+            };
+            c = body.sign(&Keypair::from_seed(seed));
+        }
+        let bytes = c.encode();
+        header.head_hash = Hash32::of(&bytes);
+        package.checkpoint = bytes;
+        package.budget = c.budget.0;
+        let how = if resign_with.is_some() { "re-signed with the agent key" } else { "signature left stale" };
+        self.emit(Event::Misbehaved {
+            agent: Some(agent.clone()),
+            act: format!("tampers the package: budget {budget_delta:+} microcents, {how}"),
+        });
+    }
+
     /// SCENARIOS ONLY: act out a timed misbehaviour that is due.
     pub(super) fn misbehave(&mut self, now_ns: u64) {
         let Some(m) = self.cfg.misbehaviour.clone() else { return };
@@ -455,7 +493,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 event_log: r.event_log.clone(),
             })
         });
-        let package = AgentPackage {
+        let mut package = AgentPackage {
             agent_id: agent.clone(),
             wasm_hash: head.wasm_hash.0.to_vec(),
             wasm_binary: wasm,
@@ -468,7 +506,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             receipts: None,
             kv: Some(kv),
         };
-        let header = self.header(agent, &target, nonce, expiry);
+        let mut header = self.header(agent, &target, nonce, expiry);
+        if let Some(Misbehaviour::TamperPackage { budget_delta, resign }) = self.cfg.misbehaviour {
+            self.tamper(agent, &mut package, &mut header, &head, budget_delta, resign.then_some(seed));
+        }
         let body = Body::AgentTransfer(Box::new(AgentTransfer { package, source_node_id: self.cfg.node_id.clone() }));
         let env = Envelope::new(header, body);
         let id = self.push_request(env, Pending::Transfer { agent: agent.clone(), attempt, target: target.clone() });
@@ -873,7 +914,32 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 self.stale(&agent, from, MessageKind::AgentTransfer, h.epoch);
                 self.started_reply(&agent, from, h, true, None)
             }
-            Judgement::Refuse(reason) => self.refuse_transfer(from, h, reason),
+            Judgement::Refuse(reason) => {
+                // Name the defence that refused, if one did: the judgement
+                // with that one switch off would not have refused.
+                let blame = [
+                    ("replay_window", migration::JudgeChecks { replay_window: false, ..checks }),
+                    ("transfer_identity_checks", migration::JudgeChecks { identity: false, ..checks }),
+                ]
+                .into_iter()
+                .find(|(_, c)| {
+                    *c != checks
+                        && !matches!(
+                            migration::judge_package_with(local.as_ref(), &facts, self.clock.unix_ns(), *c),
+                            Judgement::Refuse(_)
+                        )
+                });
+                if let Some((defence, _)) = blame {
+                    self.emit(Event::ClaimRejected {
+                        agent: agent.clone(),
+                        peer: from.clone(),
+                        kind: MessageKind::AgentTransfer,
+                        defence: defence.into(),
+                        reason: reason.clone(),
+                    });
+                }
+                self.refuse_transfer(from, h, reason)
+            }
             Judgement::Conflict { reason, detail } => {
                 if reason == Reason::Divergence {
                     let s = self.agents.get(&agent);
@@ -974,10 +1040,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let (state, new_kv, cost) = self
             .exec
             .replay(hash, &pkg.manifest_data, &prev.state, &prev_kv, &inputs, &r.event_log)
-            .map_err(|e| format!("replay: {e}"))?;
+            .map_err(|e| format!("metering_check: replay: {e}"))?;
         let spent = prev.budget.0 - ckpt.budget.0;
         if state != ckpt.state || new_kv != kv || cost.0 > spent {
-            return Err(format!("replay of tick {} diverged from the package's checkpoint", r.tick));
+            return Err(format!(
+                "metering_check: replay of tick {} diverged from the package's checkpoint (cost {}, charged {spent})",
+                r.tick, cost.0
+            ));
         }
         // Defence `metering_check`: the checkpoint may not charge more than
         // the re-run tick cost, plus what the agent may pay in one tick
