@@ -178,7 +178,9 @@ async fn serve(args: NodeArgs) -> anyhow::Result<i32> {
     let listen: Vec<String> = net.listen_addrs.iter().map(|a| a.to_string()).collect();
     let node_id = net.local_id().clone();
     let cfg = args.config(node_id.clone(), peers)?;
-    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    // The real http backend: `http_request` reaches the network (the simulator keeps scripted responses).
+    let http = Arc::new(igor::http::UreqGateway::new());
+    let sandbox = Sandbox::new(SandboxConfig { http, ..SandboxConfig::default() })?;
     let _wall_clock = WallClockNet::start(sandbox.engine().clone());
     tracing::info!(node = %node_id, data_dir = %args.data_dir.display(), listen = ?listen, "node starting");
     let mut node = Node::open(cfg, disk.clone(), SystemClock::default(), OsEntropy, sandbox);

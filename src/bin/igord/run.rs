@@ -325,7 +325,9 @@ fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
 }
 
 fn sandbox(opts: &LoopArgs) -> anyhow::Result<Sandbox> {
-    let cfg = SandboxConfig { tick_fuel: opts.tick_fuel, pooling_instances: Some(4), ..SandboxConfig::default() };
+    // The real http backend: `http_request` reaches the network (the simulator keeps scripted responses).
+    let http = Arc::new(igor::http::UreqGateway::new());
+    let cfg = SandboxConfig { tick_fuel: opts.tick_fuel, pooling_instances: Some(4), http, ..SandboxConfig::default() };
     Ok(Sandbox::new(cfg)?)
 }
 
