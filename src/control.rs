@@ -43,9 +43,9 @@ pub enum Request {
     /// nothing).
     Deploy {
         agent: AgentId,
-        #[serde(with = "b64")]
+        #[serde(with = "crate::wire::b64")]
         wasm: Vec<u8>,
-        #[serde(with = "b64")]
+        #[serde(with = "crate::wire::b64")]
         manifest: Vec<u8>,
         budget: Microcents,
     },
@@ -262,22 +262,6 @@ pub fn answer(req: &Request, e: &Event) -> Option<Reply> {
         }
         (Request::Retire { agent }, _) => refused("retire", agent),
         (Request::Agents | Request::Stop, _) => None,
-    }
-}
-
-/// Base64 (standard) for byte fields, as on the wire.
-mod b64 {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
     }
 }
 

@@ -60,7 +60,8 @@ pub enum WireError {
     BadField { field: &'static str, reason: String },
 }
 
-mod b64 {
+/// Base64 (standard) byte fields, shared by every JSON message we speak.
+pub(crate) mod b64 {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
