@@ -136,6 +136,19 @@ pub enum Misbehaviour {
         #[serde(default)]
         as_node: Option<String>,
     },
+    /// A4 replayed announcement: record the first genuine, signed
+    /// `HeadAnnounce` this node sends to `to`, byte for byte, and send it
+    /// again `after_ms` later (by then the epoch it claims has moved on).
+    /// An announcement is bound to its audience (signed, checked before any
+    /// defence), so only a copy addressed to the victim can be replayed to
+    /// it: the issuer's own, or one a relay on the path kept.
+    ReplayAnnounce { to: String, after_ms: u64 },
+    /// A2 fork from an old checkpoint: keep the agent's files after handing
+    /// it off (honestly otherwise), and at `at_ms` restore the newest
+    /// archived checkpoint at least `ticks_back` ticks before the local
+    /// head, resume ticking it as owner under the highest epoch announced
+    /// for the agent, and announce the forked head.
+    RestoreOldCheckpoint { agent: String, at_ms: u64, ticks_back: u64 },
 }
 
 /// Sustained incoming transfers per peer: one per `TRANSFER_REFILL_NS`

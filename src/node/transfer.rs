@@ -30,6 +30,9 @@ use std::collections::VecDeque;
 pub(super) struct AdversaryState {
     /// The last transfer sent: (when, to, bytes), for `ReplayOwnPackage`.
     last_package: Option<(u64, NodeId, Vec<u8>)>,
+    /// The first announcement sent to the victim: (when, bytes), for
+    /// `ReplayAnnounce`.
+    recorded_announce: Option<(u64, Vec<u8>)>,
     /// Next firing of a repeated forgery (mono ns).
     next_forgery_ns: Option<u64>,
     done: bool,
@@ -43,7 +46,13 @@ impl AdversaryState {
                 let (at, _, _) = self.last_package.as_ref()?;
                 (!self.done).then(|| at.saturating_add(after_ms.saturating_mul(1_000_000)))
             }
-            Misbehaviour::ForgeTransfer { at_ms, .. } | Misbehaviour::ForgeAnnounce { at_ms, .. } => {
+            Misbehaviour::ReplayAnnounce { after_ms, .. } => {
+                let (at, _) = self.recorded_announce.as_ref()?;
+                (!self.done).then(|| at.saturating_add(after_ms.saturating_mul(1_000_000)))
+            }
+            Misbehaviour::ForgeTransfer { at_ms, .. }
+            | Misbehaviour::ForgeAnnounce { at_ms, .. }
+            | Misbehaviour::RestoreOldCheckpoint { at_ms, .. } => {
                 if self.done {
                     return None;
                 }
@@ -109,6 +118,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             Some(Misbehaviour::KeepCopyAfterHandoff { claim_target_epoch }) => Some(claim_target_epoch),
             _ => None,
         };
+        // SCENARIOS ONLY: a node that will fork from an old checkpoint
+        // retires honestly but keeps the agent's files.
+        let keep_files = matches!(self.cfg.misbehaviour, Some(Misbehaviour::RestoreOldCheckpoint { .. }));
         while let Some(action) = queue.pop_front() {
             let action = match (action, keep_copy) {
                 (Action::Transition { to: AuthorityState::Retired, reason: Reason::Confirmed }, Some(claim)) => {
@@ -116,6 +128,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     continue;
                 }
                 (Action::DeleteLocalCopy, Some(_)) => continue,
+                (Action::DeleteLocalCopy, None) if keep_files => continue,
                 (a, _) => a,
             };
             let feed = match action {
@@ -249,6 +262,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
         let sent = match m {
             Misbehaviour::ReplayOwnPackage { .. } => self.replay_own_package(),
+            Misbehaviour::ReplayAnnounce { to, .. } => self.replay_announce(&to),
+            Misbehaviour::RestoreOldCheckpoint { agent, ticks_back, .. } => {
+                self.restore_old_checkpoint(&agent, ticks_back)
+            }
             Misbehaviour::ForgeTransfer { agent, from_agent, to, as_node, .. } => {
                 self.forge_transfer(&agent, &from_agent, &to, as_node.as_deref())
             }
@@ -273,6 +290,53 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let (_, to, bytes) = self.adversary.last_package.clone().ok_or("no package sent yet")?;
         let agent = Envelope::decode(&bytes).map(|e| e.header.agent).ok();
         self.emit(Event::Misbehaved { agent, act: format!("replays its old transfer package to {to}") });
+        self.queue_forged(to, bytes);
+        Ok(())
+    }
+
+    /// SCENARIOS ONLY (A2 fork from an old checkpoint): roll the local
+    /// lineage back to an archived checkpoint, take the newest announced
+    /// epoch and tick on from there.
+    fn restore_old_checkpoint(&mut self, agent: &str, ticks_back: u64) -> Result<(), String> {
+        let agent = AgentId::new(agent).map_err(|e| format!("agent: {e}"))?;
+        let s = self.agents.get(&agent).ok_or(format!("{agent} not known here"))?;
+        let head = s.lineage.head().ok_or("no checkpoint")?;
+        let want = head.tick.0.saturating_sub(ticks_back);
+        let announced = self.guard.views.get(&agent).map(|v| v.highest.major).unwrap_or(0);
+        let major = announced.max(s.highest_major_seen).max(s.authority.epoch().major);
+        let archive = Lineage::archive(&self.disk, &agent).map_err(|e| e.to_string())?;
+        let old = archive
+            .iter()
+            .filter_map(|(_, b)| Checkpoint::decode(b).ok())
+            .filter(|c| c.tick.0 <= want && c.seal.is_some())
+            .max_by_key(|c| c.tick)
+            .ok_or(format!("no archived checkpoint at or before tick {want}"))?;
+        let epoch = Epoch::new(major, 0);
+        self.emit(Event::Misbehaved {
+            agent: Some(agent.clone()),
+            act: format!("restores its old checkpoint of {agent} at tick {} and ticks it at epoch {epoch}", old.tick),
+        });
+        let mut lineage = Lineage::new(agent.clone());
+        lineage.adopt(&self.disk, old).map_err(|e| e.to_string())?;
+        let now = self.clock.now();
+        let s = self.agents.get_mut(&agent).ok_or("slot vanished")?;
+        s.lineage = lineage;
+        s.authority = Authority::restore(AuthorityState::ActiveOwner, Role::Source, epoch);
+        s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
+        self.start_instance(&agent)?;
+        self.persist(&agent)?;
+        self.announce(&agent);
+        Ok(())
+    }
+
+    fn replay_announce(&mut self, to: &str) -> Result<(), String> {
+        let to = NodeId::new(to).map_err(|e| format!("to: {e}"))?;
+        let (_, bytes) = self.adversary.recorded_announce.clone().ok_or("no announcement received yet")?;
+        let h = Envelope::decode(&bytes).map(|e| e.header).map_err(|e| e.to_string())?;
+        self.emit(Event::Misbehaved {
+            agent: Some(h.agent.clone()),
+            act: format!("replays {}'s announcement of {} at epoch {} to {to}", h.issuer, h.agent, h.epoch),
+        });
         self.queue_forged(to, bytes);
         Ok(())
     }
@@ -549,7 +613,16 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 self.header(agent, &peer, nonce, expiry),
                 Body::HeadAnnounce(HeadAnnounce { state, agent_key: agent_key.clone() }),
             );
-            self.push_request(env, Pending::Announce { agent: agent.clone(), peer });
+            let id = self.push_request(env, Pending::Announce { agent: agent.clone(), peer: peer.clone() });
+            // SCENARIOS ONLY: keep the first announcement addressed to the
+            // victim, byte for byte, to replay it later.
+            if let Some(Misbehaviour::ReplayAnnounce { to, .. }) = &self.cfg.misbehaviour
+                && self.adversary.recorded_announce.is_none()
+                && peer.as_str() == to
+                && let Some(o) = self.outbox.iter().find(|o| o.id == id)
+            {
+                self.adversary.recorded_announce = Some((self.clock.mono_ns(), o.body.clone()));
+            }
         }
     }
 
@@ -758,7 +831,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
         // SCENARIOS ONLY: a forking node ignores every sign that it no
         // longer holds the agent.
-        if matches!(self.cfg.misbehaviour, Some(Misbehaviour::KeepCopyAfterHandoff { .. })) {
+        if matches!(
+            self.cfg.misbehaviour,
+            Some(Misbehaviour::KeepCopyAfterHandoff { .. } | Misbehaviour::RestoreOldCheckpoint { .. })
+        ) {
             return;
         }
         let Some(s) = self.agents.get_mut(&h.agent) else { return };
