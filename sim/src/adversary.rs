@@ -115,7 +115,11 @@ impl Filter {
 
     /// The observations the checker should see for one node event.
     pub fn filter(&mut self, node: &NodeId, event: &Event, obs: Option<Obs>) -> Vec<(NodeId, Obs)> {
-        if matches!(event, Event::Misbehaved { .. }) {
+        // A churn griefer's handoffs follow the protocol: its claims stay
+        // the system's (the checker judges it like an honest host).
+        if let Event::Misbehaved { act, .. } = event
+            && !act.starts_with(igor::node::defence::CHURN_ACT_PREFIX)
+        {
             self.byzantine.insert(node.clone());
         }
         let Some(obs) = obs else { return Vec::new() };
@@ -189,6 +193,9 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 pub fn collateral(r: &RunReport) -> Collateral {
     let mut c = Collateral::default();
     let mut byz: BTreeSet<String> = BTreeSet::new();
+    // Churn griefers: their transfers to each other count against the A3
+    // bound too (each node, griefer or not, runs the same rate limit).
+    let mut churn: BTreeSet<String> = BTreeSet::new();
     let mut admitted: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut uncommitted: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut pending_cost: BTreeMap<(String, String), i64> = BTreeMap::new();
@@ -202,6 +209,9 @@ pub fn collateral(r: &RunReport) -> Collateral {
         match kind {
             "misbehaved" => {
                 byz.insert(node.to_string());
+                if field(rest, "act").is_some_and(|a| a.trim_start_matches('"').starts_with("bounces")) {
+                    churn.insert(node.to_string());
+                }
                 c.attack_at_s.get_or_insert(at);
             }
             "claim_rejected" | "divergence_detected" if c.attack_at_s.is_some() && c.detected_at_s.is_none() => {
@@ -216,7 +226,7 @@ pub fn collateral(r: &RunReport) -> Collateral {
                     c.detected_by = Some(format!("pause ({})", field(rest, "reason").unwrap_or("?")));
                 }
             }
-            "message_received" if !byz.contains(node) => {
+            "message_received" if !byz.contains(node) || churn.contains(node) => {
                 let kind = field(rest, "kind").unwrap_or("?");
                 if let Some(peer) = field(rest, "peer").filter(|p| byz.contains(*p))
                     && a3_bound_per_minute(kind).is_some()

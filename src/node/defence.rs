@@ -84,6 +84,11 @@ impl Defences {
     ];
 }
 
+/// How a `BounceAgent` griefer's `misbehaved` act begins. Its handoffs
+/// are real ones, by the protocol's rules: a simulator keeps judging its
+/// authority claims like an honest host's (only its intent is hostile).
+pub const CHURN_ACT_PREFIX: &str = "bounces ";
+
 /// A named misbehaviour (scenarios only): the real node, perturbed at one
 /// explicit point. Never set on a real node. Times are the node's
 /// monotonic clock in ms.
@@ -149,6 +154,10 @@ pub enum Misbehaviour {
     /// head, resume ticking it as owner under the highest epoch announced
     /// for the agent, and announce the forked head.
     RestoreOldCheckpoint { agent: String, at_ms: u64, ticks_back: u64 },
+    /// A3 migration churn: every `every_ms` (at least 10), hand every agent
+    /// this node owns and is not already handing off on to `to`. Two
+    /// griefers configured towards each other bounce an agent between them.
+    BounceAgent { to: String, every_ms: u64 },
 }
 
 /// Sustained incoming transfers per peer: one per `TRANSFER_REFILL_NS`

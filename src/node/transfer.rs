@@ -58,6 +58,7 @@ impl AdversaryState {
                 }
                 Some(self.next_forgery_ns.unwrap_or(at_ms.saturating_mul(1_000_000)))
             }
+            Misbehaviour::BounceAgent { .. } => Some(self.next_forgery_ns.unwrap_or(0)),
             _ => None,
         }
     }
@@ -253,6 +254,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
         let every_ms = match &m {
             Misbehaviour::ForgeTransfer { every_ms, .. } | Misbehaviour::ForgeAnnounce { every_ms, .. } => *every_ms,
+            Misbehaviour::BounceAgent { every_ms, .. } => (*every_ms).max(10),
             _ => 0,
         };
         if every_ms == 0 {
@@ -263,6 +265,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let sent = match m {
             Misbehaviour::ReplayOwnPackage { .. } => self.replay_own_package(),
             Misbehaviour::ReplayAnnounce { to, .. } => self.replay_announce(&to),
+            Misbehaviour::BounceAgent { to, .. } => self.bounce_agents(&to),
             Misbehaviour::RestoreOldCheckpoint { agent, ticks_back, .. } => {
                 self.restore_old_checkpoint(&agent, ticks_back)
             }
@@ -291,6 +294,31 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let agent = Envelope::decode(&bytes).map(|e| e.header.agent).ok();
         self.emit(Event::Misbehaved { agent, act: format!("replays its old transfer package to {to}") });
         self.queue_forged(to, bytes);
+        Ok(())
+    }
+
+    /// SCENARIOS ONLY (A3 churn): hand every agent owned here on to `to`.
+    fn bounce_agents(&mut self, to: &str) -> Result<(), String> {
+        let to = NodeId::new(to).map_err(|e| format!("to: {e}"))?;
+        let ready: Vec<AgentId> = self
+            .agents
+            .iter()
+            .filter(|(id, s)| {
+                s.authority.state() == AuthorityState::ActiveOwner
+                    && s.instance.is_some()
+                    && s.halted.is_none()
+                    && !self.handoffs.contains_key(*id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for agent in ready {
+            self.emit(Event::Misbehaved {
+                agent: Some(agent.clone()),
+                act: format!("{}{agent} on to {to}", super::defence::CHURN_ACT_PREFIX),
+            });
+            // A refusal is already in the trace (`refused`); churn goes on.
+            let _ = self.start_handoff(agent, to.clone());
+        }
         Ok(())
     }
 
