@@ -111,7 +111,8 @@ fn render(scenarios: &[(PathBuf, Scenario)], rows: &BTreeMap<(usize, bool), Row>
             first defence reaction (a claim rejected, a divergence detected, an honest node pausing). Ticks \
             lost: mean ticks honest nodes ran and discarded when they paused (RECOVERY_REQUIRED). Drained: most microcents charged by the \
             attacker beyond the fuel-derived cost in one run. Admitted/min: most requests from one attacker \
-            that honest nodes acted on, per simulated minute (A3 bound: ";
+            that honest nodes (and, under migration churn, the colluding griefer's real node) acted on, per \
+            simulated minute (A3 bound: ";
     out += &format!(
         "AgentTransfer {} and HeadAnnounce {} per attacker per minute; budget drain bound for griefers that do \
          not host the agent: {} µ¢/min).\n\n",
