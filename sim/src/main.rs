@@ -179,24 +179,9 @@ fn run(path: &Path, seed: Option<u64>, trace_out: Option<&Path>, html_out: Optio
     Ok(report.matches_expectation())
 }
 
-/// Scenario files under `path` (recursively), sorted.
+/// Scenario files under `path` (recursively), sorted; none is an error.
 fn scenario_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let p = entry?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "ron") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
+    let out = igor_sim::scenario::files(path)?;
     if out.is_empty() {
         bail!("no .ron scenarios under {}", path.display());
     }

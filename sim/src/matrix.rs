@@ -165,35 +165,13 @@ fn detected_by(scenarios: &[(PathBuf, Scenario)], i: usize, off: bool, row: &Row
         .unwrap_or("-".into())
 }
 
-/// Scenario files under `path` (recursively), sorted.
-#[allow(clippy::disallowed_methods)] // a CLI helper: reads the scenario tree
-fn scenario_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let p = entry?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "ron") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// `igor-sim matrix`: run, print or write the table. `Ok(false)` when a run
 /// with its defence on broke EI-1, EI-3, RE-3 or CM-5, or an A3 griefer
 /// exceeded its bound (the acceptance of issue 7).
 #[allow(clippy::disallowed_methods)] // a CLI: writes the table file
 pub fn command(path: &Path, seeds: (u64, u64), jobs: usize, out: Option<&Path>) -> anyhow::Result<bool> {
     let mut scenarios = Vec::new();
-    for f in scenario_files(path)? {
+    for f in crate::scenario::files(path)? {
         let s = Scenario::load(&f)?;
         if s.attack.is_some() {
             scenarios.push((f, s));

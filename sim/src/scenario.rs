@@ -332,8 +332,9 @@ pub enum Verdict {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    // `err` is not a `#[source]`: it is already in the message, once.
+    #[error("{path}: {err}")]
+    Io { path: String, err: std::io::Error },
     #[error("{path}:{line}:{col}: {message}")]
     Parse { path: String, line: usize, col: usize, message: String },
     #[error("{path}: {message}")]
@@ -357,8 +358,8 @@ impl Scenario {
     }
 
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ScenarioError::Io { path: path.display().to_string(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|err| ScenarioError::Io { path: path.display().to_string(), err })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -465,6 +466,30 @@ impl Scenario {
     pub fn base_dir(path: &Path) -> PathBuf {
         path.parent().map(Path::to_path_buf).unwrap_or_default()
     }
+}
+
+/// Scenario files (`*.ron`) at `path`: the file itself, or every one under
+/// the directory, recursively, sorted (the order every command reports in).
+#[allow(clippy::disallowed_methods)] // the scenario tree is the simulator's input, read before any run
+pub fn files(path: &Path) -> Result<Vec<PathBuf>, ScenarioError> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let io = |dir: &Path, err| ScenarioError::Io { path: dir.display().to_string(), err };
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let p = entry.map_err(|e| io(&dir, e))?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "ron") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 impl Action {
