@@ -162,6 +162,65 @@ enum Stop {
     Fault(String),
 }
 
+/// Where a session starts in the agent's life: genesis for `run`, the head
+/// checkpoint for `resume`. Everything else a session holds is the same.
+struct Position {
+    epoch: Epoch,
+    price: Microcents,
+    budget: Microcents,
+    tick: TickNumber,
+    /// State and kv at that position.
+    good: (Vec<u8>, Vec<u8>),
+}
+
+/// The pieces of a session that `run` and `resume` build differently.
+struct Parts {
+    disk: FsDisk,
+    agent: AgentId,
+    key: Keypair,
+    sandbox: Sandbox,
+    inst: Instance,
+    lineage: Lineage,
+    wasm_hash: Hash32,
+    has_kv: bool,
+    verbose: bool,
+}
+
+impl Session {
+    /// Load the node identity, start the wall-clock net and assemble a
+    /// session with zeroed counters at `at`.
+    fn open(parts: Parts, at: Position) -> anyhow::Result<Session> {
+        let (node, node_key) = node_identity(&parts.disk)?;
+        let net = WallClockNet::start(parts.sandbox.engine().clone());
+        Ok(Session {
+            disk: parts.disk,
+            agent: parts.agent,
+            key: parts.key,
+            node,
+            node_key,
+            sandbox: parts.sandbox,
+            _net: net,
+            wasm_hash: parts.wasm_hash,
+            has_kv: parts.has_kv,
+            inst: parts.inst,
+            lineage: parts.lineage,
+            epoch: at.epoch,
+            price: at.price,
+            budget: at.budget,
+            tick: at.tick,
+            good: at.good,
+            receipts: Vec::new(),
+            since: None,
+            since_cost: Microcents::ZERO,
+            ticks_run: 0,
+            total_cost: Microcents::ZERO,
+            total_paid: Microcents::ZERO,
+            start_budget: at.budget,
+            verbose: parts.verbose,
+        })
+    }
+}
+
 impl Session {
     /// Sign and archive a checkpoint of the last good state at the current
     /// tick (kv sealed first, so a checkpoint never lacks its kv), then
@@ -395,34 +454,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     println!("agent {agent} {}", key.did());
     println!("wasm sha256 {hash}, budget {budget}, price {} per second", Microcents(args.price));
-    let (node, node_key) = node_identity(&disk)?;
-    let net = WallClockNet::start(sandbox.engine().clone());
-    let mut session = Session {
+    let parts = Parts {
         disk,
         agent,
         key,
-        node,
-        node_key,
-        _net: net,
-        wasm_hash: hash,
-        has_kv: manifest.has(Capability::Kv),
+        sandbox,
         inst,
         lineage,
-        epoch: Epoch::new(1, 0),
-        price: Microcents(args.price),
-        budget,
-        tick: TickNumber(0),
-        good,
-        receipts: Vec::new(),
-        since: None,
-        since_cost: Microcents::ZERO,
-        ticks_run: 0,
-        total_cost: Microcents::ZERO,
-        total_paid: Microcents::ZERO,
-        start_budget: budget,
+        wasm_hash: hash,
+        has_kv: manifest.has(Capability::Kv),
         verbose: args.opts.verbose,
-        sandbox,
     };
+    let at = Position { epoch: Epoch::new(1, 0), price: Microcents(args.price), budget, tick: TickNumber(0), good };
+    let mut session = Session::open(parts, at)?;
     // Genesis: tick 0 is the state right after agent_init.
     session.commit()?;
     let flag = ctrl_c_flag()?;
@@ -497,35 +541,25 @@ pub fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
     };
     println!("agent {agent} {} resumed at tick {}", key.did(), ckpt.tick);
     println!("wasm sha256 {hash}, budget {}, price {} per second", ckpt.budget, ckpt.price_per_second);
-    let (node, node_key) = node_identity(&disk)?;
-    let net = WallClockNet::start(sandbox.engine().clone());
-    let budget = ckpt.budget;
-    let session = Session {
+    let parts = Parts {
         disk,
         agent,
         key,
-        node,
-        node_key,
-        _net: net,
-        wasm_hash: hash,
-        has_kv: manifest.has(Capability::Kv),
+        sandbox,
         inst,
         lineage,
+        wasm_hash: hash,
+        has_kv: manifest.has(Capability::Kv),
+        verbose: args.opts.verbose,
+    };
+    let at = Position {
         epoch: ckpt.epoch,
         price: ckpt.price_per_second,
-        budget,
+        budget: ckpt.budget,
         tick: ckpt.tick,
         good: (ckpt.state.clone(), kv_bytes),
-        receipts: Vec::new(),
-        since: None,
-        since_cost: Microcents::ZERO,
-        ticks_run: 0,
-        total_cost: Microcents::ZERO,
-        total_paid: Microcents::ZERO,
-        start_budget: budget,
-        verbose: args.opts.verbose,
-        sandbox,
     };
+    let session = Session::open(parts, at)?;
     let flag = ctrl_c_flag()?;
     session.finish(&args.opts, &flag)
 }
