@@ -534,16 +534,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let env = self.seal(env);
         let id = self.next_request;
         self.next_request += 1;
-        let h = &env.header;
-        self.emit(Event::MessageSent {
-            kind: env.kind(),
-            peer: h.audience.clone(),
-            agent: h.agent.clone(),
-            epoch: h.epoch,
-            head_tick: h.head_tick,
-            head_hash: h.head_hash,
-            request: Some(id),
-        });
+        self.emit_sent(&env, Some(id));
         self.outbox.push(Outgoing { id, to: env.header.audience.clone(), body: env.encode() });
         self.pending.insert(id, pending);
         id
@@ -551,6 +542,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     fn reply_bytes(&mut self, env: Envelope) -> Vec<u8> {
         let env = self.seal(env);
+        self.emit_sent(&env, None);
+        env.encode()
+    }
+
+    /// The `MessageSent` event for an envelope leaving this node: `request`
+    /// is the id of a request, `None` for a reply.
+    fn emit_sent(&mut self, env: &Envelope, request: Option<u64>) {
         let h = &env.header;
         self.emit(Event::MessageSent {
             kind: env.kind(),
@@ -559,9 +557,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             epoch: h.epoch,
             head_tick: h.head_tick,
             head_hash: h.head_hash,
-            request: None,
+            request,
         });
-        env.encode()
     }
 
     fn send_package(&mut self, agent: &AgentId, attempt: u32, nonce: u64, expiry: i64) -> Result<(), String> {
