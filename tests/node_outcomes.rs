@@ -129,14 +129,16 @@ fn source_crash_after_relinquishing_without_confirmation_is_recovery_required() 
     c.advance(10 * S);
     c.settle();
     assert!(c.tickers().is_empty());
-    // The operator recovers on n0 from its newest checkpoint: one owner, higher major.
+    // The operator recovers on n0 from its newest checkpoint: one owner,
+    // under a major above every one seen plus one skipped (the target may
+    // have assumed at major 2 unheard: spec §5, recovery epochs).
     let head = c.node(0).agent(&agent()).unwrap().head_hash;
     let wrong = Hash32::of(b"not the head");
     assert!(c.node(0).command(Command::Recover { agent: agent(), anchor: wrong }).is_err());
     c.node(0).command(Command::Recover { agent: agent(), anchor: head }).unwrap();
     c.pump();
     let v = c.node(0).agent(&agent()).unwrap();
-    assert_eq!((v.state, v.epoch.major), (AuthorityState::ActiveOwner, 2));
+    assert_eq!((v.state, v.epoch.major), (AuthorityState::ActiveOwner, 3));
     let before = c.ticks_by(0);
     c.advance(3 * S);
     c.settle();
