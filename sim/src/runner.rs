@@ -291,7 +291,7 @@ async fn host_main(
     let entropy = SeededEntropy::derived(seed, &format!("node/{}/boot/{boot}", ctl.name));
     let clock = SimClock::new(ctl.clock.clone());
     let sandbox = sandbox().map_err(|e| e.to_string())?;
-    let mut node = Node::open(cfg, disk, clock, entropy, sandbox);
+    let mut node = Node::open(cfg, disk.clone(), clock, entropy, sandbox);
     let (tx, mut rx) = mpsc::unbounded_channel();
     if boot == 0 {
         for a in deploys {
@@ -589,6 +589,13 @@ struct World<'a> {
     /// above its anchor seen there before it), left out of the end-of-run
     /// verify (spec §5: re-anchoring is not a fork).
     abandoned: BTreeMap<(String, String), BTreeSet<Hash32>>,
+    /// Byzantine nodes (A2–A4, not churn griefers): their own disks hold
+    /// their misdeeds, which the end-of-run verify does not judge.
+    byzantine_nodes: BTreeSet<String>,
+    /// Per (node, agent): checkpoints the node adopted from a package. Each
+    /// starts a new segment of its history: the links before it may live
+    /// only on the nodes the agent visited in between (a returning agent).
+    adopted: BTreeMap<(String, String), BTreeSet<Hash32>>,
 }
 
 impl<'a> World<'a> {
@@ -617,6 +624,8 @@ impl<'a> World<'a> {
             net_seen: BTreeMap::new(),
             byzantine: crate::adversary::Filter::default(),
             abandoned: BTreeMap::new(),
+            byzantine_nodes: BTreeSet::new(),
+            adopted: BTreeMap::new(),
         }
     }
 
@@ -675,7 +684,12 @@ impl<'a> World<'a> {
     /// recorded recovery abandoned (ticks above its anchor, committed
     /// before it) and files the simulator corrupted are left out first.
     fn verify_histories(&mut self, agents: &[AgentBytes]) -> Result<Result<(), Violation>, RunError> {
-        let live: Vec<String> = self.nodes.iter().filter(|n| !self.down.contains(*n)).cloned().collect();
+        let live: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| !self.down.contains(*n) && !self.byzantine_nodes.contains(*n))
+            .cloned()
+            .collect();
         for n in &live {
             let ctl = &self.ctls[n];
             ctl.collect.set(true);
@@ -715,24 +729,35 @@ impl<'a> World<'a> {
                 if kept.is_empty() {
                     continue;
                 }
-                let at = fmt_time(self.now_ns);
-                match lineage::verify_chain(&kept) {
-                    Ok(s) => self.trace.note(format!(
-                        "{at} sim verify {n} {agent}: valid, {} links, ticks {}..{}",
-                        s.links, s.first_tick, s.last_tick
-                    )),
-                    Err(broken) => {
-                        let agent_id = AgentId::new(agent.clone()).map_err(|e| RunError::Sim(e.to_string()))?;
-                        self.trace.note(format!("{at} sim verify {n} {agent}: invalid: {broken}"));
-                        return Ok(Err(Violation {
-                            invariant: CHAIN,
-                            at_ns: self.now_ns,
-                            nodes: vec![ctl.name.clone()],
-                            agent: agent_id,
-                            message: format!("history of {agent} on {n} fails verify: {broken}"),
-                        }));
+                // Files are named by tick: sorted by name is sorted by tick.
+                let adopted = self.adopted.get(&(n.clone(), agent.clone()));
+                let mut segments: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+                for entry in kept {
+                    let starts = adopted.is_some_and(|a| a.contains(&Hash32::of(&entry.1)));
+                    match segments.last_mut() {
+                        Some(seg) if !starts => seg.push(entry),
+                        _ => segments.push(vec![entry]),
                     }
                 }
+                let at = fmt_time(self.now_ns);
+                let mut links = Vec::new();
+                for seg in &segments {
+                    match lineage::verify_chain(seg) {
+                        Ok(s) => links.push(format!("{}..{}", s.first_tick, s.last_tick)),
+                        Err(broken) => {
+                            let agent_id = AgentId::new(agent.clone()).map_err(|e| RunError::Sim(e.to_string()))?;
+                            self.trace.note(format!("{at} sim verify {n} {agent}: invalid: {broken}"));
+                            return Ok(Err(Violation {
+                                invariant: CHAIN,
+                                at_ns: self.now_ns,
+                                nodes: vec![ctl.name.clone()],
+                                agent: agent_id,
+                                message: format!("history of {agent} on {n} fails verify: {broken}"),
+                            }));
+                        }
+                    }
+                }
+                self.trace.note(format!("{at} sim verify {n} {agent}: valid, ticks {}", links.join(", ")));
             }
         }
         Ok(Ok(()))
@@ -781,6 +806,12 @@ impl<'a> World<'a> {
                     if let Some(t) = &mut self.ticked_since_heal {
                         t.insert(agent.to_string());
                     }
+                }
+                Event::CheckpointAdopted { agent, hash, .. } => {
+                    self.adopted.entry((e.node.to_string(), agent.to_string())).or_default().insert(*hash);
+                }
+                Event::Misbehaved { act, .. } if !act.starts_with(igor::node::defence::CHURN_ACT_PREFIX) => {
+                    self.byzantine_nodes.insert(e.node.to_string());
                 }
                 Event::Recovered { agent, anchor_tick, .. } => {
                     let key = (e.node.to_string(), agent.to_string());

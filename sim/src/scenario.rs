@@ -593,9 +593,10 @@ fn value_positions(text: &str) -> BTreeMap<String, (usize, usize)> {
             continue;
         }
         // A token starts here.
+        let root = stack.len() == 1;
         let top = stack.last_mut().expect("the root frame is never popped");
         if expect_value && !matches!(c, ')' | ']' | '}' | ',' | ':') {
-            let at = if stack.len() == 1 { String::new() } else { join(top) };
+            let at = if root { String::new() } else { join(top) };
             out.entry(at).or_insert((line, col));
             expect_value = false;
         }
@@ -614,7 +615,7 @@ fn value_positions(text: &str) -> BTreeMap<String, (usize, usize)> {
                 advance(&mut i, &mut line, &mut col, c);
             }
             '(' | '[' | '{' => {
-                let path = if stack.len() == 1 { String::new() } else { join(top) };
+                let path = if root { String::new() } else { join(top) };
                 stack.push(Frame { path, index: 0, key: None });
                 word = None;
                 expect_value = true;
