@@ -357,18 +357,17 @@ impl Checker {
                 if !m.committed.contains_key(base) {
                     return fail("EI-2", one(), format!("tick {tick} runs from uncommitted checkpoint {base:?}"));
                 }
-                // RE-8: deploy/load before tick, no tick after RETIRED or a halt.
-                let state = m.records.get(node).map(|r| r.state);
-                match state {
-                    None => return fail("RE-8", one(), format!("tick {tick} started before deploy, load or adoption")),
-                    Some(State::Retired) => return fail("RE-8", one(), format!("tick {tick} started after RETIRED")),
-                    _ => {}
-                }
+                // RE-8 for an owner's tick: none after the agent halted on
+                // this run, none at or below the committed head. A tick
+                // without authority (no record, RETIRED, ...) is EI-1 or
+                // CM-5 when it finishes: that names the worse fault.
+                let owner = m.records.get(node).is_some_and(|r| r.state == State::ActiveOwner);
                 let run = m.runs.entry(node.clone()).or_default();
-                if run.halted {
+                if owner && run.halted {
                     return fail("RE-8", one(), format!("tick {tick} started after the agent halted here"));
                 }
-                if let Some((head, _)) = run.head
+                if owner
+                    && let Some((head, _)) = run.head
                     && *tick <= head
                 {
                     return fail("RE-8", one(), format!("tick {tick} started at or below the committed head {head}"));
@@ -746,8 +745,8 @@ mod tests {
         let mut c = deployed("a");
         c.observe(1, &n("a"), &commit(0, h(1), Hash32::ZERO, 100, 0)).unwrap();
         assert_eq!(c.observe(2, &n("b"), &commit(0, h(2), Hash32::ZERO, 100, 0)).unwrap_err().invariant, "EI-3");
-        // c has no record at all: a tick there is RE-8 (before deploy/load).
-        assert_eq!(tick(&mut c, "c", 1, 1).unwrap_err().invariant, "RE-8");
+        // c has no record at all: a tick there runs without authority.
+        assert_eq!(tick(&mut c, "c", 1, 1).unwrap_err().invariant, "EI-1");
         let start = Obs::TickStarted { agent: ag(), tick: 5, epoch: e(1), budget: 100, base: h(9) };
         assert_eq!(c.observe(4, &n("a"), &start).unwrap_err().invariant, "EI-2");
         let finish =
