@@ -141,7 +141,13 @@ impl fmt::Display for Violation {
 /// RETIRED one only at a higher epoch major (returning agent: "the old
 /// record is archived, not transitioned"); RECOVERY_REQUIRED never accepts
 /// a handoff.
-pub fn transition_allowed(from: Option<(State, Epoch)>, target: bool, to: State, epoch: Epoch, reason: &Reason) -> bool {
+pub fn transition_allowed(
+    from: Option<(State, Epoch)>,
+    target: bool,
+    to: State,
+    epoch: Epoch,
+    reason: &Reason,
+) -> bool {
     use State::*;
     match (from, to) {
         // any → RECOVERY_REQUIRED (also a node that never had a record).
@@ -244,7 +250,10 @@ impl Checker {
 
     /// Authority of `agent` on every node that holds a record of it.
     pub fn states(&self, agent: &AgentId) -> Vec<(NodeId, State)> {
-        self.agents.get(agent).map(|m| m.records.iter().map(|(n, r)| (n.clone(), r.state)).collect()).unwrap_or_default()
+        self.agents
+            .get(agent)
+            .map(|m| m.records.iter().map(|(n, r)| (n.clone(), r.state)).collect())
+            .unwrap_or_default()
     }
 
     /// Highest committed tick of `agent` on any node.
@@ -316,10 +325,7 @@ impl Checker {
                     return fail(
                         AUTH_RELOAD,
                         one(),
-                        format!(
-                            "loaded a {} record at epoch {epoch} from a disk the simulator wiped",
-                            state.name()
-                        ),
+                        format!("loaded a {} record at epoch {epoch} from a disk the simulator wiped", state.name()),
                     );
                 }
                 let Some(rec) = m.records.get(node).copied() else {
@@ -505,17 +511,18 @@ impl Checker {
                 let (prev_tick, prev_budget, prev_spent) = match m.committed.get(prev) {
                     Some(p) => *p,
                     None => {
-                        return fail("EI-2", one(), format!("checkpoint at tick {tick} extends unknown parent {prev:?}"));
+                        return fail(
+                            "EI-2",
+                            one(),
+                            format!("checkpoint at tick {tick} extends unknown parent {prev:?}"),
+                        );
                     }
                 };
                 if *budget > prev_budget {
                     return fail("RE-4", one(), format!("budget rose from {prev_budget} to {budget} at tick {tick}"));
                 }
-                let spent_now: i64 = if prev_tick < *tick {
-                    run.pending.range(prev_tick + 1..=*tick).map(|(_, c)| *c).sum()
-                } else {
-                    0
-                };
+                let spent_now: i64 =
+                    if prev_tick < *tick { run.pending.range(prev_tick + 1..=*tick).map(|(_, c)| *c).sum() } else { 0 };
                 run.pending.retain(|t, _| *t > *tick);
                 run.head = Some((*tick, *budget));
                 if *charged != spent_now {
@@ -616,7 +623,13 @@ impl Checker {
                     m.must_stop.remove(node);
                 }
                 m.wiped.remove(node);
-                let target = if new_record { true } else if *to == State::ActiveOwner { false } else { target };
+                let target = if new_record {
+                    true
+                } else if *to == State::ActiveOwner {
+                    false
+                } else {
+                    target
+                };
                 m.records.insert(node.clone(), Record { state: *to, epoch: *epoch, target, uncertain: false });
             }
             Obs::Divergence { .. } => {
@@ -635,7 +648,9 @@ impl Checker {
                     return fail(
                         BUDGET_FINAL,
                         one(),
-                        format!("halted for budget after tick {done}; final checkpoint expected at tick {done} with budget 0, newest is {head}"),
+                        format!(
+                            "halted for budget after tick {done}; final checkpoint expected at tick {done} with budget 0, newest is {head}"
+                        ),
                     );
                 }
             }
@@ -679,7 +694,14 @@ mod tests {
     fn e(major: u64) -> Epoch {
         Epoch::new(major, 0)
     }
-    fn auth(c: &mut Checker, node: &str, from: Option<State>, to: State, major: u64, reason: Reason) -> Result<(), Violation> {
+    fn auth(
+        c: &mut Checker,
+        node: &str,
+        from: Option<State>,
+        to: State,
+        major: u64,
+        reason: Reason,
+    ) -> Result<(), Violation> {
         c.observe(0, &n(node), &Obs::Authority { agent: ag(), from, to, epoch: e(major), reason })
     }
     fn owner(c: &mut Checker, node: &str) {
@@ -688,8 +710,7 @@ mod tests {
     fn tick_in(c: &mut Checker, node: &str, tick: u64, cost: i64, major: u64) -> Result<(), Violation> {
         let start = Obs::TickStarted { agent: ag(), tick, epoch: e(major), budget: 100, base: Hash32::ZERO };
         c.observe(0, &n(node), &start)?;
-        let obs =
-            Obs::Ticked { agent: ag(), tick, epoch: e(major), cost, paid: 0, side_effects: 0, exhausted: false };
+        let obs = Obs::Ticked { agent: ag(), tick, epoch: e(major), cost, paid: 0, side_effects: 0, exhausted: false };
         c.observe(0, &n(node), &obs)
     }
     fn tick(c: &mut Checker, node: &str, tick: u64, cost: i64) -> Result<(), Violation> {
@@ -752,6 +773,30 @@ mod tests {
         let finish =
             Obs::Ticked { agent: ag(), tick: 7, epoch: e(1), cost: 1, paid: 0, side_effects: 0, exhausted: false };
         assert_eq!(c.observe(5, &n("a"), &finish).unwrap_err().invariant, "RE-8");
+    }
+
+    #[test]
+    fn re8_commits_increase_and_ticks_start_above_the_head() {
+        let mut c = deployed("a");
+        c.observe(0, &n("a"), &commit(0, h(1), Hash32::ZERO, 100, 0)).unwrap();
+        tick(&mut c, "a", 1, 1).unwrap();
+        c.observe(1, &n("a"), &commit(1, h(2), h(1), 99, 1)).unwrap();
+        // A tick at the committed head (a replay of tick 1 as new work).
+        let again = Obs::TickStarted { agent: ag(), tick: 1, epoch: e(1), budget: 99, base: h(2) };
+        let err = c.observe(2, &n("a"), &again).unwrap_err();
+        assert_eq!(err.invariant, "RE-8", "{err}");
+        // A new link that does not move the tick forward on the same run.
+        let mut c = deployed("a");
+        c.observe(0, &n("a"), &commit(0, h(1), Hash32::ZERO, 100, 0)).unwrap();
+        tick(&mut c, "a", 1, 1).unwrap();
+        c.observe(1, &n("a"), &commit(1, h(2), h(1), 99, 1)).unwrap();
+        let err = c.observe(2, &n("a"), &commit(1, h(3), h(2), 99, 0)).unwrap_err();
+        assert_eq!(err.invariant, "RE-8", "{err}");
+        // After a crash the new run starts from what it loads.
+        c.observe(3, &n("a"), &Obs::Crashed).unwrap();
+        let load = Obs::Loaded { agent: ag(), state: ActiveOwner, epoch: e(1), head_tick: 1, head: h(2) };
+        c.observe(4, &n("a"), &load).unwrap();
+        tick(&mut c, "a", 2, 1).unwrap();
     }
 
     /// Brings node "x" to `from` by allowed steps; returns the checker.
@@ -923,8 +968,7 @@ mod tests {
         // later major on another node: fine.
         let mut c = reach(Start::Owner);
         tick_in(&mut c, "x", 1, 1, 1).unwrap();
-        let start =
-            Obs::TickStarted { agent: ag(), tick: 2, epoch: Epoch::new(1, 3), budget: 99, base: Hash32::ZERO };
+        let start = Obs::TickStarted { agent: ag(), tick: 2, epoch: Epoch::new(1, 3), budget: 99, base: Hash32::ZERO };
         c.observe(0, &n("x"), &start).unwrap();
         let fin = Obs::Ticked {
             agent: ag(),

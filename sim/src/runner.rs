@@ -431,7 +431,9 @@ fn observation(e: &Event) -> Option<Obs> {
         },
         Event::DivergenceDetected { agent, .. } => Obs::Divergence { agent: agent.clone() },
         // The node halts with reason "budget exhausted" (src/node/mod.rs).
-        Event::AgentHalted { agent, reason } => Obs::Halted { agent: agent.clone(), budget: reason.starts_with("budget") },
+        Event::AgentHalted { agent, reason } => {
+            Obs::Halted { agent: agent.clone(), budget: reason.starts_with("budget") }
+        }
         Event::FaultObserved { agent: Some(agent), .. } => Obs::Fault { agent: agent.clone() },
         _ => return None,
     })

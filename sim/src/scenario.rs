@@ -483,7 +483,10 @@ impl Scenario {
         if let Some(l) = &self.expect.liveness
             && (l.within_ms == 0 || l.within_ms > MAX_LIVENESS_MS)
         {
-            return err("expect.liveness.within_ms".into(), format!("{} is outside 1..={MAX_LIVENESS_MS}", l.within_ms));
+            return err(
+                "expect.liveness.within_ms".into(),
+                format!("{} is outside 1..={MAX_LIVENESS_MS}", l.within_ms),
+            );
         }
         Ok(())
     }
@@ -767,8 +770,18 @@ mod tests {
             ("node: \"a\")]", "node: \"q\")]", "agents[0].node", "\"q\")]"),
             ("budget_microcents: 1000", "budget_microcents: -5", "agents[0].budget_microcents", "-5,"),
             ("at_ms: 100", "at_ms: 99999999", "timeline[0].at_ms", "99999999"),
-            ("Crash(node: \"a\")", "Migrate(agent: \"nope\", from: \"a\", to: \"a\")", "timeline[0].action.agent", "\"nope\""),
-            ("Crash(node: \"a\")", "Migrate(agent: \"counter\", from: \"a\", to: \"b\")", "timeline[0].action.to", "\"b\")"),
+            (
+                "Crash(node: \"a\")",
+                "Migrate(agent: \"nope\", from: \"a\", to: \"a\")",
+                "timeline[0].action.agent",
+                "\"nope\"",
+            ),
+            (
+                "Crash(node: \"a\")",
+                "Migrate(agent: \"counter\", from: \"a\", to: \"b\")",
+                "timeline[0].action.to",
+                "\"b\")",
+            ),
             ("Crash(node: \"a\")", "Corrupt(node: \"a\", probability: 2.0)", "timeline[0].action.probability", "2.0)"),
             ("Crash(node: \"a\")", "Drift(node: \"a\", ppm: 900000)", "timeline[0].action.ppm", "900000)"),
             ("Crash(node: \"a\")", "Swizzle(nodes: [], step_ms: 5)", "timeline[0].action.nodes", "[],"),

@@ -2,6 +2,7 @@
 //! value (file:line:col, field named), a missing wasm names the scenario
 //! file and the path tried, and a sweep over a directory with a bad file
 //! reports it, still runs the others and exits non-zero.
+#![allow(clippy::disallowed_methods)] // a CLI test: writes scenario files for the binary to read
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
