@@ -281,7 +281,11 @@ fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>
     println!("|---|---|---|---|---|");
     for r in &rows {
         let first = match &r.first_failure {
-            Some((seed, why)) => format!("{seed}: {why} — `igor-sim run {} --seed {seed}`", r.scenario),
+            // One table row: a multi-line reason (STUCK lists events) shows its first line.
+            Some((seed, why)) => {
+                let why = why.lines().next().unwrap_or_default();
+                format!("{seed}: {why} — `igor-sim run {} --seed {seed}`", r.scenario)
+            }
             None => "-".to_string(),
         };
         println!("| {} | {} | {} | {} | {} |", r.scenario, r.seeds, r.passed, r.failed, first);
