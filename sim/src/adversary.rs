@@ -133,7 +133,11 @@ impl Filter {
                     self.held_ticks.entry(node.clone()).or_default().push(obs);
                     Vec::new()
                 }
-                Obs::Authority { .. } | Obs::Divergence { .. } => Vec::new(),
+                Obs::Authority { .. }
+                | Obs::Divergence { .. }
+                | Obs::Loaded { .. }
+                | Obs::Halted { .. }
+                | Obs::Fault { .. } => Vec::new(),
                 Obs::Crashed | Obs::Forgot { .. } => {
                     self.held_ticks.remove(node);
                     vec![(node.clone(), obs)]

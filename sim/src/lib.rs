@@ -16,3 +16,4 @@ pub mod net;
 pub mod runner;
 pub mod scenario;
 pub mod trace;
+pub mod watchdog;

@@ -167,7 +167,8 @@ fn load(path: &Path) -> anyhow::Result<Scenario> {
 
 fn run(path: &Path, seed: Option<u64>, trace_out: Option<&Path>, html_out: Option<&Path>) -> anyhow::Result<bool> {
     let scenario = load(path)?;
-    let report = runner::run(&scenario, &Scenario::base_dir(path), seed)?;
+    let report = runner::run(&scenario, &Scenario::base_dir(path), seed)
+        .with_context(|| format!("scenario file {}", path.display()))?;
     if let Some(out) = trace_out {
         std::fs::write(out, report.trace.text()).with_context(|| format!("writing {}", out.display()))?;
     }
@@ -231,13 +232,25 @@ fn parallel<W: Sync, R: Send>(work: &[W], jobs: usize, f: impl Fn(&W) -> R + Syn
 
 fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>) -> anyhow::Result<bool> {
     let files = scenario_files(path)?;
-    let scenarios: Vec<(PathBuf, Scenario)> =
-        files.iter().map(|f| Ok((f.clone(), load(f)?))).collect::<anyhow::Result<_>>()?;
+    // A file that does not load is reported; the others still run, and
+    // the sweep fails at the end.
+    let mut bad: Vec<String> = Vec::new();
+    let mut scenarios: Vec<(PathBuf, Scenario)> = Vec::new();
+    for f in &files {
+        match load(f) {
+            Ok(s) => scenarios.push((f.clone(), s)),
+            Err(e) => {
+                eprintln!("igor-sim: error: {e:#}");
+                bad.push(format!("{e:#}"));
+            }
+        }
+    }
     let seeds: Vec<u64> = (a..b).filter(|s| shard.is_none_or(|(i, n)| s % n == i)).collect();
     let work: Vec<(usize, u64)> = (0..scenarios.len()).flat_map(|i| seeds.iter().map(move |s| (i, *s))).collect();
     let results: Vec<SweepResult> = parallel(&work, jobs, |&(i, seed)| {
         let (file, scenario) = &scenarios[i];
-        (i, seed, runner::run(scenario, &Scenario::base_dir(file), Some(seed)).map_err(|e| e.to_string()))
+        let r = runner::run(scenario, &Scenario::base_dir(file), Some(seed));
+        (i, seed, r.map_err(|e| format!("{}: {e}", file.display())))
     });
     let mut coverage = Coverage::default();
     let mut rows: Vec<Row> = scenarios
@@ -268,7 +281,11 @@ fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>
     println!("|---|---|---|---|---|");
     for r in &rows {
         let first = match &r.first_failure {
-            Some((seed, why)) => format!("{seed}: {why} — `igor-sim run {} --seed {seed}`", r.scenario),
+            // One table row: a multi-line reason (STUCK lists events) shows its first line.
+            Some((seed, why)) => {
+                let why = why.lines().next().unwrap_or_default();
+                format!("{seed}: {why} — `igor-sim run {} --seed {seed}`", r.scenario)
+            }
             None => "-".to_string(),
         };
         println!("| {} | {} | {} | {} | {} |", r.scenario, r.seeds, r.passed, r.failed, first);
@@ -287,7 +304,10 @@ fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>
     for m in &gaps {
         println!("coverage gap: mark {m} never fired");
     }
-    Ok(rows.iter().all(|r| r.failed == 0))
+    for e in &bad {
+        println!("not run: {e}");
+    }
+    Ok(bad.is_empty() && rows.iter().all(|r| r.failed == 0))
 }
 
 fn explore(

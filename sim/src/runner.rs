@@ -4,13 +4,14 @@
 //! event to the trace and the checker, and compares the result with the
 //! scenario's `expect`. A violation stops the run at once.
 
-use crate::checker::{Checker, Obs, State, Violation};
+use crate::checker::{CHAIN, Checker, Obs, State, Violation};
 use crate::clock::{ClockFault, SIM_EPOCH_UNIX_NS, SimClock};
 use crate::coverage::Coverage;
 use crate::disk::SimDisk;
 use crate::net::{FaultState, LinkFaults, NetCounters, SimNet};
 use crate::scenario::{Action, Boundary, BuggifyFault, Expect, NodeSpec, Scenario, Step, Storage, Verdict};
 use crate::trace::{Trace, fmt_time};
+use crate::watchdog::{STUCK, Stuck, Watchdog};
 use igor::authority::AuthorityState;
 use igor::checkpoint::Hash32;
 use igor::driver::{self, Control};
@@ -35,8 +36,8 @@ pub const CONTEXT_LINES: usize = 15;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("agent {agent}: cannot read {path}: {reason}")]
-    AgentFile { agent: String, path: String, reason: String },
+    #[error("scenario {scenario}: agent {agent}: cannot read {path}: {reason}")]
+    AgentFile { scenario: String, agent: String, path: String, reason: String },
     #[error("simulation failed: {0}")]
     Sim(String),
 }
@@ -59,7 +60,23 @@ struct HostCtl {
     control: RefCell<Option<mpsc::UnboundedSender<Control>>>,
     boots: Cell<u32>,
     damage: RefCell<Storage>,
+    /// The simulator flipped bits in this node's history (CorruptNewest):
+    /// unreadable files there are the fault, not a broken chain.
+    corrupted: Cell<bool>,
+    /// Set by the watchdog inside the host when the node spun (STUCK).
+    stuck: RefCell<Option<Stuck>>,
+    /// End of run: after the driver stops, read the history archive.
+    collect: Cell<bool>,
+    /// The history archive read at the end: agent → (file, bytes).
+    histories: RefCell<Option<Histories>>,
 }
+
+/// Every agent's history files on one node's disk: agent → (path, bytes).
+type Histories = BTreeMap<String, Vec<(String, Vec<u8>)>>;
+
+/// Steps the runner waits at the end of a run for the live hosts to stop
+/// and hand over their history archives (each needs one step).
+const VERIFY_STEPS: u32 = 100;
 
 /// The result of one run.
 pub struct RunReport {
@@ -145,6 +162,7 @@ fn load_agents(scenario: &Scenario, base: &Path) -> Result<Vec<AgentBytes>, RunE
     let read = |agent: &str, rel: &str| {
         let path = base.join(rel);
         std::fs::read(&path).map_err(|e| RunError::AgentFile {
+            scenario: scenario.name.clone(),
             agent: agent.to_string(),
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -160,6 +178,7 @@ fn load_agents(scenario: &Scenario, base: &Path) -> Result<Vec<AgentBytes>, RunE
                 // Agents travel as wasm binaries: WAT is compiled to binary
                 // once here, so every node hashes the same bytes.
                 wasm: igor::sandbox::wasm_binary(&read(&a.name, &a.wasm)?).map_err(|e| RunError::AgentFile {
+                    scenario: scenario.name.clone(),
                     agent: a.name.clone(),
                     path: base.join(&a.wasm).display().to_string(),
                     reason: e.to_string(),
@@ -265,12 +284,15 @@ async fn host_main(
     ctl.boots.set(boot + 1);
     let disk = SimDisk::default();
     let damage = std::mem::take(&mut *ctl.damage.borrow_mut());
+    if matches!(damage, Storage::CorruptNewest { .. }) {
+        ctl.corrupted.set(true);
+    }
     apply_damage(&disk, &damage);
     let net = SimNet::bind(ctl.faults.clone()).await?;
     let entropy = SeededEntropy::derived(seed, &format!("node/{}/boot/{boot}", ctl.name));
     let clock = SimClock::new(ctl.clock.clone());
     let sandbox = sandbox().map_err(|e| e.to_string())?;
-    let mut node = Node::open(cfg, disk, clock, entropy, sandbox);
+    let mut node = Node::open(cfg, disk.clone(), clock, entropy, sandbox);
     let (tx, mut rx) = mpsc::unbounded_channel();
     if boot == 0 {
         for a in deploys {
@@ -278,8 +300,68 @@ async fn host_main(
         }
     }
     *ctl.control.borrow_mut() = Some(tx);
-    driver::run(&mut node, &net, &mut rx, &events).await;
+    // The watchdog sits between the driver and the runner: a node that
+    // spins never lets the step end, so only code inside the host can stop it.
+    let (node_tx, mut node_rx) = mpsc::unbounded_channel::<NodeEvent>();
+    let mut watchdog = Watchdog::new();
+    let stuck = {
+        let drive = driver::run(&mut node, &net, &mut rx, &node_tx);
+        let forward = async {
+            while let Some(e) = node_rx.recv().await {
+                let stuck = watchdog.observe(&e);
+                let _ = events.send(e);
+                if stuck.is_some() {
+                    return stuck;
+                }
+            }
+            None
+        };
+        tokio::pin!(drive, forward);
+        tokio::select! {
+            biased;
+            s = &mut forward => s,
+            () = &mut drive => None,
+        }
+    };
+    let stuck = stuck.or_else(|| {
+        // The driver returned: forward what it emitted last.
+        while let Ok(e) = node_rx.try_recv() {
+            let stuck = watchdog.observe(&e);
+            let _ = events.send(e);
+            if stuck.is_some() {
+                return stuck;
+            }
+        }
+        None
+    });
+    if let Some(s) = stuck {
+        // Stop the host's software: the step can end, the runner reports.
+        *ctl.stuck.borrow_mut() = Some(s);
+        return Ok(());
+    }
+    if ctl.collect.get() {
+        *ctl.histories.borrow_mut() = Some(read_histories(&disk));
+    }
     Ok(())
+}
+
+/// Every file under `history/` on `disk`, per agent directory.
+fn read_histories(disk: &SimDisk) -> Histories {
+    let mut out = Histories::new();
+    for agent in disk.list("history").unwrap_or_default() {
+        let dir = format!("history/{agent}");
+        let files = disk.list(&dir).unwrap_or_default();
+        let entries = files
+            .into_iter()
+            .filter(|f| f.ends_with(lineage::CHECKPOINT_EXT))
+            .filter_map(|f| {
+                let path = format!("{dir}/{f}");
+                disk.read(&path).ok().map(|b| (path, b))
+            })
+            .collect();
+        out.insert(agent, entries);
+    }
+    out
 }
 
 fn state_of(s: AuthorityState) -> State {
@@ -297,40 +379,63 @@ fn observation(e: &Event) -> Option<Obs> {
     Some(match e {
         Event::NodeStarted { .. } => Obs::Booted,
         Event::AgentDeployed { agent, budget, .. } => Obs::Deployed { agent: agent.clone(), budget: budget.0 },
-        Event::AgentLoaded { agent, state, .. } => {
-            Obs::Authority { agent: agent.clone(), from: None, to: state_of(*state) }
-        }
-        Event::TickStarted { agent, tick, base, .. } => {
-            Obs::TickStarted { agent: agent.clone(), tick: tick.0, base: *base }
-        }
-        Event::TickFinished { agent, tick, epoch, cost, paid, side_effects, side_effects_allowed, .. } => Obs::Ticked {
+        Event::AgentLoaded { agent, state, epoch, head_tick, head_hash, .. } => Obs::Loaded {
             agent: agent.clone(),
-            tick: tick.0,
+            state: state_of(*state),
             epoch: *epoch,
-            cost: cost.0,
-            paid: paid.0,
-            side_effects: if *side_effects_allowed { 0 } else { *side_effects },
+            head_tick: head_tick.0,
+            head: *head_hash,
         },
-        Event::CheckpointCommitted { agent, tick, hash, prev_hash, budget, charged, paid, .. } => Obs::Committed {
-            agent: agent.clone(),
-            tick: tick.0,
-            hash: *hash,
-            prev: *prev_hash,
-            budget: budget.0,
-            charged: Some(charged.0.saturating_add(paid.0)),
-        },
-        Event::CheckpointAdopted { agent, tick, hash, prev_hash, budget, .. } => Obs::Committed {
+        Event::TickStarted { agent, tick, epoch, budget, base } => {
+            Obs::TickStarted { agent: agent.clone(), tick: tick.0, epoch: *epoch, budget: budget.0, base: *base }
+        }
+        Event::TickFinished { agent, tick, epoch, cost, paid, side_effects, side_effects_allowed, outcome, .. } => {
+            Obs::Ticked {
+                agent: agent.clone(),
+                tick: tick.0,
+                epoch: *epoch,
+                cost: cost.0,
+                paid: paid.0,
+                side_effects: if *side_effects_allowed { 0 } else { *side_effects },
+                // The node prints the executor's outcome with `{:?}`.
+                exhausted: outcome == "BudgetExhausted",
+            }
+        }
+        Event::CheckpointCommitted { agent, tick, hash, prev_hash, budget, charged, paid, handoff, .. } => {
+            Obs::Committed {
+                agent: agent.clone(),
+                tick: tick.0,
+                hash: *hash,
+                prev: *prev_hash,
+                budget: budget.0,
+                charged: Some(charged.0.saturating_add(paid.0)),
+                handoff: *handoff,
+                source: None,
+            }
+        }
+        Event::CheckpointAdopted { agent, from, tick, hash, prev_hash, budget, .. } => Obs::Committed {
             agent: agent.clone(),
             tick: tick.0,
             hash: *hash,
             prev: *prev_hash,
             budget: budget.0,
             charged: None,
+            handoff: false,
+            source: Some(from.clone()),
         },
-        Event::AuthorityChanged { agent, from, to, .. } => {
-            Obs::Authority { agent: agent.clone(), from: from.map(state_of), to: state_of(*to) }
-        }
+        Event::AuthorityChanged { agent, from, to, epoch, reason } => Obs::Authority {
+            agent: agent.clone(),
+            from: from.map(state_of),
+            to: state_of(*to),
+            epoch: *epoch,
+            reason: reason.clone(),
+        },
         Event::DivergenceDetected { agent, .. } => Obs::Divergence { agent: agent.clone() },
+        // The node halts with reason "budget exhausted" (src/node/mod.rs).
+        Event::AgentHalted { agent, reason } => {
+            Obs::Halted { agent: agent.clone(), budget: reason.starts_with("budget") }
+        }
+        Event::FaultObserved { agent: Some(agent), .. } => Obs::Fault { agent: agent.clone() },
         _ => return None,
     })
 }
@@ -369,6 +474,10 @@ pub fn run(scenario: &Scenario, base: &Path, seed: Option<u64>) -> Result<RunRep
             control: RefCell::new(None),
             boots: Cell::new(0),
             damage: RefCell::new(Storage::Intact),
+            corrupted: Cell::new(false),
+            stuck: RefCell::new(None),
+            collect: Cell::new(false),
+            histories: RefCell::new(None),
         });
         w.ctls.insert(spec.name.clone(), ctl.clone());
         let deploys: Vec<AgentBytes> = agents.iter().filter(|a| a.node == spec.name).cloned().collect();
@@ -392,6 +501,10 @@ pub fn run(scenario: &Scenario, base: &Path, seed: Option<u64>) -> Result<RunRep
         && let Some(within) = liveness_ns
     {
         violation = w.liveness(within, &agents)?.err();
+    }
+    // The end: every live node's history must verify (EI-3 at rest).
+    if violation.is_none() {
+        violation = w.verify_histories(&agents)?.err();
     }
     if let Some(v) = &violation {
         w.trace.note(format!("{} VIOLATION {v}", fmt_time(v.at_ns)));
@@ -475,6 +588,17 @@ struct World<'a> {
     net_seen: BTreeMap<String, NetCounters>,
     /// Keeps Byzantine nodes' own misdeeds out of the checker (A2–A4).
     byzantine: crate::adversary::Filter,
+    /// Per (node, agent): checkpoints an explicit recovery abandoned (ticks
+    /// above its anchor seen there before it), left out of the end-of-run
+    /// verify (spec §5: re-anchoring is not a fork).
+    abandoned: BTreeMap<(String, String), BTreeSet<Hash32>>,
+    /// Byzantine nodes (A2–A4, not churn griefers): their own disks hold
+    /// their misdeeds, which the end-of-run verify does not judge.
+    byzantine_nodes: BTreeSet<String>,
+    /// Per (node, agent): checkpoints the node adopted from a package. Each
+    /// starts a new segment of its history: the links before it may live
+    /// only on the nodes the agent visited in between (a returning agent).
+    adopted: BTreeMap<(String, String), BTreeSet<Hash32>>,
 }
 
 impl<'a> World<'a> {
@@ -502,6 +626,9 @@ impl<'a> World<'a> {
             ticked_since_heal: None,
             net_seen: BTreeMap::new(),
             byzantine: crate::adversary::Filter::default(),
+            abandoned: BTreeMap::new(),
+            byzantine_nodes: BTreeSet::new(),
+            adopted: BTreeMap::new(),
         }
     }
 
@@ -529,6 +656,111 @@ impl<'a> World<'a> {
             self.now_ns = u64::try_from(self.sim.elapsed().as_nanos()).unwrap_or(u64::MAX);
             if let Err(v) = self.drain(agents) {
                 return Ok(Err(v));
+            }
+            if let Some(v) = self.stuck(agents) {
+                return Ok(Err(v));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// The watchdog's verdict, if a host's watchdog tripped in the last step.
+    fn stuck(&mut self, agents: &[AgentBytes]) -> Option<Violation> {
+        let (node, s) = self.ctls.values().find_map(|c| c.stuck.borrow().clone().map(|s| (c.name.clone(), s)))?;
+        // The violation names an agent: the busiest one in the node's last
+        // events, else the first of the scenario.
+        let agent = s.agent.clone().or_else(|| agents.first().map(|a| a.id.clone()))?;
+        let lines = s.last_events.join("\n    ");
+        let n = s.last_events.len();
+        Some(Violation {
+            invariant: STUCK,
+            at_ns: s.at_ns,
+            nodes: vec![node.clone()],
+            agent: agent.clone(),
+            message: format!("node {node} (agent {agent}): {}; its last {n} events:\n    {lines}", s.reason),
+        })
+    }
+
+    /// End-of-run `verify` of every live node's history: stop each host's
+    /// driver, let it read its archive, and check every agent's chain with
+    /// `igor::lineage::verify_chain` (what `igord verify` runs). Links a
+    /// recorded recovery abandoned (ticks above its anchor, committed
+    /// before it) and files the simulator corrupted are left out first.
+    fn verify_histories(&mut self, agents: &[AgentBytes]) -> Result<Result<(), Violation>, RunError> {
+        let live: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| !self.down.contains(*n) && !self.byzantine_nodes.contains(*n))
+            .cloned()
+            .collect();
+        for n in &live {
+            let ctl = &self.ctls[n];
+            ctl.collect.set(true);
+            // Closing the control channel makes the driver return.
+            *ctl.control.borrow_mut() = None;
+        }
+        let ready = |w: &Self| live.iter().all(|n| w.ctls[n].histories.borrow().is_some());
+        for _ in 0..VERIFY_STEPS {
+            if ready(self) {
+                break;
+            }
+            self.sim.step().map_err(|e| RunError::Sim(e.to_string()))?;
+            self.now_ns = u64::try_from(self.sim.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if let Err(v) = self.drain(agents) {
+                return Ok(Err(v));
+            }
+            if let Some(v) = self.stuck(agents) {
+                return Ok(Err(v));
+            }
+        }
+        for n in &live {
+            let ctl = self.ctls[n].clone();
+            let Some(histories) = ctl.histories.borrow_mut().take() else {
+                self.trace.note(format!("{} sim verify {n}: host did not stop", fmt_time(self.now_ns)));
+                continue;
+            };
+            for (agent, entries) in histories {
+                let abandoned = self.abandoned.get(&(n.clone(), agent.clone()));
+                let kept: Vec<(String, Vec<u8>)> = entries
+                    .into_iter()
+                    .filter(|(_, b)| !abandoned.is_some_and(|a| a.contains(&Hash32::of(b))))
+                    .filter(|(_, b)| {
+                        !ctl.corrupted.get()
+                            || igor::checkpoint::Checkpoint::decode(b).is_ok_and(|c| c.verify_signature().is_ok())
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    continue;
+                }
+                // Files are named by tick: sorted by name is sorted by tick.
+                let adopted = self.adopted.get(&(n.clone(), agent.clone()));
+                let mut segments: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+                for entry in kept {
+                    let starts = adopted.is_some_and(|a| a.contains(&Hash32::of(&entry.1)));
+                    match segments.last_mut() {
+                        Some(seg) if !starts => seg.push(entry),
+                        _ => segments.push(vec![entry]),
+                    }
+                }
+                let at = fmt_time(self.now_ns);
+                let mut links = Vec::new();
+                for seg in &segments {
+                    match lineage::verify_chain(seg) {
+                        Ok(s) => links.push(format!("{}..{}", s.first_tick, s.last_tick)),
+                        Err(broken) => {
+                            let agent_id = AgentId::new(agent.clone()).map_err(|e| RunError::Sim(e.to_string()))?;
+                            self.trace.note(format!("{at} sim verify {n} {agent}: invalid: {broken}"));
+                            return Ok(Err(Violation {
+                                invariant: CHAIN,
+                                at_ns: self.now_ns,
+                                nodes: vec![ctl.name.clone()],
+                                agent: agent_id,
+                                message: format!("history of {agent} on {n} fails verify: {broken}"),
+                            }));
+                        }
+                    }
+                }
+                self.trace.note(format!("{at} sim verify {n} {agent}: valid, ticks {}", links.join(", ")));
             }
         }
         Ok(Ok(()))
@@ -577,6 +809,21 @@ impl<'a> World<'a> {
                     if let Some(t) = &mut self.ticked_since_heal {
                         t.insert(agent.to_string());
                     }
+                }
+                Event::CheckpointAdopted { agent, hash, .. } => {
+                    self.adopted.entry((e.node.to_string(), agent.to_string())).or_default().insert(*hash);
+                }
+                Event::Misbehaved { act, .. } if !act.starts_with(igor::node::defence::CHURN_ACT_PREFIX) => {
+                    self.byzantine_nodes.insert(e.node.to_string());
+                }
+                Event::Recovered { agent, anchor_tick, .. } => {
+                    let key = (e.node.to_string(), agent.to_string());
+                    let later: Vec<Hash32> = self
+                        .heads
+                        .get(&key)
+                        .map(|m| m.range(anchor_tick.0.saturating_add(1)..).map(|(_, h)| *h).collect())
+                        .unwrap_or_default();
+                    self.abandoned.entry(key).or_default().extend(later);
                 }
                 _ => {}
             }

@@ -337,8 +337,18 @@ pub enum ScenarioError {
     Io { path: String, err: std::io::Error },
     #[error("{path}:{line}:{col}: {message}")]
     Parse { path: String, line: usize, col: usize, message: String },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    /// A value that parsed but makes no sense; `line:col` point at it.
+    #[error("{path}:{line}:{col}: {message}")]
+    Invalid { path: String, line: usize, col: usize, message: String },
+}
+
+/// A validation failure: the offending field's path (`timeline[3].at_ms`,
+/// `agents[0].node`, `expect.authority.a.counter`) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
 }
 
 impl Scenario {
@@ -353,7 +363,10 @@ impl Scenario {
             col: e.span.start.col,
             message: e.code.to_string(),
         })?;
-        s.validate().map_err(|message| ScenarioError::Invalid { path: path.to_string(), message })?;
+        s.check().map_err(|e| {
+            let (line, col) = locate(text, &e.field);
+            ScenarioError::Invalid { path: path.to_string(), line, col, message: e.to_string() }
+        })?;
         Ok(s)
     }
 
@@ -374,90 +387,106 @@ impl Scenario {
         ron::ser::to_string_pretty(self, cfg).expect("scenario serializes")
     }
 
-    /// Cross-field checks: names resolve, ranges make sense.
+    /// Cross-field checks: names resolve, ranges make sense. The message
+    /// starts with the offending field's path (`timeline[3].at_ms: ...`).
     pub fn validate(&self) -> Result<(), String> {
+        self.check().map_err(|e| e.to_string())
+    }
+
+    /// [`Scenario::validate`] with the field path kept apart, so that
+    /// [`Scenario::parse`] can point at the value in the file.
+    pub fn check(&self) -> Result<(), FieldError> {
+        let err = |field: String, message: String| Err(FieldError { field, message });
         if self.duration_s == 0 || self.duration_s > MAX_DURATION_S {
-            return Err(format!("duration_s: {} is outside 1..={MAX_DURATION_S}", self.duration_s));
+            return err("duration_s".into(), format!("{} is outside 1..={MAX_DURATION_S}", self.duration_s));
         }
         if self.step_ms == 0 || self.step_ms > 1000 {
-            return Err(format!("step_ms: {} is outside 1..=1000", self.step_ms));
+            return err("step_ms".into(), format!("{} is outside 1..=1000", self.step_ms));
         }
         if self.timeline.len() > MAX_TIMELINE_STEPS {
-            return Err(format!("timeline: {} steps (limit {MAX_TIMELINE_STEPS})", self.timeline.len()));
+            return err("timeline".into(), format!("{} steps (limit {MAX_TIMELINE_STEPS})", self.timeline.len()));
         }
         let (lo, hi) = self.network.latency_ms;
         if lo > hi {
-            return Err(format!("network.latency_ms: ({lo}, {hi}) is not a range"));
+            return err("network.latency_ms".into(), format!("({lo}, {hi}) is not a range"));
         }
         if !(0.0..=1.0).contains(&self.network.loss) {
-            return Err(format!("network.loss: {} is not a probability", self.network.loss));
+            return err("network.loss".into(), format!("{} is not a probability", self.network.loss));
         }
         let mut nodes = std::collections::BTreeSet::new();
-        for n in &self.nodes {
-            igor::units::NodeId::new(n.name.clone()).map_err(|e| format!("nodes: {e}"))?;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Err(e) = igor::units::NodeId::new(n.name.clone()) {
+                return err(format!("nodes[{i}].name"), e.to_string());
+            }
             if !nodes.insert(n.name.as_str()) {
-                return Err(format!("nodes: duplicate node {:?}", n.name));
+                return err(format!("nodes[{i}].name"), format!("duplicate node {:?}", n.name));
             }
             if n.price_microcents < 0 {
-                return Err(format!("nodes[{}].price_microcents: {} is negative", n.name, n.price_microcents));
+                return err(format!("nodes[{i}].price_microcents"), format!("{} is negative", n.price_microcents));
             }
         }
-        let node = |field: &str, name: &str| {
-            if nodes.contains(name) { Ok(()) } else { Err(format!("{field}: unknown node {name:?}")) }
+        let node = |field: String, name: &str| {
+            if nodes.contains(name) { Ok(()) } else { err(field, format!("unknown node {name:?}")) }
         };
         let mut agents = std::collections::BTreeSet::new();
-        for a in &self.agents {
-            igor::units::AgentId::new(a.name.clone()).map_err(|e| format!("agents: {e}"))?;
-            if !agents.insert(a.name.as_str()) {
-                return Err(format!("agents: duplicate agent {:?}", a.name));
+        for (i, a) in self.agents.iter().enumerate() {
+            if let Err(e) = igor::units::AgentId::new(a.name.clone()) {
+                return err(format!("agents[{i}].name"), e.to_string());
             }
-            node(&format!("agents[{}].node", a.name), &a.node)?;
+            if !agents.insert(a.name.as_str()) {
+                return err(format!("agents[{i}].name"), format!("duplicate agent {:?}", a.name));
+            }
+            node(format!("agents[{i}].node"), &a.node)?;
             if a.budget_microcents < 0 {
-                return Err(format!("agents[{}].budget_microcents: {} is negative", a.name, a.budget_microcents));
+                return err(format!("agents[{i}].budget_microcents"), format!("{} is negative", a.budget_microcents));
             }
         }
-        let agent = |field: &str, name: &str| {
-            if agents.contains(name) { Ok(()) } else { Err(format!("{field}: unknown agent {name:?}")) }
+        let agent = |field: String, name: &str| {
+            if agents.contains(name) { Ok(()) } else { err(field, format!("unknown agent {name:?}")) }
         };
         for (i, step) in self.timeline.iter().enumerate() {
             let f = format!("timeline[{i}]");
             if step.at_ms > self.duration_s * 1000 {
-                return Err(format!("{f}.at_ms: {} is after the end of the run", step.at_ms));
+                return err(format!("{f}.at_ms"), format!("{} is after the end of the run", step.at_ms));
             }
-            for n in step.action.nodes() {
-                node(&f, n)?;
+            for (field, n) in step.action.node_fields() {
+                node(format!("{f}.action.{field}"), n)?;
             }
             if let Some(a) = step.action.agent() {
-                agent(&f, a)?;
+                let field = if matches!(step.action, Action::Restart { .. }) { "storage.agent" } else { "agent" };
+                agent(format!("{f}.action.{field}"), a)?;
             }
             match &step.action {
                 Action::Duplicate { probability, .. } | Action::Corrupt { probability, .. }
                     if !(0.0..=1.0).contains(probability) =>
                 {
-                    return Err(format!("{f}.probability: {probability} is not a probability"));
+                    return err(format!("{f}.action.probability"), format!("{probability} is not a probability"));
                 }
                 Action::Drift { ppm, .. } if ppm.unsigned_abs() > MAX_DRIFT_PPM => {
-                    return Err(format!("{f}.ppm: {ppm} is outside ±{MAX_DRIFT_PPM}"));
+                    return err(format!("{f}.action.ppm"), format!("{ppm} is outside ±{MAX_DRIFT_PPM}"));
                 }
                 Action::Swizzle { nodes, .. } if nodes.is_empty() => {
-                    return Err(format!("{f}.nodes: empty"));
+                    return err(format!("{f}.action.nodes"), "empty".into());
                 }
                 _ => {}
             }
         }
         for (n, per_agent) in &self.expect.authority {
-            node("expect.authority", n)?;
+            node(format!("expect.authority.{n}"), n)?;
             for a in per_agent.keys() {
-                agent("expect.authority", a)?;
+                agent(format!("expect.authority.{n}.{a}"), a)?;
             }
         }
         for a in self.expect.ticks.keys() {
-            agent("expect.ticks", a)?;
+            agent(format!("expect.ticks.{a}"), a)?;
         }
         if let Some(l) = &self.expect.liveness
             && (l.within_ms == 0 || l.within_ms > MAX_LIVENESS_MS)
         {
-            return Err(format!("expect.liveness.within_ms: {} is outside 1..={MAX_LIVENESS_MS}", l.within_ms));
+            return err(
+                "expect.liveness.within_ms".into(),
+                format!("{} is outside 1..={MAX_LIVENESS_MS}", l.within_ms),
+            );
         }
         Ok(())
     }
@@ -492,6 +521,151 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, ScenarioError> {
     Ok(out)
 }
 
+/// 1-based (line, column) of the value of `field` (a path as
+/// [`FieldError::field`] writes it) in RON `text`; the nearest enclosing
+/// value that is written out when the field itself is not (a default), and
+/// (1, 1) when nothing matches.
+pub fn locate(text: &str, field: &str) -> (usize, usize) {
+    let positions = value_positions(text);
+    let mut path = field.to_string();
+    loop {
+        if let Some(p) = positions.get(&path) {
+            return *p;
+        }
+        match path.rfind(['.', '[']) {
+            Some(i) => path.truncate(i),
+            None => return (1, 1),
+        }
+    }
+}
+
+/// Where each value starts in RON text, by field path: a small scanner
+/// (strings, comments, nesting, `key:` and list positions), enough to point
+/// a user at a value; the parser proper is `ron`.
+fn value_positions(text: &str) -> BTreeMap<String, (usize, usize)> {
+    struct Frame {
+        path: String,
+        index: usize,
+        key: Option<String>,
+    }
+    let join = |f: &Frame| -> String {
+        match &f.key {
+            Some(k) if f.path.is_empty() => k.clone(),
+            Some(k) => format!("{}.{k}", f.path),
+            None => format!("{}[{}]", f.path, f.index),
+        }
+    };
+    let mut out = BTreeMap::new();
+    let mut stack = vec![Frame { path: String::new(), index: 0, key: None }];
+    let mut expect_value = true;
+    let mut word: Option<String> = None;
+    let chars: Vec<char> = text.chars().collect();
+    let (mut i, mut line, mut col) = (0usize, 1usize, 1usize);
+    let advance = |i: &mut usize, line: &mut usize, col: &mut usize, c: char| {
+        *i += 1;
+        if c == '\n' {
+            *line += 1;
+            *col = 1;
+        } else {
+            *col += 1;
+        }
+    };
+    while let Some(&c) = chars.get(i) {
+        if c.is_whitespace() {
+            advance(&mut i, &mut line, &mut col, c);
+            continue;
+        }
+        if c == '/' && chars.get(i + 1) == Some(&'/') {
+            while let Some(&c) = chars.get(i) {
+                if c == '\n' {
+                    break;
+                }
+                advance(&mut i, &mut line, &mut col, c);
+            }
+            continue;
+        }
+        if c == '/' && chars.get(i + 1) == Some(&'*') {
+            while let Some(&c) = chars.get(i) {
+                let end = c == '*' && chars.get(i + 1) == Some(&'/');
+                advance(&mut i, &mut line, &mut col, c);
+                if end {
+                    advance(&mut i, &mut line, &mut col, '/');
+                    break;
+                }
+            }
+            continue;
+        }
+        // A token starts here.
+        let root = stack.len() == 1;
+        let top = stack.last_mut().expect("the root frame is never popped");
+        if expect_value && !matches!(c, ')' | ']' | '}' | ',' | ':') {
+            let at = if root { String::new() } else { join(top) };
+            out.entry(at).or_insert((line, col));
+            expect_value = false;
+        }
+        let top = stack.last_mut().expect("the root frame is never popped");
+        match c {
+            ':' => {
+                top.key = word.take();
+                expect_value = true;
+                advance(&mut i, &mut line, &mut col, c);
+            }
+            ',' => {
+                top.index += 1;
+                top.key = None;
+                word = None;
+                expect_value = true;
+                advance(&mut i, &mut line, &mut col, c);
+            }
+            '(' | '[' | '{' => {
+                let path = if root { String::new() } else { join(top) };
+                stack.push(Frame { path, index: 0, key: None });
+                word = None;
+                expect_value = true;
+                advance(&mut i, &mut line, &mut col, c);
+            }
+            ')' | ']' | '}' => {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                word = None;
+                expect_value = false;
+                advance(&mut i, &mut line, &mut col, c);
+            }
+            '"' => {
+                let mut s = String::new();
+                advance(&mut i, &mut line, &mut col, c);
+                while let Some(&c) = chars.get(i) {
+                    advance(&mut i, &mut line, &mut col, c);
+                    match c {
+                        '\\' => {
+                            if let Some(&n) = chars.get(i) {
+                                s.push(n);
+                                advance(&mut i, &mut line, &mut col, n);
+                            }
+                        }
+                        '"' => break,
+                        _ => s.push(c),
+                    }
+                }
+                word = Some(s);
+            }
+            _ => {
+                let mut s = String::new();
+                while let Some(&c) = chars.get(i) {
+                    if c.is_whitespace() || "()[]{},:\"".contains(c) || (c == '/' && chars.get(i + 1) == Some(&'/')) {
+                        break;
+                    }
+                    s.push(c);
+                    advance(&mut i, &mut line, &mut col, c);
+                }
+                word = Some(s);
+            }
+        }
+    }
+    out
+}
+
 impl Action {
     /// Node names this action refers to.
     pub fn nodes(&self) -> Vec<&str> {
@@ -510,6 +684,23 @@ impl Action {
             | Action::ClearFaults { node }
             | Action::Skew { node, .. }
             | Action::Recover { node, .. } => vec![node],
+        }
+    }
+
+    /// Node names this action refers to, with the field that names each.
+    pub fn node_fields(&self) -> Vec<(String, &str)> {
+        match self {
+            Action::Migrate { from, to, .. } => vec![("from".into(), from), ("to".into(), to)],
+            Action::PartitionOneway { from, to } | Action::HealOneway { from, to } => {
+                vec![("from".into(), from), ("to".into(), to)]
+            }
+            Action::Partition { a, b } | Action::Heal { a, b } | Action::Latency { a, b, .. } => {
+                vec![("a".into(), a), ("b".into(), b)]
+            }
+            Action::Swizzle { nodes, .. } => {
+                nodes.iter().enumerate().map(|(i, n)| (format!("nodes[{i}]"), n.as_str())).collect()
+            }
+            other => other.nodes().into_iter().map(|n| ("node".into(), n)).collect(),
         }
     }
 
@@ -557,9 +748,77 @@ mod tests {
     }
 
     #[test]
-    fn unknown_names_are_rejected() {
+    fn unknown_names_are_rejected_at_the_value() {
         let text = MINIMAL.replace("Crash(node: \"a\")", "Crash(node: \"zz\")");
         let err = Scenario::parse(&text, "x.ron").unwrap_err().to_string();
-        assert!(err.contains("timeline[0]: unknown node \"zz\""), "{err}");
+        // Line 7 of MINIMAL, column of the "zz" string.
+        let col = text.lines().nth(6).unwrap().find("\"zz\"").unwrap() + 1;
+        assert_eq!(err, format!("x.ron:7:{col}: timeline[0].action.node: unknown node \"zz\""));
+    }
+
+    /// Every validation error names its field and points at the value's
+    /// line and column in the file (the value's first character).
+    #[test]
+    fn every_validation_error_points_at_its_value() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("duration_s: 10", "duration_s: 0", "duration_s", "0,"),
+            ("seed: 1,", "seed: 1, step_ms: 0,", "step_ms", "0,"),
+            ("seed: 1,", "seed: 1, network: (latency_ms: (9, 2)),", "network.latency_ms", "(9, 2)"),
+            ("seed: 1,", "seed: 1, network: (loss: 1.5),", "network.loss", "1.5"),
+            ("[(name: \"a\")]", "[(name: \"a\"), (name: \"a\")]", "nodes[1].name", "\"a\")]"),
+            ("[(name: \"a\")]", "[(name: \"a\", price_microcents: -1)]", "nodes[0].price_microcents", "-1)"),
+            ("node: \"a\")]", "node: \"q\")]", "agents[0].node", "\"q\")]"),
+            ("budget_microcents: 1000", "budget_microcents: -5", "agents[0].budget_microcents", "-5,"),
+            ("at_ms: 100", "at_ms: 99999999", "timeline[0].at_ms", "99999999"),
+            (
+                "Crash(node: \"a\")",
+                "Migrate(agent: \"nope\", from: \"a\", to: \"a\")",
+                "timeline[0].action.agent",
+                "\"nope\"",
+            ),
+            (
+                "Crash(node: \"a\")",
+                "Migrate(agent: \"counter\", from: \"a\", to: \"b\")",
+                "timeline[0].action.to",
+                "\"b\")",
+            ),
+            ("Crash(node: \"a\")", "Corrupt(node: \"a\", probability: 2.0)", "timeline[0].action.probability", "2.0)"),
+            ("Crash(node: \"a\")", "Drift(node: \"a\", ppm: 900000)", "timeline[0].action.ppm", "900000)"),
+            ("Crash(node: \"a\")", "Swizzle(nodes: [], step_ms: 5)", "timeline[0].action.nodes", "[],"),
+            (
+                "Crash(node: \"a\")",
+                "Restart(node: \"a\", storage: CorruptNewest(agent: \"x\"))",
+                "timeline[0].action.storage.agent",
+                "\"x\")",
+            ),
+            ("(verdict: Pass)", "(verdict: Pass, authority: {\"zz\": {}})", "expect.authority.zz", "{}}"),
+            (
+                "(verdict: Pass)",
+                "(verdict: Pass, authority: {\"a\": {\"ghost\": \"RETIRED\"}})",
+                "expect.authority.a.ghost",
+                "\"RETIRED\"",
+            ),
+            ("(verdict: Pass)", "(verdict: Pass, ticks: {\"ghost\": (1, 2)})", "expect.ticks.ghost", "(1, 2)"),
+            ("(verdict: Pass)", "(verdict: Pass, liveness: (within_ms: 0))", "expect.liveness.within_ms", "0))"),
+        ];
+        for (from, to, field, value) in cases {
+            assert!(MINIMAL.contains(from), "{from}");
+            let text = MINIMAL.replacen(from, to, 1);
+            let err = Scenario::parse(&text, "v.ron").unwrap_err();
+            let ScenarioError::Invalid { line, col, message, .. } = &err else { panic!("{field}: {err}") };
+            assert!(message.starts_with(&format!("{field}: ")), "{field}: {message}");
+            let at = &text.lines().nth(line - 1).unwrap()[col - 1..];
+            assert!(at.starts_with(value), "{field}: {err} points at {at:?}, not {value:?}");
+        }
+    }
+
+    #[test]
+    fn the_locator_skips_comments_and_strings_and_falls_back_to_the_parent() {
+        let text = "// a: (\n(name: \"x: [\", /* b: 1 */ seed: 7, nodes: [(name: \"a\"), (name: \"b\")])";
+        assert_eq!(locate(text, "seed"), (2, 33));
+        assert_eq!(locate(text, "nodes[1].name"), (2, 64));
+        // A field left at its default is not written: its parent is.
+        assert_eq!(locate(text, "nodes[1].price_microcents"), (2, 57));
+        assert_eq!(locate(text, "expect.liveness.within_ms"), (1, 1));
     }
 }
