@@ -254,6 +254,22 @@ pub struct HeadAnnounce {
     /// `transfer_identity_checks`). Absent from announcers that lack it.
     #[serde(rename = "AgentKey", default, skip_serializing_if = "Option::is_none", with = "b64::opt")]
     pub agent_key: Option<Vec<u8>>,
+    /// The announcer's claim ([`agent_claim_bytes`]) signed by the agent's
+    /// own key, present when the announcer holds the key. A node holding the
+    /// agent acts on a claim (superseded, divergence) only when this
+    /// signature verifies under the key it knows from its own history: an
+    /// anonymous peer cannot stop a running agent.
+    #[serde(rename = "AgentSignature", default, skip_serializing_if = "Option::is_none", with = "b64::opt")]
+    pub agent_signature: Option<Vec<u8>>,
+}
+
+/// What an agent-signed claim covers: the whole header (issuer, audience,
+/// agent, epoch, head, nonce, issue and expiry times) and the claimed state.
+pub fn agent_claim_bytes(h: &Header, state: Option<crate::authority::AuthorityState>) -> Vec<u8> {
+    // Plain structs with string keys: serialisation cannot fail.
+    let header = serde_json::to_vec(h).expect("header serialisation is infallible");
+    let state = serde_json::to_vec(&state).expect("state serialisation is infallible");
+    [b"igor/agent-claim/v1\0".as_slice(), &(header.len() as u64).to_le_bytes(), &header, &state].concat()
 }
 
 /// Reply to anything that is not a transfer: the replier's own view of the
@@ -263,6 +279,9 @@ pub struct HeadAnnounce {
 pub struct HeadAck {
     #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
     pub state: Option<crate::authority::AuthorityState>,
+    /// As [`HeadAnnounce::agent_signature`], over the replier's header.
+    #[serde(rename = "AgentSignature", default, skip_serializing_if = "Option::is_none", with = "b64::opt")]
+    pub agent_signature: Option<Vec<u8>>,
 }
 
 /// The message itself.

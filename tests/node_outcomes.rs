@@ -392,7 +392,11 @@ fn announce(c: &Cluster, from: usize, to: usize, epoch: Epoch, tick: u64, hash: 
         issued_unix_ns: 0,
         expiry_unix_ns: i64::MAX,
     };
-    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner, agent_key: None })).encode()
+    Envelope::new(
+        h,
+        Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner, agent_key: None, agent_signature: None }),
+    )
+    .encode()
 }
 
 #[test]

@@ -99,6 +99,10 @@ pub enum Obs {
     Halted { agent: AgentId, budget: bool },
     /// The node reported a local fault about `agent` (a write may have failed).
     Fault { agent: AgentId },
+    /// An operator recovery on this node re-anchored the lineage at
+    /// `anchor` under `epoch` (`recovered`): its next commit may be a second
+    /// child of the anchor; the branch it replaces is abandoned.
+    Recovered { agent: AgentId, anchor: Hash32, epoch: Epoch },
     /// The node's process died (injected by the simulator).
     Crashed,
     /// The node's records of `agent` were lost with its disk (`Wipe`).
@@ -212,6 +216,10 @@ struct AgentModel {
     committed: BTreeMap<Hash32, (u64, i64, i64)>,
     /// EI-3: parent → the one child it may have.
     children: BTreeMap<Hash32, Hash32>,
+    /// Recoveries not yet followed by their first commit: node → anchor.
+    reanchoring: BTreeMap<NodeId, Hash32>,
+    /// Checkpoints on branches a recovery abandoned: nothing may extend them.
+    abandoned: BTreeSet<Hash32>,
     /// Nodes that detected divergence and must stop (EI-11).
     must_stop: BTreeSet<NodeId>,
     /// EI-1 per epoch: epoch major → the node that ticked in it. Never
@@ -295,6 +303,7 @@ impl Checker {
             | Obs::Divergence { agent }
             | Obs::Halted { agent, .. }
             | Obs::Fault { agent }
+            | Obs::Recovered { agent, .. }
             | Obs::Forgot { agent } => agent.clone(),
             Obs::Crashed | Obs::Booted => unreachable!("handled above"),
         };
@@ -307,6 +316,9 @@ impl Checker {
             Obs::Deployed { budget, .. } => {
                 m.initial_budget = Some(*budget);
                 m.committed.entry(Hash32::ZERO).or_insert((0, *budget, 0));
+            }
+            Obs::Recovered { anchor, .. } => {
+                m.reanchoring.insert(node.clone(), *anchor);
             }
             Obs::Forgot { .. } => {
                 m.records.remove(node);
@@ -448,7 +460,27 @@ impl Checker {
                 if *budget < 0 {
                     return fail("RE-3", one(), format!("negative budget {budget} at tick {tick}"));
                 }
-                // EI-3: one parent, one child.
+                // EI-3: one parent, one child, except the first commit after
+                // a recorded recovery from that parent (spec §5: the recovery
+                // re-anchors the lineage and abandons the other branch).
+                if m.abandoned.contains(prev) {
+                    return fail(
+                        "EI-3",
+                        one(),
+                        format!("checkpoint at tick {tick} extends {prev:?}, on a branch a recovery abandoned"),
+                    );
+                }
+                if let Some(child) = m.children.get(prev).copied()
+                    && child != *hash
+                    && charged.is_some()
+                    && m.reanchoring.get(node) == Some(prev)
+                {
+                    m.abandoned.insert(child);
+                    m.children.insert(*prev, *hash);
+                }
+                if charged.is_some() {
+                    m.reanchoring.remove(node);
+                }
                 if let Some(child) = m.children.get(prev)
                     && child != hash
                 {
@@ -550,8 +582,11 @@ impl Checker {
                 let rec = m.records.get(node).copied();
                 let last = rec.map(|r| (r.state, r.epoch));
                 let target = rec.is_some_and(|r| r.target);
-                // The node's own `from` must be what it last reported.
-                if *from != rec.map(|r| r.state) && !rec.is_some_and(|r| r.uncertain) {
+                // The node's own `from` must be what it last reported; a
+                // RETIRED record is archived, not transitioned, when the agent
+                // comes back (spec §5), so the event shows a new record.
+                let archived = from.is_none() && rec.is_some_and(|r| r.state == State::Retired);
+                if *from != rec.map(|r| r.state) && !rec.is_some_and(|r| r.uncertain) && !archived {
                     return fail(
                         AUTH_TRANSITION,
                         one(),
@@ -674,6 +709,7 @@ fn obs_kind(obs: &Obs) -> &'static str {
         Obs::Fault { .. } => "fault",
         Obs::Crashed => "crashed",
         Obs::Forgot { .. } => "forgot",
+        Obs::Recovered { .. } => "recovered",
     }
 }
 
@@ -1098,5 +1134,42 @@ mod tests {
         // A node that never reported the agent loads nothing either.
         let mut c = reach(Start::Owner);
         assert_eq!(c.observe(2, &n("y"), &load(ActiveOwner, 1)).unwrap_err().invariant, AUTH_RELOAD);
+    }
+
+    #[test]
+    fn a_returning_agent_archives_a_retired_record_but_no_live_one() {
+        let mut c = deployed("a");
+        auth(&mut c, "a", Some(ActiveOwner), Retired, 1, Reason::Shutdown).unwrap();
+        // Spec §5: the RETIRED record is archived; the event shows a new one.
+        auth(&mut c, "a", None, HandoffPending, 3, Reason::PackageReceived).unwrap();
+        // A live record is never silently replaced.
+        let mut live = deployed("a");
+        let err = auth(&mut live, "a", None, HandoffPending, 3, Reason::PackageReceived).unwrap_err();
+        assert_eq!(err.invariant, AUTH_TRANSITION, "{err}");
+    }
+
+    #[test]
+    fn a_recorded_recovery_may_re_anchor_once_and_abandons_the_other_branch() {
+        let mut c = deployed("a");
+        c.observe(1, &n("a"), &commit(0, h(1), Hash32::ZERO, 100, 0)).unwrap();
+        c.observe(2, &n("a"), &commit(1, h(2), h(1), 100, 0)).unwrap();
+        // Without a recorded recovery, a second child of h(1) is a fork.
+        let mut forked = deployed("a");
+        forked.observe(1, &n("a"), &commit(0, h(1), Hash32::ZERO, 100, 0)).unwrap();
+        forked.observe(2, &n("a"), &commit(1, h(2), h(1), 100, 0)).unwrap();
+        assert_eq!(forked.observe(3, &n("a"), &commit(2, h(3), h(1), 100, 0)).unwrap_err().invariant, "EI-3");
+        // A recovery on a from anchor h(1): its next commit re-anchors there.
+        let rec = Obs::Recovered { agent: ag(), anchor: h(1), epoch: e(5) };
+        c.observe(3, &n("a"), &rec).unwrap();
+        c.observe(4, &n("a"), &commit(2, h(3), h(1), 100, 0)).unwrap();
+        // Once only, and nothing may extend the abandoned branch.
+        assert_eq!(c.observe(5, &n("a"), &commit(3, h(4), h(1), 100, 0)).unwrap_err().invariant, "EI-3");
+        let mut c2 = deployed("a");
+        c2.observe(1, &n("a"), &commit(0, h(1), Hash32::ZERO, 100, 0)).unwrap();
+        c2.observe(2, &n("b"), &commit(1, h(2), h(1), 100, 0)).unwrap();
+        c2.observe(3, &n("a"), &rec).unwrap();
+        c2.observe(4, &n("a"), &commit(2, h(3), h(1), 100, 0)).unwrap();
+        let err = c2.observe(5, &n("b"), &commit(3, h(6), h(2), 100, 0)).unwrap_err();
+        assert!(err.invariant == "EI-3" && err.message.contains("abandoned"), "{err}");
     }
 }

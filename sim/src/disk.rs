@@ -142,6 +142,9 @@ impl SimDisk {
         for e in entries.flatten() {
             let _ = fs::remove_dir_all(e.path());
         }
+        // turmoil keeps a removal pending until its parent is synced; a
+        // later create of the same path would otherwise race it.
+        let _ = fs::sync_dir(&self.root);
     }
 
     fn walk_root(&self) -> Vec<String> {

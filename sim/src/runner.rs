@@ -72,7 +72,9 @@ struct HostCtl {
 }
 
 /// Every agent's history files on one node's disk: agent → (path, bytes).
-type Histories = BTreeMap<String, Vec<(String, Vec<u8>)>>;
+/// Per agent directory: its archived checkpoints and its recovery records,
+/// each as (path, bytes).
+type Histories = BTreeMap<String, (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>)>;
 
 /// Steps the runner waits at the end of a run for the live hosts to stop
 /// and hand over their history archives (each needs one step).
@@ -351,15 +353,17 @@ fn read_histories(disk: &SimDisk) -> Histories {
     for agent in disk.list("history").unwrap_or_default() {
         let dir = format!("history/{agent}");
         let files = disk.list(&dir).unwrap_or_default();
-        let entries = files
-            .into_iter()
-            .filter(|f| f.ends_with(lineage::CHECKPOINT_EXT))
-            .filter_map(|f| {
-                let path = format!("{dir}/{f}");
-                disk.read(&path).ok().map(|b| (path, b))
-            })
-            .collect();
-        out.insert(agent, entries);
+        let read = |ext: &str| -> Vec<(String, Vec<u8>)> {
+            files
+                .iter()
+                .filter(|f| f.ends_with(ext))
+                .filter_map(|f| {
+                    let path = format!("{dir}/{f}");
+                    disk.read(&path).ok().map(|b| (path, b))
+                })
+                .collect()
+        };
+        out.insert(agent, (read(lineage::CHECKPOINT_EXT), read(lineage::RECOVERY_EXT)));
     }
     out
 }
@@ -431,6 +435,9 @@ fn observation(e: &Event) -> Option<Obs> {
             reason: reason.clone(),
         },
         Event::DivergenceDetected { agent, .. } => Obs::Divergence { agent: agent.clone() },
+        Event::Recovered { agent, anchor, epoch, .. } => {
+            Obs::Recovered { agent: agent.clone(), anchor: *anchor, epoch: *epoch }
+        }
         // The node halts with reason "budget exhausted" (src/node/mod.rs).
         Event::AgentHalted { agent, reason } => {
             Obs::Halted { agent: agent.clone(), budget: reason.starts_with("budget") }
@@ -442,6 +449,19 @@ fn observation(e: &Event) -> Option<Obs> {
 
 /// Run one scenario with `seed` (or its own) and return the report.
 pub fn run(scenario: &Scenario, base: &Path, seed: Option<u64>) -> Result<RunReport, RunError> {
+    run_configured(scenario, base, seed, &|_| {})
+}
+
+/// [`run`] with `tweak` applied to every node's configuration *after* it
+/// was built and validated: for simulator tests that need a node no
+/// scenario may describe (a configuration validation refuses, to show the
+/// watchdog stopping a node that spins). Never used by the CLI.
+pub fn run_configured(
+    scenario: &Scenario,
+    base: &Path,
+    seed: Option<u64>,
+    tweak: &dyn Fn(&mut NodeConfig),
+) -> Result<RunReport, RunError> {
     let seed = seed.unwrap_or(scenario.seed);
     let agents = load_agents(scenario, base)?;
     let duration_ns = scenario.duration_s.saturating_mul(1_000_000_000);
@@ -466,7 +486,8 @@ pub fn run(scenario: &Scenario, base: &Path, seed: Option<u64>) -> Result<RunRep
     // Hosts are registered in the scenario's order: each registration draws
     // from turmoil's world RNG.
     for spec in &scenario.nodes {
-        let cfg = node_config(spec, &scenario.nodes)?;
+        let mut cfg = node_config(spec, &scenario.nodes)?;
+        tweak(&mut cfg);
         let ctl = Rc::new(HostCtl {
             name: cfg.node_id.clone(),
             clock: Rc::new(Cell::new(ClockFault::default())),
@@ -588,10 +609,6 @@ struct World<'a> {
     net_seen: BTreeMap<String, NetCounters>,
     /// Keeps Byzantine nodes' own misdeeds out of the checker (A2–A4).
     byzantine: crate::adversary::Filter,
-    /// Per (node, agent): checkpoints an explicit recovery abandoned (ticks
-    /// above its anchor seen there before it), left out of the end-of-run
-    /// verify (spec §5: re-anchoring is not a fork).
-    abandoned: BTreeMap<(String, String), BTreeSet<Hash32>>,
     /// Byzantine nodes (A2–A4, not churn griefers): their own disks hold
     /// their misdeeds, which the end-of-run verify does not judge.
     byzantine_nodes: BTreeSet<String>,
@@ -626,7 +643,6 @@ impl<'a> World<'a> {
             ticked_since_heal: None,
             net_seen: BTreeMap::new(),
             byzantine: crate::adversary::Filter::default(),
-            abandoned: BTreeMap::new(),
             byzantine_nodes: BTreeSet::new(),
             adopted: BTreeMap::new(),
         }
@@ -683,9 +699,9 @@ impl<'a> World<'a> {
 
     /// End-of-run `verify` of every live node's history: stop each host's
     /// driver, let it read its archive, and check every agent's chain with
-    /// `igor::lineage::verify_chain` (what `igord verify` runs). Links a
-    /// recorded recovery abandoned (ticks above its anchor, committed
-    /// before it) and files the simulator corrupted are left out first.
+    /// `igor::lineage::verify_lineage` and the node's recovery records (what
+    /// `igord verify` runs): a recorded recovery is named, any other fork
+    /// is CHAIN. Files the simulator corrupted are left out first.
     fn verify_histories(&mut self, agents: &[AgentBytes]) -> Result<Result<(), Violation>, RunError> {
         let live: Vec<String> = self
             .nodes
@@ -719,11 +735,9 @@ impl<'a> World<'a> {
                 self.trace.note(format!("{} sim verify {n}: host did not stop", fmt_time(self.now_ns)));
                 continue;
             };
-            for (agent, entries) in histories {
-                let abandoned = self.abandoned.get(&(n.clone(), agent.clone()));
+            for (agent, (entries, records)) in histories {
                 let kept: Vec<(String, Vec<u8>)> = entries
                     .into_iter()
-                    .filter(|(_, b)| !abandoned.is_some_and(|a| a.contains(&Hash32::of(b))))
                     .filter(|(_, b)| {
                         !ctl.corrupted.get()
                             || igor::checkpoint::Checkpoint::decode(b).is_ok_and(|c| c.verify_signature().is_ok())
@@ -745,8 +759,13 @@ impl<'a> World<'a> {
                 let at = fmt_time(self.now_ns);
                 let mut links = Vec::new();
                 for seg in &segments {
-                    match lineage::verify_chain(seg) {
-                        Ok(s) => links.push(format!("{}..{}", s.first_tick, s.last_tick)),
+                    match lineage::verify_lineage(seg, &records) {
+                        Ok(s) => {
+                            links.push(format!("{}..{}", s.first_tick, s.last_tick));
+                            for (tick, anchor) in &s.recoveries {
+                                links.push(format!("recovered at tick {tick} from anchor {}", anchor.short()));
+                            }
+                        }
                         Err(broken) => {
                             let agent_id = AgentId::new(agent.clone()).map_err(|e| RunError::Sim(e.to_string()))?;
                             self.trace.note(format!("{at} sim verify {n} {agent}: invalid: {broken}"));
@@ -815,15 +834,6 @@ impl<'a> World<'a> {
                 }
                 Event::Misbehaved { act, .. } if !act.starts_with(igor::node::defence::CHURN_ACT_PREFIX) => {
                     self.byzantine_nodes.insert(e.node.to_string());
-                }
-                Event::Recovered { agent, anchor_tick, .. } => {
-                    let key = (e.node.to_string(), agent.to_string());
-                    let later: Vec<Hash32> = self
-                        .heads
-                        .get(&key)
-                        .map(|m| m.range(anchor_tick.0.saturating_add(1)..).map(|(_, h)| *h).collect())
-                        .unwrap_or_default();
-                    self.abandoned.entry(key).or_default().extend(later);
                 }
                 _ => {}
             }

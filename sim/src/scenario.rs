@@ -424,6 +424,25 @@ impl Scenario {
             if n.price_microcents < 0 {
                 return err(format!("nodes[{i}].price_microcents"), format!("{} is negative", n.price_microcents));
             }
+            // Zero would make the node due again at the same instant
+            // forever (a livelock outside testing found with a zero lease).
+            for (field, v) in [
+                ("lease_duration_ms", n.lease_duration_ms),
+                ("tick_interval_ms", n.tick_interval_ms),
+                ("checkpoint_interval_ms", n.checkpoint_interval_ms),
+            ] {
+                if v == Some(0) {
+                    return err(format!("nodes[{i}].{field}"), "must be at least 1 ms".into());
+                }
+            }
+            // Spec §5 clock bound: the lease grace must exceed S.
+            let skew_ms = igor::migration::MigrationConfig::default().max_clock_skew_ns / 1_000_000;
+            if let Some(g) = n.lease_grace_ms.filter(|g| *g <= skew_ms) {
+                return err(
+                    format!("nodes[{i}].lease_grace_ms"),
+                    format!("{g} must exceed the clock bound S = {skew_ms} ms (spec §5: S < grace)"),
+                );
+            }
         }
         let node = |field: String, name: &str| {
             if nodes.contains(name) { Ok(()) } else { err(field, format!("unknown node {name:?}")) }
@@ -767,6 +786,9 @@ mod tests {
             ("seed: 1,", "seed: 1, network: (loss: 1.5),", "network.loss", "1.5"),
             ("[(name: \"a\")]", "[(name: \"a\"), (name: \"a\")]", "nodes[1].name", "\"a\")]"),
             ("[(name: \"a\")]", "[(name: \"a\", price_microcents: -1)]", "nodes[0].price_microcents", "-1)"),
+            ("[(name: \"a\")]", "[(name: \"a\", lease_duration_ms: 0)]", "nodes[0].lease_duration_ms", "0)"),
+            ("[(name: \"a\")]", "[(name: \"a\", tick_interval_ms: 0)]", "nodes[0].tick_interval_ms", "0)"),
+            ("[(name: \"a\")]", "[(name: \"a\", lease_grace_ms: 500)]", "nodes[0].lease_grace_ms", "500)"),
             ("node: \"a\")]", "node: \"q\")]", "agents[0].node", "\"q\")]"),
             ("budget_microcents: 1000", "budget_microcents: -5", "agents[0].budget_microcents", "-5,"),
             ("at_ms: 100", "at_ms: 99999999", "timeline[0].at_ms", "99999999"),

@@ -33,11 +33,16 @@ const TRACE_BOUND: usize = MAX_EVENTS_PER_INSTANT as usize + 1_000;
 fn a_node_that_spins_at_one_instant_is_stuck_with_its_last_events() {
     // A zero tick interval makes an honest agent tick again at the same
     // instant, forever (its budget lasts millions of ticks): a node busy
-    // without any defect of its own, independent of the node's fixes. The
-    // scenario is built, not parsed, in case validation learns to refuse it.
-    let mut scenario = one_node("counter.wat", "", "");
-    scenario.nodes[0].tick_interval_ms = Some(0);
-    let report = runner::run(&scenario, &root(), None).unwrap_or_else(|e| panic!("{e}"));
+    // without any defect of its own, independent of the node's fixes.
+    // Validation refuses such a scenario (NodeConfig::validate), so the
+    // configuration is changed after it, as only a test can.
+    let scenario = one_node("counter.wat", "", "");
+    let spin = |cfg: &mut igor::node::NodeConfig| cfg.tick_idle_ns = 0;
+    let mut refused = scenario.clone();
+    refused.nodes[0].tick_interval_ms = Some(0);
+    let err = runner::run(&refused, &root(), None).err().expect("a zero tick interval is refused");
+    assert!(err.to_string().contains("tick_idle_ns must be > 0"), "{err}");
+    let report = runner::run_configured(&scenario, &root(), None, &spin).unwrap_or_else(|e| panic!("{e}"));
     let v = report.violation.as_ref().expect("a spinning node is STUCK");
     assert_eq!(v.invariant, STUCK, "{v}");
     assert_eq!(v.nodes[0].as_str(), "a");
@@ -48,7 +53,7 @@ fn a_node_that_spins_at_one_instant_is_stuck_with_its_last_events() {
     // `expect: Violation("STUCK")` is how a scenario asks for it.
     let mut expecting = scenario.clone();
     expecting.expect.verdict = igor_sim::scenario::Verdict::Violation(STUCK.into());
-    assert!(runner::run(&expecting, &root(), None).unwrap().matches_expectation());
+    assert!(runner::run_configured(&expecting, &root(), None, &spin).unwrap().matches_expectation());
 }
 
 #[test]

@@ -445,7 +445,14 @@ mod tests {
             issued_unix_ns: 0,
             expiry_unix_ns: expiry,
         };
-        Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner, agent_key: None }))
+        Envelope::new(
+            h,
+            Body::HeadAnnounce(HeadAnnounce {
+                state: AuthorityState::ActiveOwner,
+                agent_key: None,
+                agent_signature: None,
+            }),
+        )
     }
 
     #[test]

@@ -453,7 +453,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let to = NodeId::new(to).map_err(|e| format!("to: {e}"))?;
         let mut header = self.forged_header(&agent, &to, Epoch::new(epoch_major, 0), as_node)?;
         header.head_hash = Hash32::of(b"forged head");
-        let body = Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner, agent_key: None });
+        let body = Body::HeadAnnounce(HeadAnnounce {
+            state: AuthorityState::ActiveOwner,
+            agent_key: None,
+            agent_signature: None,
+        });
         let env = self.seal(Envelope::new(header, body));
         self.emit(Event::Misbehaved {
             agent: Some(agent.clone()),
@@ -502,6 +506,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             s.ticking = false;
         }
         self.emit(Event::LocalCopyDeleted { agent: agent.clone() });
+    }
+
+    /// This node's claim about `agent` signed with the agent's own key, if
+    /// it holds the key (see [`HeadAnnounce::agent_signature`]).
+    fn agent_claim_signature(&self, agent: &AgentId, h: &Header, state: Option<AuthorityState>) -> Option<Vec<u8>> {
+        let key = self.agents.get(agent)?.key.as_ref()?;
+        Some(key.sign(&crate::wire::agent_claim_bytes(h, state)).0.to_vec())
     }
 
     /// Our view of `agent`, as a header addressed to `audience`.
@@ -636,9 +647,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 continue;
             }
             let nonce = self.entropy.next_u64();
+            let header = self.header(agent, &peer, nonce, expiry);
+            let agent_signature = self.agent_claim_signature(agent, &header, Some(state));
             let env = Envelope::new(
-                self.header(agent, &peer, nonce, expiry),
-                Body::HeadAnnounce(HeadAnnounce { state, agent_key: agent_key.clone() }),
+                header,
+                Body::HeadAnnounce(HeadAnnounce { state, agent_key: agent_key.clone(), agent_signature }),
             );
             let id = self.push_request(env, Pending::Announce { agent: agent.clone(), peer: peer.clone() });
             // SCENARIOS ONLY: keep the first announcement addressed to the
@@ -680,7 +693,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     Ok(env) if self.addressed_to_me(&env, &peer) && env.header.agent == agent => {
                         self.received(&env);
                         if let Body::HeadAck(ack) = env.body {
-                            self.observe_peer_view(&peer, &env.header, ack.state);
+                            let proof = ack.agent_signature.as_deref();
+                            self.observe_peer_view(&peer, &env.header, ack.state, None, proof);
                         }
                     }
                     Ok(_) => self.fault(Some(&agent), format!("misaddressed head ack from {peer}")),
@@ -780,11 +794,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 let key = a.agent_key.as_deref().and_then(|k| <[u8; 32]>::try_from(k).ok());
                 let key = key.and_then(|k| PublicKey::from_bytes(k).ok());
                 if !copy {
-                    self.observe_peer_view_with_key(from, &header, Some(a.state), key);
+                    self.observe_peer_view(from, &header, Some(a.state), key, a.agent_signature.as_deref());
                 }
                 let state = self.agents.get(&header.agent).map(|s| s.authority.state());
                 let reply = self.header(&header.agent, from, header.nonce, header.expiry_unix_ns);
-                self.reply_bytes(Envelope::new(reply, Body::HeadAck(HeadAck { state })))
+                let agent_signature = self.agent_claim_signature(&header.agent, &reply, state);
+                self.reply_bytes(Envelope::new(reply, Body::HeadAck(HeadAck { state, agent_signature })))
             }
             Body::AgentStarted(_) | Body::HeadAck(_) => {
                 self.fault(Some(&header.agent), format!("{} from {from} is a reply, not a request", env_kind(&header)));
@@ -830,16 +845,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     /// React to a peer's view of an agent we know: older epoch → stale;
     /// same epoch with another head at the same tick, or two owners →
     /// divergence (EI-11); newer epoch while we own → superseded.
-    fn observe_peer_view(&mut self, peer: &NodeId, h: &Header, peer_state: Option<AuthorityState>) {
-        self.observe_peer_view_with_key(peer, h, peer_state, None);
-    }
-
-    fn observe_peer_view_with_key(
+    fn observe_peer_view(
         &mut self,
         peer: &NodeId,
         h: &Header,
         peer_state: Option<AuthorityState>,
         agent_key: Option<PublicKey>,
+        proof: Option<&[u8]>,
     ) {
         let d = self.cfg.defences;
         if let Some(st) = peer_state
@@ -866,7 +878,6 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
         let Some(s) = self.agents.get_mut(&h.agent) else { return };
         let Some(peer_state) = peer_state else { return };
-        s.highest_major_seen = s.highest_major_seen.max(h.epoch.major);
         let (local, state) = (s.authority.epoch(), s.authority.state());
         let local_tick = s.lineage.head().map(|c| c.tick).unwrap_or_default();
         let local_head = s.lineage.head_hash();
@@ -874,12 +885,42 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             state,
             AuthorityState::ActiveOwner | AuthorityState::HandoffInitiated | AuthorityState::HandoffPending
         );
+        // Defence `signed_claims`, agent half: a claim that would stop an
+        // agent held here (a newer epoch, or a second head or owner at ours)
+        // must be signed by the agent key this node knows from its own
+        // history. Node identity alone is not enough: any peer has one.
+        let known_key =
+            s.key.as_ref().map(|k| k.public()).or_else(|| s.lineage.head().and_then(|c| c.agent_key().copied()));
+        let proven = known_key.is_some_and(|k| {
+            proof.and_then(|p| <[u8; 64]>::try_from(p).ok()).is_some_and(|sig| {
+                k.verify(&crate::wire::agent_claim_bytes(h, Some(peer_state)), &crate::identity::Signature(sig))
+            })
+        });
+        // Only proven claims raise the majors a recovery must stay above: an
+        // anonymous peer cannot push them to the end of the range.
+        if proven {
+            s.highest_major_seen = s.highest_major_seen.max(h.epoch.major);
+        }
+        let fork = h.head_tick == local_tick && h.head_hash != local_head && h.head_hash != Hash32::ZERO;
+        let two_owners = peer_state == AuthorityState::ActiveOwner && state == AuthorityState::ActiveOwner;
+        let superseding =
+            h.epoch > local && matches!(state, AuthorityState::ActiveOwner | AuthorityState::HandoffInitiated);
+        let diverging = h.epoch == local && (fork || two_owners) && d.divergence_detection;
+        if holding && (superseding || diverging) && !proven && d.signed_claims {
+            self.guard.rejected += 1;
+            self.emit(Event::ClaimRejected {
+                agent: h.agent.clone(),
+                peer: peer.clone(),
+                kind: MessageKind::HeadAnnounce,
+                defence: "signed_claims".into(),
+                reason: format!("claim of {} at {} is not signed by the agent key", peer_state, h.epoch),
+            });
+            return;
+        }
         if h.epoch < local {
             self.stale(&h.agent, peer, MessageKind::HeadAnnounce, h.epoch);
         } else if h.epoch == local {
-            let fork = h.head_tick == local_tick && h.head_hash != local_head && h.head_hash != Hash32::ZERO;
-            let two_owners = peer_state == AuthorityState::ActiveOwner && state == AuthorityState::ActiveOwner;
-            if (fork || two_owners) && d.divergence_detection {
+            if diverging {
                 self.emit(Event::DivergenceDetected {
                     agent: h.agent.clone(),
                     peer: peer.clone(),
@@ -893,7 +934,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     self.fall_to_recovery(&h.agent, Reason::Divergence);
                 }
             }
-        } else if matches!(state, AuthorityState::ActiveOwner | AuthorityState::HandoffInitiated) {
+        } else if superseding {
             // Someone holds the agent under a newer epoch: we must not tick.
             self.fall_to_recovery(&h.agent, Reason::Superseded);
         }
