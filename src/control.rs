@@ -130,6 +130,10 @@ pub struct AgentStatus {
     /// Ticks run here since the node started (for liveness checks).
     pub ticks_here: u64,
     pub halted: Option<String>,
+    /// EI-6: checkpoints cannot be written; the agent is paused. The text
+    /// names since when (node time, unix ns) and the disk error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
     /// Target of the handoff in flight, if any.
     pub handoff_to: Option<NodeId>,
     /// How the last handoff this node took part in ended.
@@ -149,6 +153,7 @@ impl AgentStatus {
             head_hash: Hash32::ZERO,
             ticks_here: 0,
             halted: None,
+            degraded: None,
             handoff_to: None,
             last_migration: None,
         }
@@ -219,6 +224,11 @@ impl StatusBoard {
                 s.last_migration = Some(format!("{side} with {peer}: {outcome}"));
             }
             Event::AgentHalted { reason, .. } => s.halted = Some(reason.clone()),
+            Event::PersistFailing { since_unix_ns, error, .. } => {
+                let secs = since_unix_ns.div_euclid(1_000_000_000);
+                s.degraded = Some(format!("cannot persist since unix time {secs} s: {error}"));
+            }
+            Event::PersistRestored { .. } => s.degraded = None,
             Event::Recovered { anchor_tick, epoch, budget, .. } => {
                 (s.tick, s.epoch, s.budget, s.halted) = (*anchor_tick, *epoch, *budget, None);
             }

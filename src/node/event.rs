@@ -247,6 +247,20 @@ pub enum Event {
         agent: AgentId,
         reason: String,
     },
+    /// EI-6: a checkpoint of the agent could not be written; the agent
+    /// pauses (no unpersisted ticks) and the write is retried every
+    /// checkpoint interval. Emitted once per change, not per retry.
+    PersistFailing {
+        agent: AgentId,
+        /// The node's wall clock at the first failure.
+        since_unix_ns: i64,
+        error: String,
+    },
+    /// A checkpoint was written again after [`Event::PersistFailing`]: the
+    /// agent ticks again.
+    PersistRestored {
+        agent: AgentId,
+    },
     /// Operator recovery from the named anchor checkpoint.
     Recovered {
         agent: AgentId,
@@ -298,6 +312,8 @@ impl Event {
             | StaleMessageIgnored { agent, .. }
             | DivergenceDetected { agent, .. }
             | AgentHalted { agent, .. }
+            | PersistFailing { agent, .. }
+            | PersistRestored { agent }
             | ClaimRejected { agent, .. }
             | Recovered { agent, .. } => Some(agent),
         }

@@ -180,6 +180,8 @@ pub struct AgentView {
     pub lease_expiry_ns: i64,
     pub halted: Option<String>,
     pub handoff_in_flight: bool,
+    /// EI-6: checkpoints cannot be written (since unix ns, why); paused.
+    pub degraded: Option<(i64, String)>,
 }
 
 /// The last tick, kept so a handoff can ship it for replay.
@@ -211,6 +213,9 @@ struct Slot<I> {
     ticks_since_checkpoint: u64,
     last_tick: Option<TickRecord>,
     highest_major_seen: u64,
+    /// EI-6 under doubt: checkpoints of this agent fail to write (since
+    /// unix ns, why). The agent does not tick until one is written again.
+    degraded: Option<(i64, String)>,
 }
 
 impl<I> Slot<I> {
@@ -221,6 +226,7 @@ impl<I> Slot<I> {
         Slot {
             lease: Lease { expiry_unix_ns: 0 },
             highest_major_seen: authority.epoch().major,
+            degraded: None,
             authority,
             lineage,
             key: None,
@@ -405,6 +411,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             head_hash: s.lineage.head_hash(),
             lease_expiry_ns: s.lease.expiry_unix_ns,
             halted: s.halted.clone(),
+            degraded: s.degraded.clone(),
             handoff_in_flight: self.handoffs.contains_key(agent),
         })
     }
@@ -972,7 +979,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             }
             let change = s.lease.next_change(&self.cfg.lease, now.unix_ns);
             consider(now.mono_ns.saturating_add(change.saturating_sub(now.unix_ns).max(0) as u64));
-            if s.ticking && s.halted.is_none() && s.instance.is_some() {
+            if s.ticking && s.halted.is_none() && s.instance.is_some() && s.degraded.is_none() {
                 consider(s.next_tick_ns);
             }
             if s.ticks_since_checkpoint > 0 {
@@ -1032,7 +1039,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let Some(s) = self.agents.get_mut(agent) else { return };
         // EI-1: only ACTIVE_OWNER under a live lease ticks.
         let may = s.authority.permits(Op::Tick) && s.lease.status(&lease_cfg, now.unix_ns).allows_ticking();
-        if !may || !s.ticking || s.halted.is_some() || s.instance.is_none() || s.next_tick_ns > now.mono_ns {
+        let paused = s.degraded.is_some();
+        if !may || paused || !s.ticking || s.halted.is_some() || s.instance.is_none() || s.next_tick_ns > now.mono_ns {
             return;
         }
         let mut rand_seed = [0u8; 32];
@@ -1163,10 +1171,15 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if due && let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
             // Retry one interval later, never at once: a commit that keeps
             // failing must not keep the deadline in the past (livelock).
-            if let Some(s) = self.agents.get_mut(agent) {
-                s.last_checkpoint_ns = now;
+            // EI-6: meanwhile the agent pauses instead of ticking unpersisted.
+            let unix = self.clock.unix_ns();
+            let Some(s) = self.agents.get_mut(agent) else { return };
+            s.last_checkpoint_ns = now;
+            if s.degraded.is_none() {
+                s.degraded = Some((unix, e.clone()));
+                self.emit(Event::PersistFailing { agent: agent.clone(), since_unix_ns: unix, error: e.clone() });
+                self.fault(Some(agent), format!("checkpoint: {e}"));
             }
-            self.fault(Some(agent), format!("checkpoint: {e}"));
         }
     }
 
@@ -1224,7 +1237,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         s.paid = Microcents::ZERO;
         s.ticks_since_checkpoint = 0;
         s.last_checkpoint_ns = now.mono_ns;
+        let restored = s.degraded.take().is_some();
         self.emit(event);
+        if restored {
+            self.emit(Event::PersistRestored { agent: agent.clone() });
+        }
         if let Err(e) = self.persist(agent) {
             // The lineage is ahead of the record: harmless on restart.
             self.fault(Some(agent), format!("persist head: {e}"));

@@ -168,6 +168,9 @@ fn agent_line(a: &AgentStatus) -> String {
     if let Some(h) = &a.halted {
         line.push_str(&format!(" halted ({h})"));
     }
+    if let Some(d) = &a.degraded {
+        line.push_str(&format!(" degraded: {d}"));
+    }
     line
 }
 
