@@ -10,11 +10,12 @@ use igor::authority::{AuthorityState, Reason};
 use igor::checkpoint::Hash32;
 use igor::env::Disk;
 use igor::env::mem::WriteStep;
+use igor::identity::Keypair;
 use igor::migration::Outcome;
 use igor::node::fake::CounterExecutor;
 use igor::node::{Command, Event, NodeConfig};
 use igor::units::{Epoch, TickNumber};
-use igor::wire::{Body, Envelope, HeadAnnounce, Header};
+use igor::wire::{Body, Envelope, HeadAnnounce, Header, agent_claim_bytes};
 
 const S: u64 = 1_000_000_000;
 
@@ -381,6 +382,21 @@ fn lease_renewal_bumps_generation_and_is_recorded_in_the_next_checkpoint() {
 }
 
 fn announce(c: &Cluster, from: usize, to: usize, epoch: Epoch, tick: u64, hash: Hash32) -> Vec<u8> {
+    claim(c, from, to, epoch, tick, hash, None)
+}
+
+/// A head announcement, signed with `agent_key` (the agent's own key) when given.
+fn claim(
+    c: &Cluster,
+    from: usize,
+    to: usize,
+    epoch: Epoch,
+    tick: u64,
+    hash: Hash32,
+    agent_key: Option<&Keypair>,
+) -> Vec<u8> {
+    // A fresh nonce per claim: a repeated one is a replay (defence `replay_window`).
+    static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let h = Header {
         issuer: c.ids[from].clone(),
         audience: c.ids[to].clone(),
@@ -388,15 +404,18 @@ fn announce(c: &Cluster, from: usize, to: usize, epoch: Epoch, tick: u64, hash: 
         epoch,
         head_tick: TickNumber(tick),
         head_hash: hash,
-        nonce: 1,
+        nonce: NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         issued_unix_ns: 0,
         expiry_unix_ns: i64::MAX,
     };
-    Envelope::new(
-        h,
-        Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner, agent_key: None, agent_signature: None }),
-    )
-    .encode()
+    let state = AuthorityState::ActiveOwner;
+    let agent_signature = agent_key.map(|k| k.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
+    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state, agent_key: None, agent_signature })).encode()
+}
+
+/// The agent's key, as the owner n0 stored it.
+fn agent_key(c: &mut Cluster) -> Keypair {
+    Keypair::load(c.node(0).disk(), &igor::lineage::agent_key_path(&agent())).unwrap()
 }
 
 #[test]
@@ -413,15 +432,50 @@ fn older_epoch_messages_are_ignored_and_counted() {
 }
 
 #[test]
-fn conflicting_head_for_the_same_epoch_is_divergence() {
+fn conflicting_head_for_the_same_epoch_is_divergence_only_when_the_agent_signed_it() {
     let mut c = running(2);
     let v = c.node(0).agent(&agent()).unwrap();
     let from = c.ids[1].clone();
+    // Any peer can claim a fork; only one signed by the agent key proves it.
     let msg = announce(&c, 1, 0, v.epoch, v.head_tick.unwrap().0, Hash32::of(b"a fork"));
+    c.node(0).handle_request(&from, &msg);
+    c.pump();
+    assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner), "an unsigned fork claim stops nothing");
+    assert!(
+        c.events.iter().any(|e| matches!(&e.event, Event::ClaimRejected { defence, .. } if defence == "signed_claims"))
+    );
+    let key = agent_key(&mut c);
+    let msg = claim(&c, 1, 0, v.epoch, v.head_tick.unwrap().0, Hash32::of(b"a fork"), Some(&key));
     c.node(0).handle_request(&from, &msg);
     c.pump();
     assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
     assert!(c.events.iter().any(|e| matches!(e.event, Event::DivergenceDetected { .. })));
+}
+
+#[test]
+fn an_unsigned_claim_of_a_newer_epoch_does_not_stop_a_running_agent() {
+    // Issue 12: any peer could stop an owner by claiming a newer epoch.
+    let mut c = running(2);
+    let from = c.ids[1].clone();
+    let forged = claim(&c, 1, 0, Epoch::new(9, 0), 99, Hash32::of(b"forged"), None);
+    let wrong_key = Keypair::from_seed([3; 32]);
+    let other = claim(&c, 1, 0, Epoch::new(9, 0), 99, Hash32::of(b"forged"), Some(&wrong_key));
+    for msg in [forged, other] {
+        c.node(0).handle_request(&from, &msg);
+        c.pump();
+        assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner));
+    }
+    let before = c.ticks_by(0);
+    c.advance(3 * S);
+    c.settle();
+    assert!(c.ticks_by(0) > before, "the owner keeps ticking");
+    // The same claim signed by the agent key is believed: superseded.
+    let key = agent_key(&mut c);
+    let proven = claim(&c, 1, 0, Epoch::new(9, 0), 99, Hash32::of(b"forged"), Some(&key));
+    c.node(0).handle_request(&from, &proven);
+    c.pump();
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    c.check().unwrap();
 }
 
 #[test]
