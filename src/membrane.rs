@@ -472,20 +472,20 @@ fn scalar_answer<const N: usize>(t: &mut TickCtx, call: Hostcall, live: impl FnO
     <[u8; N]>::try_from(p.as_slice()).map_err(|_| t.inconsistent(call, &format!("recorded result is not {N} bytes")))
 }
 
-fn clock_now(mut cx: Cx<'_>) -> HResult<i64> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn clock_now(cx: &mut Cx<'_>) -> HResult<i64> {
+    burn(cx, HOSTCALL_FUEL)?;
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
     scalar_answer(t, Hostcall::ClockNow, |t| t.now_unix_ns.to_le_bytes()).map(i64::from_le_bytes)
 }
 
-fn rand_bytes(mut cx: Cx<'_>, ptr: i32, len: i32) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn rand_bytes(cx: &mut Cx<'_>, ptr: i32, len: i32) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
     let n = len as u32 as usize;
     if cx.data().tick.is_none() {
         return Ok(-1);
     }
-    let fits = in_bounds(&cx, ptr, n);
-    let t = tick_ctx(&mut cx);
+    let fits = in_bounds(cx, ptr, n);
+    let t = tick_ctx(cx);
     let p = t.answer(Hostcall::RandBytes, |t| {
         if n > MAX_RAND_BYTES {
             i32_payload(-2, &[])
@@ -502,52 +502,52 @@ fn rand_bytes(mut cx: Cx<'_>, ptr: i32, len: i32) -> HResult<i32> {
         Some((code, [])) if code < 0 => return Ok(code),
         _ => return Err(t.inconsistent(Hostcall::RandBytes, &format!("recorded result does not answer {n} bytes"))),
     };
-    burn_bytes(&mut cx, n)?;
-    if !write(&mut cx, ptr, bytes) {
-        return Err(tick_ctx(&mut cx).inconsistent(Hostcall::RandBytes, "recorded bytes do not fit the guest buffer"));
+    burn_bytes(cx, n)?;
+    if !write(cx, ptr, bytes) {
+        return Err(tick_ctx(cx).inconsistent(Hostcall::RandBytes, "recorded bytes do not fit the guest buffer"));
     }
     Ok(0)
 }
 
-fn log_emit(mut cx: Cx<'_>, ptr: i32, len: i32) -> HResult<()> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn log_emit(cx: &mut Cx<'_>, ptr: i32, len: i32) -> HResult<()> {
+    burn(cx, HOSTCALL_FUEL)?;
     let n = (len as u32 as usize).min(MAX_LOG_MESSAGE_BYTES);
-    let msg = read(&cx, ptr, n as i32);
+    let msg = read(cx, ptr, n as i32);
     let kept = msg.as_ref().map_or(0, Vec::len);
-    let Some(t) = cx.data_mut().tick.as_mut() else { return burn_bytes(&mut cx, kept) };
+    let Some(t) = cx.data_mut().tick.as_mut() else { return burn_bytes(cx, kept) };
     let recorded = scalar_answer(t, Hostcall::LogEmit, |_| (kept as u32).to_le_bytes())?;
     if u32::from_le_bytes(recorded) as usize != kept {
         return Err(t.inconsistent(Hostcall::LogEmit, &format!("recorded length differs from the guest's {kept} bytes")));
     }
-    burn_bytes(&mut cx, kept)?;
+    burn_bytes(cx, kept)?;
     if let Some(m) = msg {
-        tick_ctx(&mut cx).keep_log(&m);
+        tick_ctx(cx).keep_log(&m);
     }
     Ok(())
 }
 
-fn wallet_balance(mut cx: Cx<'_>) -> HResult<i64> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn wallet_balance(cx: &mut Cx<'_>) -> HResult<i64> {
+    burn(cx, HOSTCALL_FUEL)?;
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
     // Budget at tick start minus what this tick paid out so far.
     scalar_answer(t, Hostcall::WalletBalance, |t| t.budget.0.saturating_sub(t.paid.0).to_le_bytes())
         .map(i64::from_le_bytes)
 }
 
-fn wallet_receipt_count(mut cx: Cx<'_>) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn wallet_receipt_count(cx: &mut Cx<'_>) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
     scalar_answer(t, Hostcall::WalletReceiptCount, |t| i32::try_from(t.receipts.len()).unwrap_or(i32::MAX).to_le_bytes())
         .map(i32::from_le_bytes)
 }
 
-fn wallet_receipt(mut cx: Cx<'_>, index: i32, buf: i32, cap: i32) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn wallet_receipt(cx: &mut Cx<'_>, index: i32, buf: i32, cap: i32) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
     if cx.data().tick.is_none() {
         return Ok(-1);
     }
-    let (cap, room) = (cap as u32 as usize, room(&cx, buf));
-    let t = tick_ctx(&mut cx);
+    let (cap, room) = (cap as u32 as usize, room(cx, buf));
+    let t = tick_ctx(cx);
     let p = t.answer(Hostcall::WalletReceipt, |t| match usize::try_from(index).ok().and_then(|i| t.receipts.get(i)) {
         None => i32_payload(-1, &[]),
         Some(r) if r.len() > cap || r.len() > room => i32_payload(-4, &[]),
@@ -558,13 +558,13 @@ fn wallet_receipt(mut cx: Cx<'_>, index: i32, buf: i32, cap: i32) -> HResult<i32
         Some((code, [])) if code < 0 => return Ok(code),
         _ => return Err(t.inconsistent(Hostcall::WalletReceipt, "recorded receipt does not fit the guest buffer")),
     };
-    burn_bytes(&mut cx, receipt.len())?;
-    write(&mut cx, buf, receipt);
+    burn_bytes(cx, receipt.len())?;
+    write(cx, buf, receipt);
     Ok(receipt.len() as i32)
 }
 
-fn node_price(mut cx: Cx<'_>) -> HResult<i64> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn node_price(cx: &mut Cx<'_>) -> HResult<i64> {
+    burn(cx, HOSTCALL_FUEL)?;
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
     scalar_answer(t, Hostcall::NodePrice, |t| t.price_per_second.0.to_le_bytes()).map(i64::from_le_bytes)
 }
@@ -593,7 +593,7 @@ fn read_input(cx: &Cx<'_>, ptr: i32, len: i32, limit: usize, bad: i32) -> Result
 // u64 needed length for -5).
 #[allow(clippy::too_many_arguments)]
 fn http_request(
-    mut cx: Cx<'_>,
+    cx: &mut Cx<'_>,
     method_ptr: i32,
     method_len: i32,
     url_ptr: i32,
@@ -605,13 +605,13 @@ fn http_request(
     resp_ptr: i32,
     resp_cap: i32,
 ) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
-    let permitted = side_effect_permitted(&mut cx);
+    burn(cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(cx);
     let inputs = (|| {
-        let method = read_input(&cx, method_ptr, method_len, MAX_METHOD_BYTES, -1)?;
-        let url = read_input(&cx, url_ptr, url_len, MAX_URL_BYTES, -1)?;
-        let headers = read_input(&cx, hdr_ptr, hdr_len, MAX_HEADER_BYTES, -1)?;
-        let body = read_input(&cx, body_ptr, body_len, MAX_REQUEST_BODY_BYTES, -1)?;
+        let method = read_input(cx, method_ptr, method_len, MAX_METHOD_BYTES, -1)?;
+        let url = read_input(cx, url_ptr, url_len, MAX_URL_BYTES, -1)?;
+        let headers = read_input(cx, hdr_ptr, hdr_len, MAX_HEADER_BYTES, -1)?;
+        let body = read_input(cx, body_ptr, body_len, MAX_REQUEST_BODY_BYTES, -1)?;
         let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| -1);
         Ok::<_, i32>(HttpRequest { method: text(method)?, url: text(url)?, headers, body })
     })();
@@ -622,7 +622,7 @@ fn http_request(
         max_response_bytes: 0,
     });
     if let Ok(req) = &inputs {
-        burn_bytes(&mut cx, req.method.len() + req.url.len() + req.headers.len() + req.body.len())?;
+        burn_bytes(cx, req.method.len() + req.url.len() + req.headers.len() + req.body.len())?;
     }
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(-3) };
     // Live only: replay takes the outcome from the log and never contacts
@@ -655,7 +655,7 @@ fn http_request(
             }
         }
     })?;
-    deliver_http(&mut cx, &payload, resp_ptr, resp_cap, policy.max_response_bytes)
+    deliver_http(cx, &payload, resp_ptr, resp_cap, policy.max_response_bytes)
 }
 
 /// Turn a recorded http outcome into what the guest sees (same code path
@@ -691,7 +691,7 @@ fn deliver_http(cx: &mut Cx<'_>, payload: &[u8], resp_ptr: i32, resp_cap: i32, m
 // 1 = paid (receipt bytes); 2 = gateway failure (-6).
 #[allow(clippy::too_many_arguments)]
 fn wallet_pay(
-    mut cx: Cx<'_>,
+    cx: &mut Cx<'_>,
     amount: i64,
     rcpt_ptr: i32,
     rcpt_len: i32,
@@ -700,16 +700,16 @@ fn wallet_pay(
     buf: i32,
     cap: i32,
 ) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
-    let permitted = side_effect_permitted(&mut cx);
+    burn(cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(cx);
     let recipient =
-        read_input(&cx, rcpt_ptr, rcpt_len, MAX_NAME_LEN, -6).and_then(|r| String::from_utf8(r).map_err(|_| -6));
-    let memo = read_input(&cx, memo_ptr, memo_len, MAX_MEMO_BYTES, -6);
+        read_input(cx, rcpt_ptr, rcpt_len, MAX_NAME_LEN, -6).and_then(|r| String::from_utf8(r).map_err(|_| -6));
+    let memo = read_input(cx, memo_ptr, memo_len, MAX_MEMO_BYTES, -6);
     let moved = recipient.as_ref().map_or(0, String::len) + memo.as_ref().map_or(0, Vec::len);
-    burn_bytes(&mut cx, moved)?;
+    burn_bytes(cx, moved)?;
     let fuel_left = cx.get_fuel()?;
     let grants = cx.data().grants.clone();
-    let buf_ok = cap as u32 as usize >= MAX_PAY_RECEIPT_BYTES && in_bounds(&cx, buf, MAX_PAY_RECEIPT_BYTES);
+    let buf_ok = cap as u32 as usize >= MAX_PAY_RECEIPT_BYTES && in_bounds(cx, buf, MAX_PAY_RECEIPT_BYTES);
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(-3) };
     let policy = grants.manifest.x402.clone();
     // Live only: replay takes the outcome from the log and never pays.
@@ -753,7 +753,7 @@ fn wallet_pay(
         Some((0, rest)) if refusal_code(rest).is_some() => {
             let code = refusal_code(rest).expect("checked by the guard");
             if code == -5 && cap as u32 >= 4 {
-                write(&mut cx, buf, &(MAX_PAY_RECEIPT_BYTES as u32).to_le_bytes());
+                write(cx, buf, &(MAX_PAY_RECEIPT_BYTES as u32).to_le_bytes());
             }
             Ok(code)
         }
@@ -769,8 +769,8 @@ fn wallet_pay(
                 && amount <= t.budget.0.saturating_sub(t.paid.0) =>
         {
             t.paid = Microcents(t.paid.0.saturating_add(amount));
-            burn_bytes(&mut cx, receipt.len())?;
-            write(&mut cx, buf, receipt);
+            burn_bytes(cx, receipt.len())?;
+            write(cx, buf, receipt);
             Ok(receipt.len() as i32)
         }
         Some((2, [])) => Ok(-6),
@@ -790,12 +790,12 @@ fn kv_lookup(cx: &Cx<'_>, key: &Result<Vec<u8>, i32>, val_ptr: i32, val_cap: i32
     }
 }
 
-fn kv_get(mut cx: Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_cap: i32) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn kv_get(cx: &mut Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_cap: i32) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
     let max_key = cx.data().kv.limits().max_key_bytes as usize;
-    let key = read_input(&cx, key_ptr, key_len, max_key, -1);
-    burn_bytes(&mut cx, key_len.max(0) as usize)?;
-    let own = kv_lookup(&cx, &key, val_ptr, val_cap);
+    let key = read_input(cx, key_ptr, key_len, max_key, -1);
+    burn_bytes(cx, key_len.max(0) as usize)?;
+    let own = kv_lookup(cx, &key, val_ptr, val_cap);
     let payload = match cx.data_mut().tick.as_mut() {
         // Outside a tick kv_get reads the agent's own state, unrecorded.
         None => own,
@@ -810,9 +810,9 @@ fn kv_get(mut cx: Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_cap: i32
         }
     };
     let (code, bytes) = split_code(&payload).expect("kv_lookup payloads start with a code");
-    burn_bytes(&mut cx, bytes.len())?;
+    burn_bytes(cx, bytes.len())?;
     if code >= 0 || (code == -4 && val_cap as u32 >= 4) {
-        write(&mut cx, val_ptr, bytes);
+        write(cx, val_ptr, bytes);
     }
     Ok(code)
 }
@@ -825,13 +825,13 @@ fn kv_code(t: &mut TickCtx, call: Hostcall, p: Vec<u8>) -> HResult<i32> {
     }
 }
 
-fn kv_put(mut cx: Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
-    let permitted = side_effect_permitted(&mut cx);
+fn kv_put(cx: &mut Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(cx);
     let limits = cx.data().kv.limits();
-    let key = read_input(&cx, key_ptr, key_len, limits.max_key_bytes as usize, -1);
-    let value = read_input(&cx, val_ptr, val_len, limits.max_value_bytes as usize, -1);
-    burn_bytes(&mut cx, key.as_ref().map_or(0, Vec::len) + value.as_ref().map_or(0, Vec::len))?;
+    let key = read_input(cx, key_ptr, key_len, limits.max_key_bytes as usize, -1);
+    let value = read_input(cx, val_ptr, val_len, limits.max_value_bytes as usize, -1);
+    burn_bytes(cx, key.as_ref().map_or(0, Vec::len) + value.as_ref().map_or(0, Vec::len))?;
     let HostState { tick, kv, .. } = cx.data_mut();
     let Some(t) = tick.as_mut() else { return Ok(-3) };
     let put = |kv: &mut Kv, t: &mut TickCtx, k: &[u8], v: &[u8]| {
@@ -865,12 +865,12 @@ fn kv_put(mut cx: Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32
     Ok(code)
 }
 
-fn kv_delete(mut cx: Cx<'_>, key_ptr: i32, key_len: i32) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
-    let permitted = side_effect_permitted(&mut cx);
+fn kv_delete(cx: &mut Cx<'_>, key_ptr: i32, key_len: i32) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(cx);
     let max_key = cx.data().kv.limits().max_key_bytes as usize;
-    let key = read_input(&cx, key_ptr, key_len, max_key, -1);
-    burn_bytes(&mut cx, key.as_ref().map_or(0, Vec::len))?;
+    let key = read_input(cx, key_ptr, key_len, max_key, -1);
+    burn_bytes(cx, key.as_ref().map_or(0, Vec::len))?;
     let HostState { tick, kv, .. } = cx.data_mut();
     let Some(t) = tick.as_mut() else { return Ok(-3) };
     let delete = |kv: &mut Kv, t: &mut TickCtx, k: &[u8]| {
@@ -915,24 +915,70 @@ pub fn roll_back_kv(kv: &mut Kv, undo: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
     }
 }
 
-/// A linker holding exactly the hostcalls of `caps` (deny by default).
+/// Run one hostcall body and hold it to CM-4's one entry per call: inside
+/// a tick every call that returns leaves exactly one entry in the log, live
+/// (recorded) and in replay (consumed), whatever its body does. This is the
+/// check a body that forgets to record (or records twice) cannot pass: live,
+/// the tick fails instead of committing a log that would not replay.
+fn one_entry<R>(cx: &mut Cx<'_>, call: Hostcall, body: impl FnOnce(&mut Cx<'_>) -> HResult<R>) -> HResult<R> {
+    let before = cx.data().tick.as_ref().map(|t| t.log.entries.len());
+    let result = body(cx)?;
+    if let (Some(before), Some(t)) = (before, cx.data_mut().tick.as_mut()) {
+        let added = t.log.entries.len() - before;
+        if added != 1 {
+            return Err(t.diverge(format!("entry {before} ({call}): the call left {added} log entries, not one")));
+        }
+    }
+    Ok(result)
+}
+
+/// A linker holding exactly the hostcalls of `caps` (deny by default),
+/// each behind [`one_entry`].
 pub fn linker(engine: &wasmtime::Engine, caps: CapabilitySet) -> Result<Linker<HostState>, wasmtime::Error> {
+    use Hostcall as H;
     let mut l = Linker::new(engine);
     let m = IMPORT_MODULE;
     for call in Hostcall::ALL.into_iter().filter(|c| caps.contains(c.capability())) {
+        let n = call.name();
         match call {
-            Hostcall::ClockNow => l.func_wrap(m, call.name(), clock_now)?,
-            Hostcall::RandBytes => l.func_wrap(m, call.name(), rand_bytes)?,
-            Hostcall::LogEmit => l.func_wrap(m, call.name(), log_emit)?,
-            Hostcall::WalletBalance => l.func_wrap(m, call.name(), wallet_balance)?,
-            Hostcall::WalletReceiptCount => l.func_wrap(m, call.name(), wallet_receipt_count)?,
-            Hostcall::WalletReceipt => l.func_wrap(m, call.name(), wallet_receipt)?,
-            Hostcall::NodePrice => l.func_wrap(m, call.name(), node_price)?,
-            Hostcall::HttpRequest => l.func_wrap(m, call.name(), http_request)?,
-            Hostcall::WalletPay => l.func_wrap(m, call.name(), wallet_pay)?,
-            Hostcall::KvGet => l.func_wrap(m, call.name(), kv_get)?,
-            Hostcall::KvPut => l.func_wrap(m, call.name(), kv_put)?,
-            Hostcall::KvDelete => l.func_wrap(m, call.name(), kv_delete)?,
+            H::ClockNow => l.func_wrap(m, n, move |mut cx: Cx<'_>| one_entry(&mut cx, call, clock_now))?,
+            H::RandBytes => l.func_wrap(m, n, move |mut cx: Cx<'_>, p: i32, len: i32| {
+                one_entry(&mut cx, call, |cx| rand_bytes(cx, p, len))
+            })?,
+            H::LogEmit => l.func_wrap(m, n, move |mut cx: Cx<'_>, p: i32, len: i32| {
+                one_entry(&mut cx, call, |cx| log_emit(cx, p, len))
+            })?,
+            H::WalletBalance => l.func_wrap(m, n, move |mut cx: Cx<'_>| one_entry(&mut cx, call, wallet_balance))?,
+            H::WalletReceiptCount => {
+                l.func_wrap(m, n, move |mut cx: Cx<'_>| one_entry(&mut cx, call, wallet_receipt_count))?
+            }
+            H::WalletReceipt => l.func_wrap(m, n, move |mut cx: Cx<'_>, i: i32, buf: i32, cap: i32| {
+                one_entry(&mut cx, call, |cx| wallet_receipt(cx, i, buf, cap))
+            })?,
+            H::NodePrice => l.func_wrap(m, n, move |mut cx: Cx<'_>| one_entry(&mut cx, call, node_price))?,
+            H::HttpRequest => l.func_wrap(
+                m,
+                n,
+                move |mut cx: Cx<'_>, a: i32, b: i32, c: i32, d: i32, e: i32, f: i32, g: i32, h: i32, i: i32, j: i32| {
+                    one_entry(&mut cx, call, |cx| http_request(cx, a, b, c, d, e, f, g, h, i, j))
+                },
+            )?,
+            H::WalletPay => l.func_wrap(
+                m,
+                n,
+                move |mut cx: Cx<'_>, amount: i64, a: i32, b: i32, c: i32, d: i32, buf: i32, cap: i32| {
+                    one_entry(&mut cx, call, |cx| wallet_pay(cx, amount, a, b, c, d, buf, cap))
+                },
+            )?,
+            H::KvGet => l.func_wrap(m, n, move |mut cx: Cx<'_>, k: i32, kl: i32, v: i32, vc: i32| {
+                one_entry(&mut cx, call, |cx| kv_get(cx, k, kl, v, vc))
+            })?,
+            H::KvPut => l.func_wrap(m, n, move |mut cx: Cx<'_>, k: i32, kl: i32, v: i32, vl: i32| {
+                one_entry(&mut cx, call, |cx| kv_put(cx, k, kl, v, vl))
+            })?,
+            H::KvDelete => l.func_wrap(m, n, move |mut cx: Cx<'_>, k: i32, kl: i32| {
+                one_entry(&mut cx, call, |cx| kv_delete(cx, k, kl))
+            })?,
         };
     }
     Ok(l)
