@@ -169,7 +169,11 @@ impl ScriptedHttp {
             "http://api.example/data",
             Ok(Hop::Response(HttpResponse { status: 200, body: b"igor-sim data".to_vec() })),
         );
-        http.route("GET", "http://api.example/moved", Ok(Hop::Redirect { status: 302, location: "http://api.example/data".into() }));
+        http.route(
+            "GET",
+            "http://api.example/moved",
+            Ok(Hop::Redirect { status: 302, location: "http://api.example/data".into() }),
+        );
         http
     }
 

@@ -342,9 +342,9 @@ impl TickCtx {
                 match entries.get(idx) {
                     None => {
                         let n = entries.len();
-                        return Err(self.diverge(format!(
-                            "entry {idx}: guest called {call} but the log has only {n} entries"
-                        )));
+                        return Err(
+                            self.diverge(format!("entry {idx}: guest called {call} but the log has only {n} entries"))
+                        );
                     }
                     Some(e) if e.id != call.id() => {
                         let (id, name) = (e.id, Hostcall::from_id(e.id).map_or("?", Hostcall::name));
@@ -467,7 +467,11 @@ fn refusal(code: i32) -> Vec<u8> {
 }
 
 /// A hostcall whose whole result is one i64 or i32 taken from the tick.
-fn scalar_answer<const N: usize>(t: &mut TickCtx, call: Hostcall, live: impl FnOnce(&TickCtx) -> [u8; N]) -> HResult<[u8; N]> {
+fn scalar_answer<const N: usize>(
+    t: &mut TickCtx,
+    call: Hostcall,
+    live: impl FnOnce(&TickCtx) -> [u8; N],
+) -> HResult<[u8; N]> {
     let p = t.answer(call, |t| live(t).to_vec())?;
     <[u8; N]>::try_from(p.as_slice()).map_err(|_| t.inconsistent(call, &format!("recorded result is not {N} bytes")))
 }
@@ -517,7 +521,9 @@ fn log_emit(cx: &mut Cx<'_>, ptr: i32, len: i32) -> HResult<()> {
     let Some(t) = cx.data_mut().tick.as_mut() else { return burn_bytes(cx, kept) };
     let recorded = scalar_answer(t, Hostcall::LogEmit, |_| (kept as u32).to_le_bytes())?;
     if u32::from_le_bytes(recorded) as usize != kept {
-        return Err(t.inconsistent(Hostcall::LogEmit, &format!("recorded length differs from the guest's {kept} bytes")));
+        return Err(
+            t.inconsistent(Hostcall::LogEmit, &format!("recorded length differs from the guest's {kept} bytes"))
+        );
     }
     burn_bytes(cx, kept)?;
     if let Some(m) = msg {
@@ -537,8 +543,10 @@ fn wallet_balance(cx: &mut Cx<'_>) -> HResult<i64> {
 fn wallet_receipt_count(cx: &mut Cx<'_>) -> HResult<i32> {
     burn(cx, HOSTCALL_FUEL)?;
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
-    scalar_answer(t, Hostcall::WalletReceiptCount, |t| i32::try_from(t.receipts.len()).unwrap_or(i32::MAX).to_le_bytes())
-        .map(i32::from_le_bytes)
+    scalar_answer(t, Hostcall::WalletReceiptCount, |t| {
+        i32::try_from(t.receipts.len()).unwrap_or(i32::MAX).to_le_bytes()
+    })
+    .map(i32::from_le_bytes)
 }
 
 fn wallet_receipt(cx: &mut Cx<'_>, index: i32, buf: i32, cap: i32) -> HResult<i32> {
@@ -548,11 +556,12 @@ fn wallet_receipt(cx: &mut Cx<'_>, index: i32, buf: i32, cap: i32) -> HResult<i3
     }
     let (cap, room) = (cap as u32 as usize, room(cx, buf));
     let t = tick_ctx(cx);
-    let p = t.answer(Hostcall::WalletReceipt, |t| match usize::try_from(index).ok().and_then(|i| t.receipts.get(i)) {
-        None => i32_payload(-1, &[]),
-        Some(r) if r.len() > cap || r.len() > room => i32_payload(-4, &[]),
-        Some(r) => i32_payload(r.len() as i32, r),
-    })?;
+    let p =
+        t.answer(Hostcall::WalletReceipt, |t| match usize::try_from(index).ok().and_then(|i| t.receipts.get(i)) {
+            None => i32_payload(-1, &[]),
+            Some(r) if r.len() > cap || r.len() > room => i32_payload(-4, &[]),
+            Some(r) => i32_payload(r.len() as i32, r),
+        })?;
     let receipt = match split_code(&p) {
         Some((code, r)) if code >= 0 && code as usize == r.len() && r.len() <= cap.min(room) => r,
         Some((code, [])) if code < 0 => return Ok(code),
@@ -959,7 +968,17 @@ pub fn linker(engine: &wasmtime::Engine, caps: CapabilitySet) -> Result<Linker<H
             H::HttpRequest => l.func_wrap(
                 m,
                 n,
-                move |mut cx: Cx<'_>, a: i32, b: i32, c: i32, d: i32, e: i32, f: i32, g: i32, h: i32, i: i32, j: i32| {
+                move |mut cx: Cx<'_>,
+                      a: i32,
+                      b: i32,
+                      c: i32,
+                      d: i32,
+                      e: i32,
+                      f: i32,
+                      g: i32,
+                      h: i32,
+                      i: i32,
+                      j: i32| {
                     one_entry(&mut cx, call, |cx| http_request(cx, a, b, c, d, e, f, g, h, i, j))
                 },
             )?,

@@ -118,7 +118,8 @@ fn record(n: u64) -> Recorded {
         let report = sb.tick(&mut inst, &inp);
         assert!(report.outcome.is_live(), "tick {t}: {:?}", report.outcome);
         let (state_after, kv_after) = sb.snapshot(&mut inst).unwrap();
-        let record = TickRecord { inputs: inp, event_log: report.event_log.clone(), cost: report.cost, state_after, kv_after };
+        let record =
+            TickRecord { inputs: inp, event_log: report.event_log.clone(), cost: report.cost, state_after, kv_after };
         ticks.push((before, record, report));
     }
     Recorded { sb, ledger, http, hash, inst, ticks }
@@ -231,8 +232,8 @@ fn replay_takes_every_result_from_the_log_alone() {
 fn replay_err(rec: &mut Recorded, log: Vec<u8>) -> String {
     let ((state, kv), record, _) = rec.ticks.last().unwrap().clone();
     let bad = TickRecord { event_log: log, ..record };
-    let d = verify_tick(&mut rec.sb, &rec.hash, ALLCALLS_MANIFEST, &state, &kv, &bad)
-        .expect_err("a doctored log replayed");
+    let d =
+        verify_tick(&mut rec.sb, &rec.hash, ALLCALLS_MANIFEST, &state, &kv, &bad).expect_err("a doctored log replayed");
     assert_eq!(d.tick, bad.inputs.tick, "{d}");
     d.to_string()
 }
