@@ -132,6 +132,11 @@ fn resolve(base: &str, location: &str) -> String {
 
 type Routes = BTreeMap<(String, String), Result<Hop, HttpError>>;
 
+/// Most hops a [`ScriptedHttp`] remembers for [`ScriptedHttp::calls`]; later
+/// ones are answered but not recorded, so a simulator run of any length
+/// keeps its memory bounded.
+pub const MAX_RECORDED_CALLS: usize = 10_000;
+
 /// A scripted gateway: fixed answers per (method, url), every call
 /// recorded. Clones share the script and the call record.
 #[derive(Clone, Default)]
@@ -151,7 +156,29 @@ impl ScriptedHttp {
         self
     }
 
-    /// Every hop performed, as `METHOD url`, in order.
+    /// The http world of the simulator: every simulated node gets this
+    /// script, so an agent's http calls are deterministic and the same on
+    /// every host (replay and metering checks compare real responses).
+    /// `GET http://api.example/data` answers 200 `igor-sim data`;
+    /// `GET http://api.example/moved` redirects there; anything else is a
+    /// network error (-1 to the guest).
+    pub fn simulated_world() -> Self {
+        let http = Self::new();
+        http.route(
+            "GET",
+            "http://api.example/data",
+            Ok(Hop::Response(HttpResponse { status: 200, body: b"igor-sim data".to_vec() })),
+        );
+        http.route(
+            "GET",
+            "http://api.example/moved",
+            Ok(Hop::Redirect { status: 302, location: "http://api.example/data".into() }),
+        );
+        http
+    }
+
+    /// Every hop performed, as `METHOD url`, in order (the first
+    /// [`MAX_RECORDED_CALLS`]).
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().expect("script lock poisoned").clone()
     }
@@ -160,7 +187,11 @@ impl ScriptedHttp {
 impl HttpGateway for ScriptedHttp {
     fn request(&self, req: &HttpRequest, policy: &HttpPolicy) -> Result<HttpResponse, HttpError> {
         follow_redirects(req, policy, |r| {
-            self.calls.lock().expect("script lock poisoned").push(format!("{} {}", r.method, r.url));
+            let mut calls = self.calls.lock().expect("script lock poisoned");
+            if calls.len() < MAX_RECORDED_CALLS {
+                calls.push(format!("{} {}", r.method, r.url));
+            }
+            drop(calls);
             let routes = self.routes.lock().expect("script lock poisoned");
             routes
                 .get(&(r.method.clone(), r.url.clone()))

@@ -308,54 +308,57 @@ impl TickCtx {
         self.replay.as_ref().map_or(0, |(e, pos)| e.len() - pos)
     }
 
+    /// Whether this tick replays a recorded log (answers come from it).
+    pub fn is_replay(&self) -> bool {
+        self.replay.is_some()
+    }
+
     fn diverge(&mut self, msg: String) -> wasmtime::Error {
         let msg = format!("tick {}: {msg}", self.tick);
         self.divergence.get_or_insert(msg.clone());
         wasmtime::Error::new(Diverged(msg))
     }
 
-    fn next_recorded(&mut self, call: Hostcall) -> Result<Option<Vec<u8>>, wasmtime::Error> {
-        let Some((entries, pos)) = &mut self.replay else { return Ok(None) };
-        let idx = *pos;
-        let Some(e) = entries.get(idx) else {
-            let n = entries.len();
-            return Err(
-                self.diverge(format!("entry {idx}: guest called {} but the log has only {n} entries", call.name()))
-            );
-        };
-        if e.id != call.id() {
-            let (id, name) = (e.id, Hostcall::from_id(e.id).map_or("?", Hostcall::name));
-            return Err(self
-                .diverge(format!("entry {idx}: guest called {} but the log recorded id {id} ({name})", call.name())));
-        }
-        let payload = e.payload.clone();
-        *pos += 1;
-        Ok(Some(payload))
+    /// A recorded entry that contradicts the call it answers (malformed, or
+    /// inconsistent with the guest's own arguments or kv): CM-4 divergence
+    /// naming the hostcall index.
+    fn inconsistent(&mut self, call: Hostcall, why: &str) -> wasmtime::Error {
+        let idx = self.log.entries.len().saturating_sub(1);
+        self.diverge(format!("entry {idx} ({call}): {why}"))
     }
 
-    /// Record a result derived from the tick's inputs or the agent's own
-    /// state. In replay the recorded entry must be byte-identical.
-    fn observe(&mut self, call: Hostcall, payload: Vec<u8>) -> Result<(), wasmtime::Error> {
-        if let Some(recorded) = self.next_recorded(call)?
-            && recorded != payload
-        {
-            let at = first_difference(&recorded, &payload);
-            let idx = self.log.entries.len();
-            return Err(self.diverge(format!(
-                "entry {idx} ({}): recorded result differs from the recomputed one at byte {at}",
-                call.name()
-            )));
-        }
-        self.log.push(call.id(), payload);
-        Ok(())
-    }
-
-    /// Record the outcome of a world effect: run `live` now, or in replay
-    /// return the recorded outcome without touching the world.
-    fn effect(&mut self, call: Hostcall, live: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, wasmtime::Error> {
-        let payload = match self.next_recorded(call)? {
-            Some(recorded) => recorded,
-            None => live(),
+    /// The one place a hostcall gets its result. Replay: the next recorded
+    /// entry, which must be for this hostcall; the inputs and the world are
+    /// never consulted (CM-4: a result missing from, added to or moved in
+    /// the log is a divergence here, not a recomputation that agrees with
+    /// itself). Live: `live()` computes it. Either way it is appended to
+    /// this tick's log, so the log holds exactly one entry per call, in
+    /// call order, and replay rebuilds the recorded log byte for byte.
+    fn answer(&mut self, call: Hostcall, live: impl FnOnce(&mut Self) -> Vec<u8>) -> HResult<Vec<u8>> {
+        let payload = match &mut self.replay {
+            None => live(self),
+            Some((entries, pos)) => {
+                let idx = *pos;
+                match entries.get(idx) {
+                    None => {
+                        let n = entries.len();
+                        return Err(
+                            self.diverge(format!("entry {idx}: guest called {call} but the log has only {n} entries"))
+                        );
+                    }
+                    Some(e) if e.id != call.id() => {
+                        let (id, name) = (e.id, Hostcall::from_id(e.id).map_or("?", Hostcall::name));
+                        return Err(self.diverge(format!(
+                            "entry {idx}: guest called {call} but the log recorded id {id} ({name})"
+                        )));
+                    }
+                    Some(e) => {
+                        let payload = e.payload.clone();
+                        *pos += 1;
+                        payload
+                    }
+                }
+            }
         };
         self.log.push(call.id(), payload.clone());
         Ok(payload)
@@ -437,94 +440,142 @@ fn i32_payload(v: i32, extra: &[u8]) -> Vec<u8> {
     p
 }
 
-fn clock_now(mut cx: Cx<'_>) -> HResult<i64> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+/// The running tick's context; callers checked that a tick runs.
+fn tick_ctx<'c>(cx: &'c mut Cx<'_>) -> &'c mut TickCtx {
+    cx.data_mut().tick.as_mut().expect("inside a tick: checked by the caller")
+}
+
+/// Guest memory available from `ptr` to the end (0 if beyond it).
+fn room(cx: &Cx<'_>, ptr: i32) -> usize {
+    cx.data().memory.map_or(0, |m| m.data_size(cx).saturating_sub(ptr as u32 as usize))
+}
+
+/// Split a recorded `i32 code ++ rest` payload.
+fn split_code(p: &[u8]) -> Option<(i32, &[u8])> {
+    let (code, rest) = p.split_at_checked(4)?;
+    Some((i32::from_le_bytes(code.try_into().ok()?), rest))
+}
+
+/// A recorded `[kind] ++ i32 code` payload with a negative code.
+fn refusal_code(rest: &[u8]) -> Option<i32> {
+    let code = i32::from_le_bytes(rest.try_into().ok()?);
+    (code < 0).then_some(code)
+}
+
+fn refusal(code: i32) -> Vec<u8> {
+    [&[0u8][..], &code.to_le_bytes()].concat()
+}
+
+/// A hostcall whose whole result is one i64 or i32 taken from the tick.
+fn scalar_answer<const N: usize>(
+    t: &mut TickCtx,
+    call: Hostcall,
+    live: impl FnOnce(&TickCtx) -> [u8; N],
+) -> HResult<[u8; N]> {
+    let p = t.answer(call, |t| live(t).to_vec())?;
+    <[u8; N]>::try_from(p.as_slice()).map_err(|_| t.inconsistent(call, &format!("recorded result is not {N} bytes")))
+}
+
+fn clock_now(cx: &mut Cx<'_>) -> HResult<i64> {
+    burn(cx, HOSTCALL_FUEL)?;
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
-    let now = t.now_unix_ns;
-    t.observe(Hostcall::ClockNow, now.to_le_bytes().to_vec())?;
-    Ok(now)
+    scalar_answer(t, Hostcall::ClockNow, |t| t.now_unix_ns.to_le_bytes()).map(i64::from_le_bytes)
 }
 
-fn rand_bytes(mut cx: Cx<'_>, ptr: i32, len: i32) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn rand_bytes(cx: &mut Cx<'_>, ptr: i32, len: i32) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
     let n = len as u32 as usize;
-    let (code, bytes) = if cx.data().tick.is_none() {
-        (-1, Vec::new())
-    } else if n > MAX_RAND_BYTES {
-        (-2, Vec::new())
-    } else if !in_bounds(&cx, ptr, n) {
-        (-4, Vec::new())
-    } else {
-        burn_bytes(&mut cx, n)?;
-        let mut buf = vec![0u8; n];
-        let t = cx.data_mut().tick.as_mut().expect("checked above: inside a tick");
-        t.rng.fill_bytes(&mut buf);
-        (0, buf)
+    if cx.data().tick.is_none() {
+        return Ok(-1);
+    }
+    let fits = in_bounds(cx, ptr, n);
+    let t = tick_ctx(cx);
+    let p = t.answer(Hostcall::RandBytes, |t| {
+        if n > MAX_RAND_BYTES {
+            i32_payload(-2, &[])
+        } else if !fits {
+            i32_payload(-4, &[])
+        } else {
+            let mut buf = vec![0u8; n];
+            t.rng.fill_bytes(&mut buf);
+            i32_payload(0, &buf)
+        }
+    })?;
+    let bytes = match split_code(&p) {
+        Some((0, bytes)) if bytes.len() == n => bytes,
+        Some((code, [])) if code < 0 => return Ok(code),
+        _ => return Err(t.inconsistent(Hostcall::RandBytes, &format!("recorded result does not answer {n} bytes"))),
     };
-    if let Some(t) = cx.data_mut().tick.as_mut() {
-        t.observe(Hostcall::RandBytes, i32_payload(code, &bytes))?;
+    burn_bytes(cx, n)?;
+    if !write(cx, ptr, bytes) {
+        return Err(tick_ctx(cx).inconsistent(Hostcall::RandBytes, "recorded bytes do not fit the guest buffer"));
     }
-    if code == 0 {
-        write(&mut cx, ptr, &bytes);
-    }
-    Ok(code)
+    Ok(0)
 }
 
-fn log_emit(mut cx: Cx<'_>, ptr: i32, len: i32) -> HResult<()> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn log_emit(cx: &mut Cx<'_>, ptr: i32, len: i32) -> HResult<()> {
+    burn(cx, HOSTCALL_FUEL)?;
     let n = (len as u32 as usize).min(MAX_LOG_MESSAGE_BYTES);
-    let msg = read(&cx, ptr, n as i32);
+    let msg = read(cx, ptr, n as i32);
     let kept = msg.as_ref().map_or(0, Vec::len);
-    burn_bytes(&mut cx, kept)?;
-    if let Some(t) = cx.data_mut().tick.as_mut() {
-        t.observe(Hostcall::LogEmit, (kept as u32).to_le_bytes().to_vec())?;
-        if let Some(m) = msg {
-            t.keep_log(&m);
-        }
+    let Some(t) = cx.data_mut().tick.as_mut() else { return burn_bytes(cx, kept) };
+    let recorded = scalar_answer(t, Hostcall::LogEmit, |_| (kept as u32).to_le_bytes())?;
+    if u32::from_le_bytes(recorded) as usize != kept {
+        return Err(
+            t.inconsistent(Hostcall::LogEmit, &format!("recorded length differs from the guest's {kept} bytes"))
+        );
+    }
+    burn_bytes(cx, kept)?;
+    if let Some(m) = msg {
+        tick_ctx(cx).keep_log(&m);
     }
     Ok(())
 }
 
-fn wallet_balance(mut cx: Cx<'_>) -> HResult<i64> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn wallet_balance(cx: &mut Cx<'_>) -> HResult<i64> {
+    burn(cx, HOSTCALL_FUEL)?;
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
     // Budget at tick start minus what this tick paid out so far.
-    let balance = t.budget.0.saturating_sub(t.paid.0);
-    t.observe(Hostcall::WalletBalance, balance.to_le_bytes().to_vec())?;
-    Ok(balance)
+    scalar_answer(t, Hostcall::WalletBalance, |t| t.budget.0.saturating_sub(t.paid.0).to_le_bytes())
+        .map(i64::from_le_bytes)
 }
 
-fn wallet_receipt_count(mut cx: Cx<'_>) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn wallet_receipt_count(cx: &mut Cx<'_>) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
-    let n = i32::try_from(t.receipts.len()).unwrap_or(i32::MAX);
-    t.observe(Hostcall::WalletReceiptCount, n.to_le_bytes().to_vec())?;
-    Ok(n)
+    scalar_answer(t, Hostcall::WalletReceiptCount, |t| {
+        i32::try_from(t.receipts.len()).unwrap_or(i32::MAX).to_le_bytes()
+    })
+    .map(i32::from_le_bytes)
 }
 
-fn wallet_receipt(mut cx: Cx<'_>, index: i32, buf: i32, cap: i32) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
-    let Some(t) = cx.data().tick.as_ref() else { return Ok(-1) };
-    let receipt = usize::try_from(index).ok().and_then(|i| t.receipts.get(i)).cloned();
-    let (code, bytes) = match receipt {
-        None => (-1, Vec::new()),
-        Some(r) if r.len() > cap as u32 as usize || !in_bounds(&cx, buf, r.len()) => (-4, Vec::new()),
-        Some(r) => (r.len() as i32, r),
-    };
-    burn_bytes(&mut cx, bytes.len())?;
-    cx.data_mut().tick.as_mut().expect("inside a tick").observe(Hostcall::WalletReceipt, i32_payload(code, &bytes))?;
-    if code >= 0 {
-        write(&mut cx, buf, &bytes);
+fn wallet_receipt(cx: &mut Cx<'_>, index: i32, buf: i32, cap: i32) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
+    if cx.data().tick.is_none() {
+        return Ok(-1);
     }
-    Ok(code)
+    let (cap, room) = (cap as u32 as usize, room(cx, buf));
+    let t = tick_ctx(cx);
+    let p =
+        t.answer(Hostcall::WalletReceipt, |t| match usize::try_from(index).ok().and_then(|i| t.receipts.get(i)) {
+            None => i32_payload(-1, &[]),
+            Some(r) if r.len() > cap || r.len() > room => i32_payload(-4, &[]),
+            Some(r) => i32_payload(r.len() as i32, r),
+        })?;
+    let receipt = match split_code(&p) {
+        Some((code, r)) if code >= 0 && code as usize == r.len() && r.len() <= cap.min(room) => r,
+        Some((code, [])) if code < 0 => return Ok(code),
+        _ => return Err(t.inconsistent(Hostcall::WalletReceipt, "recorded receipt does not fit the guest buffer")),
+    };
+    burn_bytes(cx, receipt.len())?;
+    write(cx, buf, receipt);
+    Ok(receipt.len() as i32)
 }
 
-fn node_price(mut cx: Cx<'_>) -> HResult<i64> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
+fn node_price(cx: &mut Cx<'_>) -> HResult<i64> {
+    burn(cx, HOSTCALL_FUEL)?;
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(0) };
-    let p = t.price_per_second.0;
-    t.observe(Hostcall::NodePrice, p.to_le_bytes().to_vec())?;
-    Ok(p)
+    scalar_answer(t, Hostcall::NodePrice, |t| t.price_per_second.0.to_le_bytes()).map(i64::from_le_bytes)
 }
 
 /// Count a side-effect attempt and check CM-5 (only ACTIVE_OWNER acts).
@@ -551,7 +602,7 @@ fn read_input(cx: &Cx<'_>, ptr: i32, len: i32, limit: usize, bad: i32) -> Result
 // u64 needed length for -5).
 #[allow(clippy::too_many_arguments)]
 fn http_request(
-    mut cx: Cx<'_>,
+    cx: &mut Cx<'_>,
     method_ptr: i32,
     method_len: i32,
     url_ptr: i32,
@@ -563,13 +614,13 @@ fn http_request(
     resp_ptr: i32,
     resp_cap: i32,
 ) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
-    let permitted = side_effect_permitted(&mut cx);
+    burn(cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(cx);
     let inputs = (|| {
-        let method = read_input(&cx, method_ptr, method_len, MAX_METHOD_BYTES, -1)?;
-        let url = read_input(&cx, url_ptr, url_len, MAX_URL_BYTES, -1)?;
-        let headers = read_input(&cx, hdr_ptr, hdr_len, MAX_HEADER_BYTES, -1)?;
-        let body = read_input(&cx, body_ptr, body_len, MAX_REQUEST_BODY_BYTES, -1)?;
+        let method = read_input(cx, method_ptr, method_len, MAX_METHOD_BYTES, -1)?;
+        let url = read_input(cx, url_ptr, url_len, MAX_URL_BYTES, -1)?;
+        let headers = read_input(cx, hdr_ptr, hdr_len, MAX_HEADER_BYTES, -1)?;
+        let body = read_input(cx, body_ptr, body_len, MAX_REQUEST_BODY_BYTES, -1)?;
         let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| -1);
         Ok::<_, i32>(HttpRequest { method: text(method)?, url: text(url)?, headers, body })
     })();
@@ -579,42 +630,41 @@ fn http_request(
         timeout_ms: 0,
         max_response_bytes: 0,
     });
-    let refused = match &inputs {
-        Err(code) => Some(*code),
-        Ok(_) if !permitted => Some(-3),
-        Ok(req) if !policy.allows(&req.url) => Some(-3),
-        Ok(_) => None,
-    };
     if let Ok(req) = &inputs {
-        burn_bytes(&mut cx, req.method.len() + req.url.len() + req.headers.len() + req.body.len())?;
+        burn_bytes(cx, req.method.len() + req.url.len() + req.headers.len() + req.body.len())?;
     }
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(-3) };
-    if let Some(code) = refused {
-        t.observe(Hostcall::HttpRequest, i32_payload(0, &code.to_le_bytes()))?;
-        return Ok(code);
-    }
-    let req = inputs.expect("refused is None only for Ok inputs");
-    let payload = t.effect(Hostcall::HttpRequest, || match grants.http.request(&req, &policy) {
-        Ok(resp) => {
-            let mut p = vec![1u8];
-            p.extend_from_slice(&resp.status.to_le_bytes());
-            p.extend_from_slice(&resp.body);
-            p
-        }
-        Err(e) => {
-            let (code, needed) = match e {
-                HttpError::Network(_) => (-1i32, 0u64),
-                HttpError::HostNotAllowed(_) => (-3, 0),
-                HttpError::Timeout => (-4, 0),
-                HttpError::TooLarge { needed } => (-5, needed),
-            };
-            let mut p = vec![2u8];
-            p.extend_from_slice(&code.to_le_bytes());
-            p.extend_from_slice(&needed.to_le_bytes());
-            p
+    // Live only: replay takes the outcome from the log and never contacts
+    // the gateway (spec §2: every hostcall is replayable).
+    let payload = t.answer(Hostcall::HttpRequest, |_| {
+        let req = match &inputs {
+            Err(code) => return refusal(*code),
+            Ok(_) if !permitted => return refusal(-3),
+            Ok(req) if !policy.allows(&req.url) => return refusal(-3),
+            Ok(req) => req,
+        };
+        match grants.http.request(req, &policy) {
+            Ok(resp) => {
+                let mut p = vec![1u8];
+                p.extend_from_slice(&resp.status.to_le_bytes());
+                p.extend_from_slice(&resp.body);
+                p
+            }
+            Err(e) => {
+                let (code, needed) = match e {
+                    HttpError::Network(_) => (-1i32, 0u64),
+                    HttpError::HostNotAllowed(_) => (-3, 0),
+                    HttpError::Timeout => (-4, 0),
+                    HttpError::TooLarge { needed } => (-5, needed),
+                };
+                let mut p = vec![2u8];
+                p.extend_from_slice(&code.to_le_bytes());
+                p.extend_from_slice(&needed.to_le_bytes());
+                p
+            }
         }
     })?;
-    deliver_http(&mut cx, &payload, resp_ptr, resp_cap, policy.max_response_bytes)
+    deliver_http(cx, &payload, resp_ptr, resp_cap, policy.max_response_bytes)
 }
 
 /// Turn a recorded http outcome into what the guest sees (same code path
@@ -627,6 +677,7 @@ fn deliver_http(cx: &mut Cx<'_>, payload: &[u8], resp_ptr: i32, resp_cap: i32, m
         Ok(-5)
     };
     match payload.split_first() {
+        Some((0, rest)) if refusal_code(rest).is_some() => Ok(refusal_code(rest).expect("checked by the guard")),
         Some((1, rest)) if rest.len() >= 2 => {
             let status = u16::from_le_bytes([rest[0], rest[1]]);
             let body = &rest[2..];
@@ -636,15 +687,12 @@ fn deliver_http(cx: &mut Cx<'_>, payload: &[u8], resp_ptr: i32, resp_cap: i32, m
             burn_bytes(cx, body.len())?;
             Ok(if write(cx, resp_ptr, body) { i32::from(status) } else { -1 })
         }
-        Some((2, rest)) if rest.len() == 12 => {
-            let code = i32::from_le_bytes(rest[..4].try_into().expect("length checked"));
+        Some((2, rest)) if rest.len() == 12 && refusal_code(&rest[..4]).is_some() => {
+            let code = refusal_code(&rest[..4]).expect("checked by the guard");
             let needed = u64::from_le_bytes(rest[4..].try_into().expect("length checked"));
             if code == -5 { needed_hint(cx, needed) } else { Ok(code) }
         }
-        _ => {
-            let t = cx.data_mut().tick.as_mut().expect("inside a tick");
-            Err(t.diverge("http_request: recorded outcome is malformed".into()))
-        }
+        _ => Err(tick_ctx(cx).inconsistent(Hostcall::HttpRequest, "recorded outcome is malformed")),
     }
 }
 
@@ -652,7 +700,7 @@ fn deliver_http(cx: &mut Cx<'_>, payload: &[u8], resp_ptr: i32, resp_cap: i32, m
 // 1 = paid (receipt bytes); 2 = gateway failure (-6).
 #[allow(clippy::too_many_arguments)]
 fn wallet_pay(
-    mut cx: Cx<'_>,
+    cx: &mut Cx<'_>,
     amount: i64,
     rcpt_ptr: i32,
     rcpt_len: i32,
@@ -661,146 +709,203 @@ fn wallet_pay(
     buf: i32,
     cap: i32,
 ) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
-    let permitted = side_effect_permitted(&mut cx);
+    burn(cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(cx);
     let recipient =
-        read_input(&cx, rcpt_ptr, rcpt_len, MAX_NAME_LEN, -6).and_then(|r| String::from_utf8(r).map_err(|_| -6));
-    let memo = read_input(&cx, memo_ptr, memo_len, MAX_MEMO_BYTES, -6);
+        read_input(cx, rcpt_ptr, rcpt_len, MAX_NAME_LEN, -6).and_then(|r| String::from_utf8(r).map_err(|_| -6));
+    let memo = read_input(cx, memo_ptr, memo_len, MAX_MEMO_BYTES, -6);
     let moved = recipient.as_ref().map_or(0, String::len) + memo.as_ref().map_or(0, Vec::len);
-    burn_bytes(&mut cx, moved)?;
+    burn_bytes(cx, moved)?;
     let fuel_left = cx.get_fuel()?;
     let grants = cx.data().grants.clone();
-    let buf_ok = cap as u32 as usize >= MAX_PAY_RECEIPT_BYTES && in_bounds(&cx, buf, MAX_PAY_RECEIPT_BYTES);
+    let buf_ok = cap as u32 as usize >= MAX_PAY_RECEIPT_BYTES && in_bounds(cx, buf, MAX_PAY_RECEIPT_BYTES);
     let Some(t) = cx.data_mut().tick.as_mut() else { return Ok(-3) };
     let policy = grants.manifest.x402.clone();
-    let refused = (|| -> Result<(), i32> {
-        let recipient = recipient.clone()?;
-        memo.clone()?;
-        if amount <= 0 {
-            return Err(-6);
+    // Live only: replay takes the outcome from the log and never pays.
+    let payload = t.answer(Hostcall::WalletPay, |t| {
+        let checked = (|| -> Result<Payment, i32> {
+            let recipient = recipient.clone()?;
+            let memo = memo.clone()?;
+            if amount <= 0 {
+                return Err(-6);
+            }
+            if !permitted {
+                return Err(-3);
+            }
+            let policy = policy.as_ref().ok_or(-3)?;
+            if !policy.allowed_recipients.iter().any(|r| *r == recipient.to_ascii_lowercase()) {
+                return Err(-3);
+            }
+            if policy.max_payment_microcents > 0 && amount > policy.max_payment_microcents {
+                return Err(-4);
+            }
+            if !buf_ok {
+                return Err(-5);
+            }
+            // Money left = budget - paid so far - the fuel burnt so far, priced.
+            let burnt = cost_of_fuel(t.fuel_limit.saturating_sub(fuel_left), t.price_per_second).map_err(|_| -6)?;
+            let left = t.budget.0.saturating_sub(t.paid.0).saturating_sub(burnt.0);
+            if amount > left {
+                return Err(-1);
+            }
+            Ok(Payment { tick: t.tick, amount: Microcents(amount), recipient, memo })
+        })();
+        match checked {
+            Err(code) => refusal(code),
+            Ok(payment) => match grants.payments.pay(&payment) {
+                Ok(receipt) if receipt.len() <= MAX_PAY_RECEIPT_BYTES => [&[1u8][..], &receipt].concat(),
+                _ => vec![2u8],
+            },
         }
-        if !permitted {
-            return Err(-3);
-        }
-        let policy = policy.as_ref().ok_or(-3)?;
-        if !policy.allowed_recipients.iter().any(|r| *r == recipient.to_ascii_lowercase()) {
-            return Err(-3);
-        }
-        if policy.max_payment_microcents > 0 && amount > policy.max_payment_microcents {
-            return Err(-4);
-        }
-        if !buf_ok {
-            return Err(-5);
-        }
-        // Money left = budget - paid so far - the fuel burnt so far, priced.
-        let burnt = cost_of_fuel(t.fuel_limit.saturating_sub(fuel_left), t.price_per_second).map_err(|_| -6)?;
-        let left = t.budget.0.saturating_sub(t.paid.0).saturating_sub(burnt.0);
-        if amount > left {
-            return Err(-1);
-        }
-        Ok(())
-    })();
-    if let Err(code) = refused {
-        t.observe(Hostcall::WalletPay, i32_payload(0, &code.to_le_bytes()))?;
-        if code == -5 && cap as u32 >= 4 {
-            write(&mut cx, buf, &(MAX_PAY_RECEIPT_BYTES as u32).to_le_bytes());
-        }
-        return Ok(code);
-    }
-    let payment = Payment {
-        tick: t.tick,
-        amount: Microcents(amount),
-        recipient: recipient.expect("refused is Ok only with a recipient"),
-        memo: memo.expect("refused is Ok only with a memo"),
-    };
-    let payload = t.effect(Hostcall::WalletPay, || match grants.payments.pay(&payment) {
-        Ok(receipt) if receipt.len() <= MAX_PAY_RECEIPT_BYTES => [&[1u8][..], &receipt].concat(),
-        _ => vec![2u8],
     })?;
     match payload.split_first() {
-        Some((1, receipt)) => {
+        Some((0, rest)) if refusal_code(rest).is_some() => {
+            let code = refusal_code(rest).expect("checked by the guard");
+            if code == -5 && cap as u32 >= 4 {
+                write(cx, buf, &(MAX_PAY_RECEIPT_BYTES as u32).to_le_bytes());
+            }
+            Ok(code)
+        }
+        // A payment the guest could not have asked for, or that the tick's
+        // budget cannot cover, is a forged entry: paid never exceeds the
+        // budget (RE-3), whatever the log says.
+        Some((1, receipt))
+            if receipt.len() <= MAX_PAY_RECEIPT_BYTES
+                && buf_ok
+                && amount > 0
+                && recipient.is_ok()
+                && memo.is_ok()
+                && amount <= t.budget.0.saturating_sub(t.paid.0) =>
+        {
             t.paid = Microcents(t.paid.0.saturating_add(amount));
-            let receipt = receipt.to_vec();
-            burn_bytes(&mut cx, receipt.len())?;
-            write(&mut cx, buf, &receipt);
+            burn_bytes(cx, receipt.len())?;
+            write(cx, buf, receipt);
             Ok(receipt.len() as i32)
         }
         Some((2, [])) => Ok(-6),
-        _ => Err(t.diverge("wallet_pay: recorded outcome is malformed".into())),
+        _ => Err(t.inconsistent(Hostcall::WalletPay, "recorded outcome is malformed or not payable")),
     }
 }
 
-fn kv_get(mut cx: Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_cap: i32) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
-    let max_key = cx.data().kv.limits().max_key_bytes as usize;
-    let (code, bytes) = match read_input(&cx, key_ptr, key_len, max_key, -1) {
-        Err(_) => (-1, Vec::new()),
-        Ok(key) => match cx.data().kv.get(&key).map(<[u8]>::to_vec) {
-            None => (-5, Vec::new()),
-            Some(v) if v.len() > val_cap as u32 as usize || !in_bounds(&cx, val_ptr, v.len()) => {
-                (-4, (v.len() as u32).to_le_bytes().to_vec())
-            }
-            Some(v) => (v.len() as i32, v),
-        },
-    };
-    burn_bytes(&mut cx, key_len.max(0) as usize + bytes.len())?;
-    if let Some(t) = cx.data_mut().tick.as_mut() {
-        t.observe(Hostcall::KvGet, i32_payload(code, &bytes))?;
+/// What the agent's own kv answers to a `kv_get` (code ++ bytes).
+fn kv_lookup(cx: &Cx<'_>, key: &Result<Vec<u8>, i32>, val_ptr: i32, val_cap: i32) -> Vec<u8> {
+    let Ok(key) = key else { return i32_payload(-1, &[]) };
+    match cx.data().kv.get(key) {
+        None => i32_payload(-5, &[]),
+        Some(v) if v.len() > val_cap as u32 as usize || v.len() > room(cx, val_ptr) => {
+            i32_payload(-4, &(v.len() as u32).to_le_bytes())
+        }
+        Some(v) => i32_payload(v.len() as i32, v),
     }
+}
+
+fn kv_get(cx: &mut Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_cap: i32) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
+    let max_key = cx.data().kv.limits().max_key_bytes as usize;
+    let key = read_input(cx, key_ptr, key_len, max_key, -1);
+    burn_bytes(cx, key_len.max(0) as usize)?;
+    let own = kv_lookup(cx, &key, val_ptr, val_cap);
+    let payload = match cx.data_mut().tick.as_mut() {
+        // Outside a tick kv_get reads the agent's own state, unrecorded.
+        None => own,
+        Some(t) => {
+            let p = t.answer(Hostcall::KvGet, |_| own.clone())?;
+            // The kv is the agent's own state, replayed alongside it: a
+            // recorded answer it contradicts is a forged entry (CM-4).
+            if p != own {
+                return Err(t.inconsistent(Hostcall::KvGet, "recorded result contradicts the agent's own kv"));
+            }
+            p
+        }
+    };
+    let (code, bytes) = split_code(&payload).expect("kv_lookup payloads start with a code");
+    burn_bytes(cx, bytes.len())?;
     if code >= 0 || (code == -4 && val_cap as u32 >= 4) {
-        write(&mut cx, val_ptr, &bytes[..if code >= 0 { bytes.len() } else { 4 }]);
+        write(cx, val_ptr, bytes);
     }
     Ok(code)
 }
 
-fn kv_put(mut cx: Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
-    let permitted = side_effect_permitted(&mut cx);
+/// A recorded kv_put/kv_delete code: one of the codes those calls return.
+fn kv_code(t: &mut TickCtx, call: Hostcall, p: Vec<u8>) -> HResult<i32> {
+    match <[u8; 4]>::try_from(p.as_slice()).map(i32::from_le_bytes) {
+        Ok(code @ (0 | -1 | -2 | -3 | -6)) => Ok(code),
+        _ => Err(t.inconsistent(call, "recorded code is not a kv result")),
+    }
+}
+
+fn kv_put(cx: &mut Cx<'_>, key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(cx);
     let limits = cx.data().kv.limits();
-    let key = read_input(&cx, key_ptr, key_len, limits.max_key_bytes as usize, -1);
-    let value = read_input(&cx, val_ptr, val_len, limits.max_value_bytes as usize, -1);
-    burn_bytes(&mut cx, key.as_ref().map_or(0, Vec::len) + value.as_ref().map_or(0, Vec::len))?;
-    let state = cx.data_mut();
-    let Some(t) = state.tick.as_mut() else { return Ok(-3) };
-    let code: i32 = match (key, value) {
-        (Err(c), _) | (_, Err(c)) => c,
-        _ if !permitted => -3,
-        (Ok(k), Ok(v)) => {
-            let old = state.kv.get(&k).map(<[u8]>::to_vec);
-            match state.kv.put(&k, &v) {
-                Ok(()) => {
-                    t.kv_undo.push((k, old));
-                    0
-                }
+    let key = read_input(cx, key_ptr, key_len, limits.max_key_bytes as usize, -1);
+    let value = read_input(cx, val_ptr, val_len, limits.max_value_bytes as usize, -1);
+    burn_bytes(cx, key.as_ref().map_or(0, Vec::len) + value.as_ref().map_or(0, Vec::len))?;
+    let HostState { tick, kv, .. } = cx.data_mut();
+    let Some(t) = tick.as_mut() else { return Ok(-3) };
+    let put = |kv: &mut Kv, t: &mut TickCtx, k: &[u8], v: &[u8]| {
+        let old = kv.get(k).map(<[u8]>::to_vec);
+        kv.put(k, v).map(|()| t.kv_undo.push((k.to_vec(), old)))
+    };
+    let p = t.answer(Hostcall::KvPut, |t| {
+        let code: i32 = match (&key, &value) {
+            (Err(c), _) | (_, Err(c)) => *c,
+            _ if !permitted => -3,
+            (Ok(k), Ok(v)) => match put(kv, t, k, v) {
+                Ok(()) => 0,
                 Err(PutError::TooLarge) => -2,
                 Err(PutError::Quota) => -6,
-            }
+            },
+        };
+        code.to_le_bytes().to_vec()
+    })?;
+    let code = kv_code(t, Hostcall::KvPut, p)?;
+    // Replay: the write is the agent's own state, so a recorded success is
+    // applied (and must be possible); a recorded refusal changes nothing.
+    if t.is_replay() && code == 0 {
+        let applied = match (&key, &value) {
+            (Ok(k), Ok(v)) => put(kv, t, k, v).is_ok(),
+            _ => false,
+        };
+        if !applied {
+            return Err(t.inconsistent(Hostcall::KvPut, "recorded success, but the write does not apply"));
         }
-    };
-    t.observe(Hostcall::KvPut, code.to_le_bytes().to_vec())?;
+    }
     Ok(code)
 }
 
-fn kv_delete(mut cx: Cx<'_>, key_ptr: i32, key_len: i32) -> HResult<i32> {
-    burn(&mut cx, HOSTCALL_FUEL)?;
-    let permitted = side_effect_permitted(&mut cx);
+fn kv_delete(cx: &mut Cx<'_>, key_ptr: i32, key_len: i32) -> HResult<i32> {
+    burn(cx, HOSTCALL_FUEL)?;
+    let permitted = side_effect_permitted(cx);
     let max_key = cx.data().kv.limits().max_key_bytes as usize;
-    let key = read_input(&cx, key_ptr, key_len, max_key, -1);
-    burn_bytes(&mut cx, key.as_ref().map_or(0, Vec::len))?;
-    let state = cx.data_mut();
-    let Some(t) = state.tick.as_mut() else { return Ok(-3) };
-    let code: i32 = match key {
-        Err(_) => -1,
-        Ok(_) if !permitted => -3,
-        Ok(k) => {
-            if let Some(old) = state.kv.get(&k).map(<[u8]>::to_vec) {
-                state.kv.delete(&k);
-                t.kv_undo.push((k, Some(old)));
-            }
-            0
+    let key = read_input(cx, key_ptr, key_len, max_key, -1);
+    burn_bytes(cx, key.as_ref().map_or(0, Vec::len))?;
+    let HostState { tick, kv, .. } = cx.data_mut();
+    let Some(t) = tick.as_mut() else { return Ok(-3) };
+    let delete = |kv: &mut Kv, t: &mut TickCtx, k: &[u8]| {
+        if let Some(old) = kv.get(k).map(<[u8]>::to_vec) {
+            kv.delete(k);
+            t.kv_undo.push((k.to_vec(), Some(old)));
         }
     };
-    t.observe(Hostcall::KvDelete, code.to_le_bytes().to_vec())?;
+    let p = t.answer(Hostcall::KvDelete, |t| {
+        let code: i32 = match &key {
+            Err(_) => -1,
+            Ok(_) if !permitted => -3,
+            Ok(k) => {
+                delete(kv, t, k);
+                0
+            }
+        };
+        code.to_le_bytes().to_vec()
+    })?;
+    let code = kv_code(t, Hostcall::KvDelete, p)?;
+    if t.is_replay() && code == 0 {
+        let Ok(k) = &key else {
+            return Err(t.inconsistent(Hostcall::KvDelete, "recorded success for an unreadable key"));
+        };
+        delete(kv, t, k);
+    }
     Ok(code)
 }
 
@@ -819,24 +924,80 @@ pub fn roll_back_kv(kv: &mut Kv, undo: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
     }
 }
 
-/// A linker holding exactly the hostcalls of `caps` (deny by default).
+/// Run one hostcall body and hold it to CM-4's one entry per call: inside
+/// a tick every call that returns leaves exactly one entry in the log, live
+/// (recorded) and in replay (consumed), whatever its body does. This is the
+/// check a body that forgets to record (or records twice) cannot pass: live,
+/// the tick fails instead of committing a log that would not replay.
+fn one_entry<R>(cx: &mut Cx<'_>, call: Hostcall, body: impl FnOnce(&mut Cx<'_>) -> HResult<R>) -> HResult<R> {
+    let before = cx.data().tick.as_ref().map(|t| t.log.entries.len());
+    let result = body(cx)?;
+    if let (Some(before), Some(t)) = (before, cx.data_mut().tick.as_mut()) {
+        let added = t.log.entries.len() - before;
+        if added != 1 {
+            return Err(t.diverge(format!("entry {before} ({call}): the call left {added} log entries, not one")));
+        }
+    }
+    Ok(result)
+}
+
+/// A linker holding exactly the hostcalls of `caps` (deny by default),
+/// each behind [`one_entry`].
 pub fn linker(engine: &wasmtime::Engine, caps: CapabilitySet) -> Result<Linker<HostState>, wasmtime::Error> {
+    use Hostcall as H;
     let mut l = Linker::new(engine);
     let m = IMPORT_MODULE;
     for call in Hostcall::ALL.into_iter().filter(|c| caps.contains(c.capability())) {
+        let n = call.name();
         match call {
-            Hostcall::ClockNow => l.func_wrap(m, call.name(), clock_now)?,
-            Hostcall::RandBytes => l.func_wrap(m, call.name(), rand_bytes)?,
-            Hostcall::LogEmit => l.func_wrap(m, call.name(), log_emit)?,
-            Hostcall::WalletBalance => l.func_wrap(m, call.name(), wallet_balance)?,
-            Hostcall::WalletReceiptCount => l.func_wrap(m, call.name(), wallet_receipt_count)?,
-            Hostcall::WalletReceipt => l.func_wrap(m, call.name(), wallet_receipt)?,
-            Hostcall::NodePrice => l.func_wrap(m, call.name(), node_price)?,
-            Hostcall::HttpRequest => l.func_wrap(m, call.name(), http_request)?,
-            Hostcall::WalletPay => l.func_wrap(m, call.name(), wallet_pay)?,
-            Hostcall::KvGet => l.func_wrap(m, call.name(), kv_get)?,
-            Hostcall::KvPut => l.func_wrap(m, call.name(), kv_put)?,
-            Hostcall::KvDelete => l.func_wrap(m, call.name(), kv_delete)?,
+            H::ClockNow => l.func_wrap(m, n, move |mut cx: Cx<'_>| one_entry(&mut cx, call, clock_now))?,
+            H::RandBytes => l.func_wrap(m, n, move |mut cx: Cx<'_>, p: i32, len: i32| {
+                one_entry(&mut cx, call, |cx| rand_bytes(cx, p, len))
+            })?,
+            H::LogEmit => l.func_wrap(m, n, move |mut cx: Cx<'_>, p: i32, len: i32| {
+                one_entry(&mut cx, call, |cx| log_emit(cx, p, len))
+            })?,
+            H::WalletBalance => l.func_wrap(m, n, move |mut cx: Cx<'_>| one_entry(&mut cx, call, wallet_balance))?,
+            H::WalletReceiptCount => {
+                l.func_wrap(m, n, move |mut cx: Cx<'_>| one_entry(&mut cx, call, wallet_receipt_count))?
+            }
+            H::WalletReceipt => l.func_wrap(m, n, move |mut cx: Cx<'_>, i: i32, buf: i32, cap: i32| {
+                one_entry(&mut cx, call, |cx| wallet_receipt(cx, i, buf, cap))
+            })?,
+            H::NodePrice => l.func_wrap(m, n, move |mut cx: Cx<'_>| one_entry(&mut cx, call, node_price))?,
+            H::HttpRequest => l.func_wrap(
+                m,
+                n,
+                move |mut cx: Cx<'_>,
+                      a: i32,
+                      b: i32,
+                      c: i32,
+                      d: i32,
+                      e: i32,
+                      f: i32,
+                      g: i32,
+                      h: i32,
+                      i: i32,
+                      j: i32| {
+                    one_entry(&mut cx, call, |cx| http_request(cx, a, b, c, d, e, f, g, h, i, j))
+                },
+            )?,
+            H::WalletPay => l.func_wrap(
+                m,
+                n,
+                move |mut cx: Cx<'_>, amount: i64, a: i32, b: i32, c: i32, d: i32, buf: i32, cap: i32| {
+                    one_entry(&mut cx, call, |cx| wallet_pay(cx, amount, a, b, c, d, buf, cap))
+                },
+            )?,
+            H::KvGet => l.func_wrap(m, n, move |mut cx: Cx<'_>, k: i32, kl: i32, v: i32, vc: i32| {
+                one_entry(&mut cx, call, |cx| kv_get(cx, k, kl, v, vc))
+            })?,
+            H::KvPut => l.func_wrap(m, n, move |mut cx: Cx<'_>, k: i32, kl: i32, v: i32, vl: i32| {
+                one_entry(&mut cx, call, |cx| kv_put(cx, k, kl, v, vl))
+            })?,
+            H::KvDelete => l.func_wrap(m, n, move |mut cx: Cx<'_>, k: i32, kl: i32| {
+                one_entry(&mut cx, call, |cx| kv_delete(cx, k, kl))
+            })?,
         };
     }
     Ok(l)

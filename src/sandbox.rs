@@ -490,11 +490,14 @@ impl Sandbox {
         Ok((state, inst.store.data().kv.encode()))
     }
 
-    /// Re-run one tick from (`state`, `kv`) against its recorded event log:
-    /// observations derivable from `inputs` and the agent's own state are
-    /// recomputed and must match the log byte for byte; world effects (http,
-    /// payments) return their recorded outcome and are never re-run. A tick
-    /// that did not complete leaves (`state`, `kv`) as they were.
+    /// Re-run one tick from (`state`, `kv`) against its recorded event log.
+    /// Every hostcall result (clock, rand, log, wallet, price, http, pay,
+    /// kv) comes from the log alone, in order; `inputs` only bound the fuel
+    /// and price the bill (CM-4: a replay against a host that would answer
+    /// differently reproduces the tick). The replayed guest must consume
+    /// the log exactly: a missing, extra or reordered entry is a divergence
+    /// naming the tick and the entry index. A tick that did not complete
+    /// leaves (`state`, `kv`) as they were.
     pub fn replay_tick(
         &mut self,
         wasm_hash: &Hash32,
@@ -507,13 +510,15 @@ impl Sandbox {
         let log =
             EventLog::decode(event_log).map_err(|e| ExecError::Divergence(format!("tick {}: {e}", inputs.tick)))?;
         let mut inst = self.start_instance(wasm_hash, manifest, state, kv)?;
-        let total = log.entries.len();
+        let recorded = log.entries.clone();
         let report = self.run_tick(&mut inst, inputs, Some(log))?;
         let used = EventLog::decode(&report.event_log).map(|l| l.entries.len()).unwrap_or(0);
-        if used != total {
+        if let Some(extra) = recorded.get(used) {
+            let name = membrane::Hostcall::from_id(extra.id).map_or("?", membrane::Hostcall::name);
             return Err(ExecError::Divergence(format!(
-                "tick {}: the guest made {used} hostcalls but the log records {total}",
-                inputs.tick
+                "tick {}: entry {used} ({name}): recorded, but the guest made only {used} of the log's {} hostcalls",
+                inputs.tick,
+                recorded.len()
             )));
         }
         let (state, kv) = match inst.poisoned {

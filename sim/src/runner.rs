@@ -223,9 +223,12 @@ fn node_config(spec: &NodeSpec, all: &[NodeSpec]) -> Result<NodeConfig, RunError
 }
 
 /// Sandbox of a simulated node: on-demand allocation (no pooling: many
-/// nodes share one process), no wall-clock net (it is not deterministic).
+/// nodes share one process), no wall-clock net (it is not deterministic),
+/// scripted http (`ScriptedHttp::simulated_world`).
 fn sandbox() -> Result<Sandbox, RunError> {
-    let cfg = SandboxConfig { pooling_instances: None, ..SandboxConfig::default() };
+    // http answers from a fixed script (deterministic, the same on every node).
+    let http = std::sync::Arc::new(igor::http::ScriptedHttp::simulated_world());
+    let cfg = SandboxConfig { pooling_instances: None, http, ..SandboxConfig::default() };
     Sandbox::new(cfg).map_err(|e| RunError::Sim(format!("sandbox: {e}")))
 }
 
