@@ -40,6 +40,11 @@ pub struct Scenario {
     /// the verdict with it switched off (`igor-sim matrix`, `adversary`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<crate::adversary::AttackSpec>,
+    /// Explore templates only: the families `igor-sim explore` draws and
+    /// the pools it draws from (see `explore::ExploreSpec`). Resolved
+    /// scenarios drop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explore: Option<crate::explore::ExploreSpec>,
 }
 
 fn default_step_ms() -> u64 {
@@ -233,6 +238,14 @@ pub enum Action {
         #[serde(default)]
         anchor_tick: Option<u64>,
     },
+    /// `node`'s disk refuses writes for `for_ms`: every write, sync and
+    /// directory creation fails with the `kind`'s I/O error (as `FsDisk`
+    /// reports ENOSPC or EIO), reads keep working. Survives a restart.
+    DiskFault {
+        node: String,
+        kind: crate::disk::DiskFaultKind,
+        for_ms: u64,
+    },
 }
 
 fn default_buggify_ms() -> u64 {
@@ -247,6 +260,10 @@ pub enum BuggifyFault {
     /// Cut every link to and from the node (messages in flight are lost)
     /// and repair them `for_ms` later: the classic ambiguous transfer.
     Isolate,
+    /// The node's disk is full for `for_ms` (see [`Action::DiskFault`]).
+    DiskFull,
+    /// The node's disk fails writes with EIO for `for_ms`.
+    DiskIo,
 }
 
 /// Protocol boundaries a [`Action::CrashOn`] can be armed at, by the node
@@ -442,6 +459,9 @@ impl Scenario {
                 Action::Swizzle { nodes, .. } if nodes.is_empty() => {
                     return Err(format!("{f}.nodes: empty"));
                 }
+                Action::DiskFault { for_ms: 0, .. } => {
+                    return Err(format!("{f}.for_ms: 0 (a disk fault lasts at least 1 ms)"));
+                }
                 _ => {}
             }
         }
@@ -458,6 +478,9 @@ impl Scenario {
             && (l.within_ms == 0 || l.within_ms > MAX_LIVENESS_MS)
         {
             return Err(format!("expect.liveness.within_ms: {} is outside 1..={MAX_LIVENESS_MS}", l.within_ms));
+        }
+        if let Some(e) = &self.explore {
+            e.validate(&nodes, &agents)?;
         }
         Ok(())
     }
@@ -509,6 +532,7 @@ impl Action {
             | Action::Reorder { node, .. }
             | Action::ClearFaults { node }
             | Action::Skew { node, .. }
+            | Action::DiskFault { node, .. }
             | Action::Recover { node, .. } => vec![node],
         }
     }
