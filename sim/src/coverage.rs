@@ -157,7 +157,10 @@ impl Coverage {
                 }
             }
             Event::StaleMessageIgnored { .. } => self.mark("stale_message_dropped"),
-            Event::AuthorityChanged { agent, from, to, .. } => {
+            Event::AuthorityChanged { agent, from, to, reason, .. } => {
+                if *reason == Reason::LeaseExpired && isolated {
+                    self.mark("lease_expired_during_partition");
+                }
                 if let Some(from) = from {
                     self.mark(&transition_mark(state_name(*from), state_name(*to)));
                 }
@@ -188,9 +191,6 @@ impl Coverage {
                 self.mark("disk_fault_seen_by_node")
             }
             Event::DivergenceDetected { .. } => self.mark("divergence_detected"),
-            Event::AuthorityChanged { reason: Reason::LeaseExpired, .. } if isolated => {
-                self.mark("lease_expired_during_partition")
-            }
             _ => {}
         }
         let text = event.to_string();
@@ -342,7 +342,8 @@ mod tests {
         c.observe("a", &changed(Some(RecoveryRequired), HandoffPending), false);
         assert_eq!(c.fired.get("transition_ACTIVE_OWNER_to_HANDOFF_INITIATED"), Some(&1));
         assert!(!c.fired.keys().any(|k| k.contains("None")), "no arrow from an absent record: {:?}", c.fired);
-        let gaps = c.unfired(transitions_required().iter().map(String::as_str));
+        let required = transitions_required();
+        let gaps = c.unfired(required.iter().map(String::as_str));
         assert_eq!(gaps.len(), MATRIX_TRANSITIONS.len() - 1, "{gaps:?}");
         let report = c.report();
         assert!(
