@@ -256,10 +256,8 @@ impl Coverage {
     pub fn report(&self) -> String {
         let mut s = String::from("| mark | fired | meaning |\n|---|---|---|\n");
         let mut known: BTreeSet<String> = BTreeSet::new();
-        let transitions: Vec<(String, String)> = MATRIX_TRANSITIONS
-            .iter()
-            .map(|(f, t)| (transition_mark(f, t), format!("§5 arrow {f} -> {t}")))
-            .collect();
+        let transitions: Vec<(String, String)> =
+            MATRIX_TRANSITIONS.iter().map(|(f, t)| (transition_mark(f, t), format!("§5 arrow {f} -> {t}"))).collect();
         let families = FAMILY_MARKS.iter().flat_map(|(_, m)| m.iter());
         let rows = A1_MARKS.iter().chain(OPTIONAL_MARKS).chain(families).map(|(n, m)| (n.to_string(), m.to_string()));
         for (name, meaning) in rows.chain(transitions) {

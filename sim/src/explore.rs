@@ -164,7 +164,9 @@ pub fn required_marks(template: &Scenario) -> Vec<String> {
             .unwrap_or(u64::MAX);
         let lapse_reachable = beyond || shortest_lease_ms < LONGEST_OUTAGE_MS;
         out.extend(
-            coverage::a1_required().filter(|m| lapse_reachable || *m != "lease_expired_during_partition").map(str::to_string),
+            coverage::a1_required()
+                .filter(|m| lapse_reachable || *m != "lease_expired_during_partition")
+                .map(str::to_string),
         );
     }
     let Some(spec) = spec else { return out };
@@ -467,11 +469,8 @@ fn draw_family(
             for _ in 0..hops {
                 let last = path.last().cloned().unwrap_or_default();
                 let others: Vec<String> = nodes.iter().filter(|n| **n != last && !path.contains(n)).cloned().collect();
-                let others = if others.is_empty() {
-                    nodes.iter().filter(|n| **n != last).cloned().collect()
-                } else {
-                    others
-                };
+                let others =
+                    if others.is_empty() { nodes.iter().filter(|n| **n != last).cloned().collect() } else { others };
                 path.push(d.pick(&others).clone());
             }
             let (mut t, gap) = (d.range(500, window_ms / 3), d.range(1_000, 6_000));
@@ -484,7 +483,11 @@ fn draw_family(
             // Two migrations of one agent, issued at the same instant from
             // the same node to different targets: one must be refused.
             let agent = d.pick(agents).clone();
-            let from = if d.unit() < 0.7 { home(s, &agent).unwrap_or_else(|| d.pick(nodes).clone()) } else { d.pick(nodes).clone() };
+            let from = if d.unit() < 0.7 {
+                home(s, &agent).unwrap_or_else(|| d.pick(nodes).clone())
+            } else {
+                d.pick(nodes).clone()
+            };
             let others: Vec<String> = nodes.iter().filter(|n| **n != from).cloned().collect();
             let first = d.pick(&others).clone();
             let rest: Vec<String> = others.iter().filter(|n| **n != first).cloned().collect();

@@ -222,7 +222,8 @@ fn wider_templates_draw_their_operator_and_disk_actions() {
             }
         }
     }
-    for want in ["double_migration", "chain", "recover", "wipe", "disk_fault", "buggify_disk", "disk_fault_at_handoff"] {
+    for want in ["double_migration", "chain", "recover", "wipe", "disk_fault", "buggify_disk", "disk_fault_at_handoff"]
+    {
         assert!(seen.contains(want), "{want} never drawn: {seen:?}");
     }
 }
