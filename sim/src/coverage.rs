@@ -4,7 +4,9 @@
 //! are derived from the node event stream and the simulator's own actions
 //! only, so the node carries no test hooks. Counting never changes a run.
 
-use igor::authority::Reason;
+use crate::disk::DiskFaultKind;
+use crate::scenario::{Action, Storage};
+use igor::authority::{AuthorityState, Reason};
 use igor::migration::Outcome;
 use igor::node::Event;
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +27,78 @@ pub const A1_MARKS: &[(&str, &str)] = &[
     ("buggify_isolate", "a node was cut off at a protocol boundary (Buggify Isolate)"),
     ("node_paused", "a node's links were held (Pause or Swizzle)"),
 ];
+
+/// The arrows of the spec §5 permission matrix (plus the handoff abort
+/// arrow `authority::allowed` adds for "a failed transfer leaves the agent
+/// on the source"), as (from, to) state names. Every `authority_changed`
+/// fires `transition_<FROM>_to_<TO>`; these are the ones a sweep should
+/// reach. An arrow outside this list fires its mark too, and the report
+/// flags it as forbidden (the checker names the violation).
+pub const MATRIX_TRANSITIONS: &[(&str, &str)] = &[
+    ("ACTIVE_OWNER", "HANDOFF_INITIATED"),
+    ("HANDOFF_INITIATED", "HANDOFF_PENDING"),
+    ("HANDOFF_INITIATED", "ACTIVE_OWNER"),
+    ("HANDOFF_PENDING", "ACTIVE_OWNER"),
+    ("HANDOFF_PENDING", "RETIRED"),
+    ("ACTIVE_OWNER", "RETIRED"),
+    ("ACTIVE_OWNER", "RECOVERY_REQUIRED"),
+    ("HANDOFF_INITIATED", "RECOVERY_REQUIRED"),
+    ("HANDOFF_PENDING", "RECOVERY_REQUIRED"),
+    ("RETIRED", "RECOVERY_REQUIRED"),
+    ("RECOVERY_REQUIRED", "ACTIVE_OWNER"),
+];
+
+/// The mark of one authority transition.
+pub fn transition_mark(from: &str, to: &str) -> String {
+    format!("transition_{from}_to_{to}")
+}
+
+/// Marks of the wider explore families (`explore::EXTRA_FAMILIES`), by
+/// family: what each must reach in a seed range that draws it.
+pub const FAMILY_MARKS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "hostile",
+        &[
+            ("agent_trapped", "an agent's tick trapped and the agent halted"),
+            ("agent_budget_exhausted", "an agent's budget ran out and the agent halted"),
+        ],
+    ),
+    (
+        "recover",
+        &[
+            ("operator_recover_issued", "the timeline asked a node to recover an agent"),
+            ("operator_recovery_took", "a node recovered an agent (`recovered` event)"),
+        ],
+    ),
+    ("chains", &[("migration_chain_3_nodes", "one agent was owned by three or more nodes in one run")]),
+    (
+        "double_migration",
+        &[
+            ("concurrent_migrations_issued", "two migrations of one agent to different targets at one instant"),
+            ("migration_refused", "a node refused a migrate command"),
+        ],
+    ),
+    (
+        "wipe",
+        &[
+            ("node_wiped", "a node restarted on an empty disk"),
+            ("wiped_node_took_agent", "a wiped node later received or took an agent"),
+        ],
+    ),
+    (
+        "diskfault",
+        &[
+            ("disk_fault_started", "a node's disk started refusing writes (DiskFault)"),
+            ("disk_write_refused", "a faulty disk refused a write"),
+            ("disk_fault_seen_by_node", "the node reported a refused write (fault_observed)"),
+        ],
+    ),
+];
+
+/// The marks of `family` (empty for the A1 families, see [`A1_MARKS`]).
+pub fn family_marks(family: &str) -> &'static [(&'static str, &'static str)] {
+    FAMILY_MARKS.iter().find(|(f, _)| *f == family).map(|(_, m)| *m).unwrap_or(&[])
+}
 
 /// Marks that a run may fire but that no seed range is required to reach:
 /// EI-11 divergence needs two heads for one epoch, which a correct protocol
@@ -48,6 +122,12 @@ pub struct Coverage {
     inflight: BTreeSet<(String, String, String)>,
     /// Configured misbehaviour per node (its variant name), for marks.
     behaviours: BTreeMap<String, String>,
+    /// Nodes that took authority over each agent (for migration chains).
+    owners: BTreeMap<String, BTreeSet<String>>,
+    /// Nodes restarted with a wiped disk.
+    wiped: BTreeSet<String>,
+    /// The last timeline migration: (time, agent, target).
+    last_migrate: Option<(u64, String, String)>,
 }
 
 impl Coverage {
@@ -77,10 +157,40 @@ impl Coverage {
                 }
             }
             Event::StaleMessageIgnored { .. } => self.mark("stale_message_dropped"),
-            Event::DivergenceDetected { .. } => self.mark("divergence_detected"),
-            Event::AuthorityChanged { reason: Reason::LeaseExpired, .. } if isolated => {
-                self.mark("lease_expired_during_partition")
+            Event::AuthorityChanged { agent, from, to, reason, .. } => {
+                if *reason == Reason::LeaseExpired && isolated {
+                    self.mark("lease_expired_during_partition");
+                }
+                if let Some(from) = from {
+                    self.mark(&transition_mark(state_name(*from), state_name(*to)));
+                }
+                if matches!(to, AuthorityState::ActiveOwner) {
+                    let owners = self.owners.entry(agent.to_string()).or_default();
+                    if owners.insert(node.to_string()) && owners.len() == 3 {
+                        self.mark("migration_chain_3_nodes");
+                    }
+                }
+                if matches!(to, AuthorityState::ActiveOwner | AuthorityState::HandoffPending)
+                    && self.wiped.contains(node)
+                {
+                    self.mark("wiped_node_took_agent");
+                }
             }
+            Event::AgentHalted { reason, .. } => {
+                if reason.starts_with("trapped") {
+                    self.mark("agent_trapped");
+                } else if reason.starts_with("budget exhausted") {
+                    self.mark("agent_budget_exhausted");
+                }
+            }
+            Event::Recovered { .. } => self.mark("operator_recovery_took"),
+            Event::CommandRefused { command, .. } if command.contains("migrate") => self.mark("migration_refused"),
+            Event::FaultObserved { fault, .. }
+                if [DiskFaultKind::Full, DiskFaultKind::Io].iter().any(|k| fault.contains(k.reason())) =>
+            {
+                self.mark("disk_fault_seen_by_node")
+            }
+            Event::DivergenceDetected { .. } => self.mark("divergence_detected"),
             _ => {}
         }
         let text = event.to_string();
@@ -92,6 +202,29 @@ impl Coverage {
             "claim_rejected" => {
                 let defence = text.split(' ').find_map(|kv| kv.strip_prefix("defence=")).unwrap_or("unnamed");
                 self.mark(&format!("{DEFENCE_PREFIX}{}", defence.trim_matches('"')));
+            }
+            _ => {}
+        }
+    }
+
+    /// The runner applies a timeline action at `now_ns`.
+    pub fn action(&mut self, now_ns: u64, action: &Action) {
+        match action {
+            Action::Recover { .. } => self.mark("operator_recover_issued"),
+            Action::Restart { node, storage: Storage::Wipe } => {
+                self.wiped.insert(node.clone());
+                self.mark("node_wiped");
+            }
+            Action::DiskFault { .. } => self.mark("disk_fault_started"),
+            Action::Migrate { agent, to, .. } => {
+                if let Some((t, a, other)) = &self.last_migrate
+                    && *t == now_ns
+                    && a == agent
+                    && other != to
+                {
+                    self.mark("concurrent_migrations_issued");
+                }
+                self.last_migrate = Some((now_ns, agent.clone(), to.clone()));
             }
             _ => {}
         }
@@ -122,17 +255,25 @@ impl Coverage {
     /// A report table: every known mark with its count, then extra marks.
     pub fn report(&self) -> String {
         let mut s = String::from("| mark | fired | meaning |\n|---|---|---|\n");
-        let mut known = BTreeSet::new();
-        for (name, meaning) in A1_MARKS.iter().chain(OPTIONAL_MARKS) {
-            known.insert(*name);
-            let n = self.fired.get(*name).copied().unwrap_or(0);
+        let mut known: BTreeSet<String> = BTreeSet::new();
+        let transitions: Vec<(String, String)> =
+            MATRIX_TRANSITIONS.iter().map(|(f, t)| (transition_mark(f, t), format!("§5 arrow {f} -> {t}"))).collect();
+        let families = FAMILY_MARKS.iter().flat_map(|(_, m)| m.iter());
+        let rows = A1_MARKS.iter().chain(OPTIONAL_MARKS).chain(families).map(|(n, m)| (n.to_string(), m.to_string()));
+        for (name, meaning) in rows.chain(transitions) {
+            let n = self.fired.get(&name).copied().unwrap_or(0);
             let n = if n == 0 { "NEVER".to_string() } else { n.to_string() };
             s += &format!("| {name} | {n} | {meaning} |\n");
+            known.insert(name);
         }
         for (name, n) in &self.fired {
-            if !known.contains(name.as_str()) {
+            if !known.contains(name) {
                 let meaning = if name.starts_with(DEFENCE_PREFIX) {
                     "a defence rejected a claim"
+                } else if name.starts_with("transition_") {
+                    "FORBIDDEN by the §5 matrix (the checker should name it)"
+                } else if name.starts_with("buggify_") || name.starts_with("disk_") {
+                    "a fault fired"
                 } else {
                     "an adversary acted out its behaviour"
                 };
@@ -155,7 +296,77 @@ pub fn adversary_required(behaviours: &BTreeSet<String>) -> Vec<String> {
     behaviours.iter().map(|b| format!("{ADVERSARY_PREFIX}{b}")).collect()
 }
 
+/// Names of the transition marks a sweep should reach.
+pub fn transitions_required() -> Vec<String> {
+    MATRIX_TRANSITIONS.iter().map(|(f, t)| transition_mark(f, t)).collect()
+}
+
+fn state_name(s: AuthorityState) -> &'static str {
+    match s {
+        AuthorityState::ActiveOwner => "ACTIVE_OWNER",
+        AuthorityState::HandoffInitiated => "HANDOFF_INITIATED",
+        AuthorityState::HandoffPending => "HANDOFF_PENDING",
+        AuthorityState::Retired => "RETIRED",
+        AuthorityState::RecoveryRequired => "RECOVERY_REQUIRED",
+    }
+}
+
 /// Names of the required A1 marks.
 pub fn a1_required() -> impl Iterator<Item = &'static str> {
     A1_MARKS.iter().map(|(n, _)| *n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use igor::units::{AgentId, Epoch};
+
+    fn changed(from: Option<AuthorityState>, to: AuthorityState) -> Event {
+        Event::AuthorityChanged {
+            agent: AgentId::new("counter").unwrap(),
+            from,
+            to,
+            epoch: Epoch::new(1, 0),
+            reason: Reason::Assumed,
+        }
+    }
+
+    #[test]
+    fn every_authority_change_fires_its_transition_mark_and_forbidden_ones_are_flagged() {
+        use AuthorityState::*;
+        let mut c = Coverage::default();
+        c.observe("a", &changed(None, ActiveOwner), false);
+        c.observe("a", &changed(Some(ActiveOwner), HandoffInitiated), false);
+        c.observe("a", &changed(Some(RecoveryRequired), HandoffPending), false);
+        assert_eq!(c.fired.get("transition_ACTIVE_OWNER_to_HANDOFF_INITIATED"), Some(&1));
+        assert!(!c.fired.keys().any(|k| k.contains("None")), "no arrow from an absent record: {:?}", c.fired);
+        let required = transitions_required();
+        let gaps = c.unfired(required.iter().map(String::as_str));
+        assert_eq!(gaps.len(), MATRIX_TRANSITIONS.len() - 1, "{gaps:?}");
+        let report = c.report();
+        assert!(
+            report.contains("| transition_RECOVERY_REQUIRED_to_HANDOFF_PENDING | 1 | FORBIDDEN"),
+            "the §5 matrix forbids RECOVERY_REQUIRED -> HANDOFF_PENDING:\n{report}"
+        );
+        assert!(report.contains("| transition_HANDOFF_PENDING_to_RETIRED | NEVER |"), "{report}");
+    }
+
+    #[test]
+    fn owners_on_three_nodes_make_a_chain_and_same_instant_migrations_are_concurrent() {
+        use AuthorityState::*;
+        let mut c = Coverage::default();
+        for n in ["a", "b", "a", "c"] {
+            c.observe(n, &changed(Some(HandoffPending), ActiveOwner), false);
+        }
+        assert_eq!(c.fired.get("migration_chain_3_nodes"), Some(&1));
+        let m = |to: &str| Action::Migrate { agent: "counter".into(), from: "a".into(), to: to.into() };
+        c.action(5, &m("b"));
+        c.action(6, &m("c"));
+        assert_eq!(c.fired.get("concurrent_migrations_issued"), None, "different instants");
+        c.action(6, &m("b"));
+        assert_eq!(c.fired.get("concurrent_migrations_issued"), Some(&1));
+        c.action(7, &Action::Restart { node: "b".into(), storage: Storage::Wipe });
+        c.observe("b", &changed(Some(HandoffPending), ActiveOwner), false);
+        assert_eq!(c.fired.get("wiped_node_took_agent"), Some(&1));
+    }
 }

@@ -6,10 +6,17 @@
 //! never reshuffles the others. The resolved scenario is plain RON: running
 //! it with `igor-sim run` reproduces the run exactly.
 
-use crate::scenario::{Action, Boundary, BuggifyFault, Scenario, Step, Storage, Verdict};
+use crate::coverage;
+use crate::disk::DiskFaultKind;
+use crate::scenario::{Action, AgentSpec, Boundary, BuggifyFault, Scenario, Step, Storage, Verdict};
 use igor::env::derive_seed;
+use igor::lease::LeaseConfig;
+use igor::migration::MigrationConfig;
+use igor::node::Misbehaviour;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// The fault families, in the order they are drawn and documented.
 pub const FAMILIES: &[&str] = &[
@@ -27,6 +34,157 @@ pub const FAMILIES: &[&str] = &[
     "buggify",
     "migrations",
 ];
+
+/// The wider families a template can ask for (`explore: (families: [...])`),
+/// drawn after the A1 ones, each from its own RNG. `hostile`, `budget` and
+/// `adversary` change the scenario's configuration (agents, budgets, a
+/// node's misbehaviour); the others add timeline actions. Marks per family:
+/// `coverage::FAMILY_MARKS`.
+pub const EXTRA_FAMILIES: &[&str] =
+    &["hostile", "budget", "adversary", "recover", "chains", "double_migration", "wipe", "diskfault"];
+
+/// The clock bound S of spec §5 at the default settings: any two nodes'
+/// wall clocks differ by at most this much. Lease and package safety need
+/// `S + margin < grace`, where the margin is the protocol's clock-skew
+/// allowance past a package's expiry (`MigrationConfig::max_clock_skew_ns`,
+/// 0.5 s) and the grace is the lease's (10 s); and a package must not stay
+/// acceptable on a target whose clock lags the source by more than that
+/// margin, so S is the margin itself: 0.5 s. See [`clock_bound_ns`] for a
+/// template's own bound (a shorter lease grace narrows it).
+pub const CLOCK_BOUND_NS: u64 = 500_000_000;
+
+/// The clock bound S for `s`: [`CLOCK_BOUND_NS`], narrowed so that
+/// `S + margin < grace` holds for every node's lease grace.
+pub fn clock_bound_ns(s: &Scenario) -> u64 {
+    let margin = MigrationConfig::default().max_clock_skew_ns;
+    let default_grace = LeaseConfig::default().grace_ns;
+    let grace = s
+        .nodes
+        .iter()
+        .map(|n| n.lease_grace_ms.map_or(default_grace, |g| g.saturating_mul(1_000_000)))
+        .min()
+        .unwrap_or(default_grace);
+    CLOCK_BOUND_NS.min(margin).min(grace.saturating_sub(margin).saturating_sub(1))
+}
+
+/// What an explore template asks for beyond the A1 families: the `explore`
+/// field of a template scenario. Resolved scenarios drop it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExploreSpec {
+    /// Draw the A1 families ([`FAMILIES`]) too.
+    #[serde(default = "yes")]
+    pub a1: bool,
+    /// Wider families to draw, from [`EXTRA_FAMILIES`].
+    #[serde(default)]
+    pub families: Vec<String>,
+    /// Agents the `hostile` family deploys (one per seed that draws it, on
+    /// a node it draws; the entry's `node` is the default). Add an agent
+    /// here to put it in the draw.
+    #[serde(default)]
+    pub hostile_agents: Vec<AgentSpec>,
+    /// The `budget` family gives one agent a budget in this range
+    /// (microcents): low enough to run out within the run.
+    #[serde(default = "default_low_budget")]
+    pub low_budget_microcents: (i64, i64),
+    /// (node, misbehaviour) pairs; the `adversary` family configures one.
+    /// Defences stay on, so the expected verdict stays Pass.
+    #[serde(default)]
+    pub adversaries: Vec<(String, Misbehaviour)>,
+    /// DELIBERATELY OUTSIDE the clock bound S: the `clock` family draws
+    /// ±2 s skews and far jumps (a suspended VM), as explore did before S
+    /// was stated. Such runs may lose safety (spec §5): a violation there
+    /// is the price of the broken assumption, reported, not a node bug.
+    #[serde(default)]
+    pub clock_beyond_bound: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_low_budget() -> (i64, i64) {
+    (5, 40)
+}
+
+impl ExploreSpec {
+    /// Names resolve against the template's nodes and agents.
+    pub fn validate(&self, nodes: &BTreeSet<&str>, agents: &BTreeSet<&str>) -> Result<(), String> {
+        for f in &self.families {
+            if !EXTRA_FAMILIES.contains(&f.as_str()) {
+                return Err(format!("explore.families: unknown family {f:?} (known: {})", EXTRA_FAMILIES.join(", ")));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for a in &self.hostile_agents {
+            igor::units::AgentId::new(a.name.clone()).map_err(|e| format!("explore.hostile_agents: {e}"))?;
+            if agents.contains(a.name.as_str()) || !seen.insert(a.name.as_str()) {
+                return Err(format!("explore.hostile_agents: agent {:?} is defined twice", a.name));
+            }
+            if !nodes.contains(a.node.as_str()) {
+                return Err(format!("explore.hostile_agents[{}].node: unknown node {:?}", a.name, a.node));
+            }
+            if a.budget_microcents < 0 {
+                return Err(format!("explore.hostile_agents[{}].budget_microcents: negative", a.name));
+            }
+        }
+        let (lo, hi) = self.low_budget_microcents;
+        if lo < 0 || lo > hi {
+            return Err(format!("explore.low_budget_microcents: ({lo}, {hi}) is not a range of budgets"));
+        }
+        for (n, _) in &self.adversaries {
+            if !nodes.contains(n.as_str()) {
+                return Err(format!("explore.adversaries: unknown node {n:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The marks a seed range of `template` must fire: the A1 marks when the
+/// A1 families are on, each wider family's marks, one adversary mark per
+/// misbehaviour in the pool, and every arrow of the §5 matrix.
+pub fn required_marks(template: &Scenario) -> Vec<String> {
+    let spec = template.explore.clone();
+    let mut out: Vec<String> = Vec::new();
+    if spec.as_ref().is_none_or(|e| e.a1) {
+        // With clocks within S a lease lapses only when its node is down
+        // longer than lease plus grace; the explorer's outages are shorter
+        // than LONGEST_OUTAGE_MS, so with longer leases the mark cannot fire.
+        let beyond = spec.as_ref().is_some_and(|e| e.clock_beyond_bound);
+        let lease = LeaseConfig::default();
+        let shortest_lease_ms = template
+            .nodes
+            .iter()
+            .map(|n| {
+                n.lease_duration_ms.unwrap_or(lease.duration_ns / 1_000_000)
+                    + n.lease_grace_ms.unwrap_or(lease.grace_ns / 1_000_000)
+            })
+            .min()
+            .unwrap_or(u64::MAX);
+        let lapse_reachable = beyond || shortest_lease_ms < LONGEST_OUTAGE_MS;
+        out.extend(
+            coverage::a1_required()
+                .filter(|m| lapse_reachable || *m != "lease_expired_during_partition")
+                .map(str::to_string),
+        );
+    }
+    let Some(spec) = spec else { return out };
+    for f in &spec.families {
+        out.extend(coverage::family_marks(f).iter().map(|(m, _)| m.to_string()));
+        if f == "adversary" {
+            let names: BTreeSet<String> =
+                spec.adversaries.iter().map(|(_, m)| coverage::behaviour_name(&format!("{m:?}")).to_string()).collect();
+            out.extend(coverage::adversary_required(&names));
+        }
+    }
+    out.extend(coverage::transitions_required());
+    out
+}
+
+/// Longest a node is down in a drawn crash or disk restart (the `crashes`
+/// family: restart 0.2–8 s later; `disk`, `wipe`: 0.2–5 s).
+pub const LONGEST_OUTAGE_MS: u64 = 8_000;
 
 /// Probability that a family is on in a given seed (swarm testing: most
 /// seeds run a few families hard rather than all of them a little).
@@ -64,24 +222,47 @@ impl Draw {
 /// and tick expectations are dropped, since faults change the outcome.
 pub fn resolve(template: &Scenario, seed: u64) -> Scenario {
     let mut s = template.clone();
+    let spec = s.explore.take();
     s.name = format!("{}-seed-{seed}", template.name);
     s.seed = seed;
     s.expect.verdict = Verdict::Pass;
     s.expect.authority.clear();
     s.expect.ticks.clear();
-    let nodes: Vec<String> = s.nodes.iter().map(|n| n.name.clone()).collect();
-    let agents: Vec<String> = s.agents.iter().map(|a| a.name.clone()).collect();
+    let a1 = spec.as_ref().is_none_or(|e| e.a1);
+    let extra: Vec<&str> = EXTRA_FAMILIES
+        .iter()
+        .copied()
+        .filter(|f| spec.as_ref().is_some_and(|e| e.families.iter().any(|g| g == f)))
+        .collect();
     // Faults land in the first 80% of the run: the rest lets them play out.
     let window_ms = s.duration_s * 800;
     let mut on = Vec::new();
     let mut add = Vec::new();
-    for family in FAMILIES {
+    // Configuration families first, so the timeline families aim at the
+    // agents and nodes they add.
+    let (config, timed): (Vec<&str>, Vec<&str>) =
+        extra.iter().partition(|f| matches!(**f, "hostile" | "budget" | "adversary"));
+    for family in &config {
+        let mut d = Draw::new(seed, family);
+        if d.unit() >= ON_PROBABILITY {
+            continue;
+        }
+        on.push(*family);
+        if let Some(e) = &spec {
+            draw_config(family, &mut d, &mut s, e);
+        }
+    }
+    let nodes: Vec<String> = s.nodes.iter().map(|n| n.name.clone()).collect();
+    let agents: Vec<String> = s.agents.iter().map(|a| a.name.clone()).collect();
+    let beyond = spec.as_ref().is_some_and(|e| e.clock_beyond_bound);
+    let a1_families: &[&str] = if a1 { FAMILIES } else { &[] };
+    for family in a1_families.iter().chain(timed.iter()) {
         let mut d = Draw::new(seed, family);
         if d.unit() >= ON_PROBABILITY {
             continue; // off: nothing more is drawn for this family
         }
         on.push(*family);
-        draw_family(family, &mut d, &mut s, &nodes, &agents, window_ms, &mut add);
+        draw_family(family, &mut d, &mut s, &nodes, &agents, window_ms, beyond, &mut add);
     }
     // A heal or restart drawn past the end happens at the end (the heal
     // window repairs everything anyway).
@@ -92,6 +273,35 @@ pub fn resolve(template: &Scenario, seed: u64) -> Scenario {
     s
 }
 
+/// Draw a configuration family: it changes agents, budgets or a node.
+fn draw_config(family: &str, d: &mut Draw, s: &mut Scenario, spec: &ExploreSpec) {
+    match family {
+        "hostile" if !spec.hostile_agents.is_empty() && !s.nodes.is_empty() => {
+            let mut agent = d.pick(&spec.hostile_agents).clone();
+            agent.node = d.pick(&s.nodes).name.clone();
+            s.agents.push(agent);
+        }
+        "budget" if !s.agents.is_empty() => {
+            let (lo, hi) = spec.low_budget_microcents;
+            let i = d.range(0, s.agents.len() as u64 - 1) as usize;
+            s.agents[i].budget_microcents = d.range(lo.max(0) as u64, hi.max(0) as u64) as i64;
+        }
+        "adversary" if !spec.adversaries.is_empty() => {
+            let (node, m) = d.pick(&spec.adversaries).clone();
+            if let Some(n) = s.nodes.iter_mut().find(|n| n.name == node) {
+                n.adversary = Some(m);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The node `agent` is deployed on (its first owner).
+fn home(s: &Scenario, agent: &str) -> Option<String> {
+    s.agents.iter().find(|a| a.name == agent).map(|a| a.node.clone())
+}
+
+#[allow(clippy::too_many_arguments)] // one draw context; a struct would only rename the list
 fn draw_family(
     family: &str,
     d: &mut Draw,
@@ -99,6 +309,7 @@ fn draw_family(
     nodes: &[String],
     agents: &[String],
     window_ms: u64,
+    beyond_bound: bool,
     add: &mut Vec<Step>,
 ) {
     if nodes.is_empty() || agents.is_empty() {
@@ -166,7 +377,7 @@ fn draw_family(
             push(t, Action::Crash { node: n.clone() });
             push(t + d.range(200, 5_000), Action::Restart { node: n, storage });
         }
-        "clock" => {
+        "clock" if beyond_bound => {
             for n in nodes {
                 if d.unit() < 0.5 {
                     // Mostly NTP-sized steps; sometimes a suspended VM's jump
@@ -177,6 +388,25 @@ fn draw_family(
                 }
                 if d.unit() < 0.5 {
                     let ppm = d.range(0, 2_000) as i64 - 1_000;
+                    push(at(d), Action::Drift { node: n.clone(), ppm });
+                }
+            }
+        }
+        "clock" => {
+            // Within the bound S (spec §5): every node's offset, skew plus
+            // the drift gathered until the end of the heal window, stays
+            // within ±S/2, so any two clocks differ by at most S. Half of
+            // that goes to the step, half to the drift.
+            let quarter_ms = (clock_bound_ns(s) / 4 / 1_000_000) as i64;
+            let run_ms = s.duration_s * 1000 + s.expect.liveness.as_ref().map_or(0, |l| l.within_ms);
+            let max_ppm = ((quarter_ms as u64).saturating_mul(1_000_000) / run_ms.max(1)).min(1_000) as i64;
+            for n in nodes {
+                if d.unit() < 0.5 {
+                    let ms = d.range(0, 2 * quarter_ms as u64) as i64 - quarter_ms;
+                    push(at(d), Action::Skew { node: n.clone(), ms });
+                }
+                if d.unit() < 0.5 {
+                    let ppm = d.range(0, 2 * max_ppm as u64) as i64 - max_ppm;
                     push(at(d), Action::Drift { node: n.clone(), ppm });
                 }
             }
@@ -220,6 +450,90 @@ fn draw_family(
                 let others: Vec<String> = nodes.iter().filter(|n| **n != from).cloned().collect();
                 let to = d.pick(&others).clone();
                 push(t, Action::Migrate { agent, from, to });
+            }
+        }
+        "recover" => {
+            // The operator recovers an agent on any node at any time; a node
+            // with nothing to recover refuses, which is fine too.
+            for _ in 0..d.range(1, 2) {
+                let (t, agent, node) = (at(d), d.pick(agents).clone(), d.pick(nodes).clone());
+                push(t, Action::Recover { agent, node, anchor_tick: None });
+            }
+        }
+        "chains" if nodes.len() >= 3 => {
+            // One agent handed along three or more nodes, each hop issued
+            // `gap` after the last, starting from its first owner.
+            let agent = d.pick(agents).clone();
+            let mut path = vec![home(s, &agent).unwrap_or_else(|| nodes[0].clone())];
+            let hops = d.range(2, nodes.len() as u64 + 1);
+            for _ in 0..hops {
+                let last = path.last().cloned().unwrap_or_default();
+                let others: Vec<String> = nodes.iter().filter(|n| **n != last && !path.contains(n)).cloned().collect();
+                let others =
+                    if others.is_empty() { nodes.iter().filter(|n| **n != last).cloned().collect() } else { others };
+                path.push(d.pick(&others).clone());
+            }
+            let (mut t, gap) = (d.range(500, window_ms / 3), d.range(1_000, 6_000));
+            for w in path.windows(2) {
+                push(t, Action::Migrate { agent: agent.clone(), from: w[0].clone(), to: w[1].clone() });
+                t += gap;
+            }
+        }
+        "double_migration" if nodes.len() >= 3 => {
+            // Two migrations of one agent, issued at the same instant from
+            // the same node to different targets: one must be refused.
+            let agent = d.pick(agents).clone();
+            let from = if d.unit() < 0.7 {
+                home(s, &agent).unwrap_or_else(|| d.pick(nodes).clone())
+            } else {
+                d.pick(nodes).clone()
+            };
+            let others: Vec<String> = nodes.iter().filter(|n| **n != from).cloned().collect();
+            let first = d.pick(&others).clone();
+            let rest: Vec<String> = others.iter().filter(|n| **n != first).cloned().collect();
+            let second = d.pick(&rest).clone();
+            let t = at(d);
+            push(t, Action::Migrate { agent: agent.clone(), from: from.clone(), to: first });
+            push(t, Action::Migrate { agent, from, to: second });
+        }
+        "wipe" => {
+            let (t, n) = (at(d), d.pick(nodes).clone());
+            push(t, Action::Crash { node: n.clone() });
+            push(t + d.range(200, 5_000), Action::Restart { node: n, storage: Storage::Wipe });
+        }
+        "diskfault" => {
+            const KINDS: [DiskFaultKind; 2] = [DiskFaultKind::Full, DiskFaultKind::Io];
+            for _ in 0..d.range(1, 2) {
+                let kind = *d.pick(&KINDS);
+                let for_ms = d.range(200, 10_000);
+                let r = d.unit();
+                if r < 0.3 {
+                    // At the instant an operator migration is issued: the
+                    // source's handoff checkpoint write fails.
+                    let migrations: Vec<(u64, String)> = s
+                        .timeline
+                        .iter()
+                        .filter_map(|st| match &st.action {
+                            Action::Migrate { from, .. } => Some((st.at_ms, from.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    if !migrations.is_empty() {
+                        let (t, node) = d.pick(&migrations).clone();
+                        push(t, Action::DiskFault { node, kind, for_ms });
+                        continue;
+                    }
+                }
+                let (t, node) = (at(d), d.pick(nodes).clone());
+                if r < 0.6 {
+                    const POINTS: [Boundary; 3] =
+                        [Boundary::CheckpointCommitted, Boundary::PackageAdopted, Boundary::MigrationFinished];
+                    let on = *d.pick(&POINTS);
+                    let fault = if kind == DiskFaultKind::Full { BuggifyFault::DiskFull } else { BuggifyFault::DiskIo };
+                    push(t, Action::Buggify { node, on, fault, for_ms });
+                } else {
+                    push(t, Action::DiskFault { node, kind, for_ms });
+                }
             }
         }
         _ => {}

@@ -372,7 +372,8 @@ fn explore(
         n - failed
     );
     println!("\ncoverage:\n{}", coverage.report());
-    let gaps = coverage.unfired(coverage::a1_required());
+    let required = explore::required_marks(&template);
+    let gaps = coverage.unfired(required.iter().map(String::as_str));
     for m in &gaps {
         println!("coverage gap: mark {m} never fired in seeds {a}..{b}");
     }

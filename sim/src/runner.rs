@@ -7,7 +7,7 @@
 use crate::checker::{CHAIN, Checker, Obs, State, Violation};
 use crate::clock::{ClockFault, SIM_EPOCH_UNIX_NS, SimClock};
 use crate::coverage::Coverage;
-use crate::disk::SimDisk;
+use crate::disk::{DiskFaultKind, DiskFaults, SimDisk};
 use crate::net::{FaultState, LinkFaults, NetCounters, SimNet};
 use crate::scenario::{Action, Boundary, BuggifyFault, Expect, NodeSpec, Scenario, Step, Storage, Verdict};
 use crate::trace::{Trace, fmt_time};
@@ -69,6 +69,8 @@ struct HostCtl {
     collect: Cell<bool>,
     /// The history archive read at the end: agent → (file, bytes).
     histories: RefCell<Option<Histories>>,
+    /// The node's disk write faults (`DiskFault`), shared with every boot.
+    disk: Rc<DiskFaults>,
 }
 
 /// Every agent's history files on one node's disk: agent → (path, bytes).
@@ -287,12 +289,13 @@ async fn host_main(
 ) -> turmoil::Result {
     let boot = ctl.boots.get();
     ctl.boots.set(boot + 1);
-    let disk = SimDisk::default();
+    let disk = SimDisk::with_faults(ctl.disk.clone());
     let damage = std::mem::take(&mut *ctl.damage.borrow_mut());
     if matches!(damage, Storage::CorruptNewest { .. }) {
         ctl.corrupted.set(true);
     }
-    apply_damage(&disk, &damage);
+    // The simulator's own damage bypasses the node's write faults.
+    apply_damage(&SimDisk::default(), &damage);
     let net = SimNet::bind(ctl.faults.clone()).await?;
     let entropy = SeededEntropy::derived(seed, &format!("node/{}/boot/{boot}", ctl.name));
     let clock = SimClock::new(ctl.clock.clone());
@@ -502,6 +505,7 @@ pub fn run_configured(
             stuck: RefCell::new(None),
             collect: Cell::new(false),
             histories: RefCell::new(None),
+            disk: Rc::default(),
         });
         w.ctls.insert(spec.name.clone(), ctl.clone());
         let deploys: Vec<AgentBytes> = agents.iter().filter(|a| a.node == spec.name).cloned().collect();
@@ -574,6 +578,8 @@ enum Sched {
     Act(Action),
     Hold(String),
     Release(String),
+    /// A `DiskFault`'s time is up (unless a later one on the node still runs).
+    DiskHeal(String),
 }
 
 /// After the heal, how long the runner lets restarted nodes reload their
@@ -797,6 +803,7 @@ impl<'a> World<'a> {
             match what {
                 Sched::Act(action) => {
                     self.trace.note(format!("{} sim {}", fmt_time(self.now_ns), describe(&action)));
+                    self.coverage.action(self.now_ns, &action);
                     for (node, o) in self.apply(&action, agents) {
                         self.checker.observe(self.now_ns, &node, &o)?;
                     }
@@ -808,6 +815,13 @@ impl<'a> World<'a> {
                 Sched::Release(n) => {
                     self.trace.note(format!("{} sim Release(node: {n:?})", fmt_time(self.now_ns)));
                     self.release(&n);
+                }
+                Sched::DiskHeal(n) => {
+                    let faults = &self.ctls.get(&n).expect("scheduled for a scenario node").disk;
+                    faults.end(self.now_ns, false);
+                    if faults.active.get().is_none() {
+                        self.trace.note(format!("{} sim DiskHeal(node: {n:?})", fmt_time(self.now_ns)));
+                    }
                 }
             }
         }
@@ -865,6 +879,11 @@ impl<'a> World<'a> {
                     }
                     self.schedule(end, Sched::Act(Action::Restart { node, storage: Storage::Intact }));
                 }
+                BuggifyFault::DiskFull | BuggifyFault::DiskIo => {
+                    self.coverage.mark("buggify_disk_fault");
+                    let kind = if fault == BuggifyFault::DiskFull { DiskFaultKind::Full } else { DiskFaultKind::Io };
+                    let _ = self.apply(&Action::DiskFault { node, kind, for_ms: for_ns / 1_000_000 }, agents);
+                }
                 BuggifyFault::Isolate => {
                     self.coverage.mark("buggify_isolate");
                     for other in self.nodes.clone().into_iter().filter(|o| *o != node) {
@@ -878,9 +897,15 @@ impl<'a> World<'a> {
         Ok(())
     }
 
-    /// Trace what the network twin rejected or corrupted since last time.
+    /// Trace what the network twin rejected or corrupted, and the writes
+    /// a faulty disk refused, since last time.
     fn note_net_counters(&mut self) {
         for (name, ctl) in &self.ctls {
+            let refused = ctl.disk.refused.replace(0);
+            if refused > 0 {
+                self.trace.note(format!("{} sim disk {name} refused {refused} write(s)", fmt_time(self.now_ns)));
+                self.coverage.mark("disk_write_refused");
+            }
             let now = ctl.faults.borrow().counters.clone();
             let before = self.net_seen.entry(name.clone()).or_default();
             if now.rejected > before.rejected {
@@ -1030,6 +1055,7 @@ impl<'a> World<'a> {
         }
         for ctl in self.ctls.values() {
             ctl.faults.borrow_mut().faults = LinkFaults::default();
+            ctl.disk.end(self.now_ns, true);
         }
         self.scheduled.clear();
         self.armed.clear();
@@ -1221,6 +1247,11 @@ impl World<'_> {
                 // and the refusal is in the trace.
                 let anchor = anchor.unwrap_or(Hash32::ZERO);
                 send(node, Command::Recover { agent: agent_id(agent), anchor });
+            }
+            Action::DiskFault { node, kind, for_ms } => {
+                let until = self.now_ns.saturating_add(for_ms.saturating_mul(1_000_000));
+                ctl(node).disk.start(*kind, until);
+                self.schedule(until, Sched::DiskHeal(node.clone()));
             }
         }
         obs

@@ -40,6 +40,11 @@ pub struct Scenario {
     /// the verdict with it switched off (`igor-sim matrix`, `adversary`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<crate::adversary::AttackSpec>,
+    /// Explore templates only: the families `igor-sim explore` draws and
+    /// the pools it draws from (see `explore::ExploreSpec`). Resolved
+    /// scenarios drop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explore: Option<crate::explore::ExploreSpec>,
 }
 
 fn default_step_ms() -> u64 {
@@ -233,6 +238,14 @@ pub enum Action {
         #[serde(default)]
         anchor_tick: Option<u64>,
     },
+    /// `node`'s disk refuses writes for `for_ms`: every write, sync and
+    /// directory creation fails with the `kind`'s I/O error (as `FsDisk`
+    /// reports ENOSPC or EIO), reads keep working. Survives a restart.
+    DiskFault {
+        node: String,
+        kind: crate::disk::DiskFaultKind,
+        for_ms: u64,
+    },
 }
 
 fn default_buggify_ms() -> u64 {
@@ -247,6 +260,10 @@ pub enum BuggifyFault {
     /// Cut every link to and from the node (messages in flight are lost)
     /// and repair them `for_ms` later: the classic ambiguous transfer.
     Isolate,
+    /// The node's disk is full for `for_ms` (see [`Action::DiskFault`]).
+    DiskFull,
+    /// The node's disk fails writes with EIO for `for_ms`.
+    DiskIo,
 }
 
 /// Protocol boundaries a [`Action::CrashOn`] can be armed at, by the node
@@ -487,6 +504,9 @@ impl Scenario {
                 Action::Swizzle { nodes, .. } if nodes.is_empty() => {
                     return err(format!("{f}.action.nodes"), "empty".into());
                 }
+                Action::DiskFault { for_ms: 0, .. } => {
+                    return err(format!("{f}.action.for_ms"), "0 (a disk fault lasts at least 1 ms)".into());
+                }
                 _ => {}
             }
         }
@@ -506,6 +526,13 @@ impl Scenario {
                 "expect.liveness.within_ms".into(),
                 format!("{} is outside 1..={MAX_LIVENESS_MS}", l.within_ms),
             );
+        }
+        if let Some(e) = &self.explore {
+            // explore's messages start with their field path.
+            e.validate(&nodes, &agents).map_err(|m| match m.split_once(": ") {
+                Some((field, message)) => FieldError { field: field.to_string(), message: message.to_string() },
+                None => FieldError { field: "explore".into(), message: m },
+            })?;
         }
         Ok(())
     }
@@ -702,6 +729,7 @@ impl Action {
             | Action::Reorder { node, .. }
             | Action::ClearFaults { node }
             | Action::Skew { node, .. }
+            | Action::DiskFault { node, .. }
             | Action::Recover { node, .. } => vec![node],
         }
     }

@@ -216,6 +216,10 @@ struct Slot<I> {
     /// EI-6 under doubt: checkpoints of this agent fail to write (since
     /// unix ns, why). The agent does not tick until one is written again.
     degraded: Option<(i64, String)>,
+    /// A peer proved (agent-signed claim) it holds the agent as
+    /// ACTIVE_OWNER under a newer epoch: recovery here would fork it.
+    /// Memory only: a restart forgets it (and the operator's check).
+    live_elsewhere: Option<(NodeId, Epoch)>,
 }
 
 impl<I> Slot<I> {
@@ -227,6 +231,7 @@ impl<I> Slot<I> {
             lease: Lease { expiry_unix_ns: 0 },
             highest_major_seen: authority.epoch().major,
             degraded: None,
+            live_elsewhere: None,
             authority,
             lineage,
             key: None,
@@ -816,6 +821,14 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
         if s.key.is_none() {
             return Err(self.refuse("recover", Some(&agent), "this node no longer holds the agent key".into()));
+        }
+        // Spec §5: recovery refuses when it cannot rule out a live owner.
+        if let Some((peer, epoch)) = s.live_elsewhere.clone().filter(|(_, e)| *e > s.authority.epoch()) {
+            let why = format!(
+                "peer {peer} proved it holds the agent as ACTIVE_OWNER at epoch {epoch}: recovering here would \
+                 fork it (check {peer}; retire this copy instead)"
+            );
+            return Err(self.refuse("recover", Some(&agent), why));
         }
         let anchor_tick = s.lineage.head().map(|c| c.tick).unwrap_or_default();
         let anchor_major = s.lineage.head().map(|c| c.epoch.major).unwrap_or(0);

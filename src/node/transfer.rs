@@ -900,6 +900,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         // anonymous peer cannot push them to the end of the range.
         if proven {
             s.highest_major_seen = s.highest_major_seen.max(h.epoch.major);
+            if peer_state == AuthorityState::ActiveOwner && h.epoch > local {
+                s.live_elsewhere = Some((peer.clone(), h.epoch));
+            }
         }
         let fork = h.head_tick == local_tick && h.head_hash != local_head && h.head_hash != Hash32::ZERO;
         let two_owners = peer_state == AuthorityState::ActiveOwner && state == AuthorityState::ActiveOwner;
