@@ -95,6 +95,9 @@ fn other_http() -> ScriptedHttp {
     http
 }
 
+/// (state, kv) before a tick.
+type Before = (Vec<u8>, Vec<u8>);
+
 struct Recorded {
     sb: Sandbox,
     ledger: LedgerPayments,
@@ -102,7 +105,7 @@ struct Recorded {
     hash: igor::checkpoint::Hash32,
     inst: Instance,
     /// (state, kv) before each tick, and the tick's record.
-    ticks: Vec<((Vec<u8>, Vec<u8>), TickRecord, TickReport)>,
+    ticks: Vec<(Before, TickRecord, TickReport)>,
 }
 
 /// Run `n` live allcalls ticks, recording what a verifier needs.
@@ -189,7 +192,7 @@ fn the_log_holds_one_entry_per_hostcall_in_call_order() {
 
 #[test]
 fn replay_takes_every_result_from_the_log_alone() {
-    let mut rec = record(3);
+    let rec = record(3);
     let (payments, calls) = (rec.ledger.payments().len(), rec.http.calls().len());
     assert_eq!((payments, calls), (3, 3), "live: one payment and one http hop per tick (the refused ones never leave)");
     // A replaying node with another gateway script and another ledger.
