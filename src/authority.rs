@@ -316,7 +316,8 @@ mod tests {
     }
 
     const ROLES: [Role; 2] = [Role::Source, Role::Target];
-    const OPS: [Op; 6] = [Op::Tick, Op::NewCheckpoint, Op::SealHandoff, Op::StartHandoff, Op::AcceptHandoff, Op::SideEffects];
+    const OPS: [Op; 6] =
+        [Op::Tick, Op::NewCheckpoint, Op::SealHandoff, Op::StartHandoff, Op::AcceptHandoff, Op::SideEffects];
     const REASONS: [Reason; 17] = [
         Reason::Deployed,
         Reason::HandoffStarted,

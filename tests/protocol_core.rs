@@ -47,7 +47,11 @@ fn transition(to: AuthorityState, reason: Reason) -> Action {
 
 /// The three actions that put the agent back to work on the source.
 fn resumed(outcome: Outcome) -> Vec<Action> {
-    vec![transition(AuthorityState::ActiveOwner, Reason::HandoffAborted), Action::ResumeTicking, Action::Finished(outcome)]
+    vec![
+        transition(AuthorityState::ActiveOwner, Reason::HandoffAborted),
+        Action::ResumeTicking,
+        Action::Finished(outcome),
+    ]
 }
 
 fn ambiguous(reason: Reason, why: &str) -> Vec<Action> {
@@ -66,7 +70,11 @@ fn start() -> SourceHandoff {
         SourceHandoff::start(AgentId::new("agent-1").unwrap(), NodeId::new("node-b").unwrap(), EPOCH, cfg());
     assert_eq!(
         actions,
-        [transition(AuthorityState::HandoffInitiated, Reason::HandoffStarted), Action::StopTicking, Action::SealCheckpoint]
+        [
+            transition(AuthorityState::HandoffInitiated, Reason::HandoffStarted),
+            Action::StopTicking,
+            Action::SealCheckpoint
+        ]
     );
     assert_eq!(m.state(), &SourceState::ExpectSealed);
     assert!(!m.is_finished());
@@ -183,7 +191,10 @@ fn events_of_another_attempt_are_stale() {
     assert_eq!(m.handle(at(SEC), 5, unreachable(1)).len(), 1);
     let a = m.handle(at(2 * SEC), 6, Input::Timer(HandoffTimer::Retry { attempt: 2 }));
     assert_eq!(a, sent(2, 6, at(2 * SEC)));
-    assert_eq!(m.state(), &SourceState::ExpectReply { attempt: 2, expiry_unix_ns: at(2 * SEC).unix_ns + 5 * SEC as i64 });
+    assert_eq!(
+        m.state(),
+        &SourceState::ExpectReply { attempt: 2, expiry_unix_ns: at(2 * SEC).unix_ns + 5 * SEC as i64 }
+    );
     for stale in [1, 3] {
         assert_ignored(
             &mut m,
@@ -234,7 +245,8 @@ fn lost_send_is_ambiguous_never_retried() {
 #[test]
 fn too_large_fails_before_send_without_retry() {
     let mut m = sent_once();
-    let a = m.handle(at(SEC), 0, Input::SendFailed { attempt: 1, failure: SendFailure::TooLarge, error: "9 MiB".into() });
+    let a =
+        m.handle(at(SEC), 0, Input::SendFailed { attempt: 1, failure: SendFailure::TooLarge, error: "9 MiB".into() });
     assert_eq!(a, resumed(Outcome::FailedBeforeSend("9 MiB".into())));
 }
 
@@ -261,7 +273,10 @@ fn unreachable_is_retried_up_to_max_attempts_then_stays_on_source() {
         assert_eq!(a, [Action::StartTimer { timer: HandoffTimer::Retry { attempt: next }, at_mono_ns: now + delay }]);
         assert_eq!(m.state(), &SourceState::ExpectRetry { attempt: next });
         now += delay;
-        assert_eq!(m.handle(at(now), 40 + u64::from(next), Input::Timer(HandoffTimer::Retry { attempt: next })), sent(next, 40 + u64::from(next), at(now)));
+        assert_eq!(
+            m.handle(at(now), 40 + u64::from(next), Input::Timer(HandoffTimer::Retry { attempt: next })),
+            sent(next, 40 + u64::from(next), at(now))
+        );
     }
     let a = m.handle(at(now + 1), 0, unreachable(3));
     assert_eq!(a, resumed(Outcome::FailedBeforeSend("3 attempts: no route".into())));
@@ -336,7 +351,11 @@ fn refusal_waits_for_expiry_plus_skew_then_resumes() {
 fn refusal_after_expiry_still_waits_the_skew() {
     let mut m = sent_once();
     let late = at(7 * SEC);
-    let a = m.handle(late, 0, Input::Reply { attempt: 1, reply: ReplyView { success: false, error: None, target_epoch: Epoch::default() } });
+    let a = m.handle(
+        late,
+        0,
+        Input::Reply { attempt: 1, reply: ReplyView { success: false, error: None, target_epoch: Epoch::default() } },
+    );
     assert_eq!(a, [Action::StartTimer { timer: HandoffTimer::PackageExpired, at_mono_ns: 7 * SEC + 500 * MS }]);
     let a = m.handle(at(8 * SEC), 0, Input::Timer(HandoffTimer::PackageExpired));
     assert_eq!(a, resumed(Outcome::Refused("no reason given".into())));
@@ -421,12 +440,18 @@ fn price_cap_boundary_and_no_cap() {
         Err("price 101 above the agent's max_price_per_second 100".to_string())
     );
     // 0 (or a nonsensical negative cap) means no cap at all.
-    for uncapped in [&br#"{"migration_policy":{"max_price_per_second":0}}"#[..], br#"{"migration_policy":{"max_price_per_second":-5}}"#] {
+    for uncapped in [
+        &br#"{"migration_policy":{"max_price_per_second":0}}"#[..],
+        br#"{"migration_policy":{"max_price_per_second":-5}}"#,
+    ] {
         assert_eq!(check_price_policy(uncapped, Microcents(i64::MAX)), Ok(()));
         assert_eq!(check_price_policy(uncapped, Microcents(1)), Ok(()));
     }
     let off = br#"{"migration_policy":{"enabled":false}}"#;
-    assert_eq!(check_price_policy(off, Microcents(0)), Err("migration disabled by the agent's migration_policy".into()));
+    assert_eq!(
+        check_price_policy(off, Microcents(0)),
+        Err("migration disabled by the agent's migration_policy".into())
+    );
     assert!(check_price_policy(b"not json", Microcents(0)).is_err());
 }
 
@@ -537,7 +562,10 @@ fn wasm_hash_field_and_binary_must_match_the_checkpoint() {
     let right = Hash32::of(WASM).0;
     let wrong = Hash32::of(b"other.wasm").0;
     let j = judge_package(None, &facts(&c, &wrong), NOW);
-    assert_eq!(j, Judgement::Refuse(format!("WASMHash field does not match the binary ({})", Hash32::of(WASM).short())));
+    assert_eq!(
+        j,
+        Judgement::Refuse(format!("WASMHash field does not match the binary ({})", Hash32::of(WASM).short()))
+    );
     // Field and binary agree with each other but not with the checkpoint.
     let p = PackageFacts { wasm_hash_actual: Hash32::of(b"other.wasm"), ..facts(&c, &wrong) };
     assert!(refused(&judge_package_with(None, &p, NOW, ALL_OFF)));
