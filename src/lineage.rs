@@ -7,13 +7,27 @@
 
 use crate::checkpoint::{Checkpoint, CheckpointBody, CheckpointError, Hash32};
 use crate::env::{Disk, DiskError};
-use crate::identity::Keypair;
-use crate::units::{AgentId, Microcents, TickNumber};
-use std::collections::BTreeMap;
+use crate::identity::{Keypair, PublicKey, Signature};
+use crate::units::{AgentId, Epoch, Microcents, TickNumber};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// File extension of archived checkpoints.
 pub const CHECKPOINT_EXT: &str = ".ckpt";
+
+/// File extension of recovery records (see [`RecoveryRecord`]).
+pub const RECOVERY_EXT: &str = ".recovery";
+
+/// Suffix given to a damaged checkpoint moved aside by a recovery: no longer
+/// part of the history (`verify` skips it), kept for the operator.
+pub const ABANDONED_SUFFIX: &str = ".abandoned";
+
+/// Where the recovery that resumed from `anchor_tick` under epoch major
+/// `major` leaves its record.
+pub fn recovery_path(agent: &AgentId, anchor_tick: TickNumber, major: u64) -> String {
+    format!("history/{agent}/{:010}-e{major}{RECOVERY_EXT}", anchor_tick.0)
+}
 
 pub fn history_dir(agent: &AgentId) -> String {
     format!("history/{agent}")
@@ -57,6 +71,9 @@ pub enum LinkFault {
         other: Hash32,
         this: Hash32,
     },
+    /// A recovery record that does not decode or is not signed by the
+    /// agent's key.
+    BadRecoveryRecord(String),
 }
 
 impl fmt::Display for LinkFault {
@@ -73,6 +90,7 @@ impl fmt::Display for LinkFault {
             LinkFault::Fork { other, this } => {
                 write!(f, "fork: two checkpoints for one link ({}… and {}…)", other.short(), this.short())
             }
+            LinkFault::BadRecoveryRecord(why) => write!(f, "recovery record: {why}"),
         }
     }
 }
@@ -96,6 +114,77 @@ pub struct ChainSummary {
     pub head: Hash32,
     pub first_budget: Microcents,
     pub last_budget: Microcents,
+    /// Operator recoveries the chain went through, oldest first: the
+    /// lineage was re-anchored at (tick, hash) under a new epoch.
+    pub recoveries: Vec<(TickNumber, Hash32)>,
+    /// Checkpoints on branches a recovery abandoned (not part of the chain).
+    pub abandoned: usize,
+}
+
+/// The signed note an operator recovery leaves in the history (spec §5
+/// clarifications): from `anchor` on the lineage continues under `epoch`;
+/// any other branch that grew from the anchor (up to `abandoned`, the
+/// newest head the node had known) is abandoned. It is written durably
+/// *before* the recovered node may commit, so no crash can leave a
+/// re-anchored chain without its record. Signed by the agent's key, so a
+/// host cannot invent one to hide a fork.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryRecord {
+    pub agent: AgentId,
+    pub anchor_tick: TickNumber,
+    #[serde(with = "hex_hash")]
+    pub anchor: Hash32,
+    pub epoch: Epoch,
+    /// The newest checkpoint known before recovery, if newer than the anchor.
+    pub abandoned: Option<(TickNumber, String)>,
+    /// Ed25519 signature (hex) by the agent key over [`RecoveryRecord::signing_bytes`].
+    #[serde(default)]
+    pub signature: String,
+}
+
+mod hex_hash {
+    use crate::checkpoint::Hash32;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(h: &Hash32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&h.to_hex())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash32, D::Error> {
+        let s = String::deserialize(d)?;
+        Hash32::from_hex(&s).ok_or_else(|| serde::de::Error::custom(format!("not a 64-hex hash: {s:?}")))
+    }
+}
+
+impl RecoveryRecord {
+    /// The bytes the signature covers: a domain tag and the record with an
+    /// empty signature.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let unsigned = RecoveryRecord { signature: String::new(), ..self.clone() };
+        // A plain struct with string keys: serialisation cannot fail.
+        let json = serde_json::to_vec(&unsigned).expect("record serialisation is infallible");
+        [b"igor/recovery/v1\0".as_slice(), &json].concat()
+    }
+
+    pub fn sign(mut self, key: &Keypair) -> Self {
+        self.signature = hex::encode(key.sign(&self.signing_bytes()).0);
+        self
+    }
+
+    pub fn verify(&self, key: &PublicKey) -> bool {
+        let Some(sig) = hex::decode(&self.signature).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()) else {
+            return false;
+        };
+        key.verify(&self.signing_bytes(), &Signature(sig))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // As above: cannot fail.
+        serde_json::to_vec_pretty(self).expect("record serialisation is infallible")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
 }
 
 /// Verify a chain given as (name, bytes) pairs in any order. Files are
@@ -103,7 +192,18 @@ pub struct ChainSummary {
 /// nodes) count once; the first link's prev-hash is taken as given (history
 /// may start after genesis), every later one must match the one before.
 pub fn verify_chain(entries: &[(String, Vec<u8>)]) -> Result<ChainSummary, BrokenLink> {
-    let mut by_tick: BTreeMap<TickNumber, (String, Checkpoint, Hash32)> = BTreeMap::new();
+    verify_lineage(entries, &[])
+}
+
+/// [`verify_chain`] across operator recoveries: `records` are recovery
+/// records as (name, bytes). Each must be signed by the agent key; the
+/// branches it abandoned are set aside (counted in the summary), the
+/// recovery is named, and every *other* fork is still a broken link (EI-3).
+pub fn verify_lineage(
+    entries: &[(String, Vec<u8>)],
+    records: &[(String, Vec<u8>)],
+) -> Result<ChainSummary, BrokenLink> {
+    let mut decoded = Vec::with_capacity(entries.len());
     for (name, bytes) in entries {
         let broken = |tick, fault| BrokenLink { name: name.clone(), tick, fault };
         let c = Checkpoint::decode(bytes).map_err(|e| broken(None, LinkFault::Unreadable(e)))?;
@@ -111,14 +211,30 @@ pub fn verify_chain(entries: &[(String, Vec<u8>)]) -> Result<ChainSummary, Broke
             return Err(broken(Some(c.tick), LinkFault::NotSealed { version: c.version }));
         }
         c.verify_signature().map_err(|e| broken(Some(c.tick), LinkFault::Unreadable(e)))?;
-        let hash = Hash32::of(bytes);
+        decoded.push((name.clone(), c, Hash32::of(bytes)));
+    }
+    let key = decoded.first().and_then(|(_, c, _)| c.agent_key().copied());
+    let mut recoveries = Vec::new();
+    for (name, bytes) in records {
+        let bad = |why: String| BrokenLink { name: name.clone(), tick: None, fault: LinkFault::BadRecoveryRecord(why) };
+        let r = RecoveryRecord::decode(bytes).map_err(bad)?;
+        if !key.is_some_and(|k| r.verify(&k)) {
+            return Err(bad("not signed by the agent key".into()));
+        }
+        recoveries.push(r);
+    }
+    recoveries.sort_by_key(|r| (r.anchor_tick, r.epoch));
+    let abandoned = abandoned_by(&decoded, &recoveries);
+    let mut by_tick: BTreeMap<TickNumber, (String, Checkpoint, Hash32)> = BTreeMap::new();
+    for (name, c, hash) in decoded.into_iter().filter(|(_, _, h)| !abandoned.contains(h)) {
+        let broken = |tick, fault| BrokenLink { name: name.clone(), tick, fault };
         if let Some((_, _, other)) = by_tick.get(&c.tick) {
             if *other != hash {
                 return Err(broken(Some(c.tick), LinkFault::Fork { other: *other, this: hash }));
             }
             continue;
         }
-        by_tick.insert(c.tick, (name.clone(), c, hash));
+        by_tick.insert(c.tick, (name, c, hash));
     }
     let mut links = by_tick.into_values();
     let Some((_, first, first_hash)) = links.next() else {
@@ -137,6 +253,8 @@ pub fn verify_chain(entries: &[(String, Vec<u8>)]) -> Result<ChainSummary, Broke
         head: first_hash,
         first_budget: first.budget,
         last_budget: first.budget,
+        recoveries: recoveries.iter().map(|r| (r.anchor_tick, r.anchor)).collect(),
+        abandoned: abandoned.len(),
     };
     let mut prev = first;
     for (name, c, hash) in links {
@@ -148,6 +266,32 @@ pub fn verify_chain(entries: &[(String, Vec<u8>)]) -> Result<ChainSummary, Broke
         prev = c;
     }
     Ok(summary)
+}
+
+/// Hashes of the checkpoints on branches the recoveries abandoned: every
+/// child of a recovery's anchor from an epoch major older than the
+/// recovery's, and everything that descends from one.
+fn abandoned_by(links: &[(String, Checkpoint, Hash32)], recoveries: &[RecoveryRecord]) -> BTreeSet<Hash32> {
+    let mut out = BTreeSet::new();
+    for r in recoveries {
+        for (_, c, h) in links {
+            if c.prev_hash() == r.anchor && c.epoch.major < r.epoch.major {
+                out.insert(*h);
+            }
+        }
+    }
+    // Descendants, to a fixed point (a chain is at most `links` long).
+    loop {
+        let more: Vec<Hash32> = links
+            .iter()
+            .filter(|(_, c, h)| !out.contains(h) && out.contains(&c.prev_hash()))
+            .map(|(_, _, h)| *h)
+            .collect();
+        if more.is_empty() {
+            return out;
+        }
+        out.extend(more);
+    }
 }
 
 /// The rules one link must satisfy relative to the link before it.
@@ -236,6 +380,11 @@ impl Lineage {
         &self.damaged
     }
 
+    /// The damaged files were moved aside (operator recovery).
+    pub fn forget_damaged(&mut self) {
+        self.damaged.clear();
+    }
+
     fn rejected(&self, tick: TickNumber, fault: LinkFault) -> LineageError {
         LineageError::Rejected { agent: self.agent.clone(), tick, fault }
     }
@@ -285,9 +434,18 @@ impl Lineage {
 
     /// Read every archived checkpoint of this agent as (path, bytes).
     pub fn archive(disk: &impl Disk, agent: &AgentId) -> Result<Vec<(String, Vec<u8>)>, DiskError> {
+        Self::archived(disk, agent, CHECKPOINT_EXT)
+    }
+
+    /// Read every recovery record of this agent as (path, bytes).
+    pub fn recovery_records(disk: &impl Disk, agent: &AgentId) -> Result<Vec<(String, Vec<u8>)>, DiskError> {
+        Self::archived(disk, agent, RECOVERY_EXT)
+    }
+
+    fn archived(disk: &impl Disk, agent: &AgentId, ext: &str) -> Result<Vec<(String, Vec<u8>)>, DiskError> {
         let dir = history_dir(agent);
         let mut out = Vec::new();
-        for name in disk.list(&dir)?.into_iter().filter(|n| n.ends_with(CHECKPOINT_EXT)) {
+        for name in disk.list(&dir)?.into_iter().filter(|n| n.ends_with(ext)) {
             let path = format!("{dir}/{name}");
             let bytes = disk.read(&path)?;
             out.push((path, bytes));

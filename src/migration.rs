@@ -393,6 +393,16 @@ pub struct PackageFacts<'a> {
     pub wasm_hash_actual: Hash32,
     pub budget: Microcents,
     pub identity: Option<PublicKey>,
+    /// The issuer's clock when it wrote the envelope.
+    pub issued_unix_ns: i64,
+}
+
+/// The target's clock as the judgement needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JudgeClock {
+    pub now_unix_ns: i64,
+    /// When this node (re)started: packages issued before are refused.
+    pub started_unix_ns: i64,
 }
 
 /// Which of the judgement's defences are on (all by default). Switching
@@ -417,49 +427,85 @@ impl Default for JudgeChecks {
 /// Judge a package against the local view (spec §6 target checks that need
 /// no executor): expiry, header/checkpoint consistency, signature, wasm
 /// hash, money in flight, identity continuity, epochs.
-pub fn judge_package(local: Option<&LocalView>, p: &PackageFacts<'_>, now_unix_ns: i64) -> Judgement {
-    judge_package_with(local, p, now_unix_ns, JudgeChecks::default())
+pub fn judge_package(local: Option<&LocalView>, p: &PackageFacts<'_>, clock: JudgeClock) -> Judgement {
+    judge_package_with(local, p, clock, JudgeChecks::default())
 }
 
 /// [`judge_package`] with some defences switched off (scenarios only).
 pub fn judge_package_with(
     local: Option<&LocalView>,
     p: &PackageFacts<'_>,
-    now_unix_ns: i64,
+    clock: JudgeClock,
     checks: JudgeChecks,
 ) -> Judgement {
-    use AuthorityState::*;
-    // An expired package is dead whatever it says: it changes nothing here
-    // (a delayed copy must not knock a legitimate owner over either).
-    if local.is_some_and(|l| l.epoch.major > p.epoch.major && l.has_checkpoint) {
-        return Judgement::AlreadyAccepted;
+    // THE JUDGEMENT ORDER (one place, in this order; issue: an unsigned
+    // forged transfer once knocked a running owner over because the
+    // conflict check ran before the signature check):
+    //   1. duplicate of a package accepted here: confirm, change nothing;
+    //   2. freshness: expiry, issued before this node (re)started;
+    //   3. authenticity: signature, header = checkpoint, wasm, money,
+    //      identity = signing key, identity continuity with local history;
+    //   4. authority: only a verified claim reaches here; RECOVERY_REQUIRED
+    //      refuses, an older or equal epoch is refused, a verified newer
+    //      epoch supersedes, an equal epoch with another head is divergence;
+    //   5. the chain moves forward: checkpoint tick after the local head.
+    // Steps 1-3 never change local state: nothing a peer sends moves an
+    // agent's authority until it has verified.
+    if let Some(j) = duplicate(local, p) {
+        return j;
     }
-    if checks.replay_window && now_unix_ns > p.expiry_unix_ns {
-        return Judgement::Refuse(format!("package expired at {} (now {now_unix_ns})", p.expiry_unix_ns));
+    if let Some(j) = stale_in_time(p, clock, checks) {
+        return j;
+    }
+    if let Some(j) = unauthentic(local, p, checks) {
+        return j;
     }
     if let Some(l) = local {
-        if checks.replay_window && l.epoch.major > p.epoch.major {
-            return Judgement::Refuse(format!("stale package: epoch {} but this node holds {}", p.epoch, l.epoch));
+        if let Some(j) = authority_conflict(l, p, checks) {
+            return j;
         }
-        if (checks.divergence_detection || l.epoch != p.epoch)
-            && matches!(l.state, ActiveOwner | HandoffInitiated | HandoffPending)
-        {
-            let reason = if l.epoch == p.epoch { Reason::Divergence } else { Reason::Superseded };
-            return Judgement::Conflict {
-                reason,
-                detail: format!("package at epoch {} while this node is {} at {}", p.epoch, l.state, l.epoch),
-            };
+        if let Some(t) = l.head_tick.filter(|t| *t >= p.checkpoint.tick) {
+            return Judgement::Refuse(format!("checkpoint tick {} not after local head tick {t}", p.checkpoint.tick));
         }
     }
+    Judgement::Accept
+}
+
+/// Step 1: this node holds the package's checkpoint and has moved past its
+/// epoch (it assumed from it): a duplicate, confirmed again.
+fn duplicate(local: Option<&LocalView>, p: &PackageFacts<'_>) -> Option<Judgement> {
+    local.filter(|l| l.epoch.major > p.epoch.major && l.has_checkpoint).map(|_| Judgement::AlreadyAccepted)
+}
+
+/// Step 2: an expired package is dead whatever it says, and a node that
+/// (re)started after the package was issued must not act on it (a wiped
+/// node knows nothing of what it accepted before).
+fn stale_in_time(p: &PackageFacts<'_>, clock: JudgeClock, checks: JudgeChecks) -> Option<Judgement> {
+    if checks.replay_window && clock.now_unix_ns > p.expiry_unix_ns {
+        return Some(Judgement::Refuse(format!("package expired at {} (now {})", p.expiry_unix_ns, clock.now_unix_ns)));
+    }
+    if p.issued_unix_ns < clock.started_unix_ns {
+        return Some(Judgement::Refuse(format!(
+            "package issued at {} before this node started at {}",
+            p.issued_unix_ns, clock.started_unix_ns
+        )));
+    }
+    None
+}
+
+/// Step 3: everything that proves the package is the agent's own, signed
+/// checkpoint, consistent with its header and with the local history.
+fn unauthentic(local: Option<&LocalView>, p: &PackageFacts<'_>, checks: JudgeChecks) -> Option<Judgement> {
     let c = p.checkpoint;
+    let refuse = |why: String| Some(Judgement::Refuse(why));
     if checks.identity && c.seal.is_none() {
-        return Judgement::Refuse(format!("checkpoint v{} carries no signature", c.version));
+        return refuse(format!("checkpoint v{} carries no signature", c.version));
     }
     if let (true, Err(e)) = (checks.identity, c.verify_signature()) {
-        return Judgement::Refuse(e.to_string());
+        return refuse(e.to_string());
     }
     if c.epoch != p.epoch || c.tick != p.head_tick || p.checkpoint_hash != p.head_hash {
-        return Judgement::Refuse(format!(
+        return refuse(format!(
             "header claims epoch {} head {}@{} but checkpoint is epoch {} tick {} hash {}",
             p.epoch,
             p.head_hash.short(),
@@ -470,26 +516,61 @@ pub fn judge_package_with(
         ));
     }
     if p.wasm_hash_field != p.wasm_hash_actual.0.as_slice() {
-        return Judgement::Refuse(format!("WASMHash field does not match the binary ({})", p.wasm_hash_actual.short()));
+        return refuse(format!("WASMHash field does not match the binary ({})", p.wasm_hash_actual.short()));
     }
     if let Err(e) = c.check_wasm(&p.wasm_hash_actual) {
-        return Judgement::Refuse(e.to_string());
+        return refuse(e.to_string());
     }
     if p.budget != c.budget {
-        return Judgement::Refuse(format!("Budget {} differs from the checkpoint's {}", p.budget, c.budget));
+        return refuse(format!("Budget {} differs from the checkpoint's {}", p.budget, c.budget));
     }
     if checks.identity && (p.identity.is_none() || p.identity.as_ref() != c.agent_key()) {
-        return Judgement::Refuse("AgentIdentity missing or not the checkpoint's signing key".into());
+        return refuse("AgentIdentity missing or not the checkpoint's signing key".into());
     }
-    if let Some(l) = local {
-        if checks.identity && l.agent_key.is_some() && l.agent_key.as_ref() != c.agent_key() {
-            return Judgement::Refuse("identity discontinuity: agent key differs from local history".into());
+    if checks.identity && local.is_some_and(|l| l.agent_key.is_some() && l.agent_key.as_ref() != c.agent_key()) {
+        return refuse("identity discontinuity: agent key differs from local history".into());
+    }
+    None
+}
+
+/// Step 4: what a verified package means for the local authority record.
+fn authority_conflict(l: &LocalView, p: &PackageFacts<'_>, checks: JudgeChecks) -> Option<Judgement> {
+    use AuthorityState::*;
+    // Spec §5: RECOVERY_REQUIRED never accepts a handoff; the operator
+    // resolves it first (recover or retire).
+    if l.state == RecoveryRequired {
+        return Some(Judgement::Refuse(format!(
+            "agent is RECOVERY_REQUIRED here at {}: the operator must recover or retire it first",
+            l.epoch
+        )));
+    }
+    // Defence `replay_window`: a package at or below the local epoch is
+    // stale (a returning agent always carries a higher epoch). Whole
+    // epochs compare: 2.0 is older than 2.3.
+    if checks.replay_window && p.epoch < l.epoch {
+        return Some(Judgement::Refuse(format!("stale package: epoch {} but this node holds {}", p.epoch, l.epoch)));
+    }
+    if !matches!(l.state, ActiveOwner | HandoffInitiated | HandoffPending) {
+        return None;
+    }
+    if p.epoch == l.epoch {
+        if l.has_checkpoint {
+            return Some(Judgement::Refuse(format!(
+                "this node already holds checkpoint {} at {}",
+                p.head_tick, l.epoch
+            )));
         }
-        if let Some(t) = l.head_tick.filter(|t| *t >= c.tick) {
-            return Judgement::Refuse(format!("checkpoint tick {} not after local head tick {t}", c.tick));
+        if !checks.divergence_detection {
+            return None;
         }
     }
-    Judgement::Accept
+    // EI-11 (same epoch, another head) or a verified newer claim
+    // (superseded): this node's claim cannot stand either way.
+    let reason = if l.epoch == p.epoch { Reason::Divergence } else { Reason::Superseded };
+    Some(Judgement::Conflict {
+        reason,
+        detail: format!("package at epoch {} while this node is {} at {}", p.epoch, l.state, l.epoch),
+    })
 }
 
 /// The part of a manifest migration cares about (spec §2).
@@ -656,5 +737,171 @@ mod tests {
         assert_eq!(payment_allowance(payer), 100);
         assert_eq!(payment_allowance(b"{}"), 0);
         assert_eq!(payment_allowance(b"nope"), 0);
+    }
+}
+
+/// The target's judgement: the order of its checks and the defects outside
+/// testing found (issue 11 §6, issue 12 §1).
+#[cfg(test)]
+mod judgement_tests {
+    use super::*;
+    use crate::checkpoint::CheckpointBody;
+    use crate::identity::Keypair;
+    use AuthorityState::*;
+
+    const NOW: i64 = 1_000_000;
+
+    fn key() -> Keypair {
+        Keypair::from_seed([7; 32])
+    }
+
+    fn checkpoint(epoch: Epoch, tick: u64, k: &Keypair) -> Checkpoint {
+        CheckpointBody {
+            budget: Microcents(100),
+            price_per_second: Microcents(1),
+            tick: TickNumber(tick),
+            wasm_hash: Hash32::of(b"wasm"),
+            epoch,
+            lease_expiry_ns: 0,
+            prev_hash: Hash32::ZERO,
+            state: vec![1, 2, 3],
+        }
+        .sign(k)
+    }
+
+    fn facts<'a>(c: &'a Checkpoint, wasm: &'a [u8], k: &Keypair) -> PackageFacts<'a> {
+        let hash = Hash32::of(&c.encode());
+        PackageFacts {
+            epoch: c.epoch,
+            expiry_unix_ns: NOW + 10,
+            checkpoint: c,
+            checkpoint_hash: hash,
+            head_tick: c.tick,
+            head_hash: hash,
+            wasm_hash_field: wasm,
+            wasm_hash_actual: Hash32::of(b"wasm"),
+            budget: c.budget,
+            identity: Some(k.public()),
+            issued_unix_ns: NOW - 10,
+        }
+    }
+
+    fn view(state: AuthorityState, epoch: Epoch) -> LocalView {
+        LocalView {
+            state,
+            epoch,
+            head_tick: Some(TickNumber(3)),
+            agent_key: Some(key().public()),
+            has_checkpoint: false,
+        }
+    }
+
+    fn clock() -> JudgeClock {
+        JudgeClock { now_unix_ns: NOW, started_unix_ns: 0 }
+    }
+
+    fn judge(local: Option<&LocalView>, p: &PackageFacts<'_>) -> Judgement {
+        judge_package(local, p, clock())
+    }
+
+    fn refused(j: &Judgement) -> bool {
+        matches!(j, Judgement::Refuse(_))
+    }
+
+    #[test]
+    fn a_verified_newer_package_for_an_absent_agent_is_accepted() {
+        let k = key();
+        let c = checkpoint(Epoch::new(2, 0), 9, &k);
+        let wasm = Hash32::of(b"wasm").0;
+        assert_eq!(judge(None, &facts(&c, &wasm, &k)), Judgement::Accept);
+    }
+
+    #[test]
+    fn an_owner_refuses_a_package_at_its_own_or_an_older_epoch() {
+        let k = key();
+        let wasm = Hash32::of(b"wasm").0;
+        let local = view(ActiveOwner, Epoch::new(2, 3));
+        // Older major, older generation of the same major (2.0 < 2.3): stale.
+        for e in [Epoch::new(1, 9), Epoch::new(2, 0), Epoch::new(2, 2)] {
+            let c = checkpoint(e, 9, &k);
+            let j = judge(Some(&local), &facts(&c, &wasm, &k));
+            assert!(refused(&j), "{e}: {j:?}");
+        }
+        // The same epoch with a checkpoint it already holds: refused.
+        let c = checkpoint(Epoch::new(2, 3), 9, &k);
+        let held = LocalView { has_checkpoint: true, ..local.clone() };
+        assert!(refused(&judge(Some(&held), &facts(&c, &wasm, &k))));
+        // The same epoch with another head: divergence (EI-11), not adoption.
+        let j = judge(Some(&local), &facts(&c, &wasm, &k));
+        assert!(matches!(j, Judgement::Conflict { reason: Reason::Divergence, .. }), "{j:?}");
+        // Only a verified newer epoch supersedes.
+        let c = checkpoint(Epoch::new(3, 0), 9, &k);
+        let j = judge(Some(&local), &facts(&c, &wasm, &k));
+        assert!(matches!(j, Judgement::Conflict { reason: Reason::Superseded, .. }), "{j:?}");
+    }
+
+    #[test]
+    fn recovery_required_never_accepts_a_handoff() {
+        let k = key();
+        let wasm = Hash32::of(b"wasm").0;
+        let c = checkpoint(Epoch::new(5, 0), 9, &k);
+        for local_epoch in [Epoch::new(1, 0), Epoch::new(5, 0), Epoch::new(9, 0)] {
+            let j = judge(Some(&view(RecoveryRequired, local_epoch)), &facts(&c, &wasm, &k));
+            assert!(matches!(&j, Judgement::Refuse(r) if r.contains("RECOVERY_REQUIRED")), "{j:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_unverified_reaches_the_authority_checks() {
+        // Issue 12: an anonymous peer sent a transfer with a broken checkpoint
+        // signature and a lower epoch; the owner fell to RECOVERY_REQUIRED.
+        let k = key();
+        let wasm = Hash32::of(b"wasm").0;
+        let local = view(ActiveOwner, Epoch::new(2, 3));
+        for epoch in [Epoch::new(2, 0), Epoch::new(2, 3), Epoch::new(7, 0)] {
+            let c = checkpoint(epoch, 9, &k);
+            let mut bytes = c.encode();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1; // state byte: the signature no longer holds
+            let forged = Checkpoint::decode(&bytes).unwrap();
+            let mut p = facts(&forged, &wasm, &k);
+            p.checkpoint_hash = Hash32::of(&bytes);
+            p.head_hash = p.checkpoint_hash;
+            assert!(refused(&judge(Some(&local), &p)), "forged at {epoch}");
+            // Signed by another key, claiming to be the agent.
+            let other = Keypair::from_seed([9; 32]);
+            let c = checkpoint(epoch, 9, &other);
+            assert!(refused(&judge(Some(&local), &facts(&c, &wasm, &other))), "other key at {epoch}");
+            // Unsigned header lies: header epoch differs from the checkpoint's.
+            let c = checkpoint(Epoch::new(1, 0), 9, &k);
+            let mut p = facts(&c, &wasm, &k);
+            p.epoch = epoch;
+            assert!(refused(&judge(Some(&local), &p)), "header epoch {epoch}");
+        }
+    }
+
+    #[test]
+    fn a_node_refuses_a_package_issued_before_it_started() {
+        // Issue 11 §2: a wiped node accepted a replayed, unexpired package.
+        let k = key();
+        let wasm = Hash32::of(b"wasm").0;
+        let c = checkpoint(Epoch::new(2, 0), 9, &k);
+        let mut p = facts(&c, &wasm, &k);
+        let started = JudgeClock { now_unix_ns: NOW, started_unix_ns: NOW - 5 };
+        p.issued_unix_ns = NOW - 6;
+        assert!(refused(&judge_package(None, &p, started)));
+        p.issued_unix_ns = NOW - 5;
+        assert_eq!(judge_package(None, &p, started), Judgement::Accept);
+    }
+
+    #[test]
+    fn a_retired_record_accepts_only_a_returning_agent_with_a_higher_epoch() {
+        let k = key();
+        let wasm = Hash32::of(b"wasm").0;
+        let local = view(Retired, Epoch::new(2, 1));
+        let back = checkpoint(Epoch::new(4, 0), 9, &k);
+        assert_eq!(judge(Some(&local), &facts(&back, &wasm, &k)), Judgement::Accept);
+        let stale = checkpoint(Epoch::new(2, 0), 9, &k);
+        assert!(refused(&judge(Some(&local), &facts(&stale, &wasm, &k))));
     }
 }

@@ -146,6 +146,8 @@ pub struct Instance {
     checkpoint_fn: TypedFunc<(), i32>,
     checkpoint_ptr_fn: TypedFunc<(), i32>,
     wasm_hash: Hash32,
+    /// The manifest it was started with (to restart it from a snapshot).
+    manifest: Vec<u8>,
     poisoned: Option<String>,
     logs: Vec<String>,
     logs_dropped: u64,
@@ -330,10 +332,27 @@ impl Sandbox {
             checkpoint_fn,
             checkpoint_ptr_fn,
             wasm_hash: *hash,
+            manifest: manifest_bytes.to_vec(),
             poisoned: None,
             logs: Vec::new(),
             logs_dropped: 0,
         })
+    }
+
+    /// One live tick; invalid inputs (negative budget or price, the only
+    /// errors a live tick can have) end it as a trap that charges nothing.
+    fn tick_once(&self, instance: &mut Instance, inputs: &TickInputs) -> TickReport {
+        match self.run_tick(instance, inputs, None) {
+            Ok(r) => r,
+            Err(e) => TickReport {
+                outcome: TickOutcome::Trapped { message: e.to_string() },
+                fuel_used: 0,
+                cost: Microcents::ZERO,
+                paid: Microcents::ZERO,
+                event_log: EventLog::new(inputs.tick).encode(),
+                side_effects: 0,
+            },
+        }
     }
 
     /// Run one tick, live (`recorded = None`) or against a recorded log.
@@ -411,9 +430,20 @@ impl Sandbox {
             _ => fuel_used.max(MIN_TICK_FUEL),
         };
         let bill = meter::bill(billable, inputs.price_per_second, inputs.budget, ctx.paid).map_err(bad_inputs)?;
-        let cost = if billable == 0 { Microcents::ZERO } else { bill.cost };
+        // Spec §3: a tick cut by the budget is charged exactly what is left,
+        // even when that is less than one fuel's worth or the fuel it could
+        // buy rounds below the remainder (nothing may be stranded).
+        let cut_by_budget = matches!(outcome, TickOutcome::OutOfFuel) && (budget_bound || bill.exhausted);
+        let remainder = Microcents(inputs.budget.0.saturating_sub(ctx.paid.0).max(0));
+        let cost = if cut_by_budget {
+            remainder
+        } else if billable == 0 {
+            Microcents::ZERO
+        } else {
+            bill.cost
+        };
         match outcome {
-            TickOutcome::OutOfFuel if budget_bound || bill.exhausted => outcome = TickOutcome::BudgetExhausted,
+            TickOutcome::OutOfFuel if cut_by_budget => outcome = TickOutcome::BudgetExhausted,
             TickOutcome::Completed { .. } if bill.exhausted => outcome = TickOutcome::BudgetExhausted,
             _ => {}
         }
@@ -517,18 +547,27 @@ impl Executor for Sandbox {
     }
 
     fn tick(&mut self, instance: &mut Instance, inputs: &TickInputs) -> TickReport {
-        match self.run_tick(instance, inputs, None) {
-            Ok(r) => r,
-            // Only invalid inputs (negative budget or price) get here.
-            Err(e) => TickReport {
-                outcome: TickOutcome::Trapped { message: e.to_string() },
-                fuel_used: 0,
-                cost: Microcents::ZERO,
-                paid: Microcents::ZERO,
-                event_log: EventLog::new(inputs.tick).encode(),
-                side_effects: 0,
-            },
+        // A tick the budget may cut (it cannot buy a whole tick's fuel)
+        // starts from a snapshot: a cut tick leaves no trace in the agent's
+        // state (its replay keeps the state too, see `replay_tick`), so the
+        // instance restarts from the state before it and the final
+        // checkpoint of spec §3 can be written. At most a few ticks per
+        // agent life are budget-bound.
+        let may_be_cut = instance.poisoned.is_none()
+            && meter::affordable_fuel(inputs.budget, inputs.price_per_second).is_ok_and(|f| f < self.cfg.tick_fuel);
+        let before = if may_be_cut { self.snapshot_instance(instance).ok() } else { None };
+        let report = self.tick_once(instance, inputs);
+        if report.outcome == TickOutcome::BudgetExhausted
+            && instance.poisoned.is_some()
+            && let Some((state, kv)) = before
+        {
+            // On failure the instance stays poisoned: the node then halts
+            // without a final checkpoint and says why.
+            if let Ok(fresh) = self.start_instance(&instance.wasm_hash, &instance.manifest.clone(), &state, &kv) {
+                *instance = fresh;
+            }
         }
+        report
     }
 
     fn snapshot(&mut self, instance: &mut Instance) -> Result<(Vec<u8>, Vec<u8>), ExecError> {

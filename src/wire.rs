@@ -137,6 +137,12 @@ pub struct Header {
     pub head_hash: Hash32,
     #[serde(rename = "Nonce")]
     pub nonce: u64,
+    /// Unix ns at which the issuer wrote the message (its clock). A node
+    /// refuses a package issued before it (re)started: a node that lost its
+    /// disk knows nothing, so a package it may have accepted before must not
+    /// be accepted again (spec §5, wiped nodes).
+    #[serde(rename = "Issued")]
+    pub issued_unix_ns: i64,
     /// Unix ns after which the receiver must not act on the message.
     #[serde(rename = "Expiry")]
     pub expiry_unix_ns: i64,
@@ -448,6 +454,7 @@ mod tests {
             head_tick: TickNumber(9),
             head_hash: Hash32::of(b"x"),
             nonce: 7,
+            issued_unix_ns: 500,
             expiry_unix_ns: 1_000,
         }
     }

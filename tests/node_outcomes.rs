@@ -387,6 +387,7 @@ fn announce(c: &Cluster, from: usize, to: usize, epoch: Epoch, tick: u64, hash: 
         head_tick: TickNumber(tick),
         head_hash: hash,
         nonce: 1,
+        issued_unix_ns: 0,
         expiry_unix_ns: i64::MAX,
     };
     Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner, agent_key: None })).encode()

@@ -131,9 +131,16 @@ impl Disk for SimDisk {
 
 impl SimDisk {
     /// Lose the whole data directory (a node restarting on an empty disk).
+    /// Files *and* directories go: a wiped node must find no trace of an
+    /// agent (a leftover empty `agents/<id>/` once came back as a phantom
+    /// RECOVERY_REQUIRED record at epoch 0.0).
     pub fn wipe(&self) {
         for path in self.walk_root() {
             let _ = self.remove(&path);
+        }
+        let Ok(entries) = fs::read_dir(&self.root) else { return };
+        for e in entries.flatten() {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
 

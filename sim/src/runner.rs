@@ -197,6 +197,7 @@ fn node_config(spec: &NodeSpec, all: &[NodeSpec]) -> Result<NodeConfig, RunError
     cfg.unsafe_self_recover_on_lease_expiry = spec.unsafe_self_recover;
     crate::adversary::configure(&mut cfg, spec, all);
     cfg.peers = all.iter().filter(|n| n.name != spec.name).filter_map(|n| NodeId::new(n.name.clone()).ok()).collect();
+    cfg.validate().map_err(|e| RunError::Sim(format!("node {}: {e}", spec.name)))?;
     Ok(cfg)
 }
 

@@ -442,6 +442,7 @@ mod tests {
             head_tick: TickNumber(1),
             head_hash: Hash32::of(b"h"),
             nonce,
+            issued_unix_ns: 0,
             expiry_unix_ns: expiry,
         };
         Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state: AuthorityState::ActiveOwner, agent_key: None }))

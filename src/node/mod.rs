@@ -30,7 +30,7 @@ use crate::env::{Clock, Disk, Entropy, Now};
 use crate::executor::{Executor, TickInputs, TickOutcome};
 use crate::identity::Keypair;
 use crate::lease::{Lease, LeaseConfig, LeaseStatus};
-use crate::lineage::{self, Lineage};
+use crate::lineage::{self, Lineage, RecoveryRecord};
 use crate::migration::{self, HandoffTimer, MigrationConfig, SourceHandoff};
 use crate::units::{AgentId, Epoch, Microcents, NodeId, TickNumber};
 use std::collections::BTreeMap;
@@ -92,6 +92,41 @@ impl NodeConfig {
             peer_keys: BTreeMap::new(),
             misbehaviour: None,
         }
+    }
+
+    /// Reject settings under which the node could not keep its promises:
+    /// a zero interval or lease would make the node due again at the same
+    /// instant forever (a livelock: found with `lease_duration_ms: 0`), and
+    /// the clock bound of spec §5 (`max_clock_skew` S below the lease grace)
+    /// must hold for leases and package expiry to be safe. The message names
+    /// the field and its value.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("tick_idle_ns", self.tick_idle_ns),
+            ("tick_fast_ns", self.tick_fast_ns),
+            ("checkpoint_interval_ns", self.checkpoint_interval_ns),
+            ("lease.duration_ns", self.lease.duration_ns),
+            ("migration.package_ttl_ns", self.migration.package_ttl_ns),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{field} must be > 0 (0 would make the node due again at the same instant forever)"));
+        }
+        if self.lease.renew_before_ns >= self.lease.duration_ns {
+            return Err(format!(
+                "lease.renew_before_ns {} must be below lease.duration_ns {} (a renewal must leave the lease valid)",
+                self.lease.renew_before_ns, self.lease.duration_ns
+            ));
+        }
+        if self.migration.max_clock_skew_ns >= self.lease.grace_ns {
+            return Err(format!(
+                "migration.max_clock_skew_ns {} must be below lease.grace_ns {} (spec §5 clock bound S < grace)",
+                self.migration.max_clock_skew_ns, self.lease.grace_ns
+            ));
+        }
+        if self.price_per_second.is_negative() {
+            return Err(format!("price_per_second {} is negative", self.price_per_second));
+        }
+        Ok(())
     }
 }
 
@@ -260,6 +295,9 @@ pub struct Node<X: Executor, D: Disk, C: Clock, R: Entropy> {
     guard: defence::Guard,
     node_key: Option<Keypair>,
     adversary: transfer::AdversaryState,
+    /// Wall clock when this node (re)started: packages issued before it
+    /// are refused (spec §5: a node that lost its disk knows nothing).
+    started_unix_ns: i64,
 }
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
@@ -289,7 +327,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             guard: defence::Guard::default(),
             node_key: None,
             adversary: transfer::AdversaryState::default(),
+            started_unix_ns: 0,
         };
+        node.started_unix_ns = node.clock.unix_ns();
         node.node_key = node.cfg.node_key_seed.map(Keypair::from_seed);
         let names = match node.disk.list(store::AGENTS_DIR) {
             Ok(n) => n,
@@ -492,6 +532,15 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let now = self.clock.now();
         let record = store::read_record(&self.disk, &agent);
         let lineage = Lineage::open(&self.disk, &agent);
+        // Nothing to recover from (no authority record, no checkpoint: a
+        // deploy that never committed, or a directory a lost disk left
+        // behind): the agent is absent here, not a phantom RECOVERY_REQUIRED
+        // record at epoch 0.0 that could absorb a recovery or a package.
+        let has_head = lineage.as_ref().is_ok_and(|l| l.head().is_some());
+        if !has_head && !self.disk.exists(&store::authority_path(&agent)) {
+            self.fault(Some(&agent), "restart: agent directory without record or checkpoint ignored".into());
+            return;
+        }
         let (rec, lineage) = match (record, lineage) {
             (Ok(r), Ok(l)) => (r, l),
             (r, l) => {
@@ -767,19 +816,28 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let lease = Lease::grant(&self.cfg.lease, now.unix_ns);
         let Some(s) = self.agents.get_mut(&agent) else { unreachable!("checked above") };
         let before = (s.authority.clone(), s.lease);
-        let highest = s.highest_major_seen.max(anchor_major);
+        // Spec §5: recovery takes a major no node has used. Beyond every
+        // major this node has seen, one more is skipped: a handoff in doubt
+        // may have been assumed at (major + 1) by a target nobody heard from
+        // since (one that was then wiped knows nothing either). Two nodes
+        // must never tick one agent in one epoch (EI-1 per epoch).
+        let highest = s.highest_major_seen.max(anchor_major).saturating_add(1);
         let t = match s.authority.recover(Reason::Recovery, highest) {
             Ok(t) => t,
             Err(v) => return Err(self.refuse("recover", Some(&agent), v.to_string())),
         };
         s.lease = lease;
         s.highest_major_seen = t.epoch.major;
-        if let Err(e) = self.start_instance(&agent).and_then(|_| self.persist(&agent)) {
+        let reanchored = self.record_recovery(&agent, anchor_tick, anchor, t.epoch);
+        if let Err(e) = reanchored.and_then(|_| self.start_instance(&agent)).and_then(|_| self.persist(&agent)) {
             if let Some(s) = self.agents.get_mut(&agent) {
                 (s.authority, s.lease) = before;
                 s.instance = None;
                 s.ticking = false;
             }
+            // A record of a recovery that did not happen must not abandon
+            // a branch later.
+            let _ = store::remove_if_present(&self.disk, &lineage::recovery_path(&agent, anchor_tick, t.epoch.major));
             return Err(self.refuse("recover", Some(&agent), e));
         }
         self.emit(Event::AuthorityChanged {
@@ -792,6 +850,47 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let budget = self.agents.get(&agent).map(|s| s.budget).unwrap_or_default();
         self.emit(Event::Recovered { agent: agent.clone(), anchor, anchor_tick, epoch: t.epoch, budget });
         self.announce(&agent);
+        Ok(())
+    }
+
+    /// Re-anchor the lineage before the recovered node may commit (spec §5
+    /// clarifications): a signed [`RecoveryRecord`] names the anchor, the
+    /// new epoch and the newest head known before (from the authority
+    /// record or a damaged file), so `verify` reports "recovered at tick N
+    /// from anchor H" instead of a fork; damaged checkpoints newer than the
+    /// anchor are moved aside (kept with [`lineage::ABANDONED_SUFFIX`]).
+    fn record_recovery(
+        &mut self,
+        agent: &AgentId,
+        anchor_tick: TickNumber,
+        anchor: Hash32,
+        epoch: Epoch,
+    ) -> Result<(), String> {
+        let recorded = store::read_record(&self.disk, agent).ok().and_then(|r| r.head_tick.zip(r.head_hash));
+        let Some(s) = self.agents.get_mut(agent) else { return Err("unknown agent".into()) };
+        let damaged: Vec<String> = s.lineage.damaged().iter().map(|(p, _)| p.clone()).collect();
+        let tick_of = |path: &str| {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            name.strip_suffix(lineage::CHECKPOINT_EXT).and_then(|t| t.parse::<u64>().ok()).map(TickNumber)
+        };
+        let newest_damaged = damaged.iter().filter_map(|p| tick_of(p).map(|t| (t, format!("damaged {p}")))).max();
+        let abandoned = recorded.into_iter().chain(newest_damaged).filter(|(t, _)| *t > anchor_tick).max();
+        let key = s.key.as_ref().ok_or("agent key missing")?;
+        let record =
+            RecoveryRecord { agent: agent.clone(), anchor_tick, anchor, epoch, abandoned, signature: String::new() };
+        let record = record.sign(key);
+        let path = lineage::recovery_path(agent, anchor_tick, epoch.major);
+        self.disk.write_atomic(&path, &record.encode()).map_err(|e| format!("recovery record {path}: {e}"))?;
+        for path in damaged {
+            if let Ok(bytes) = self.disk.read(&path) {
+                let aside = format!("{path}{}", lineage::ABANDONED_SUFFIX);
+                self.disk.write_atomic(&aside, &bytes).map_err(|e| format!("moving {path} aside: {e}"))?;
+            }
+            store::remove_if_present(&self.disk, &path).map_err(|e| format!("moving {path} aside: {e}"))?;
+        }
+        if let Some(s) = self.agents.get_mut(agent) {
+            s.lineage.forget_damaged();
+        }
         Ok(())
     }
 
@@ -1008,21 +1107,51 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             side_effects: report.side_effects,
             side_effects_allowed,
         });
-        let stop = match &report.outcome {
-            TickOutcome::Completed { .. } | TickOutcome::OutOfFuel if budget > Microcents::ZERO => None,
-            TickOutcome::Completed { .. } | TickOutcome::OutOfFuel | TickOutcome::BudgetExhausted => {
-                Some((true, "budget exhausted".to_string()))
+        let tick = inputs.tick;
+        match &report.outcome {
+            TickOutcome::Completed { .. } if budget > Microcents::ZERO => {}
+            // Spec §3: budget exhausted: stop ticking, save a final
+            // checkpoint (the sandbox restarts a tick the budget cut from
+            // the state before it, so the instance can be snapshotted).
+            TickOutcome::Completed { .. } | TickOutcome::BudgetExhausted => {
+                if let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
+                    self.fault(Some(agent), format!("final checkpoint: {e}"));
+                }
+                self.halt(agent, "budget exhausted".to_string());
             }
-            TickOutcome::Trapped { message } => Some((true, format!("trapped: {message}"))),
+            TickOutcome::Trapped { message } => {
+                let why = format!("trapped in tick {tick}: {message}");
+                self.discard_instance(agent, &why);
+            }
+            TickOutcome::OutOfFuel => {
+                let why = format!("ran out of fuel in tick {tick}");
+                self.discard_instance(agent, &why);
+            }
             // Not deterministic: the node's own fault, never committed.
-            TickOutcome::WallClockTimeout => Some((false, "wall-clock safety net fired".to_string())),
-        };
-        if let Some((commit, reason)) = stop {
-            if commit && let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
-                self.fault(Some(agent), format!("final checkpoint: {e}"));
+            TickOutcome::WallClockTimeout => {
+                self.discard_instance(agent, "wall-clock safety net fired");
             }
-            self.halt(agent, reason);
         }
+    }
+
+    /// A tick that did not run to its end left the instance poisoned
+    /// (NOTES: never snapshot it). Drop it and every tick since the last
+    /// checkpoint, as a crash would (EI-2: the agent resumes only from its
+    /// committed head), and halt the agent: a deterministic fault would only
+    /// recur. Nothing is left due, so the node cannot spin on it.
+    fn discard_instance(&mut self, agent: &AgentId, why: &str) {
+        let Some(s) = self.agents.get_mut(agent) else { return };
+        let discarded = s.ticks_since_checkpoint;
+        if let Some(head) = s.lineage.head() {
+            s.tick = head.tick;
+            s.budget = head.budget;
+        }
+        s.instance = None;
+        s.charged = Microcents::ZERO;
+        s.paid = Microcents::ZERO;
+        s.ticks_since_checkpoint = 0;
+        s.last_tick = None;
+        self.halt(agent, format!("{why}; {discarded} uncommitted tick(s) discarded"));
     }
 
     fn maybe_checkpoint(&mut self, agent: &AgentId) {
@@ -1032,6 +1161,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             && now.saturating_sub(s.last_checkpoint_ns) >= self.cfg.checkpoint_interval_ns
             && s.authority.permits(Op::NewCheckpoint);
         if due && let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
+            // Retry one interval later, never at once: a commit that keeps
+            // failing must not keep the deadline in the past (livelock).
+            if let Some(s) = self.agents.get_mut(agent) {
+                s.last_checkpoint_ns = now;
+            }
             self.fault(Some(agent), format!("checkpoint: {e}"));
         }
     }

@@ -389,6 +389,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             head_tick: TickNumber(0),
             head_hash: Hash32::ZERO,
             nonce: self.entropy.next_u64(),
+            issued_unix_ns: self.clock.unix_ns(),
             expiry_unix_ns: self.clock.unix_ns().saturating_add(ttl),
         })
     }
@@ -518,6 +519,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             head_tick,
             head_hash,
             nonce,
+            issued_unix_ns: self.clock.unix_ns(),
             expiry_unix_ns,
         }
     }
@@ -982,7 +984,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             wasm_hash_actual: Hash32::of(&pkg.wasm_binary),
             budget: Microcents(pkg.budget),
             identity: key.as_ref().map(|k| k.public()),
+            issued_unix_ns: h.issued_unix_ns,
         };
+        let clock = migration::JudgeClock { now_unix_ns: self.clock.unix_ns(), started_unix_ns: self.started_unix_ns };
         let local = self.local_view(&agent, &ckpt, facts.checkpoint_hash);
         let d = self.cfg.defences;
         let checks = migration::JudgeChecks {
@@ -990,7 +994,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             divergence_detection: d.divergence_detection,
             identity: d.transfer_identity_checks,
         };
-        let judgement = migration::judge_package_with(local.as_ref(), &facts, self.clock.unix_ns(), checks);
+        let judgement = migration::judge_package_with(local.as_ref(), &facts, clock, checks);
         if judgement != Judgement::AlreadyAccepted {
             if let Some(reason) = self.guard.sticky_refusal(&h.issuer, h.nonce) {
                 return self.refuse_transfer(from, h, format!("refused before: {reason}"));
@@ -1026,7 +1030,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 .find(|(_, c)| {
                     *c != checks
                         && !matches!(
-                            migration::judge_package_with(local.as_ref(), &facts, self.clock.unix_ns(), *c),
+                            migration::judge_package_with(local.as_ref(), &facts, clock, *c),
                             Judgement::Refuse(_)
                         )
                 });
@@ -1182,7 +1186,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     ) -> Vec<u8> {
         let agent = h.agent.clone();
         let now = self.clock.now();
-        let previous = self.agents.get(&agent).map(|s| s.authority.state());
+        // Spec §5: a RETIRED record is terminal for its epoch; a returning
+        // agent arrives as a fresh incoming handoff (the old record is
+        // archived, not transitioned). Judgement lets no other local state
+        // get here (RECOVERY_REQUIRED refuses, live states conflict).
+        let previous = self.agents.get(&agent).map(|s| s.authority.state()).filter(|s| *s != AuthorityState::Retired);
         let lineage = match self.agents.remove(&agent) {
             Some(s) => s.lineage,
             None => Lineage::open(&self.disk, &agent).unwrap_or_else(|_| Lineage::new(agent.clone())),

@@ -5,7 +5,7 @@
 use anyhow::Context;
 use clap::Args;
 use igor::checkpoint::Checkpoint;
-use igor::lineage::{CHECKPOINT_EXT, verify_chain};
+use igor::lineage::{CHECKPOINT_EXT, RECOVERY_EXT, verify_lineage};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -75,19 +75,25 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<u8> {
 
 pub fn verify(args: &VerifyArgs) -> anyhow::Result<u8> {
     let mut entries = Vec::new();
+    let mut records = Vec::new();
     for dir in &args.dirs {
         let listing = std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?;
         let mut paths = Vec::new();
         for e in listing {
             let path = e.with_context(|| format!("reading directory {}", dir.display()))?.path();
-            if path.is_file() && path.to_string_lossy().ends_with(CHECKPOINT_EXT) {
+            let name = path.to_string_lossy();
+            if path.is_file() && (name.ends_with(CHECKPOINT_EXT) || name.ends_with(RECOVERY_EXT)) {
                 paths.push(path);
             }
         }
         paths.sort();
         for path in paths {
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            entries.push((path.display().to_string(), bytes));
+            if path.to_string_lossy().ends_with(RECOVERY_EXT) {
+                records.push((path.display().to_string(), bytes));
+            } else {
+                entries.push((path.display().to_string(), bytes));
+            }
         }
     }
     if entries.is_empty() {
@@ -96,8 +102,14 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<u8> {
             args.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
         );
     }
-    match verify_chain(&entries) {
+    match verify_lineage(&entries, &records) {
         Ok(s) => {
+            for (tick, anchor) in &s.recoveries {
+                println!("recovered at tick {tick} from anchor {anchor}");
+            }
+            if s.abandoned > 0 {
+                println!("abandoned by recovery: {} checkpoint(s) on other branches", s.abandoned);
+            }
             println!(
                 "valid: {} links, ticks {}..{}, {}, budget {} -> {} microcents, head {}",
                 s.links, s.first_tick, s.last_tick, s.did, s.first_budget.0, s.last_budget.0, s.head

@@ -115,6 +115,8 @@ impl NodeArgs {
             LeaseConfig { duration_ns, renew_before_ns, grace_ns: self.lease_grace_ms.saturating_mul(1_000_000) };
         cfg.migration.package_ttl_ns = ms(self.package_ttl_ms, "--package-ttl-ms")?;
         cfg.peers = peers;
+        // The clock bound (skew below grace) and the rest of the rules.
+        cfg.validate().map_err(|e| anyhow::anyhow!("node configuration: {e} (see --lease-grace-ms)"))?;
         Ok(cfg)
     }
 }
