@@ -13,9 +13,9 @@ use igor::checkpoint::{Checkpoint, CheckpointBody, Hash32};
 use igor::env::Now;
 use igor::identity::Keypair;
 use igor::migration::{
-    Action, HandoffTimer, Input, JudgeChecks, Judgement, LocalView, MigrationConfig, Outcome, PackageFacts, ReplyView,
-    SendFailure, SourceHandoff, SourceState, check_price_policy, judge_package, judge_package_with, migration_policy,
-    payment_allowance,
+    Action, HandoffTimer, Input, JudgeChecks, JudgeClock, Judgement, LocalView, MigrationConfig, Outcome, PackageFacts,
+    ReplyView, SendFailure, SourceHandoff, SourceState, check_price_policy, judge_package, judge_package_with,
+    migration_policy, payment_allowance,
 };
 use igor::units::{AgentId, Epoch, Microcents, NodeId, TickNumber};
 
@@ -470,6 +470,12 @@ fn payment_allowance_reads_the_declared_cap() {
 const WASM: &[u8] = b"agent.wasm";
 const NOW: i64 = 50_000;
 const EXPIRY: i64 = 60_000;
+const ISSUED: i64 = 40_000;
+
+/// The target's clock at `now`, started long before the package was issued.
+fn clock(now_unix_ns: i64) -> JudgeClock {
+    JudgeClock { now_unix_ns, started_unix_ns: 0 }
+}
 
 fn agent_key() -> Keypair {
     Keypair::from_seed([7; 32])
@@ -503,6 +509,7 @@ fn facts<'a>(c: &'a Checkpoint, wasm_field: &'a [u8]) -> PackageFacts<'a> {
         wasm_hash_actual: Hash32::of(WASM),
         budget: c.budget,
         identity: Some(agent_key().public()),
+        issued_unix_ns: ISSUED,
     }
 }
 
@@ -529,9 +536,9 @@ fn honest_package_is_accepted_by_a_new_or_former_host() {
     let c = checkpoint(Epoch::new(3, 1));
     let wasm_field = Hash32::of(WASM).0;
     let p = facts(&c, &wasm_field);
-    assert_eq!(judge_package(None, &p, NOW), Judgement::Accept);
-    assert_eq!(judge_package(Some(&former_host(Epoch::new(2, 4))), &p, NOW), Judgement::Accept);
-    assert_eq!(judge_package_with(None, &p, NOW, ALL_OFF), Judgement::Accept);
+    assert_eq!(judge_package(None, &p, clock(NOW)), Judgement::Accept);
+    assert_eq!(judge_package(Some(&former_host(Epoch::new(2, 4))), &p, clock(NOW)), Judgement::Accept);
+    assert_eq!(judge_package_with(None, &p, clock(NOW), ALL_OFF), Judgement::Accept);
 }
 
 /// Each header field that disagrees with the checkpoint it carries is a
@@ -549,7 +556,7 @@ fn header_must_agree_with_the_checkpoint_field_by_field() {
     ];
     for (field, p) in cases {
         for checks in [JudgeChecks::default(), ALL_OFF] {
-            let j = judge_package_with(None, &p, NOW, checks);
+            let j = judge_package_with(None, &p, clock(NOW), checks);
             let Judgement::Refuse(why) = &j else { panic!("{field}: {j:?}") };
             assert!(why.starts_with("header claims"), "{field}: {why}");
         }
@@ -561,15 +568,15 @@ fn wasm_hash_field_and_binary_must_match_the_checkpoint() {
     let c = checkpoint(Epoch::new(3, 1));
     let right = Hash32::of(WASM).0;
     let wrong = Hash32::of(b"other.wasm").0;
-    let j = judge_package(None, &facts(&c, &wrong), NOW);
+    let j = judge_package(None, &facts(&c, &wrong), clock(NOW));
     assert_eq!(
         j,
         Judgement::Refuse(format!("WASMHash field does not match the binary ({})", Hash32::of(WASM).short()))
     );
     // Field and binary agree with each other but not with the checkpoint.
     let p = PackageFacts { wasm_hash_actual: Hash32::of(b"other.wasm"), ..facts(&c, &wrong) };
-    assert!(refused(&judge_package_with(None, &p, NOW, ALL_OFF)));
-    assert_eq!(judge_package_with(None, &facts(&c, &right), NOW, ALL_OFF), Judgement::Accept);
+    assert!(refused(&judge_package_with(None, &p, clock(NOW), ALL_OFF)));
+    assert_eq!(judge_package_with(None, &facts(&c, &right), clock(NOW), ALL_OFF), Judgement::Accept);
 }
 
 /// RE-3: the money in flight is the checkpoint's budget, to the microcent.
@@ -580,7 +587,7 @@ fn budget_must_be_the_checkpoints() {
     for budget in [Microcents(8_999), Microcents(9_001)] {
         let p = PackageFacts { budget, ..facts(&c, &wasm_field) };
         assert_eq!(
-            judge_package_with(None, &p, NOW, ALL_OFF),
+            judge_package_with(None, &p, clock(NOW), ALL_OFF),
             Judgement::Refuse(format!("Budget {budget} differs from the checkpoint's {}", c.budget))
         );
     }
@@ -595,9 +602,9 @@ fn unsigned_or_forged_checkpoints_are_refused_when_identity_checks_are_on() {
     forged.state = b"tampered".to_vec(); // signature no longer covers the state
     for c in [&unsigned, &forged] {
         let p = PackageFacts { identity: c.agent_key().copied(), ..facts(c, &wasm_field) };
-        assert!(refused(&judge_package(None, &p, NOW)), "{p:?}");
+        assert!(refused(&judge_package(None, &p, clock(NOW))), "{p:?}");
         let identity_off = JudgeChecks { identity: false, ..JudgeChecks::default() };
-        assert_eq!(judge_package_with(None, &p, NOW, identity_off), Judgement::Accept, "defence off: {p:?}");
+        assert_eq!(judge_package_with(None, &p, clock(NOW), identity_off), Judgement::Accept, "defence off: {p:?}");
     }
 }
 
@@ -612,21 +619,21 @@ fn identity_must_be_the_signing_key_and_continue_the_local_one() {
     for identity in [None, Some(stranger)] {
         let p = PackageFacts { identity, ..facts(&c, &wasm_field) };
         assert_eq!(
-            judge_package(None, &p, NOW),
+            judge_package(None, &p, clock(NOW)),
             Judgement::Refuse("AgentIdentity missing or not the checkpoint's signing key".into()),
             "{identity:?}"
         );
-        assert_eq!(judge_package_with(None, &p, NOW, identity_off), Judgement::Accept);
+        assert_eq!(judge_package_with(None, &p, clock(NOW), identity_off), Judgement::Accept);
     }
     let p = facts(&c, &wasm_field);
     let known_other = LocalView { agent_key: Some(stranger), ..former_host(Epoch::new(2, 0)) };
     assert_eq!(
-        judge_package(Some(&known_other), &p, NOW),
+        judge_package(Some(&known_other), &p, clock(NOW)),
         Judgement::Refuse("identity discontinuity: agent key differs from local history".into())
     );
-    assert_eq!(judge_package_with(Some(&known_other), &p, NOW, identity_off), Judgement::Accept);
+    assert_eq!(judge_package_with(Some(&known_other), &p, clock(NOW), identity_off), Judgement::Accept);
     let key_unknown = LocalView { agent_key: None, ..former_host(Epoch::new(2, 0)) };
-    assert_eq!(judge_package(Some(&key_unknown), &p, NOW), Judgement::Accept);
+    assert_eq!(judge_package(Some(&key_unknown), &p, clock(NOW)), Judgement::Accept);
 }
 
 /// A package must move the agent forward past what this node already holds.
@@ -637,7 +644,7 @@ fn checkpoint_tick_must_be_after_the_local_head() {
     let p = facts(&c, &wasm_field);
     for (head, accept) in [(None, true), (Some(0), true), (Some(9), true), (Some(10), false), (Some(11), false)] {
         let local = LocalView { head_tick: head.map(TickNumber), ..former_host(Epoch::new(2, 0)) };
-        let j = judge_package_with(Some(&local), &p, NOW, ALL_OFF);
+        let j = judge_package_with(Some(&local), &p, clock(NOW), ALL_OFF);
         if accept {
             assert_eq!(j, Judgement::Accept, "head {head:?}");
         } else {
@@ -652,12 +659,141 @@ fn expiry_boundary() {
     let c = checkpoint(Epoch::new(3, 1));
     let wasm_field = Hash32::of(WASM).0;
     let p = facts(&c, &wasm_field);
-    assert_eq!(judge_package(None, &p, EXPIRY - 1), Judgement::Accept);
-    assert_eq!(judge_package(None, &p, EXPIRY), Judgement::Accept);
+    assert_eq!(judge_package(None, &p, clock(EXPIRY - 1)), Judgement::Accept);
+    assert_eq!(judge_package(None, &p, clock(EXPIRY)), Judgement::Accept);
     assert_eq!(
-        judge_package(None, &p, EXPIRY + 1),
+        judge_package(None, &p, clock(EXPIRY + 1)),
         Judgement::Refuse(format!("package expired at {EXPIRY} (now {})", EXPIRY + 1))
     );
     let no_window = JudgeChecks { replay_window: false, ..JudgeChecks::default() };
-    assert_eq!(judge_package_with(None, &p, EXPIRY + 1, no_window), Judgement::Accept);
+    assert_eq!(judge_package_with(None, &p, clock(EXPIRY + 1), no_window), Judgement::Accept);
+}
+
+fn local(state: AuthorityState, epoch: Epoch) -> LocalView {
+    LocalView { state, ..former_host(epoch) }
+}
+
+/// Step 1 of the judgement: this node assumed from this very package (it
+/// holds the checkpoint and a newer major): confirm again, even if the
+/// duplicate has expired meanwhile. Anything short of that is no duplicate.
+#[test]
+fn duplicate_of_an_accepted_package_is_confirmed_again() {
+    let c = checkpoint(Epoch::new(3, 1));
+    let wasm_field = Hash32::of(WASM).0;
+    let p = facts(&c, &wasm_field);
+    let assumed = LocalView {
+        has_checkpoint: true,
+        head_tick: Some(TickNumber(12)),
+        ..local(AuthorityState::ActiveOwner, Epoch::new(4, 0))
+    };
+    assert_eq!(judge_package(Some(&assumed), &p, clock(NOW)), Judgement::AlreadyAccepted);
+    assert_eq!(judge_package(Some(&assumed), &p, clock(EXPIRY + 1)), Judgement::AlreadyAccepted, "expired duplicate");
+    // Same major with the checkpoint: not a duplicate of an accepted package.
+    let same_major = LocalView { has_checkpoint: true, ..local(AuthorityState::Retired, Epoch::new(3, 0)) };
+    assert_ne!(judge_package(Some(&same_major), &p, clock(NOW)), Judgement::AlreadyAccepted);
+    // Newer major without the checkpoint: a stale package, refused.
+    let newer = local(AuthorityState::ActiveOwner, Epoch::new(4, 0));
+    assert!(refused(&judge_package(Some(&newer), &p, clock(NOW))));
+}
+
+/// A node that (re)started after the package was issued must not act on it
+/// (spec §5: a node that lost its disk knows nothing).
+#[test]
+fn package_issued_before_this_node_started_is_refused() {
+    let c = checkpoint(Epoch::new(3, 1));
+    let wasm_field = Hash32::of(WASM).0;
+    let p = facts(&c, &wasm_field); // issued at ISSUED
+    let at = |started| JudgeClock { now_unix_ns: NOW, started_unix_ns: started };
+    assert_eq!(judge_package(None, &p, at(ISSUED - 1)), Judgement::Accept);
+    assert_eq!(judge_package(None, &p, at(ISSUED)), Judgement::Accept);
+    assert_eq!(
+        judge_package(None, &p, at(ISSUED + 1)),
+        Judgement::Refuse(format!("package issued at {ISSUED} before this node started at {}", ISSUED + 1))
+    );
+}
+
+/// Step 4, the local authority: what a verified package at each epoch
+/// relative to the local one means in each state.
+#[test]
+fn verified_package_against_every_local_state_and_epoch() {
+    use AuthorityState::*;
+    use Judgement::*;
+    let local_epoch = Epoch::new(3, 1);
+    let older = [Epoch::new(2, 9), Epoch::new(3, 0)];
+    let newer = [Epoch::new(3, 2), Epoch::new(4, 0)];
+    for state in [ActiveOwner, HandoffInitiated, HandoffPending, Retired, RecoveryRequired] {
+        for (epoch, relation) in older
+            .iter()
+            .map(|e| (*e, "older"))
+            .chain([(local_epoch, "same")])
+            .chain(newer.iter().map(|e| (*e, "newer")))
+        {
+            let c = checkpoint(epoch);
+            let wasm_field = Hash32::of(WASM).0;
+            let p = facts(&c, &wasm_field);
+            let l = local(state, local_epoch);
+            let j = judge_package(Some(&l), &p, clock(NOW));
+            let holds = matches!(state, ActiveOwner | HandoffInitiated | HandoffPending);
+            let ok = match (state, relation) {
+                (RecoveryRequired, _) => matches!(&j, Refuse(w) if w.contains("RECOVERY_REQUIRED")),
+                (_, "older") => matches!(&j, Refuse(w) if w.starts_with("stale package")),
+                (_, "same") if holds => matches!(&j, Conflict { reason: Reason::Divergence, .. }),
+                (_, "newer") if holds => matches!(&j, Conflict { reason: Reason::Superseded, .. }),
+                _ => j == Accept,
+            };
+            assert!(ok, "{state} at {local_epoch}, package {epoch} ({relation}): {j:?}");
+        }
+    }
+}
+
+/// A same-epoch package whose checkpoint this node already holds is a
+/// refusal (nothing to take over), not a divergence.
+#[test]
+fn same_epoch_package_already_held_is_refused_not_divergent() {
+    let c = checkpoint(Epoch::new(3, 1));
+    let wasm_field = Hash32::of(WASM).0;
+    let p = facts(&c, &wasm_field);
+    let held = LocalView { has_checkpoint: true, ..local(AuthorityState::ActiveOwner, Epoch::new(3, 1)) };
+    assert_eq!(
+        judge_package(Some(&held), &p, clock(NOW)),
+        Judgement::Refuse("this node already holds checkpoint 10 at 3.1".into())
+    );
+}
+
+/// Switching a defence off lets through exactly what it stops (scenarios
+/// show the attack): the replay window stops stale epochs, divergence
+/// detection stops same-epoch takeovers.
+#[test]
+fn defences_switched_off_let_their_attack_through() {
+    use AuthorityState::*;
+    let c = checkpoint(Epoch::new(3, 1));
+    let wasm_field = Hash32::of(WASM).0;
+    let p = facts(&c, &wasm_field);
+    let no_window = JudgeChecks { replay_window: false, ..JudgeChecks::default() };
+    let retired_newer = local(Retired, Epoch::new(3, 5));
+    assert_eq!(judge_package_with(Some(&retired_newer), &p, clock(NOW), no_window), Judgement::Accept);
+    let owner_same = local(ActiveOwner, Epoch::new(3, 1));
+    let no_divergence = JudgeChecks { divergence_detection: false, ..JudgeChecks::default() };
+    assert_eq!(judge_package_with(Some(&owner_same), &p, clock(NOW), no_divergence), Judgement::Accept);
+    // Divergence detection off does not hide a newer verified claim.
+    let owner_older = local(ActiveOwner, Epoch::new(3, 0));
+    assert!(matches!(
+        judge_package_with(Some(&owner_older), &p, clock(NOW), no_divergence),
+        Judgement::Conflict { reason: Reason::Superseded, .. }
+    ));
+}
+
+/// Authentication comes before authority: an unsigned or forged package
+/// never knocks a running owner over (it is refused, not a conflict).
+#[test]
+fn unauthenticated_package_never_conflicts_with_a_running_owner() {
+    let wasm_field = Hash32::of(WASM).0;
+    let mut unsigned = checkpoint(Epoch::new(5, 0));
+    unsigned.seal = None;
+    let p = PackageFacts { identity: None, ..facts(&unsigned, &wasm_field) };
+    let owner = local(AuthorityState::ActiveOwner, Epoch::new(3, 1));
+    assert!(refused(&judge_package(Some(&owner), &p, clock(NOW))));
+    let c = checkpoint(Epoch::new(5, 0));
+    let p = PackageFacts { budget: Microcents(1), ..facts(&c, &wasm_field) };
+    assert!(refused(&judge_package(Some(&owner), &p, clock(NOW))));
 }
