@@ -11,6 +11,7 @@
 # Env:   CARGO_TARGET_DIR   build dir (default: target/); reused between mutants
 #        MUTANTS_OUT        where each module's mutants.out goes (default: $CARGO_TARGET_DIR/mutants-out)
 #        MUTANTS_JOBS       parallel builds (default 1: each build already uses every core)
+#        MUTANTS_TESTS      test targets instead of the fast set, e.g. "--lib --test=protocol_core"
 # Exit:  0 when no module has a missed or timed-out mutant, 1 otherwise.
 #
 # Needs cargo-mutants 27 (`cargo install cargo-mutants --locked`). It works
@@ -34,7 +35,8 @@ modules=("$@")
 # property test and the state-machine tests of tests/protocol_core.rs. Given
 # as cargo args (not test args) so that the build of each mutant compiles
 # only these targets, not every test binary of the crate.
-tests=(--lib --test=node_outcomes --test=protocol_model --test=protocol_core)
+# shellcheck disable=SC2206 # word splitting of MUTANTS_TESTS is intended
+tests=(${MUTANTS_TESTS:---lib --test=node_outcomes --test=protocol_model --test=protocol_core})
 cargo_args=()
 for t in "${tests[@]}"; do cargo_args+=("--cargo-arg=$t"); done
 
