@@ -4,8 +4,9 @@
 # against the fast test set that exercises them directly. Prints caught /
 # missed / unviable / timeout per module and lists every missed mutant.
 # Equivalent mutants are excluded, each with its reason, in
-# .cargo/mutants.toml. Not part of .ci/run: on 2 shared cores one module
-# takes 15 to 60 minutes (see the README's developer section).
+# .cargo/mutants.toml. Not part of .ci/run: on 2 shared cores authority +
+# lease take about 20 min and migration about 30 min with a reduced test set
+# (see the README's developer section); the full fast set takes longer.
 #
 # Usage: scripts/mutants.sh [authority|lease|migration]...   (default: all three)
 # Env:   CARGO_TARGET_DIR   build dir (default: target/); reused between mutants
