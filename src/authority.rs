@@ -314,4 +314,169 @@ mod tests {
         assert!(t.transition(ActiveOwner, Reason::HandoffAborted).is_err());
         assert_eq!(t.state(), RecoveryRequired);
     }
+
+    const ROLES: [Role; 2] = [Role::Source, Role::Target];
+    const OPS: [Op; 6] =
+        [Op::Tick, Op::NewCheckpoint, Op::SealHandoff, Op::StartHandoff, Op::AcceptHandoff, Op::SideEffects];
+    const REASONS: [Reason; 17] = [
+        Reason::Deployed,
+        Reason::HandoffStarted,
+        Reason::Relinquished,
+        Reason::PackageReceived,
+        Reason::Assumed,
+        Reason::Confirmed,
+        Reason::HandoffAborted,
+        Reason::Shutdown,
+        Reason::Ambiguous,
+        Reason::LeaseExpired,
+        Reason::Superseded,
+        Reason::Divergence,
+        Reason::RestartInDoubt,
+        Reason::Fault,
+        Reason::Violation,
+        Reason::Recovery,
+        Reason::UnsafeSelfRecovery,
+    ];
+
+    /// Spec §5 permission table, written out cell by cell as the spec reads
+    /// (plus the one named `SealHandoff` exception). Every (state, role, op)
+    /// not listed is forbidden.
+    const PERMITTED: [(AuthorityState, Role, Op); 10] = [
+        (ActiveOwner, Role::Source, Op::Tick),
+        (ActiveOwner, Role::Target, Op::Tick),
+        (ActiveOwner, Role::Source, Op::NewCheckpoint),
+        (ActiveOwner, Role::Target, Op::NewCheckpoint),
+        (ActiveOwner, Role::Source, Op::StartHandoff),
+        (ActiveOwner, Role::Target, Op::StartHandoff),
+        (ActiveOwner, Role::Source, Op::SideEffects),
+        (ActiveOwner, Role::Target, Op::SideEffects),
+        (HandoffInitiated, Role::Source, Op::SealHandoff),
+        (HandoffPending, Role::Target, Op::AcceptHandoff),
+    ];
+
+    #[test]
+    fn every_cell_of_the_permission_matrix() {
+        for s in STATES {
+            for r in ROLES {
+                for op in OPS {
+                    let want = PERMITTED.contains(&(s, r, op));
+                    assert_eq!(permits(s, r, op), want, "permits({s}, {r:?}, {op:?})");
+                    assert_eq!(Authority::restore(s, r, Epoch::new(2, 3)).permits(op), want, "{s} {r:?} {op:?}");
+                }
+            }
+        }
+    }
+
+    /// Whether spec §5 (made total for the abort arrows, see [`allowed`])
+    /// allows `from -> to` for this role and reason. Rows of the table, not
+    /// a copy of the match: one row per arrow with the roles and reasons
+    /// that may take it.
+    fn table(from: AuthorityState, role: Role, to: AuthorityState, reason: &Reason) -> bool {
+        let any_role = |_: Role| true;
+        let source = |r: Role| r == Role::Source;
+        let target = |r: Role| r == Role::Target;
+        let any_reason = |_: &Reason| true;
+        type Row<'a> = (AuthorityState, AuthorityState, &'a dyn Fn(Role) -> bool, &'a dyn Fn(&Reason) -> bool);
+        let rows: [Row<'_>; 8] = [
+            (ActiveOwner, HandoffInitiated, &source, &any_reason),
+            (HandoffInitiated, HandoffPending, &source, &any_reason),
+            (HandoffInitiated, ActiveOwner, &any_role, &|r| *r == Reason::HandoffAborted),
+            (HandoffPending, ActiveOwner, &target, &|r| *r == Reason::Assumed),
+            (HandoffPending, ActiveOwner, &source, &|r| *r == Reason::HandoffAborted),
+            (HandoffPending, Retired, &source, &|r| *r == Reason::Confirmed),
+            (ActiveOwner, Retired, &any_role, &|r| *r == Reason::Shutdown),
+            (RecoveryRequired, ActiveOwner, &any_role, &|r| matches!(r, Reason::Recovery | Reason::UnsafeSelfRecovery)),
+        ];
+        to == RecoveryRequired || rows.iter().any(|(f, t, ro, re)| *f == from && *t == to && ro(role) && re(reason))
+    }
+
+    #[test]
+    fn every_cell_of_the_transition_table() {
+        let mut allowed_cells = 0;
+        for from in STATES {
+            for role in ROLES {
+                for to in STATES {
+                    for reason in REASONS {
+                        let want = table(from, role, to, &reason);
+                        allowed_cells += usize::from(want);
+                        assert_eq!(allowed(from, role, to, &reason), want, "{from} -> {to} ({role:?}, {reason})");
+                        // Through the stateful API: an allowed move lands on `to`,
+                        // a forbidden one is fail-stop (EI-7) and names the move.
+                        let mut a = Authority::restore(from, role, Epoch::new(4, 1));
+                        match a.transition(to, reason.clone()) {
+                            Ok(t) => {
+                                assert!(want, "{from} -> {to} ({role:?}, {reason}) must be refused");
+                                assert_eq!(t, Transition { from, to, epoch: Epoch::new(4, 1), reason: reason.clone() });
+                                assert_eq!(a.state(), to);
+                            }
+                            Err(v) => {
+                                assert!(!want, "{from} -> {to} ({role:?}, {reason}) must be allowed");
+                                assert_eq!(v, Violation { from, to, role, reason: reason.clone() });
+                                assert_eq!(a.state(), RecoveryRequired);
+                            }
+                        }
+                        assert_eq!(a.epoch(), Epoch::new(4, 1), "a plain transition keeps the epoch");
+                    }
+                }
+            }
+        }
+        // 5 * 2 * 17 arrows into RECOVERY_REQUIRED plus the listed ones.
+        assert_eq!(allowed_cells, 170 + 17 + 17 + 2 + 1 + 1 + 1 + 2 + 4);
+    }
+
+    #[test]
+    fn roles_survive_transitions_except_entering_a_handoff() {
+        // A target that falls to RECOVERY_REQUIRED is still recorded as the
+        // target: the persisted record (and unsafe self-recovery) read it.
+        let mut t = Authority::incoming(Epoch::new(2, 0));
+        t.transition(RecoveryRequired, Reason::Ambiguous).unwrap();
+        assert_eq!(t.role(), Role::Target);
+        let mut t = Authority::restore(HandoffPending, Role::Target, Epoch::new(2, 0));
+        t.transition(ActiveOwner, Reason::Assumed).unwrap();
+        assert_eq!(t.role(), Role::Target, "transition alone does not change the side; assume() does");
+        // Starting a handoff makes this node the source.
+        let mut s = Authority::genesis();
+        s.transition(HandoffInitiated, Reason::HandoffStarted).unwrap();
+        assert_eq!((s.state(), s.role()), (HandoffInitiated, Role::Source));
+        assert!(s.permits(Op::SealHandoff) && !s.permits(Op::Tick));
+    }
+
+    #[test]
+    fn epochs_of_genesis_assume_recover_and_renew() {
+        let g = Authority::genesis();
+        assert_eq!((g.state(), g.role(), g.epoch()), (ActiveOwner, Role::Source, Epoch::new(1, 0)));
+        let mut a = Authority::incoming(Epoch::new(7, 3));
+        assert_eq!((a.state(), a.role(), a.epoch()), (HandoffPending, Role::Target, Epoch::new(7, 3)));
+        a.assume().unwrap();
+        assert_eq!((a.role(), a.epoch()), (Role::Source, Epoch::new(8, 0)));
+        assert_eq!(a.renew(), Epoch::new(8, 1));
+        assert_eq!(a.renew(), Epoch::new(8, 2));
+        assert_eq!(a.epoch(), Epoch::new(8, 2));
+        // A source cannot assume: fail-stop, epoch unchanged.
+        let mut s = Authority::restore(HandoffPending, Role::Source, Epoch::new(3, 0));
+        assert!(s.assume().is_err());
+        assert_eq!((s.state(), s.epoch()), (RecoveryRequired, Epoch::new(3, 0)));
+        // Recovery goes strictly above both the local major and every known one.
+        let mut r = Authority::restore(RecoveryRequired, Role::Target, Epoch::new(9, 4));
+        let t = r.recover(Reason::UnsafeSelfRecovery, 2).unwrap();
+        assert_eq!((t.from, t.to, t.epoch), (RecoveryRequired, ActiveOwner, Epoch::new(10, 0)));
+        assert_eq!((r.role(), r.epoch()), (Role::Source, Epoch::new(10, 0)));
+        // Recovery is refused from anywhere but RECOVERY_REQUIRED.
+        let mut o = Authority::genesis();
+        assert!(o.recover(Reason::Recovery, 5).is_err());
+        assert_eq!((o.state(), o.epoch()), (RecoveryRequired, Epoch::new(1, 0)));
+    }
+
+    #[test]
+    fn names_in_events_and_errors() {
+        let names: Vec<String> = STATES.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["ACTIVE_OWNER", "HANDOFF_INITIATED", "HANDOFF_PENDING", "RETIRED", "RECOVERY_REQUIRED"]);
+        assert_eq!(Reason::HandoffAborted.to_string(), "handoff_aborted");
+        assert_eq!(Reason::UnsafeSelfRecovery.to_string(), "unsafe_self_recovery");
+        let v = Violation { from: Retired, to: ActiveOwner, role: Role::Target, reason: Reason::Assumed };
+        assert_eq!(
+            v.to_string(),
+            "EI-7: forbidden authority transition RETIRED -> ACTIVE_OWNER (assumed, role Target); now RECOVERY_REQUIRED"
+        );
+    }
 }
