@@ -60,7 +60,13 @@ pub enum Request {
     },
     /// Operator recovery of a RECOVERY_REQUIRED agent from `anchor` (hex of
     /// the node's newest checkpoint of it; the node refuses any other).
-    Recover { agent: AgentId, anchor: String },
+    Recover {
+        agent: AgentId,
+        anchor: String,
+        /// Recover even though a peer proved it owns the agent (logged).
+        #[serde(default)]
+        force: bool,
+    },
     /// Final checkpoint, then RETIRED (the agent ends here).
     Retire { agent: AgentId },
     /// Graceful stop: final checkpoint of every agent, then exit.
@@ -357,7 +363,7 @@ mod tests {
     fn commands_are_answered_by_their_own_events_only() {
         let a = AgentId::new("counter").unwrap();
         let other = AgentId::new("other").unwrap();
-        let req = Request::Recover { agent: a.clone(), anchor: String::new() };
+        let req = Request::Recover { agent: a.clone(), anchor: String::new(), force: false };
         let refused = |agent: &AgentId, command: &str| Event::CommandRefused {
             command: command.into(),
             agent: Some(agent.clone()),

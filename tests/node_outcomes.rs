@@ -135,8 +135,8 @@ fn source_crash_after_relinquishing_without_confirmation_is_recovery_required() 
     // have assumed at major 2 unheard: spec §5, recovery epochs).
     let head = c.node(0).agent(&agent()).unwrap().head_hash;
     let wrong = Hash32::of(b"not the head");
-    assert!(c.node(0).command(Command::Recover { agent: agent(), anchor: wrong }).is_err());
-    c.node(0).command(Command::Recover { agent: agent(), anchor: head }).unwrap();
+    assert!(c.node(0).command(Command::Recover { agent: agent(), anchor: wrong, force: false }).is_err());
+    c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: false }).unwrap();
     c.pump();
     let v = c.node(0).agent(&agent()).unwrap();
     assert_eq!((v.state, v.epoch.major), (AuthorityState::ActiveOwner, 3));

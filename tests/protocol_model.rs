@@ -135,7 +135,11 @@ fn apply(c: &mut Cluster, s: &Step) {
             let i = i as usize % n;
             if recovery_is_safe(c, i) {
                 let anchor = c.node(i).agent(&agent()).map(|v| v.head_hash).unwrap_or_default();
-                c.node(i).command(Command::Recover { agent: agent(), anchor }).expect("safe recovery succeeds");
+                // The model knows no node holds the agent: an operator who
+                // checked forces past a stale proven view of an old owner.
+                c.node(i)
+                    .command(Command::Recover { agent: agent(), anchor, force: true })
+                    .expect("safe recovery succeeds");
                 c.pump();
             }
         }

@@ -457,7 +457,7 @@ fn draw_family(
             // with nothing to recover refuses, which is fine too.
             for _ in 0..d.range(1, 2) {
                 let (t, agent, node) = (at(d), d.pick(agents).clone(), d.pick(nodes).clone());
-                push(t, Action::Recover { agent, node, anchor_tick: None });
+                push(t, Action::Recover { agent, node, anchor_tick: None, force: false });
             }
         }
         "chains" if nodes.len() >= 3 => {

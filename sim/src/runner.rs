@@ -974,7 +974,8 @@ impl<'a> World<'a> {
                     && let Some(node) = w.recovery_candidate(&a.id)
                 {
                     recovered.insert(name.clone());
-                    let action = Action::Recover { agent: name, node, anchor_tick: None };
+                    // The simulator has checked no live node holds the agent.
+                    let action = Action::Recover { agent: name, node, anchor_tick: None, force: true };
                     w.trace.note(format!("{} sim liveness {}", fmt_time(w.now_ns), describe(&action)));
                     // Recover yields no checker observations.
                     let _ = w.apply(&action, agents);
@@ -1237,7 +1238,7 @@ impl World<'_> {
             Action::Buggify { node, on, fault, for_ms } => {
                 self.armed.push((node.clone(), *on, *fault, for_ms.saturating_mul(1_000_000)));
             }
-            Action::Recover { agent, node, anchor_tick } => {
+            Action::Recover { agent, node, anchor_tick, force } => {
                 let seen = self.heads.get(&(node.clone(), agent.clone()));
                 let anchor = match anchor_tick {
                     Some(t) => seen.and_then(|m| m.get(t).copied()),
@@ -1246,7 +1247,7 @@ impl World<'_> {
                 // An unknown anchor is passed as zeros: the node refuses it,
                 // and the refusal is in the trace.
                 let anchor = anchor.unwrap_or(Hash32::ZERO);
-                send(node, Command::Recover { agent: agent_id(agent), anchor });
+                send(node, Command::Recover { agent: agent_id(agent), anchor, force: *force });
             }
             Action::DiskFault { node, kind, for_ms } => {
                 let until = self.now_ns.saturating_add(for_ms.saturating_mul(1_000_000));

@@ -237,6 +237,11 @@ pub enum Action {
         node: String,
         #[serde(default)]
         anchor_tick: Option<u64>,
+        /// Recover even though a peer proved it owns the agent (the
+        /// liveness phase uses it: the simulator has checked that no live
+        /// node holds the agent).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// `node`'s disk refuses writes for `for_ms`: every write, sync and
     /// directory creation fails with the `kind`'s I/O error (as `FsDisk`

@@ -139,7 +139,9 @@ pub enum Command {
     /// which must be this node's newest checkpoint of the agent. The
     /// operator asserts that no other node holds or can still obtain
     /// authority (e.g. every package has expired).
-    Recover { agent: AgentId, anchor: Hash32 },
+    /// `force`: recover even though a peer proved it owns the agent under
+    /// a newer epoch (the operator checked that it no longer does); logged.
+    Recover { agent: AgentId, anchor: Hash32, force: bool },
     /// ACTIVE_OWNER -> RETIRED for one agent, after a final checkpoint.
     Retire { agent: AgentId },
     /// Stop the node gracefully: checkpoint every owned agent that ticked
@@ -758,7 +760,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     pub fn command(&mut self, cmd: Command) -> Result<(), Refused> {
         match cmd {
             Command::Migrate { agent, to } => self.start_handoff(agent, to),
-            Command::Recover { agent, anchor } => self.recover(agent, anchor),
+            Command::Recover { agent, anchor, force } => self.recover(agent, anchor, force),
             Command::Retire { agent } => self.retire(agent),
             Command::Shutdown => {
                 for agent in self.agent_ids() {
@@ -802,7 +804,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         })
     }
 
-    fn recover(&mut self, agent: AgentId, anchor: Hash32) -> Result<(), Refused> {
+    fn recover(&mut self, agent: AgentId, anchor: Hash32, force: bool) -> Result<(), Refused> {
         let Some(s) = self.agents.get(&agent) else {
             return Err(self.refuse("recover", Some(&agent), "unknown agent".into()));
         };
@@ -826,9 +828,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if let Some((peer, epoch)) = s.live_elsewhere.clone().filter(|(_, e)| *e > s.authority.epoch()) {
             let why = format!(
                 "peer {peer} proved it holds the agent as ACTIVE_OWNER at epoch {epoch}: recovering here would \
-                 fork it (check {peer}; retire this copy instead)"
+                 fork it (check {peer}; retire this copy instead, or force once {peer} no longer holds it)"
             );
-            return Err(self.refuse("recover", Some(&agent), why));
+            if !force {
+                return Err(self.refuse("recover", Some(&agent), why));
+            }
+            self.fault(Some(&agent), format!("forced recovery: {why}"));
         }
         let anchor_tick = s.lineage.head().map(|c| c.tick).unwrap_or_default();
         let anchor_major = s.lineage.head().map(|c| c.epoch.major).unwrap_or(0);

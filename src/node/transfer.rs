@@ -902,6 +902,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             s.highest_major_seen = s.highest_major_seen.max(h.epoch.major);
             if peer_state == AuthorityState::ActiveOwner && h.epoch > local {
                 s.live_elsewhere = Some((peer.clone(), h.epoch));
+            } else if s.live_elsewhere.as_ref().is_some_and(|(p, _)| p == peer) {
+                // The same peer proves it no longer owns the agent.
+                s.live_elsewhere = None;
             }
         }
         let fork = h.head_tick == local_tick && h.head_hash != local_head && h.head_hash != Hash32::ZERO;

@@ -85,6 +85,10 @@ pub struct RecoverArgs {
     /// (default: the newest the node reports, printed before recovering).
     #[arg(long)]
     pub anchor: Option<String>,
+    /// Recover even though a peer proved it holds the agent under a newer
+    /// epoch; only after checking that peer no longer does (logged).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub node: Target,
 }
@@ -225,7 +229,7 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<i32> {
             a.head_hash.to_hex()
         }
     };
-    let reply = call(&socket, &Request::Recover { agent, anchor })?;
+    let reply = call(&socket, &Request::Recover { agent, anchor, force: args.force })?;
     finish(&args.node, &reply)
 }
 

@@ -405,8 +405,8 @@ async fn handle(req: Request, ctx: &ControlCtx) -> Reply {
             Ok(to) => Control::Command(Command::Migrate { agent: agent.clone(), to }),
             Err(error) => return Reply::Error { error },
         },
-        Request::Recover { agent, anchor } => match Hash32::from_hex(anchor) {
-            Some(anchor) => Control::Command(Command::Recover { agent: agent.clone(), anchor }),
+        Request::Recover { agent, anchor, force } => match Hash32::from_hex(anchor) {
+            Some(anchor) => Control::Command(Command::Recover { agent: agent.clone(), anchor, force: *force }),
             None => return Reply::Error { error: format!("anchor {anchor:?}: not a 64-digit hex hash") },
         },
         Request::Retire { agent } => Control::Command(Command::Retire { agent: agent.clone() }),
