@@ -835,6 +835,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             }
             self.fault(Some(&agent), format!("forced recovery: {why}"));
         }
+        let Some(s) = self.agents.get(&agent) else { unreachable!("checked above") };
         let anchor_tick = s.lineage.head().map(|c| c.tick).unwrap_or_default();
         let anchor_major = s.lineage.head().map(|c| c.epoch.major).unwrap_or(0);
         let now = self.clock.now();
