@@ -47,6 +47,8 @@ pub struct DiskFaults {
     pub until_ns: Cell<u64>,
     /// Writes (and removes) refused so far, for the trace and coverage.
     pub refused: Cell<u64>,
+    /// Only paths under this prefix fail (`None`: every path).
+    pub under: std::cell::RefCell<Option<String>>,
 }
 
 impl DiskFaults {
@@ -61,6 +63,12 @@ impl DiskFaults {
         if force || now_ns >= self.until_ns.get() {
             self.active.set(None);
         }
+    }
+
+    /// The fault in force for `path`, if any.
+    fn on(&self, path: &str) -> Option<DiskFaultKind> {
+        let applies = self.under.borrow().as_deref().is_none_or(|p| path.starts_with(p));
+        self.active.get().filter(|_| applies)
     }
 
     fn refuse(&self, op: &'static str, path: &str, kind: DiskFaultKind) -> DiskError {
@@ -144,7 +152,7 @@ impl Disk for SimDisk {
         let err = io("write", path);
         let dir = full.parent().unwrap_or(Path::new(SIM_DATA_ROOT)).to_path_buf();
         if !fs::exists(&dir) {
-            if let Some(kind) = self.faults.active.get() {
+            if let Some(kind) = self.faults.on(path) {
                 return Err(self.faults.refuse("write", path, kind));
             }
             fs::create_dir_all(&dir).map_err(&err)?;
@@ -163,7 +171,7 @@ impl Disk for SimDisk {
         let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(&err)?;
         // A fault fails the write before the rename: `path` keeps its old
         // bytes (RE-1) and a temp file is left behind, as on a real disk.
-        let fault = self.faults.active.get();
+        let fault = self.faults.on(path);
         if fault == Some(DiskFaultKind::Full) {
             return Err(self.faults.refuse("write", path, DiskFaultKind::Full));
         }
@@ -180,7 +188,7 @@ impl Disk for SimDisk {
 
     fn remove(&self, path: &str) -> Result<(), DiskError> {
         let full = self.full("remove", path)?;
-        if self.faults.active.get() == Some(DiskFaultKind::Io) {
+        if self.faults.on(path) == Some(DiskFaultKind::Io) {
             return Err(self.faults.refuse("remove", path, DiskFaultKind::Io));
         }
         fs::remove_file(&full).map_err(io("remove", path))?;

@@ -520,7 +520,7 @@ fn draw_family(
                         .collect();
                     if !migrations.is_empty() {
                         let (t, node) = d.pick(&migrations).clone();
-                        push(t, Action::DiskFault { node, kind, for_ms });
+                        push(t, Action::DiskFault { node, kind, for_ms, under: None });
                         continue;
                     }
                 }
@@ -532,7 +532,7 @@ fn draw_family(
                     let fault = if kind == DiskFaultKind::Full { BuggifyFault::DiskFull } else { BuggifyFault::DiskIo };
                     push(t, Action::Buggify { node, on, fault, for_ms });
                 } else {
-                    push(t, Action::DiskFault { node, kind, for_ms });
+                    push(t, Action::DiskFault { node, kind, for_ms, under: None });
                 }
             }
         }

@@ -677,14 +677,23 @@ impl<'a> World<'a> {
             if done(self) {
                 break;
             }
-            self.sim.step().map_err(|e| RunError::Sim(e.to_string()))?;
-            self.now_ns = u64::try_from(self.sim.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            if let Err(v) = self.drain(agents) {
+            if let Err(v) = self.step(agents)? {
                 return Ok(Err(v));
             }
-            if let Some(v) = self.stuck(agents) {
-                return Ok(Err(v));
-            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// One turmoil step, then the events it produced through the checker
+    /// and the watchdog's verdict on every host.
+    fn step(&mut self, agents: &[AgentBytes]) -> Result<Result<(), Violation>, RunError> {
+        self.sim.step().map_err(|e| RunError::Sim(e.to_string()))?;
+        self.now_ns = u64::try_from(self.sim.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if let Err(v) = self.drain(agents) {
+            return Ok(Err(v));
+        }
+        if let Some(v) = self.stuck(agents) {
+            return Ok(Err(v));
         }
         Ok(Ok(()))
     }
@@ -729,12 +738,7 @@ impl<'a> World<'a> {
             if ready(self) {
                 break;
             }
-            self.sim.step().map_err(|e| RunError::Sim(e.to_string()))?;
-            self.now_ns = u64::try_from(self.sim.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            if let Err(v) = self.drain(agents) {
-                return Ok(Err(v));
-            }
-            if let Some(v) = self.stuck(agents) {
+            if let Err(v) = self.step(agents)? {
                 return Ok(Err(v));
             }
         }
@@ -882,7 +886,8 @@ impl<'a> World<'a> {
                 BuggifyFault::DiskFull | BuggifyFault::DiskIo => {
                     self.coverage.mark("buggify_disk_fault");
                     let kind = if fault == BuggifyFault::DiskFull { DiskFaultKind::Full } else { DiskFaultKind::Io };
-                    let _ = self.apply(&Action::DiskFault { node, kind, for_ms: for_ns / 1_000_000 }, agents);
+                    let action = Action::DiskFault { node, kind, for_ms: for_ns / 1_000_000, under: None };
+                    let _ = self.apply(&action, agents);
                 }
                 BuggifyFault::Isolate => {
                     self.coverage.mark("buggify_isolate");
@@ -1249,9 +1254,10 @@ impl World<'_> {
                 let anchor = anchor.unwrap_or(Hash32::ZERO);
                 send(node, Command::Recover { agent: agent_id(agent), anchor, force: *force });
             }
-            Action::DiskFault { node, kind, for_ms } => {
+            Action::DiskFault { node, kind, for_ms, under } => {
                 let until = self.now_ns.saturating_add(for_ms.saturating_mul(1_000_000));
                 ctl(node).disk.start(*kind, until);
+                *ctl(node).disk.under.borrow_mut() = under.clone();
                 self.schedule(until, Sched::DiskHeal(node.clone()));
             }
         }

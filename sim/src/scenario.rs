@@ -250,6 +250,10 @@ pub enum Action {
         node: String,
         kind: crate::disk::DiskFaultKind,
         for_ms: u64,
+        /// Only paths under this prefix fail (e.g. `"history/"`: checkpoint
+        /// archive writes fail while the kv and record writes succeed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        under: Option<String>,
     },
 }
 
