@@ -100,7 +100,12 @@ fn target_killed_on_arrival_then_operator_recovers_on_source() {
     assert!(b2.agent_status().is_none(), "the target never stored the agent");
 
     let head = a.agent_status().and_then(|s| s.head_tick).expect("A has a head");
+    // A's handoff to B is in doubt: B may own the agent, so a plain recover
+    // is refused (spec §5) and names B; the operator checked B (above: it
+    // never stored the agent) and forces.
     let out = igord(&["recover", "counter", "--data-dir", path(&a.dir)], T);
+    assert!(!out.0.success() && out.2.contains("may hold the agent"), "recover: {} {}", out.1, out.2);
+    let out = igord(&["recover", "counter", "--force", "--data-dir", path(&a.dir)], T);
     assert!(out.0.success(), "recover: {} {}", out.1, out.2);
     let rec = a.wait_event("A to recover", T, |e| matches!(e, Event::Recovered { .. }));
     let Event::Recovered { anchor_tick, epoch, .. } = rec.event else { unreachable!() };

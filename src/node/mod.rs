@@ -219,8 +219,9 @@ struct Slot<I> {
     /// unix ns, why). The agent does not tick until one is written again.
     degraded: Option<(i64, String)>,
     /// A peer proved (agent-signed claim) it holds the agent as
-    /// ACTIVE_OWNER under a newer epoch: recovery here would fork it.
-    /// Memory only: a restart forgets it (and the operator's check).
+    /// ACTIVE_OWNER under a newer epoch, or is the target of a handoff whose
+    /// outcome is unknown: recovery here could fork it. Memory only: a
+    /// restart forgets it (the operator's check stays).
     live_elsewhere: Option<(NodeId, Epoch)>,
 }
 
@@ -827,8 +828,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         // Spec §5: recovery refuses when it cannot rule out a live owner.
         if let Some((peer, epoch)) = s.live_elsewhere.clone().filter(|(_, e)| *e > s.authority.epoch()) {
             let why = format!(
-                "peer {peer} proved it holds the agent as ACTIVE_OWNER at epoch {epoch}: recovering here would \
-                 fork it (check {peer}; retire this copy instead, or force once {peer} no longer holds it)"
+                "peer {peer} may hold the agent as ACTIVE_OWNER at epoch {epoch} (it proved it, or a handoff to it \
+                 is in doubt): recovering here could fork it (check {peer}; retire this copy instead, or force \
+                 once {peer} does not hold it)"
             );
             if !force {
                 return Err(self.refuse("recover", Some(&agent), why));

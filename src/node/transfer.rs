@@ -193,6 +193,15 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                                     == Some(AuthorityState::RecoveryRequired),
                             "an ambiguous handoff must leave the agent RECOVERY_REQUIRED"
                         );
+                        if outcome.is_ambiguous()
+                            && let Some(s) = self.agents.get_mut(agent)
+                        {
+                            // The target may have assumed at (major + 1):
+                            // a recovery here cannot rule out a live owner
+                            // until the target proves otherwise (spec §5).
+                            let maybe = Epoch::new(s.authority.epoch().major.saturating_add(1), 0);
+                            s.live_elsewhere = Some((m.target.clone(), maybe));
+                        }
                         self.finish_event(agent, &m.target, Role::Source, outcome);
                     }
                     None
