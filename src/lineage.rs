@@ -37,6 +37,13 @@ pub fn history_path(agent: &AgentId, tick: TickNumber) -> String {
     format!("history/{agent}/{:010}{CHECKPOINT_EXT}", tick.0)
 }
 
+/// The tick an archived checkpoint's path names (the inverse of
+/// [`history_path`]); `None` for any other file.
+pub fn history_tick(path: &str) -> Option<TickNumber> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.strip_suffix(CHECKPOINT_EXT).and_then(|t| t.parse::<u64>().ok()).map(TickNumber)
+}
+
 pub fn agent_key_path(agent: &AgentId) -> String {
     format!("agents/{agent}/agent.key")
 }

@@ -568,7 +568,7 @@ impl Executor for Sandbox {
         {
             // On failure the instance stays poisoned: the node then halts
             // without a final checkpoint and says why.
-            if let Ok(fresh) = self.start_instance(&instance.wasm_hash, &instance.manifest.clone(), &state, &kv) {
+            if let Ok(fresh) = self.start_instance(&instance.wasm_hash, &instance.manifest, &state, &kv) {
                 *instance = fresh;
             }
         }

@@ -226,6 +226,19 @@ struct Slot<I> {
 }
 
 impl<I> Slot<I> {
+    /// Back to the committed head: the running budget and tick are the
+    /// head's, and nothing is charged or pending since (EI-2).
+    fn rewind_to_head(&mut self) {
+        if let Some(head) = self.lineage.head() {
+            self.budget = head.budget;
+            self.tick = head.tick;
+        }
+        self.charged = Microcents::ZERO;
+        self.paid = Microcents::ZERO;
+        self.ticks_since_checkpoint = 0;
+        self.last_tick = None;
+    }
+
     fn new(authority: Authority, lineage: Lineage, now: Now) -> Self {
         let head = lineage.head();
         let (budget, tick, wasm_hash) =
@@ -664,12 +677,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let now = self.clock.now();
         s.instance = Some(instance);
         s.wasm_hash = hash;
-        s.budget = head.budget;
-        s.tick = head.tick;
-        s.charged = Microcents::ZERO;
-        s.paid = Microcents::ZERO;
-        s.ticks_since_checkpoint = 0;
-        s.last_tick = None;
+        s.rewind_to_head();
         s.last_checkpoint_ns = now.mono_ns;
         s.next_tick_ns = now.mono_ns;
         s.ticking = head.budget > Microcents::ZERO;
@@ -897,11 +905,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let recorded = store::read_record(&self.disk, agent).ok().and_then(|r| r.head_tick.zip(r.head_hash));
         let Some(s) = self.agents.get_mut(agent) else { return Err("unknown agent".into()) };
         let damaged: Vec<String> = s.lineage.damaged().iter().map(|(p, _)| p.clone()).collect();
-        let tick_of = |path: &str| {
-            let name = path.rsplit('/').next().unwrap_or(path);
-            name.strip_suffix(lineage::CHECKPOINT_EXT).and_then(|t| t.parse::<u64>().ok()).map(TickNumber)
-        };
-        let newest_damaged = damaged.iter().filter_map(|p| tick_of(p).map(|t| (t, format!("damaged {p}")))).max();
+        let newest_damaged =
+            damaged.iter().filter_map(|p| lineage::history_tick(p).map(|t| (t, format!("damaged {p}")))).max();
         let abandoned = recorded.into_iter().chain(newest_damaged).filter(|(t, _)| *t > anchor_tick).max();
         let key = s.key.as_ref().ok_or("agent key missing")?;
         let record =
@@ -1171,15 +1176,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     fn discard_instance(&mut self, agent: &AgentId, why: &str) {
         let Some(s) = self.agents.get_mut(agent) else { return };
         let discarded = s.ticks_since_checkpoint;
-        if let Some(head) = s.lineage.head() {
-            s.tick = head.tick;
-            s.budget = head.budget;
-        }
+        s.rewind_to_head();
         s.instance = None;
-        s.charged = Microcents::ZERO;
-        s.paid = Microcents::ZERO;
-        s.ticks_since_checkpoint = 0;
-        s.last_tick = None;
         self.halt(agent, format!("{why}; {discarded} uncommitted tick(s) discarded"));
     }
 
