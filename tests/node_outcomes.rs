@@ -137,6 +137,10 @@ fn source_crash_after_relinquishing_without_confirmation_is_recovery_required() 
     let wrong = Hash32::of(b"not the head");
     assert!(c.node(0).command(Command::Recover { agent: agent(), anchor: wrong, force: false }).is_err());
     c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: false }).unwrap();
+    // The recovery asks n1 first (spec §5): the answer completes it.
+    c.pump();
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired), "waits for the peers' answers");
+    c.settle();
     c.pump();
     let v = c.node(0).agent(&agent()).unwrap();
     assert_eq!((v.state, v.epoch.major), (AuthorityState::ActiveOwner, 3));
