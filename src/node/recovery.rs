@@ -79,7 +79,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             let nonce = self.entropy.next_u64();
             let header = self.header(&agent, &peer, nonce, expiry);
             let agent_signature = self.agent_claim_signature(&agent, &header, state);
-            let agent_key = self.agents.get(&agent).and_then(|s| s.key.as_ref()).map(|k| k.public().as_bytes().to_vec());
+            let agent_key =
+                self.agents.get(&agent).and_then(|s| s.key.as_ref()).map(|k| k.public().as_bytes().to_vec());
             let body = Body::HeadAnnounce(HeadAnnounce {
                 state: AuthorityState::RecoveryRequired,
                 agent_key,

@@ -519,7 +519,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     /// This node's claim about `agent` signed with the agent's own key, if
     /// it holds the key (see [`HeadAnnounce::agent_signature`]).
-    pub(super) fn agent_claim_signature(&self, agent: &AgentId, h: &Header, state: Option<AuthorityState>) -> Option<Vec<u8>> {
+    pub(super) fn agent_claim_signature(
+        &self,
+        agent: &AgentId,
+        h: &Header,
+        state: Option<AuthorityState>,
+    ) -> Option<Vec<u8>> {
         let key = self.agents.get(agent)?.key.as_ref()?;
         Some(key.sign(&crate::wire::agent_claim_bytes(h, state)).0.to_vec())
     }
