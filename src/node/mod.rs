@@ -190,9 +190,20 @@ pub struct AgentView {
 /// The last tick, kept so a handoff can ship it for replay.
 #[derive(Clone, Debug)]
 struct TickRecord {
-    base_tick: TickNumber,
     inputs: TickInputs,
     event_log: Vec<u8>,
+}
+
+/// At most this many ticks between two checkpoints: their records are kept
+/// for the replay a target runs (defence `metering_check`), so a commit is
+/// forced when they reach it, whatever the checkpoint interval.
+pub const MAX_TICKS_PER_CHECKPOINT: u64 = 1024;
+
+/// The ticks that led from one checkpoint to the next, for replay.
+struct TickRecords {
+    /// The checkpoint the first tick ran from.
+    base_tick: TickNumber,
+    ticks: Vec<TickRecord>,
 }
 
 struct Slot<I> {
@@ -214,7 +225,13 @@ struct Slot<I> {
     charged: Microcents,
     paid: Microcents,
     ticks_since_checkpoint: u64,
-    last_tick: Option<TickRecord>,
+    /// Every tick since the head, in order (bounded by
+    /// [`MAX_TICKS_PER_CHECKPOINT`]).
+    ticks: Vec<TickRecord>,
+    /// The ticks that led to the head from its parent, when this run saw
+    /// them all: a package of the head carries them for replay. Memory
+    /// only (a restart forgets them; the package then has no replay data).
+    head_ticks: Option<TickRecords>,
     highest_major_seen: u64,
     /// EI-6 under doubt: checkpoints of this agent fail to write (since
     /// unix ns, why). The agent does not tick until one is written again.
@@ -237,7 +254,7 @@ impl<I> Slot<I> {
         self.charged = Microcents::ZERO;
         self.paid = Microcents::ZERO;
         self.ticks_since_checkpoint = 0;
-        self.last_tick = None;
+        self.ticks.clear();
     }
 
     fn new(authority: Authority, lineage: Lineage, now: Now) -> Self {
@@ -264,7 +281,8 @@ impl<I> Slot<I> {
             charged: Microcents::ZERO,
             paid: Microcents::ZERO,
             ticks_since_checkpoint: 0,
-            last_tick: None,
+            ticks: Vec::new(),
+            head_ticks: None,
         }
     }
 
@@ -1022,11 +1040,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         s.charged = Microcents(s.charged.0.saturating_add(lie));
         s.paid = Microcents(s.paid.0.saturating_add(paid.0));
         s.ticks_since_checkpoint += 1;
-        s.last_tick = (s.ticks_since_checkpoint == 1).then(|| TickRecord {
-            base_tick: s.lineage.head().map(|c| c.tick).unwrap_or_default(),
-            inputs: inputs.clone(),
-            event_log: report.event_log.clone(),
-        });
+        // Bounded: a commit is forced at MAX_TICKS_PER_CHECKPOINT.
+        s.ticks.push(TickRecord { inputs: inputs.clone(), event_log: report.event_log.clone() });
         let more_work = matches!(report.outcome, TickOutcome::Completed { more_work: true });
         s.next_tick_ns =
             now.mono_ns.saturating_add(if more_work { self.cfg.tick_fast_ns } else { self.cfg.tick_idle_ns });
@@ -1099,9 +1114,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     fn maybe_checkpoint(&mut self, agent: &AgentId) {
         let now = self.clock.mono_ns();
         let Some(s) = self.agents.get(agent) else { return };
-        let due = s.ticks_since_checkpoint > 0
-            && now.saturating_sub(s.last_checkpoint_ns) >= self.cfg.checkpoint_interval_ns
-            && s.authority.permits(Op::NewCheckpoint);
+        let interval = now.saturating_sub(s.last_checkpoint_ns) >= self.cfg.checkpoint_interval_ns;
+        let full = s.ticks_since_checkpoint >= MAX_TICKS_PER_CHECKPOINT;
+        let due = s.ticks_since_checkpoint > 0 && (interval || full) && s.authority.permits(Op::NewCheckpoint);
         if due && let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
             // Retry one interval later, never at once: a commit that keeps
             // failing must not keep the deadline in the past (livelock).
@@ -1153,8 +1168,14 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             state,
         };
         let prev_hash = s.lineage.head_hash();
+        let base_tick = s.lineage.head().map(|c| c.tick);
         let c: Checkpoint = s.lineage.commit(&self.disk, body, key).map_err(|e| e.to_string())?;
         let hash = s.lineage.head_hash();
+        // The records of the ticks that led here, when this run saw them
+        // all since the parent (not after a restart mid-interval).
+        let ticks = std::mem::take(&mut s.ticks);
+        let complete = ticks.len() as u64 == s.ticks_since_checkpoint;
+        s.head_ticks = base_tick.filter(|_| complete).map(|base_tick| TickRecords { base_tick, ticks });
         let event = Event::CheckpointCommitted {
             agent: agent.clone(),
             tick: c.tick,
