@@ -107,6 +107,9 @@ pub enum Obs {
     Crashed,
     /// The node's records of `agent` were lost with its disk (`Wipe`).
     Forgot { agent: AgentId },
+    /// The node deleted its copy of the agent (checkpoints, key) after a
+    /// confirmed handoff; a record that failed to persist may still reload.
+    CopyDeleted { agent: AgentId },
 }
 
 /// A detected violation: which invariant, when, where, and why.
@@ -234,6 +237,9 @@ struct AgentModel {
     /// (node, time); cleared when any node holds it again. The fault model
     /// destroyed every copy: liveness is impossible, not violated.
     lost: Option<(NodeId, u64)>,
+    /// Nodes that deleted their copy and took none since: a record there
+    /// (say RECOVERY_REQUIRED after a lost RETIRED write) holds nothing.
+    copy_gone: BTreeSet<NodeId>,
 }
 
 /// A state in which a node keeps the agent's checkpoint and can still
@@ -321,7 +327,8 @@ impl Checker {
             | Obs::Halted { agent, .. }
             | Obs::Fault { agent }
             | Obs::Recovered { agent, .. }
-            | Obs::Forgot { agent } => agent.clone(),
+            | Obs::Forgot { agent }
+            | Obs::CopyDeleted { agent } => agent.clone(),
             Obs::Crashed | Obs::Booted => unreachable!("handled above"),
         };
         let m = self.agents.entry(agent.clone()).or_default();
@@ -337,11 +344,16 @@ impl Checker {
             Obs::Recovered { anchor, .. } => {
                 m.reanchoring.insert(node.clone(), *anchor);
             }
+            Obs::CopyDeleted { .. } => {
+                m.copy_gone.insert(node.clone());
+            }
             Obs::Forgot { .. } => {
-                let held_here = m.records.get(node).is_some_and(|r| holds(r.state));
-                if held_here && !m.records.iter().any(|(n, r)| n != node && holds(r.state)) {
+                let copy = |n: &NodeId, r: &Record| holds(r.state) && !m.copy_gone.contains(n);
+                let held_here = m.records.get(node).is_some_and(|r| copy(node, r));
+                if held_here && !m.records.iter().any(|(n, r)| n != node && copy(n, r)) {
                     m.lost = Some((node.clone(), at_ns));
                 }
+                m.copy_gone.remove(node);
                 m.records.remove(node);
                 m.runs.remove(node);
                 m.wiped.insert(node.clone());
@@ -388,7 +400,7 @@ impl Checker {
                     );
                 }
                 m.records.insert(node.clone(), Record { state: *state, epoch: *epoch, uncertain: false, ..rec });
-                if holds(*state) {
+                if holds(*state) && !m.copy_gone.contains(node) {
                     m.lost = None;
                 }
                 let budget = m.committed.get(head).map(|(_, b, _)| *b).unwrap_or(0);
@@ -689,8 +701,12 @@ impl Checker {
                 } else {
                     target
                 };
+                if new_record {
+                    // A package brings a copy again.
+                    m.copy_gone.remove(node);
+                }
                 m.records.insert(node.clone(), Record { state: *to, epoch: *epoch, target, uncertain: false });
-                if holds(*to) {
+                if holds(*to) && !m.copy_gone.contains(node) {
                     m.lost = None;
                 }
             }
@@ -736,6 +752,7 @@ fn obs_kind(obs: &Obs) -> &'static str {
         Obs::Fault { .. } => "fault",
         Obs::Crashed => "crashed",
         Obs::Forgot { .. } => "forgot",
+        Obs::CopyDeleted { .. } => "copy_deleted",
         Obs::Recovered { .. } => "recovered",
     }
 }
@@ -1022,6 +1039,23 @@ mod tests {
         // A node that holds it again (a replayed package, say) clears it.
         auth(&mut c, "x", None, HandoffPending, 3, Reason::PackageReceived).unwrap();
         assert_eq!(c.lost(&ag()), None);
+
+        // Explore disk-swarm 1588: the source deleted its copy after the
+        // confirmation, but its RETIRED record did not persist and reloads
+        // as RECOVERY_REQUIRED. That record holds nothing: wiping the new
+        // owner loses the agent.
+        let mut c = reach(Start::Owner);
+        auth(&mut c, "b", None, HandoffPending, 1, Reason::PackageReceived).unwrap();
+        auth(&mut c, "x", Some(ActiveOwner), HandoffInitiated, 1, Reason::HandoffStarted).unwrap();
+        auth(&mut c, "x", Some(HandoffInitiated), HandoffPending, 1, Reason::Relinquished).unwrap();
+        auth(&mut c, "b", Some(HandoffPending), ActiveOwner, 2, Reason::Assumed).unwrap();
+        auth(&mut c, "x", Some(HandoffPending), Retired, 1, Reason::Confirmed).unwrap();
+        c.observe(4, &n("x"), &Obs::CopyDeleted { agent: ag() }).unwrap();
+        c.observe(4, &n("x"), &Obs::Crashed).unwrap();
+        c.observe(5, &n("x"), &Obs::Booted).unwrap();
+        auth(&mut c, "x", Some(Retired), RecoveryRequired, 1, Reason::RestartInDoubt).unwrap();
+        c.observe(6, &n("b"), &Obs::Forgot { agent: ag() }).unwrap();
+        assert_eq!(c.lost(&ag()), Some((n("b"), 6)));
     }
 
     #[test]

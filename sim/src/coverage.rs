@@ -69,6 +69,18 @@ pub const UNREACHED_TRANSITIONS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Arrows only a wider explore family can reach, with the family and why:
+/// a template that does not draw the family is not required to reach them.
+pub const FAMILY_TRANSITIONS: &[(&str, &str, &str, &str)] = &[
+    ("ACTIVE_OWNER", "RETIRED", "recover", "only an operator retire takes it (the operator family draws retires)"),
+    (
+        "HANDOFF_INITIATED",
+        "ACTIVE_OWNER",
+        "diskfault",
+        "the abort arrow: the seal checkpoint's write fails and the source keeps the agent",
+    ),
+];
+
 /// The mark of one authority transition.
 pub fn transition_mark(from: &str, to: &str) -> String {
     format!("transition_{from}_to_{to}")
@@ -329,9 +341,21 @@ pub fn adversary_required(behaviours: &BTreeSet<String>) -> Vec<String> {
 
 /// Names of the transition marks a sweep should reach.
 pub fn transitions_required() -> Vec<String> {
+    transitions_required_with(&[])
+}
+
+/// [`transitions_required`] for a template that draws `families`: the
+/// arrows of [`FAMILY_TRANSITIONS`] only when their family is drawn.
+pub fn transitions_required_with(families: &[String]) -> Vec<String> {
     MATRIX_TRANSITIONS
         .iter()
         .filter(|(f, t)| !UNREACHED_TRANSITIONS.iter().any(|(uf, ut, _)| uf == f && ut == t))
+        .filter(|(f, t)| {
+            FAMILY_TRANSITIONS
+                .iter()
+                .find(|(ff, ft, _, _)| ff == f && ft == t)
+                .is_none_or(|(_, _, family, _)| families.iter().any(|g| g == family))
+        })
         .map(|(f, t)| transition_mark(f, t))
         .collect()
 }
@@ -378,7 +402,10 @@ mod tests {
         let required = transitions_required();
         let gaps = c.unfired(required.iter().map(String::as_str));
         assert_eq!(gaps.len(), required.len() - 1, "{gaps:?}");
-        assert_eq!(required.len(), MATRIX_TRANSITIONS.len() - UNREACHED_TRANSITIONS.len());
+        assert_eq!(required.len(), MATRIX_TRANSITIONS.len() - UNREACHED_TRANSITIONS.len() - FAMILY_TRANSITIONS.len());
+        let with = transitions_required_with(&["recover".to_string(), "diskfault".to_string()]);
+        assert!(with.contains(&"transition_ACTIVE_OWNER_to_RETIRED".to_string()), "{with:?}");
+        assert_eq!(with.len(), required.len() + FAMILY_TRANSITIONS.len());
         assert!(!required.contains(&"transition_RETIRED_to_RECOVERY_REQUIRED".to_string()));
         let report = c.report();
         assert!(

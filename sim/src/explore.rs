@@ -169,7 +169,10 @@ pub fn required_marks(template: &Scenario) -> Vec<String> {
                 .map(str::to_string),
         );
     }
-    let Some(spec) = spec else { return out };
+    let Some(spec) = spec else {
+        out.extend(coverage::transitions_required_with(&[]));
+        return out;
+    };
     for f in &spec.families {
         out.extend(coverage::family_marks(f).iter().map(|(m, _)| m.to_string()));
         if f == "adversary" {
@@ -178,7 +181,7 @@ pub fn required_marks(template: &Scenario) -> Vec<String> {
             out.extend(coverage::adversary_required(&names));
         }
     }
-    out.extend(coverage::transitions_required());
+    out.extend(coverage::transitions_required_with(&spec.families));
     out
 }
 

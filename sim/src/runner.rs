@@ -449,6 +449,7 @@ fn observation(e: &Event) -> Option<Obs> {
             Obs::Halted { agent: agent.clone(), budget: reason.starts_with("budget") }
         }
         Event::FaultObserved { agent: Some(agent), .. } => Obs::Fault { agent: agent.clone() },
+        Event::LocalCopyDeleted { agent } => Obs::CopyDeleted { agent: agent.clone() },
         _ => return None,
     })
 }
