@@ -9,10 +9,16 @@ use crate::env::{Incoming, NetError, Network};
 use crate::units::NodeId;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::core::upgrade::Version;
+use libp2p::core::{Transport, muxing::StreamMuxerBox};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, SwarmEvent, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
+};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, connection_limits, identify, noise, ping, tcp, yamux};
 use std::collections::BTreeMap;
 use std::io;
+use std::net::IpAddr;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -22,30 +28,122 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/igor/migrate/1.0.0");
 /// limits (`wire::MAX_MESSAGE_BYTES`) apply after this; this bound only stops
 /// a peer from making us buffer without end.
 pub const MAX_FRAME_BYTES: usize = crate::wire::MAX_MESSAGE_BYTES;
+/// All frames being read at once, over every connection and stream, may
+/// declare at most this many bytes together: one largest frame plus 16 MiB
+/// for ordinary traffic beside it. A frame whose declared length exceeds
+/// what is left is refused before its body is read (the stream is reset),
+/// so inbound buffering is bounded by this number however many peers,
+/// connections and streams send at once.
+pub const INBOUND_FRAME_BUDGET: usize = MAX_FRAME_BYTES + 16 * 1024 * 1024;
 /// Transport safety net. Protocol deadlines live in the state machines and
-/// are much shorter; this only reclaims streams of a vanished peer.
+/// are much shorter; this only reclaims streams of a vanished peer (and it
+/// bounds how long a slow sender holds its share of the frame budget).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Connection limits (checked before the noise handshake for pending ones):
-/// a node talks to a handful of peers; these bound handshake spam.
-pub const MAX_PENDING_INCOMING: u32 = 16;
+/// A connection must finish TCP accept → multistream → noise → yamux within
+/// this time; a socket that says nothing is closed and frees its pending slot.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An established connection with no stream open is closed after this.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pending (not yet authenticated) incoming connections, all sources
+/// together, and from one IP address. Checked before the noise handshake.
+/// One address can take at most a quarter of the slots, so idle sockets from
+/// one place cannot lock every other peer out.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+pub const MAX_PENDING_INCOMING_PER_IP: u32 = 16;
+/// Established connections: in total, incoming, per peer id and (incoming)
+/// per IP address (peer ids cost nothing to make; addresses do).
 pub const MAX_ESTABLISHED: u32 = 256;
+pub const MAX_ESTABLISHED_INCOMING: u32 = 128;
 pub const MAX_ESTABLISHED_PER_PEER: u32 = 4;
-/// Concurrent inbound+outbound streams per connection.
+pub const MAX_ESTABLISHED_INCOMING_PER_IP: u32 = 16;
+/// Concurrent inbound+outbound request streams per connection, and inbound
+/// streams still negotiating their protocol.
 pub const MAX_CONCURRENT_STREAMS: usize = 32;
+pub const MAX_NEGOTIATING_INBOUND_STREAMS: usize = 32;
+/// yamux streams per connection. Set so that `streams × 256 KiB` equals the
+/// yamux connection window (1 GiB): no stream's receive window ever grows
+/// past the yamux default of 256 KiB. A peer never gets credit for a frame
+/// above 256 KiB, so a sender that writes whole windows as one frame
+/// (js-libp2p's bulk writes) stays under the 1 MiB frame limit of
+/// rust-yamux that closes the whole connection. The stream *count* is bounded
+/// by the two limits above (excess streams are reset by the swarm).
+pub const YAMUX_MAX_STREAMS: usize = 4096;
+/// The receive window every yamux stream keeps (the yamux default credit).
+pub const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 
 /// Length-prefixed (u32 big-endian) opaque frames with an explicit limit.
+/// Every clone (one per connection handler) shares one [`FrameBudget`].
 #[derive(Clone, Default)]
-pub struct FrameCodec;
+pub struct FrameCodec {
+    budget: FrameBudget,
+}
 
-async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+/// Bytes that frames being read may still declare ([`INBOUND_FRAME_BUDGET`]
+/// at most), shared by every stream of every connection.
+#[derive(Clone, Debug)]
+pub struct FrameBudget {
+    left: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for FrameBudget {
+    fn default() -> Self {
+        FrameBudget::new(INBOUND_FRAME_BUDGET)
+    }
+}
+
+/// A reservation of `len` bytes of the budget, returned when dropped (the
+/// frame was read, or the stream failed or timed out).
+pub struct FrameReservation {
+    left: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    len: usize,
+}
+
+impl Drop for FrameReservation {
+    fn drop(&mut self) {
+        self.left.fetch_add(self.len, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl FrameBudget {
+    pub fn new(total: usize) -> Self {
+        FrameBudget { left: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(total)) }
+    }
+
+    /// Bytes left to reserve.
+    pub fn left(&self) -> usize {
+        self.left.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Reserve `len` bytes, or `None` if less is left.
+    pub fn reserve(&self, len: usize) -> Option<FrameReservation> {
+        use std::sync::atomic::Ordering;
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(len))
+            .ok()
+            .map(|_| FrameReservation { left: self.left.clone(), len })
+    }
+}
+
+async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T, budget: &FrameBudget) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME_BYTES {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes over {MAX_FRAME_BYTES}")));
     }
-    let mut body = vec![0u8; len];
-    io.read_exact(&mut body).await?;
+    let Some(_held) = budget.reserve(len) else {
+        let left = budget.left();
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("frame of {len} bytes over the {left} bytes left of the inbound frame budget"),
+        ));
+    };
+    // Memory follows the bytes that arrive, not the declared length.
+    let mut body = Vec::with_capacity(len.min(YAMUX_STREAM_WINDOW));
+    let read = io.take(len as u64).read_to_end(&mut body).await?;
+    if read < len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("frame of {len} bytes ended after {read}")));
+    }
     Ok(body)
 }
 
@@ -66,14 +164,14 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io).await
+        read_frame(io, &self.budget).await
     }
     async fn read_response<T: futures::AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io).await
+        read_frame(io, &self.budget).await
     }
     async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
         &mut self,
@@ -93,8 +191,124 @@ impl request_response::Codec for FrameCodec {
     }
 }
 
+/// Per-IP limits on incoming connections (libp2p's `connection_limits`
+/// counts only globally and per peer id): pending ones before the
+/// handshake, established ones after it.
+#[derive(Default)]
+pub struct IpLimits {
+    pending: BTreeMap<IpAddr, u32>,
+    established: BTreeMap<IpAddr, u32>,
+    /// Which IP each counted connection came from, and whether it is
+    /// counted as established (else pending).
+    conns: BTreeMap<ConnectionId, (IpAddr, bool)>,
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// Why a connection was refused by [`IpLimits`].
+#[derive(Debug, thiserror::Error)]
+#[error("{what} from {ip}: limit of {limit} reached")]
+pub struct IpLimitExceeded {
+    what: &'static str,
+    ip: IpAddr,
+    limit: u32,
+}
+
+impl IpLimits {
+    fn release(&mut self, id: ConnectionId) {
+        let Some((ip, established)) = self.conns.remove(&id) else { return };
+        let counts = if established { &mut self.established } else { &mut self.pending };
+        if let Some(n) = counts.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+
+    /// Pending incoming connections from `ip` counted now.
+    pub fn pending_from(&self, ip: &IpAddr) -> u32 {
+        self.pending.get(ip).copied().unwrap_or(0)
+    }
+}
+
+impl NetworkBehaviour for IpLimits {
+    type ConnectionHandler = libp2p::swarm::dummy::ConnectionHandler;
+    type ToSwarm = std::convert::Infallible;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        _local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        let Some(ip) = ip_of(remote) else { return Ok(()) };
+        let n = self.pending.entry(ip).or_insert(0);
+        if *n >= MAX_PENDING_INCOMING_PER_IP {
+            let limit = MAX_PENDING_INCOMING_PER_IP;
+            return Err(ConnectionDenied::new(IpLimitExceeded { what: "pending incoming connections", ip, limit }));
+        }
+        *n += 1;
+        self.conns.insert(id, (ip, false));
+        Ok(())
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        _peer: PeerId,
+        _local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.release(id);
+        let Some(ip) = ip_of(remote) else { return Ok(libp2p::swarm::dummy::ConnectionHandler) };
+        let n = self.established.entry(ip).or_insert(0);
+        if *n >= MAX_ESTABLISHED_INCOMING_PER_IP {
+            let limit = MAX_ESTABLISHED_INCOMING_PER_IP;
+            return Err(ConnectionDenied::new(IpLimitExceeded { what: "established incoming connections", ip, limit }));
+        }
+        *n += 1;
+        self.conns.insert(id, (ip, true));
+        Ok(libp2p::swarm::dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _id: ConnectionId,
+        _peer: PeerId,
+        _addr: &Multiaddr,
+        _role: libp2p::core::Endpoint,
+        _port_use: libp2p::core::transport::PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(libp2p::swarm::dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionClosed(c) => self.release(c.connection_id),
+            FromSwarm::ListenFailure(f) => self.release(f.connection_id),
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        std::task::Poll::Pending
+    }
+}
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    ip_limits: IpLimits,
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -157,19 +371,35 @@ impl P2pNetwork {
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
             .with_max_established(Some(MAX_ESTABLISHED))
+            .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
             .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER));
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
-            .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+            .with_other_transport(|k| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let mut mux = yamux::Config::default();
+                mux.set_max_num_streams(YAMUX_MAX_STREAMS);
+                // The builder's `with_tcp` sets no handshake timeout: a
+                // silent socket would hold a pending slot forever.
+                Ok(tcp::tokio::Transport::new(tcp::Config::default())
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise::Config::new(k)?)
+                    .multiplex(mux)
+                    .timeout(HANDSHAKE_TIMEOUT)
+                    .map(|(p, c), _| (p, StreamMuxerBox::new(c))))
+            })
             .map_err(|e| P2pError::Transport(e.to_string()))?
             .with_behaviour(|k| Behaviour {
+                ip_limits: IpLimits::default(),
                 limits: connection_limits::Behaviour::new(limits),
                 identify: identify::Behaviour::new(identify::Config::new("/igor/1.0.0".into(), k.public())),
                 ping: ping::Behaviour::new(ping::Config::new()),
-                rr: request_response::Behaviour::with_codec(FrameCodec, [(PROTOCOL, ProtocolSupport::Full)], rr_config),
+                rr: request_response::Behaviour::with_codec(FrameCodec::default(), [(PROTOCOL, ProtocolSupport::Full)], rr_config),
             })
             .map_err(|e| P2pError::Transport(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                    .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_INBOUND_STREAMS)
+            })
             .build();
         swarm
             .listen_on(listen.clone())
