@@ -49,6 +49,9 @@ const EVENT_FANOUT_CAPACITY: usize = 4096;
 #[derive(Args)]
 pub struct NodeArgs {
     /// Address to listen on; the full address with /p2p/<peer id> is printed on stdout.
+    /// Port 0 (the default) picks a new port on every start while the peer id
+    /// stays: give a fixed port (e.g. /ip4/127.0.0.1/tcp/4001) to a node that
+    /// others dial, or they lose it after a restart.
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
     pub listen: Multiaddr,
     /// A known peer, as a multiaddr ending in /p2p/<peer id> (repeatable).
