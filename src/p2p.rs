@@ -60,16 +60,25 @@ pub const MAX_ESTABLISHED_INCOMING_PER_IP: u32 = 16;
 /// streams still negotiating their protocol.
 pub const MAX_CONCURRENT_STREAMS: usize = 32;
 pub const MAX_NEGOTIATING_INBOUND_STREAMS: usize = 32;
-/// yamux streams per connection. Set so that `streams × 256 KiB` equals the
-/// yamux connection window (1 GiB): no stream's receive window ever grows
-/// past the yamux default of 256 KiB. A peer never gets credit for a frame
-/// above 256 KiB, so a sender that writes whole windows as one frame
-/// (js-libp2p's bulk writes) stays under the 1 MiB frame limit of
-/// rust-yamux that closes the whole connection. The stream *count* is bounded
-/// by the two limits above (excess streams are reset by the swarm).
-pub const YAMUX_MAX_STREAMS: usize = 4096;
-/// The receive window every yamux stream keeps (the yamux default credit).
+/// yamux streams per connection, chosen for the receive windows it implies:
+/// rust-yamux grows a busy stream's window beyond the default 256 KiB only
+/// out of `1 GiB − streams × 256 KiB` (its connection window, not settable
+/// through libp2p-yamux), shared by all streams of the connection. At 4093
+/// that pool is 768 KiB, so no stream's window ever exceeds 1 MiB: a peer
+/// never has credit for a frame above 1 MiB, and a sender that writes its
+/// whole window as one frame (js-libp2p's bulk writes) stays within the
+/// 1 MiB frame limit of rust-yamux, which otherwise closes the connection.
+/// The stream *count* is bounded by the two limits above (excess streams
+/// are reset by the swarm).
+pub const YAMUX_MAX_STREAMS: usize = 4093;
+/// The receive window every yamux stream starts with (the yamux default credit).
 pub const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
+/// rust-yamux's connection receive window (its default) and frame limit.
+const YAMUX_CONNECTION_WINDOW: usize = 1024 * 1024 * 1024;
+const YAMUX_MAX_FRAME: usize = 1024 * 1024;
+/// The largest receive window one stream can reach (see [`YAMUX_MAX_STREAMS`]).
+pub const YAMUX_MAX_STREAM_WINDOW: usize =
+    YAMUX_STREAM_WINDOW + (YAMUX_CONNECTION_WINDOW - YAMUX_MAX_STREAMS * YAMUX_STREAM_WINDOW);
 
 /// Length-prefixed (u32 big-endian) opaque frames with an explicit limit.
 /// Every clone (one per connection handler) shares one [`FrameBudget`].
@@ -138,11 +147,19 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T, budget: &F
             format!("frame of {len} bytes over the {left} bytes left of the inbound frame budget"),
         ));
     };
-    // Memory follows the bytes that arrive, not the declared length.
-    let mut body = Vec::with_capacity(len.min(YAMUX_STREAM_WINDOW));
-    let read = io.take(len as u64).read_to_end(&mut body).await?;
-    if read < len {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("frame of {len} bytes ended after {read}")));
+    // Memory follows the bytes that arrive, not the declared length: the
+    // reserved capacity is untouched (not resident) until written, and no
+    // spare capacity is zeroed ahead of the data.
+    let mut body = Vec::with_capacity(len);
+    let mut chunk = vec![0u8; len.min(64 * 1024)];
+    while body.len() < len {
+        let want = (len - body.len()).min(chunk.len());
+        let n = io.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            let read = body.len();
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("frame of {len} bytes ended after {read}")));
+        }
+        body.extend_from_slice(&chunk[..n]);
     }
     Ok(body)
 }
@@ -559,9 +576,9 @@ impl Network for P2pNetwork {
     }
 }
 
-// The yamux connection window is 1 GiB by default (not settable through
-// libp2p-yamux); at exactly `streams × 256 KiB` no stream window can grow.
-const _: () = assert!(YAMUX_MAX_STREAMS * YAMUX_STREAM_WINDOW == 1024 * 1024 * 1024);
+// No peer ever gets credit for a yamux frame above rust-yamux's frame limit.
+const _: () = assert!(YAMUX_MAX_STREAMS * YAMUX_STREAM_WINDOW <= YAMUX_CONNECTION_WINDOW);
+const _: () = assert!(YAMUX_MAX_STREAM_WINDOW <= YAMUX_MAX_FRAME);
 const _: () = assert!(INBOUND_FRAME_BUDGET >= MAX_FRAME_BYTES);
 
 #[cfg(test)]

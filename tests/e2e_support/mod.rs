@@ -102,6 +102,11 @@ impl NodeProc {
             .expect("VmHWM in /proc status")
     }
 
+    /// The node's log (stderr) so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn peer_id(&self) -> &str {
         self.addr.rsplit('/').next().unwrap_or_default()
     }
