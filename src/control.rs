@@ -520,7 +520,8 @@ mod tests {
         assert!(matches!(first_reply(&deploy(Microcents(9)), &no), Ok(Reply::Error { .. })));
 
         let wait = Request::Migrate { agent: a.clone(), to: "b".into(), wait: true };
-        let started = Event::HandoffStarted { agent: a.clone(), target: NodeId::new("b").unwrap(), epoch: Epoch::default() };
+        let started =
+            Event::HandoffStarted { agent: a.clone(), target: NodeId::new("b").unwrap(), epoch: Epoch::default() };
         let pending = first_reply(&wait, &answer(Ok(()), vec![started], 10)).unwrap_err();
         // An older handoff's end, still in the stream, is not this one's.
         assert_eq!(completes(&pending, &finished(&a, Role::Source, Outcome::Completed, 9)), None);

@@ -47,7 +47,10 @@ pub enum Control {
     /// control socket uses this, so concurrent requests about one agent are
     /// each answered with their own outcome, never matched up afterwards by
     /// (command, agent) from the shared event stream.
-    Ask { ask: Ask, reply: oneshot::Sender<Answer> },
+    Ask {
+        ask: Ask,
+        reply: oneshot::Sender<Answer>,
+    },
     /// Leave the loop (the node value stays usable, e.g. for inspection).
     Stop,
 }
@@ -55,12 +58,7 @@ pub enum Control {
 /// The synchronous part of an operator request ([`Control::Ask`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ask {
-    Deploy {
-        agent: AgentId,
-        wasm: Vec<u8>,
-        manifest: Vec<u8>,
-        budget: Microcents,
-    },
+    Deploy { agent: AgentId, wasm: Vec<u8>, manifest: Vec<u8>, budget: Microcents },
     Command(Command),
 }
 

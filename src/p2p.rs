@@ -8,9 +8,9 @@
 use crate::env::{Incoming, NetError, Network};
 use crate::units::NodeId;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
 use libp2p::core::upgrade::Version;
 use libp2p::core::{Transport, muxing::StreamMuxerBox};
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, SwarmEvent, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm,
@@ -157,7 +157,10 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T, budget: &F
         let n = io.read(&mut chunk[..want]).await?;
         if n == 0 {
             let read = body.len();
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("frame of {len} bytes ended after {read}")));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("frame of {len} bytes ended after {read}"),
+            ));
         }
         body.extend_from_slice(&chunk[..n]);
     }
@@ -318,7 +321,10 @@ impl NetworkBehaviour for IpLimits {
         match event {}
     }
 
-    fn poll(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+    fn poll(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         std::task::Poll::Pending
     }
 }
@@ -410,7 +416,11 @@ impl P2pNetwork {
                 limits: connection_limits::Behaviour::new(limits),
                 identify: identify::Behaviour::new(identify::Config::new("/igor/1.0.0".into(), k.public())),
                 ping: ping::Behaviour::new(ping::Config::new()),
-                rr: request_response::Behaviour::with_codec(FrameCodec::default(), [(PROTOCOL, ProtocolSupport::Full)], rr_config),
+                rr: request_response::Behaviour::with_codec(
+                    FrameCodec::default(),
+                    [(PROTOCOL, ProtocolSupport::Full)],
+                    rr_config,
+                ),
             })
             .map_err(|e| P2pError::Transport(e.to_string()))?
             .with_swarm_config(|c| {

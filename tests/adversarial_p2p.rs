@@ -126,9 +126,8 @@ mod raw {
     impl Peer {
         pub fn new(key: libp2p::identity::Keypair, target: &Multiaddr, timeout: Duration) -> Peer {
             let (peer, base) = igor::p2p::split_peer_addr(target).expect("address with /p2p/");
-            let cfg = request_response::Config::default()
-                .with_request_timeout(timeout)
-                .with_max_concurrent_streams(1024);
+            let cfg =
+                request_response::Config::default().with_request_timeout(timeout).with_max_concurrent_streams(1024);
             let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
                 .with_tokio()
                 .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
@@ -347,7 +346,8 @@ fn idle_connection_flood_from_one_address_does_not_lock_out_a_migration() {
     std::thread::sleep(Duration::from_secs(2));
     deploy_counter(&a, "1");
     wait_until("A to tick", T, || a.agent_status().filter(|s| s.tick.0 >= 3));
-    let out = igord(&["migrate", "counter", "--to", &b.addr, "--wait", "--data-dir", path(&dir_a)], Duration::from_secs(150));
+    let out =
+        igord(&["migrate", "counter", "--to", &b.addr, "--wait", "--data-dir", path(&dir_a)], Duration::from_secs(150));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let opened = flood.join().unwrap();
     eprintln!("idle sockets opened from 127.0.0.2: {opened}");
@@ -427,7 +427,8 @@ fn stream_flood_does_not_stop_a_migration_or_the_agent() {
         tokio::time::timeout(Duration::from_secs(60), peer.send_all(frames.collect())).await
     });
     std::thread::sleep(Duration::from_secs(2));
-    let out = igord(&["migrate", "counter", "--to", &b.addr, "--wait", "--data-dir", path(&dir_a)], Duration::from_secs(150));
+    let out =
+        igord(&["migrate", "counter", "--to", &b.addr, "--wait", "--data-dir", path(&dir_a)], Duration::from_secs(150));
     assert!(out.0.success() && out.1.contains(": completed"), "migration under a stream flood: {out:?}");
     let answers = rt.block_on(flood).unwrap().expect("the flood ends within 60 s");
     let replied = answers.iter().filter(|a| matches!(a, raw::Answer::Reply(_))).count();
@@ -458,7 +459,12 @@ fn concurrent_control_requests_are_each_answered_and_the_agent_ticks_on() {
                 let args: Vec<String> = match i % 4 {
                     0 => vec!["agents".into(), "--json".into()],
                     1 => vec!["recover".into(), "counter".into(), "--anchor".into(), "00".repeat(32)],
-                    2 => vec!["migrate".into(), "ghost".into(), "--to".into(), "12D3KooWRBhwfeP2Y9CDkFRBAZ1pmxUadH36TKuk3KtKm5XXP8mA".into()],
+                    2 => vec![
+                        "migrate".into(),
+                        "ghost".into(),
+                        "--to".into(),
+                        "12D3KooWRBhwfeP2Y9CDkFRBAZ1pmxUadH36TKuk3KtKm5XXP8mA".into(),
+                    ],
                     _ => vec!["agents".into()],
                 };
                 let mut all: Vec<&str> = args.iter().map(String::as_str).collect();

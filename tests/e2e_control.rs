@@ -126,9 +126,8 @@ fn concurrent_deploys_of_one_name_each_get_their_own_answer() {
         assert_eq!(budget.0, [1_000_000, 2_000_000][winner], "the reply carries its own request's budget");
         let Reply::Error { error } = refused[0] else { unreachable!() };
         assert!(error.contains("already known"), "{error}");
-        let held = wait_until("the board to list the twin", T, || {
-            a.status().into_iter().find(|s| s.agent.as_str() == name)
-        });
+        let held =
+            wait_until("the board to list the twin", T, || a.status().into_iter().find(|s| s.agent.as_str() == name));
         assert!(held.budget.0 <= budget.0 && held.budget.0 > budget.0 - 500_000, "{held:?} vs {budget}");
     }
 }
@@ -184,7 +183,8 @@ fn migrate_wait_exits_1_unless_completed() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let to = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{ghost}");
-    let out = igord(&["migrate", "counter", "--to", &to, "--wait", "--data-dir", path(&dir_b)], Duration::from_secs(150));
+    let out =
+        igord(&["migrate", "counter", "--to", &to, "--wait", "--data-dir", path(&dir_b)], Duration::from_secs(150));
     assert_eq!(out.0.code(), Some(1), "{out:?}");
     assert!(out.2.contains("failed_before_send"), "{out:?}");
     let out = igord(&["migrate", "counter", "--to", &to, "--wait", "--json", "--data-dir", path(&dir_b)], T);
@@ -210,7 +210,9 @@ fn retire_from_the_command_line() {
     let out = igord(&["retire", "counter", "--data-dir", path(&dir)], T);
     assert_eq!(out.0.code(), Some(0), "{out:?}");
     assert!(out.1.contains("retired counter"), "{out:?}");
-    assert!(a.agent_status().is_none(), "RETIRED agents are not listed by default");
+    let listed = igord(&["agents", "--json", "--data-dir", path(&dir)], T);
+    let Ok(Reply::Agents { agents, .. }) = serde_json::from_str::<Reply>(listed.1.trim()) else { panic!("{listed:?}") };
+    assert!(agents.is_empty(), "RETIRED agents are not listed by default: {agents:?}");
     let all = igord(&["agents", "--all", "--json", "--data-dir", path(&dir)], T);
     let Ok(Reply::Agents { agents, .. }) = serde_json::from_str::<Reply>(all.1.trim()) else { panic!("{all:?}") };
     assert_eq!(agents.iter().find(|s| s.agent == agent()).map(|s| s.state), Some(AuthorityState::Retired));
@@ -262,7 +264,9 @@ fn unwritable_agent_files_pause_the_agent_and_log_once_per_state_change() {
 
     unblock("agents/counter");
     unblock("history/counter");
-    wait_until("the agent to resume", T, || a.agent_status().filter(|s| s.degraded.is_none() && s.ticks_here > paused.ticks_here + 2));
+    wait_until("the agent to resume", T, || {
+        a.agent_status().filter(|s| s.degraded.is_none() && s.ticks_here > paused.ticks_here + 2)
+    });
     let events = a.events();
     let failing = events.iter().filter(|e| matches!(e.event, Event::PersistFailing { .. })).count();
     let restored = events.iter().filter(|e| matches!(e.event, Event::PersistRestored { .. })).count();

@@ -121,7 +121,8 @@ impl NodeProc {
     }
 
     pub fn status(&self) -> Vec<AgentStatus> {
-        let out = igord(&["agents", "--json", "--data-dir", path(&self.dir)], Duration::from_secs(20));
+        // --all: tests look at RETIRED sources too.
+        let out = igord(&["agents", "--all", "--json", "--data-dir", path(&self.dir)], Duration::from_secs(20));
         assert!(out.0.success(), "igord agents on {}: {}", self.name, out.2);
         let reply: igor::control::Reply = serde_json::from_str(out.1.trim()).expect("agents reply is JSON");
         match reply {
