@@ -1,5 +1,5 @@
 //! The local control interface of `igord node`: the JSON requests an
-//! operator (or the `igord agents|deploy|migrate|recover|stop` clients)
+//! operator (or the `igord agents|deploy|migrate|recover|retire|stop` clients)
 //! sends to a running node, the replies, and the [`StatusBoard`] the node
 //! answers `agents` from, kept by folding the node's own event stream.
 //! Pure data: no I/O, no decisions (commands go to the node unchanged); the
