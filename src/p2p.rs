@@ -401,8 +401,9 @@ impl P2pNetwork {
             .with_other_transport(|k| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
                 let mut mux = yamux::Config::default();
                 mux.set_max_num_streams(YAMUX_MAX_STREAMS);
-                // The builder's `with_tcp` sets no handshake timeout: a
-                // silent socket would hold a pending slot forever.
+                // Our own handshake deadline (the builder's `with_tcp`
+                // leaves it to libp2p, which closed silent sockets after
+                // 10 s): a silent socket frees its pending slot in 5 s.
                 Ok(tcp::tokio::Transport::new(tcp::Config::default())
                     .upgrade(Version::V1Lazy)
                     .authenticate(noise::Config::new(k)?)

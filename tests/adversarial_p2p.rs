@@ -357,6 +357,45 @@ fn idle_connection_flood_from_one_address_does_not_lock_out_a_migration() {
     assert_history_verifies(&dir_b, "after the idle flood");
 }
 
+/// 16 silent sockets from 127.0.0.1 (the address every local peer shares,
+/// so the per-IP limit does not help here) are closed by the node once
+/// `p2p::HANDSHAKE_TIMEOUT` (5 s) passes, and a migration from 127.0.0.1
+/// then completes. (The node before this change closed them after 10 s.)
+#[test]
+fn silent_sockets_are_closed_after_the_handshake_timeout() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = NodeProc::start("A", &dir_a, &[], &[]);
+    let b = NodeProc::start("B", &dir_b, &[], &[]);
+    let port: u16 = b.addr.split("/tcp/").nth(1).and_then(|p| p.split('/').next()).unwrap().parse().unwrap();
+    let mut silent: Vec<std::net::TcpStream> =
+        (0..16).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
+    let limit = igor::p2p::HANDSHAKE_TIMEOUT + Duration::from_secs(10);
+    for s in &mut silent {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 256];
+        // The node speaks first (multistream-select) or not at all; either
+        // way the socket must end (EOF or reset) within the timeout.
+        let start = std::time::Instant::now();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            assert!(start.elapsed() < limit, "a silent socket stayed open past the handshake timeout");
+        }
+        assert!(start.elapsed() < limit, "a silent socket stayed open past the handshake timeout");
+    }
+    deploy_counter(&a, "1");
+    wait_until("A to tick", T, || a.agent_status().filter(|s| s.tick.0 >= 3));
+    let out = igord(
+        &["migrate", "counter", "--to", &b.addr, "--wait", "--data-dir", path(&dir_a)],
+        Duration::from_secs(150),
+    );
+    assert!(out.0.success() && out.1.contains(": completed"), "migration after silent sockets: {out:?}");
+}
+
 /// Found 5: one connection with four streams each declaring ~240 MiB took
 /// the node from 10 MB to 420 MB RSS in 2 s (frames were buffered whole,
 /// with no overall cap). Now frames share one budget
