@@ -133,7 +133,21 @@ impl FrameBudget {
     }
 }
 
-async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T, budget: &FrameBudget) -> io::Result<Vec<u8>> {
+/// The request a node reads, and the reply it sends, when a request frame
+/// did not fit the inbound frame budget: the frame was read and dropped,
+/// never shown to the node. Not JSON, so never a real envelope. The sender's
+/// adapter maps this reply to `NetError::Unreachable` (provably not acted
+/// on: safe to retry), not to `Lost` (a handoff would become ambiguous).
+pub const BUSY: &[u8] = b"\0igor/busy: the receiver's inbound frame budget is exhausted";
+
+/// Read one frame. A request (`drain_when_busy`) that does not fit the
+/// budget is read and dropped, and [`BUSY`] returned in its place; a reply
+/// that does not fit is an error.
+async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
+    io: &mut T,
+    budget: &FrameBudget,
+    drain_when_busy: bool,
+) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -142,6 +156,20 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T, budget: &F
     }
     let Some(_held) = budget.reserve(len) else {
         let left = budget.left();
+        if drain_when_busy {
+            // Read and drop the body (so the sender finishes writing and
+            // reads the answer): it costs bandwidth, not memory.
+            let mut chunk = vec![0u8; len.min(64 * 1024)];
+            let mut seen = 0;
+            while seen < len {
+                let want = (len - seen).min(chunk.len());
+                match io.read(&mut chunk[..want]).await? {
+                    0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "busy frame ended early")),
+                    n => seen += n,
+                }
+            }
+            return Ok(BUSY.to_vec());
+        }
         return Err(io::Error::new(
             io::ErrorKind::OutOfMemory,
             format!("frame of {len} bytes over the {left} bytes left of the inbound frame budget"),
@@ -184,14 +212,14 @@ impl request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io, &self.budget).await
+        read_frame(io, &self.budget, true).await
     }
     async fn read_response<T: futures::AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io, &self.budget).await
+        read_frame(io, &self.budget, false).await
     }
     async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
         &mut self,
@@ -534,6 +562,12 @@ fn handle_rr(
 ) {
     match ev {
         request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request { request, channel, .. } if request == BUSY => {
+                // Over the budget: the node never sees it; the sender learns
+                // it was not delivered.
+                tracing::debug!(%peer, "request over the inbound frame budget refused as busy");
+                let _ = cmd_tx.send(Cmd::Respond { channel, body: BUSY.to_vec() });
+            }
             request_response::Message::Request { request, channel, .. } => {
                 let Ok(from) = NodeId::new(peer.to_string()) else { return };
                 let (tx, rx) = oneshot::channel();
@@ -549,8 +583,14 @@ fn handle_rr(
                 });
             }
             request_response::Message::Response { request_id, response } => {
-                if let Some((_, reply)) = pending.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
+                if let Some((peer, reply)) = pending.remove(&request_id) {
+                    let result = if response == BUSY {
+                        let reason = "the peer's inbound frame budget is exhausted (request dropped unread)".into();
+                        Err(NetError::Unreachable { peer, reason })
+                    } else {
+                        Ok(response)
+                    };
+                    let _ = reply.send(result);
                 }
             }
         },
@@ -608,19 +648,25 @@ mod tests {
         let budget = FrameBudget::default();
         let big = 240 * 1024 * 1024;
         let held = budget.reserve(big).expect("one large frame fits");
+        // A reply that does not fit is refused before its body is read.
         let mut second = frame(big as u32, b"not read");
-        let err = futures::executor::block_on(read_frame(&mut second, &budget)).unwrap_err();
+        let err = futures::executor::block_on(read_frame(&mut second, &budget, false)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::OutOfMemory, "{err}");
         assert_eq!(second.position(), 4, "only the length prefix was read");
+        // A request that does not fit is read, dropped and answered BUSY.
+        let over = 32 * 1024 * 1024;
+        let mut request = frame(over as u32, &vec![b'x'; over]);
+        assert_eq!(futures::executor::block_on(read_frame(&mut request, &budget, true)).unwrap(), BUSY);
+        assert_eq!(request.position() as usize, 4 + over, "drained, so the sender can read the answer");
         // Small frames still fit beside it.
         let mut small = frame(5, b"hello");
-        assert_eq!(futures::executor::block_on(read_frame(&mut small, &budget)).unwrap(), b"hello");
+        assert_eq!(futures::executor::block_on(read_frame(&mut small, &budget, true)).unwrap(), b"hello");
         assert_eq!(budget.left(), INBOUND_FRAME_BUDGET - big);
         drop(held);
         assert_eq!(budget.left(), INBOUND_FRAME_BUDGET);
         // A truncated frame gives its share back too.
         let mut short = frame(100, b"only ten b");
-        assert!(futures::executor::block_on(read_frame(&mut short, &budget)).is_err());
+        assert!(futures::executor::block_on(read_frame(&mut short, &budget, true)).is_err());
         assert_eq!(budget.left(), INBOUND_FRAME_BUDGET);
     }
 

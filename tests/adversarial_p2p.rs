@@ -424,7 +424,10 @@ fn frame_flood_on_four_streams_stays_within_the_inbound_budget() {
         tokio::time::timeout(Duration::from_secs(60), peer.send_all(frames)).await.expect("the flood ends within 60 s")
     });
     for (i, a) in answers.iter().enumerate() {
-        eprintln!("stream {i}: {a:?}");
+        match a {
+            raw::Answer::Reply(r) => eprintln!("stream {i}: reply {:?}", String::from_utf8_lossy(r)),
+            raw::Answer::Failed(f) => eprintln!("stream {i}: failed: {f}"),
+        }
     }
     let peak = b.peak_rss_kib();
     let budget_kib = (igor::p2p::INBOUND_FRAME_BUDGET as u64) / 1024;
@@ -438,7 +441,14 @@ fn frame_flood_on_four_streams_stays_within_the_inbound_budget() {
     // plus 64 MiB for yamux windows and allocator slack.
     let bound = base_rss + budget_kib + 64 * 1024;
     assert!(peak < bound, "peak RSS {peak} KiB over {bound} KiB");
-    assert!(answers.iter().all(|a| matches!(a, raw::Answer::Failed(_))), "no 240 MiB frame of 'a'..'d' is believed");
+    // One frame fits the budget (and is then refused as not an envelope:
+    // a closed stream); the other three are drained and answered busy.
+    let busy = answers.iter().filter(|a| matches!(a, raw::Answer::Reply(r) if r == igor::p2p::BUSY)).count();
+    assert_eq!(busy, 3, "three of four 240 MiB frames do not fit the budget at once");
+    assert!(
+        answers.iter().all(|a| !matches!(a, raw::Answer::Reply(r) if r != igor::p2p::BUSY)),
+        "no frame is believed"
+    );
     assert_still_ticking(&b, epoch, "after the frame flood");
     assert_history_verifies(&dir, "after the frame flood");
 }
@@ -518,4 +528,44 @@ fn concurrent_control_requests_are_each_answered_and_the_agent_ticks_on() {
     }
     assert_still_ticking(&a, epoch, "after the control storm");
     assert_history_verifies(&dir, "after the control storm");
+}
+
+/// While another peer holds most of the inbound frame budget (a 240 MiB
+/// frame declared and never sent), an honest 32 MiB request is read and
+/// dropped, and its sender gets `Unreachable` (provably not delivered: a
+/// handoff retries or stays on the source) instead of `Lost` (which would
+/// make a handoff ambiguous and pause the agent). A small request still
+/// gets through.
+#[test]
+fn a_request_over_the_budget_is_refused_as_not_delivered() {
+    use igor::env::{NetError, Network};
+    use igor::p2p::P2pNetwork;
+    rt().block_on(async {
+        let listen: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+        let key = |b: u8| libp2p::identity::Keypair::ed25519_from_bytes([b; 32]).unwrap();
+        let b = std::sync::Arc::new(P2pNetwork::start(key(2), listen.clone(), &[]).await.unwrap());
+        let b_addr = b.listen_addrs[0].clone();
+        let echo = b.clone();
+        tokio::spawn(async move {
+            while let Some(inc) = echo.accept().await {
+                let _ = inc.reply.send(format!("got {} bytes", inc.body.len()).into_bytes());
+            }
+        });
+        let a = P2pNetwork::start(key(1), listen, std::slice::from_ref(&b_addr)).await.unwrap();
+        let b_id = b.local_id().clone();
+        let hog = raw::Frame { declared_len: 240 * 1024 * 1024, hang: true, ..Default::default() };
+        let mut attacker = raw::Peer::new(key(3), &b_addr, Duration::from_secs(60));
+        let held = tokio::spawn(async move { attacker.send_all(vec![hog]).await });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let big = vec![b'{'; 32 * 1024 * 1024];
+        let res = tokio::time::timeout(Duration::from_secs(60), a.request(&b_id, big)).await.expect("answered");
+        match res {
+            Err(NetError::Unreachable { reason, .. }) => assert!(reason.contains("budget"), "{reason}"),
+            other => panic!("a request over the budget must be 'not delivered', got {other:?}"),
+        }
+        let small = tokio::time::timeout(Duration::from_secs(20), a.request(&b_id, b"hi".to_vec())).await.unwrap();
+        assert_eq!(small.unwrap(), b"got 2 bytes");
+        held.abort();
+    });
 }
