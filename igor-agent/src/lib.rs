@@ -8,7 +8,8 @@
 //! by a different state struct is refused with
 //! [`StateError::VersionMismatch`], never misread. Hostcalls go through
 //! [`Ctx`], one typed method per `igor.*` import, each returning a `Result`
-//! with a named error. [`mock`] runs the same agent natively for
+//! with a named error. [`intent`] keeps side effects that must not be
+//! lost or repeated unnoticed. [`mock`] runs the same agent natively for
 //! `cargo test`.
 //!
 //! Deterministic by construction: the crate is `no_std`; time and
@@ -49,6 +50,7 @@ extern crate std;
 
 mod ctx;
 mod host;
+pub mod intent;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mock;
 #[doc(hidden)]

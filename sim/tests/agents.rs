@@ -40,8 +40,12 @@ fn read(rel: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-const AGENTS: [(&str, &str); 3] =
-    [("heartbeat", "heartbeat"), ("kv-counter", "kv_counter"), ("price-watcher", "price_watcher")];
+const AGENTS: [(&str, &str); 4] = [
+    ("heartbeat", "heartbeat"),
+    ("kv-counter", "kv_counter"),
+    ("price-watcher", "price_watcher"),
+    ("sentinel", "sentinel"),
+];
 
 #[test]
 fn committed_wasm_matches_a_fresh_build() {
@@ -206,4 +210,59 @@ fn price_watcher_simulation_is_exact() {
     assert!(a.matches_expectation(), "{}", a.summary("price-watcher-migrate"));
     assert_eq!(a.trace.first_difference(&b.trace), None);
     assert_eq!(a.trace.hash(), b.trace.hash());
+}
+
+/// The size budget chosen for the example agents (docs/agents.md).
+const SIZE_BUDGET: usize = 64 * 1024;
+
+#[test]
+fn example_agents_fit_the_size_budget() {
+    for (dir, name) in AGENTS {
+        let n = read(&format!("agents/rust/{dir}/{name}.wasm")).len();
+        assert!(n < SIZE_BUDGET, "agents/rust/{dir}/{name}.wasm is {n} bytes, over the {SIZE_BUDGET}-byte budget");
+    }
+}
+
+#[test]
+fn sentinel_pays_each_intent_once_with_its_key_as_memo() {
+    let wasm = read("agents/rust/sentinel/sentinel.wasm");
+    let manifest = read("agents/rust/sentinel/sentinel.manifest.json");
+    let ledger = igor::membrane::LedgerPayments::default();
+    let cfg = SandboxConfig { pooling_instances: Some(4), payments: Arc::new(ledger.clone()), ..SandboxConfig::default() };
+    let mut sb = Sandbox::new(cfg).unwrap();
+    let (state, _) = run(&mut sb, &wasm, &manifest, (&[], &[]), 1..=10);
+    let s: sentinel::Sentinel = state::decode(&state, 1).unwrap();
+    assert_eq!((s.payments, s.paid, s.refused), (3, 3 * sentinel::AMOUNT, 0));
+    let memos: Vec<String> = ledger.payments().iter().map(|p| p.memo.clone()).collect();
+    assert_eq!(memos, ["intent-1", "intent-2", "intent-3"]);
+}
+
+/// (tick, paid) of every tick_finished line for `agent` in a trace.
+fn paying_ticks(trace: &igor_sim::trace::Trace, agent: &str) -> Vec<(u64, u64)> {
+    let field = |l: &str, k: &str| -> Option<u64> {
+        l.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse().ok())
+    };
+    trace
+        .lines()
+        .iter()
+        .filter(|l| l.contains(" tick_finished ") && l.contains(&format!("agent={agent} ")))
+        .filter_map(|l| Some((field(l, "tick=")?, field(l, "paid=")?)))
+        .filter(|(_, paid)| *paid > 0)
+        .collect()
+}
+
+#[test]
+fn sentinel_migration_pays_no_tick_twice() {
+    let path = root().join("scenarios/agents/sentinel-migrate-chain.ron");
+    let scenario = Scenario::load(&path).unwrap();
+    let report = runner::run(&scenario, &Scenario::base_dir(&path), None).unwrap();
+    assert!(report.matches_expectation(), "{}", report.summary("sentinel-migrate-chain"));
+    let paid = paying_ticks(&report.trace, "sentinel");
+    assert!(paid.len() >= 5, "{paid:?}");
+    let mut ticks: Vec<u64> = paid.iter().map(|p| p.0).collect();
+    ticks.dedup();
+    assert_eq!(ticks.len(), paid.len(), "a tick paid twice across the handoffs: {paid:?}");
+    assert!(paid.iter().all(|p| p.1 == sentinel::AMOUNT as u64), "{paid:?}");
+    // Intent k is recorded at tick 3k and paid at tick 3k + 1.
+    assert!(paid.iter().all(|p| p.0 % sentinel::PERIOD == 1), "{paid:?}");
 }
