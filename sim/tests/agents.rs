@@ -266,3 +266,44 @@ fn sentinel_migration_pays_no_tick_twice() {
     // Intent k is recorded at tick 3k and paid at tick 3k + 1.
     assert!(paid.iter().all(|p| p.0 % sentinel::PERIOD == 1), "{paid:?}");
 }
+
+fn igor_sim(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_igor-sim"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run igor-sim")
+}
+
+#[test]
+fn explore_runs_a_template_on_a_users_agent() {
+    let out = igor_sim(&[
+        "explore",
+        "scenarios/templates/a1-swarm.ron",
+        "--seeds",
+        "0..2",
+        "--allow-gaps",
+        "--agent",
+        "agents/rust/heartbeat/heartbeat.wasm",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("explored 2 seeds") && text.contains("2 passed, 0 failed"), "{text}");
+    // The override reaches the runner: the heartbeat imports kv, which the
+    // price watcher's manifest does not grant, so every seed fails to load.
+    let out = igor_sim(&[
+        "explore",
+        "scenarios/templates/a1-swarm.ron",
+        "--seeds",
+        "0..1",
+        "--allow-gaps",
+        "--agent",
+        "agents/rust/heartbeat/heartbeat.wasm",
+        "--manifest",
+        "agents/rust/price-watcher/price_watcher.manifest.json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("FAIL seed 0") && text.contains("kv"), "{text}");
+    assert!(text.contains("--agent agents/rust/heartbeat/heartbeat.wasm --manifest"), "reproduce line: {text}");
+}
