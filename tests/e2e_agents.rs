@@ -64,7 +64,14 @@ fn tick_numbers(events: &[NodeEvent]) -> Vec<u64> {
 
 fn migrate(from: &NodeProc, to: &NodeProc) {
     let out = igord(&["migrate", AGENT, "--to", &to.addr, "--wait", "--data-dir", path(&from.dir)], T);
-    assert!(out.0.success() && out.1.contains(": completed"), "migrate {} -> {}: {} {}", from.name, to.name, out.1, out.2);
+    assert!(
+        out.0.success() && out.1.contains(": completed"),
+        "migrate {} -> {}: {} {}",
+        from.name,
+        to.name,
+        out.1,
+        out.2
+    );
 }
 
 #[test]
@@ -103,9 +110,10 @@ fn heartbeat_migrates_a_b_c_with_its_own_count_continuous() {
     // No tick trapped (a state/kv mismatch would), and the tick numbers
     // run on from node to node without gap or repeat.
     for n in [&a, &b, &c] {
-        let trapped = n.events().into_iter().find(|e| {
-            matches!(&e.event, Event::TickFinished { outcome, .. } if !outcome.contains("Completed"))
-        });
+        let trapped = n
+            .events()
+            .into_iter()
+            .find(|e| matches!(&e.event, Event::TickFinished { outcome, .. } if !outcome.contains("Completed")));
         assert!(trapped.is_none(), "{}: {trapped:?}", n.name);
     }
     let (ta, tb, tc) = (tick_numbers(&a.events()), tick_numbers(&b.events()), tick_numbers(&c.events()));

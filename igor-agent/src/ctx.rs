@@ -599,8 +599,13 @@ impl<'a> Ctx<'a> {
     pub fn http(&mut self, req: &Request) -> Result<Response, HttpError> {
         // At least 4 bytes, so a -5 can carry its needed length.
         let mut resp = vec![0u8; req.max_response.max(4)];
-        let code =
-            self.host.http_request(req.method.as_bytes(), req.url.as_bytes(), req.headers.as_bytes(), &req.body, &mut resp);
+        let code = self.host.http_request(
+            req.method.as_bytes(),
+            req.url.as_bytes(),
+            req.headers.as_bytes(),
+            &req.body,
+            &mut resp,
+        );
         if code < 0 {
             return Err(HttpError::from_code(code, &resp));
         }

@@ -206,7 +206,15 @@ impl Host for WasmHost {
     }
     fn wallet_pay(&mut self, amount: i64, recipient: &[u8], memo: &[u8], receipt: &mut [u8]) -> i32 {
         unsafe {
-            sys::wallet_pay(amount, p(recipient), n(recipient), p(memo), n(memo), receipt.as_mut_ptr() as i32, n(receipt))
+            sys::wallet_pay(
+                amount,
+                p(recipient),
+                n(recipient),
+                p(memo),
+                n(memo),
+                receipt.as_mut_ptr() as i32,
+                n(receipt),
+            )
         }
     }
     fn kv_get(&mut self, key: &[u8], buf: &mut [u8]) -> i32 {

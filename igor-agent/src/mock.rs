@@ -42,6 +42,9 @@ pub struct Payment {
     pub memo: String,
 }
 
+/// A scripted http answer: (status, body) or a failure code.
+type Scripted = Result<(u16, Vec<u8>), i32>;
+
 /// A scripted, deterministic host.
 ///
 /// ```
@@ -66,7 +69,7 @@ pub struct MockHost {
     kv_quota: usize,
     owner: bool,
     allowed_hosts: Vec<String>,
-    routes: BTreeMap<(String, String), Result<(u16, Vec<u8>), i32>>,
+    routes: BTreeMap<(String, String), Scripted>,
     http_calls: Vec<String>,
     allowed_recipients: Vec<String>,
     max_payment: i64,

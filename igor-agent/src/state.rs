@@ -21,10 +21,22 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The first four bytes of every state.
+///
+/// ```
+/// assert!(igor_agent::state::encode(&0u8, 1).unwrap().starts_with(&igor_agent::state::MAGIC));
+/// ```
 pub const MAGIC: [u8; 4] = *b"IGAS";
 /// The header layout version (this file's format).
+///
+/// ```
+/// assert_eq!(igor_agent::state::encode(&0u8, 1).unwrap()[4], igor_agent::state::FORMAT);
+/// ```
 pub const FORMAT: u8 = 1;
 /// Header length in bytes.
+///
+/// ```
+/// assert_eq!(igor_agent::state::encode(&(), 1).unwrap().len(), igor_agent::state::HEADER_LEN);
+/// ```
 pub const HEADER_LEN: usize = 17;
 
 /// Why state bytes could not be encoded or decoded.
@@ -78,9 +90,15 @@ pub enum StateError {
 impl fmt::Display for StateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StateError::TooShort { len } => write!(f, "agent state: {len} bytes, shorter than the {HEADER_LEN}-byte header"),
-            StateError::BadMagic => f.write_str("agent state: does not start with \"IGAS\" (not written by igor-agent)"),
-            StateError::UnknownFormat(v) => write!(f, "agent state: unknown header format {v} (this SDK reads {FORMAT})"),
+            StateError::TooShort { len } => {
+                write!(f, "agent state: {len} bytes, shorter than the {HEADER_LEN}-byte header")
+            }
+            StateError::BadMagic => {
+                f.write_str("agent state: does not start with \"IGAS\" (not written by igor-agent)")
+            }
+            StateError::UnknownFormat(v) => {
+                write!(f, "agent state: unknown header format {v} (this SDK reads {FORMAT})")
+            }
             StateError::VersionMismatch {
                 type_name,
                 found_version,

@@ -99,8 +99,13 @@ fn inputs(tick: u64) -> TickInputs {
 }
 
 /// Run `ticks` live ticks of an agent from (state, kv); return its (state, kv).
-fn run(sb: &mut Sandbox, wasm: &[u8], manifest: &[u8], from: (&[u8], &[u8]), ticks: std::ops::RangeInclusive<u64>)
--> (Vec<u8>, Vec<u8>) {
+fn run(
+    sb: &mut Sandbox,
+    wasm: &[u8],
+    manifest: &[u8],
+    from: (&[u8], &[u8]),
+    ticks: std::ops::RangeInclusive<u64>,
+) -> (Vec<u8>, Vec<u8>) {
     let hash = sb.prepare(wasm, manifest).unwrap();
     let mut inst = sb.start(&hash, manifest, from.0, from.1).unwrap();
     for t in ticks {
@@ -228,7 +233,8 @@ fn sentinel_pays_each_intent_once_with_its_key_as_memo() {
     let wasm = read("agents/rust/sentinel/sentinel.wasm");
     let manifest = read("agents/rust/sentinel/sentinel.manifest.json");
     let ledger = igor::membrane::LedgerPayments::default();
-    let cfg = SandboxConfig { pooling_instances: Some(4), payments: Arc::new(ledger.clone()), ..SandboxConfig::default() };
+    let cfg =
+        SandboxConfig { pooling_instances: Some(4), payments: Arc::new(ledger.clone()), ..SandboxConfig::default() };
     let mut sb = Sandbox::new(cfg).unwrap();
     let (state, _) = run(&mut sb, &wasm, &manifest, (&[], &[]), 1..=10);
     let s: sentinel::Sentinel = state::decode(&state, 1).unwrap();

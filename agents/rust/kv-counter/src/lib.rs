@@ -71,10 +71,10 @@ impl Agent for KvCounter {
             }
             Err(e) => panic!("kv-counter: {e}"),
         }
-        if next > JOURNAL {
-            if let Err(e) = cx.kv_delete(&key(next - JOURNAL)) {
-                panic!("kv-counter: {e}");
-            }
+        if next > JOURNAL
+            && let Err(e) = cx.kv_delete(&key(next - JOURNAL))
+        {
+            panic!("kv-counter: {e}");
         }
         cx.log(&format!("kv-counter n={next}"));
         Tick::Idle

@@ -92,7 +92,13 @@ impl Sentinel {
     fn check(&self) {
         let confirmed = self.intents.with_status(Status::Confirmed).count() as u64;
         assert!(confirmed <= self.payments, "sentinel: {confirmed} confirmed intents, {} payments", self.payments);
-        assert_eq!(self.paid, self.payments as i64 * AMOUNT, "sentinel: paid {} for {} payments", self.paid, self.payments);
+        assert_eq!(
+            self.paid,
+            self.payments as i64 * AMOUNT,
+            "sentinel: paid {} for {} payments",
+            self.paid,
+            self.payments
+        );
     }
 }
 
@@ -108,7 +114,7 @@ impl Agent for Sentinel {
         self.last_balance = cx.balance();
         self.last_price = cx.node_price();
         self.pay_one(cx);
-        if self.ticks % PERIOD == 0 {
+        if self.ticks.is_multiple_of(PERIOD) {
             self.intents.record("pay", format!("{PAYEE}:{AMOUNT}").into_bytes());
         }
         // Confirmed ones are counted in `payments`; keep the state bounded.
