@@ -168,7 +168,7 @@ fn a_changed_state_struct_fails_to_resume_naming_the_version_mismatch() {
     // lifecycle error and never ticks on it.
     let mut sb = sandbox(ScriptedHttp::new());
     let hash = sb.prepare(&wasm, &manifest).unwrap();
-    let err = sb.start(&hash, &manifest, &changed, &[]).err().expect("resume must fail");
+    let Err(err) = sb.start(&hash, &manifest, &changed, &[]) else { panic!("resume must fail") };
     assert!(err.to_string().contains("agent_resume trapped"), "{err}");
     // The same bytes re-encoded by the agent's own struct resume fine.
     let same = state::encode(&Heartbeat { beats: 3, first_ns: 1, last_ns: 2, refused: 0 }, 1).unwrap();
