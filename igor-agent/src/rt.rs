@@ -2,13 +2,26 @@
 //! storage, the ABI entry points, and on wasm32 the allocator and panic
 //! handler. Wasm is single-threaded, so the slot is a plain cell.
 //!
+//! **Canonical heap (RE-3, metering).** A node replays a tick on a fresh
+//! instance resumed from the tick's starting state, and must get the same
+//! fuel (cost) as the live tick. Fuel depends on the heap: which free list
+//! an allocation hits, a `Vec`'s spare capacity, a map's node layout. So
+//! the heap at the start of every tick is made a function of the state
+//! bytes alone: after `agent_init`, after `agent_resume` and at the end of
+//! every tick, the runtime encodes the agent, resets the allocator to
+//! empty (the old heap is abandoned, nothing is dropped), copies the bytes
+//! to the first block and decodes the agent after them. The live instance
+//! and a replaying one then run each tick from the same heap, whatever ran
+//! before (earlier ticks, checkpoints). `agent_checkpoint` returns those
+//! bytes and allocates nothing. The cost: one encode and decode of the
+//! state per tick, charged to the tick.
+//!
 //! A resume that fails (another schema, corrupt bytes) traps inside
 //! `agent_resume`: the node refuses to load the agent (spec §1: a lifecycle
 //! failure), and nothing ever runs on misread state.
 
 #[cfg(target_arch = "wasm32")]
 use crate::{Agent, state};
-use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 
 /// Where the exported agent lives between calls (used on wasm32 only).
@@ -21,8 +34,9 @@ pub struct Slot<A> {
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct Inner<A> {
     agent: Option<A>,
-    saved: Vec<u8>,
-    fingerprint: Option<u64>,
+    /// The state bytes of `agent`: the first block of the canonical heap.
+    saved: (usize, usize),
+    fingerprint: u64,
 }
 
 // SAFETY: wasm32 guests are single-threaded; natively a Slot is never shared
@@ -38,7 +52,7 @@ impl<A> Default for Slot<A> {
 impl<A> Slot<A> {
     /// An empty slot.
     pub const fn new() -> Self {
-        Slot { inner: UnsafeCell::new(Inner { agent: None, saved: Vec::new(), fingerprint: None }) }
+        Slot { inner: UnsafeCell::new(Inner { agent: None, saved: (0, 0), fingerprint: 0 }) }
     }
 }
 
@@ -50,74 +64,96 @@ impl<A: Agent> Slot<A> {
         unsafe { &mut *self.inner.get() }
     }
 
-    fn fingerprint(&self) -> u64 {
-        *self.inner().fingerprint.get_or_insert_with(state::fingerprint::<A>)
+    /// Rebuild the heap from `len` state bytes at `src` (anywhere in the
+    /// old heap): reset the allocator, move the bytes to the first block,
+    /// decode the agent after them. Traps if they do not decode.
+    fn rebuild(&self, src: usize, len: usize) {
+        let inner = self.inner();
+        // Abandon the old heap: dropping would run history-dependent code.
+        if let Some(old) = inner.agent.take() {
+            core::mem::forget(old);
+        }
+        wasm_runtime::reset();
+        let layout = bytes_layout(len);
+        // SAFETY: non-zero size; the allocator is empty, so this is the first block.
+        let dst = unsafe { alloc::alloc::alloc(layout) } as usize;
+        if dst == 0 {
+            core::arch::wasm32::unreachable()
+        }
+        // SAFETY: `src` holds `len` bytes; the ranges may overlap (memmove).
+        unsafe { core::ptr::copy(src as *const u8, dst as *mut u8, len) };
+        // SAFETY: just written.
+        let bytes = unsafe { core::slice::from_raw_parts(dst as *const u8, len) };
+        match state::decode_with::<A>(bytes, A::VERSION, inner.fingerprint) {
+            Ok(agent) => inner.agent = Some(agent),
+            // Refuse loudly: never tick on state from another schema.
+            Err(_) => core::arch::wasm32::unreachable(),
+        }
+        inner.saved = (dst, len);
+    }
+
+    /// Encode the agent and rebuild the heap from the bytes.
+    fn canonicalize(&self) {
+        let inner = self.inner();
+        let Some(agent) = inner.agent.as_ref() else { core::arch::wasm32::unreachable() };
+        let Ok(bytes) = state::encode_with(agent, A::VERSION, inner.fingerprint) else {
+            core::arch::wasm32::unreachable()
+        };
+        let (src, len) = (bytes.as_ptr() as usize, bytes.len());
+        core::mem::forget(bytes);
+        self.rebuild(src, len);
     }
 
     /// `agent_init`.
     pub fn init(&self) {
-        self.inner().agent = Some(A::init());
-    }
-
-    /// `agent_tick`.
-    pub fn tick(&self) -> i32 {
-        let agent = self.inner().agent.get_or_insert_with(A::init);
-        let mut host = crate::host::WasmHost;
-        agent.tick(&mut crate::Ctx::new(&mut host)).code()
-    }
-
-    /// `agent_checkpoint`: encode into the slot's buffer, return its length.
-    pub fn checkpoint(&self) -> i32 {
-        let fp = self.fingerprint();
         let inner = self.inner();
-        let agent = inner.agent.get_or_insert_with(A::init);
-        match state::encode_with(agent, A::VERSION, fp) {
-            Ok(bytes) => {
-                inner.saved = bytes;
-                inner.saved.len() as i32
-            }
-            Err(_) => core::arch::wasm32::unreachable(),
-        }
+        inner.fingerprint = state::fingerprint::<A>();
+        inner.agent = Some(A::init());
+        self.canonicalize();
+    }
+
+    /// `agent_tick`: the agent's tick, then the canonical heap for the next.
+    pub fn tick(&self) -> i32 {
+        let Some(agent) = self.inner().agent.as_mut() else { core::arch::wasm32::unreachable() };
+        let mut host = crate::host::WasmHost;
+        let code = agent.tick(&mut crate::Ctx::new(&mut host)).code();
+        self.canonicalize();
+        code
+    }
+
+    /// `agent_checkpoint`: the length of the current state bytes.
+    pub fn checkpoint(&self) -> i32 {
+        self.inner().saved.1 as i32
     }
 
     /// `agent_checkpoint_ptr`.
     pub fn checkpoint_ptr(&self) -> i32 {
-        self.inner().saved.as_ptr() as i32
+        self.inner().saved.0 as i32
     }
 
     /// `agent_resume`.
     ///
     /// # Safety
-    /// `(ptr, len)` must come from [`malloc`] and hold `len` initialized bytes.
+    /// `(ptr, len)` must hold `len` initialized bytes (the node's `malloc` buffer).
     pub unsafe fn resume(&self, ptr: i32, len: i32) {
-        let fp = self.fingerprint();
-        let len = len.max(0) as usize;
-        // SAFETY: the caller's contract.
-        let bytes = unsafe { core::slice::from_raw_parts(ptr as usize as *const u8, len) };
-        match state::decode_with::<A>(bytes, A::VERSION, fp) {
-            Ok(agent) => self.inner().agent = Some(agent),
-            // Refuse loudly: never tick on state from another schema.
-            Err(_) => core::arch::wasm32::unreachable(),
-        }
-        // SAFETY: allocated by `malloc` with this layout.
-        unsafe { alloc::alloc::dealloc(ptr as usize as *mut u8, buffer_layout(len)) }
+        self.rebuild(ptr as u32 as usize, len.max(0) as usize);
     }
 }
 
 #[cfg(target_arch = "wasm32")]
-fn buffer_layout(len: usize) -> core::alloc::Layout {
+fn bytes_layout(len: usize) -> core::alloc::Layout {
     core::alloc::Layout::from_size_align(len.max(1), 8).unwrap_or(core::alloc::Layout::new::<u64>())
 }
 
-/// `malloc`: a buffer for the node to place state in before `agent_resume`.
+/// `malloc`: a buffer for the node to place state in before `agent_resume`
+/// (in the heap that `agent_resume` then abandons).
 #[cfg(target_arch = "wasm32")]
 pub fn malloc(len: i32) -> i32 {
-    let len = len.max(0) as usize;
     // SAFETY: non-zero size layout.
-    unsafe { alloc::alloc::alloc(buffer_layout(len)) as i32 }
+    unsafe { alloc::alloc::alloc(bytes_layout(len.max(0) as usize)) as i32 }
 }
 
-#[cfg(all(target_arch = "wasm32", feature = "wasm-runtime"))]
+#[cfg(target_arch = "wasm32")]
 mod wasm_runtime {
     use core::alloc::{GlobalAlloc, Layout};
     use core::cell::UnsafeCell;
@@ -126,19 +162,45 @@ mod wasm_runtime {
     /// Blocks are carved aligned to their size, up to this.
     const MAX_ALIGN: usize = 4096;
 
-    /// Power-of-two size classes with a free list each, carved from the end
-    /// of linear memory: small, deterministic, reuses freed blocks (a
-    /// long-running agent does not grow forever), never returns memory.
+    /// Power-of-two size classes with a free list each, carved upwards from
+    /// the heap base; resettable (see the module docs). The carving limit
+    /// is logical (`end`, reset with the heap) so that the instructions run
+    /// never depend on how far linear memory grew before: when `end` moves,
+    /// memory grows by what is missing, possibly zero pages, always with
+    /// the same instructions.
     struct Pow2 {
         st: UnsafeCell<St>,
     }
     struct St {
+        base: usize,
         next: usize,
         end: usize,
         free: [usize; 32],
     }
     // SAFETY: wasm32 is single-threaded.
     unsafe impl Sync for Pow2 {}
+
+    #[global_allocator]
+    static ALLOC: Pow2 = Pow2 { st: UnsafeCell::new(St { base: 0, next: 0, end: 0, free: [0; 32] }) };
+
+    fn st() -> &'static mut St {
+        // SAFETY: single-threaded; callers do not hold two at once.
+        let st = unsafe { &mut *ALLOC.st.get() };
+        if st.base == 0 {
+            st.base = core::arch::wasm32::memory_size(0) * PAGE;
+            st.next = st.base;
+            st.end = st.base;
+        }
+        st
+    }
+
+    /// Forget every allocation: the heap starts empty at its base.
+    pub(super) fn reset() {
+        let st = st();
+        st.next = st.base;
+        st.end = st.base;
+        st.free = [0; 32];
+    }
 
     fn class(layout: Layout) -> Option<(usize, usize)> {
         if layout.align() > MAX_ALIGN {
@@ -151,17 +213,12 @@ mod wasm_runtime {
     unsafe impl GlobalAlloc for Pow2 {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             let Some((size, c)) = class(layout) else { return core::ptr::null_mut() };
-            // SAFETY: single-threaded; no re-entrance.
-            let st = unsafe { &mut *self.st.get() };
+            let st = st();
             if st.free[c] != 0 {
                 let p = st.free[c];
                 // SAFETY: a freed block stores the next free block in its first word.
                 st.free[c] = unsafe { *(p as *const usize) };
                 return p as *mut u8;
-            }
-            if st.end == 0 {
-                st.next = core::arch::wasm32::memory_size(0) * PAGE;
-                st.end = st.next;
             }
             let align = size.min(MAX_ALIGN);
             let Some(start) = st.next.checked_add(align - 1).map(|v| v & !(align - 1)) else {
@@ -169,19 +226,14 @@ mod wasm_runtime {
             };
             let Some(stop) = start.checked_add(size) else { return core::ptr::null_mut() };
             if stop > st.end {
-                let pages = (stop - st.end).div_ceil(PAGE);
-                let prev = core::arch::wasm32::memory_grow(0, pages);
-                if prev == usize::MAX {
+                let Some(new_end) = stop.checked_add(PAGE - 1).map(|v| v & !(PAGE - 1)) else {
+                    return core::ptr::null_mut();
+                };
+                let missing = (new_end / PAGE).saturating_sub(core::arch::wasm32::memory_size(0));
+                if core::arch::wasm32::memory_grow(0, missing) == usize::MAX {
                     return core::ptr::null_mut();
                 }
-                if prev * PAGE != st.end {
-                    // Someone else grew memory: start over in the new pages.
-                    st.next = prev * PAGE;
-                    st.end = (prev + pages) * PAGE;
-                    // SAFETY: same layout, retried on fresh pages.
-                    return unsafe { self.alloc(layout) };
-                }
-                st.end += pages * PAGE;
+                st.end = new_end;
             }
             st.next = stop;
             start as *mut u8
@@ -189,15 +241,12 @@ mod wasm_runtime {
 
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
             let Some((_, c)) = class(layout) else { return };
-            // SAFETY: single-threaded; the block is ours again.
-            let st = unsafe { &mut *self.st.get() };
+            let st = st();
+            // SAFETY: the block is ours again; its first word links the list.
             unsafe { *(ptr as *mut usize) = st.free[c] };
             st.free[c] = ptr as usize;
         }
     }
-
-    #[global_allocator]
-    static ALLOC: Pow2 = Pow2 { st: UnsafeCell::new(St { next: 0, end: 0, free: [0; 32] }) };
 
     #[panic_handler]
     fn panic(_: &core::panic::PanicInfo<'_>) -> ! {

@@ -315,3 +315,37 @@ fn explore_runs_a_template_on_a_users_agent() {
     assert!(text.contains("FAIL seed 0: LIVENESS"), "{text}");
     assert!(text.contains("--agent agents/rust/heartbeat/heartbeat.wasm --manifest"), "reproduce line: {text}");
 }
+
+/// Live ticks as a node runs them (a snapshot before each), then every tick
+/// replayed on a fresh instance from its starting (state, kv) and log: the
+/// replay must use the same fuel (hence cost), and give the same state and
+/// kv. A guest heap whose layout depends on the instance's history (what
+/// ran before, snapshots taken) would change the fuel of later ticks and
+/// fail the targets' metering check on migration.
+fn assert_replays_exactly(dir: &str, name: &str, ticks: u64, cfg: SandboxConfig) {
+    let wasm = read(&format!("agents/rust/{dir}/{name}.wasm"));
+    let manifest = read(&format!("agents/rust/{dir}/{name}.manifest.json"));
+    let mut sb = Sandbox::new(cfg).unwrap();
+    let hash = sb.prepare(&wasm, &manifest).unwrap();
+    let mut inst = sb.start(&hash, &manifest, &[], &[]).unwrap();
+    for t in 1..=ticks {
+        let (state, kv) = sb.snapshot(&mut inst).unwrap();
+        let inp = inputs(t);
+        let live = sb.tick(&mut inst, &inp);
+        assert!(live.outcome.is_live(), "{name} tick {t}: {:?}", live.outcome);
+        let (state_after, kv_after) = sb.snapshot(&mut inst).unwrap();
+        let r = sb.replay_tick(&hash, &manifest, &state, &kv, &inp, &live.event_log).unwrap();
+        assert_eq!(r.fuel_used, live.fuel_used, "{name} tick {t}: replay fuel");
+        assert_eq!((r.state, r.kv), (state_after, kv_after), "{name} tick {t}: replay state and kv");
+    }
+}
+
+#[test]
+fn every_example_agent_tick_replays_with_the_same_fuel() {
+    let base = || SandboxConfig { pooling_instances: Some(4), ..SandboxConfig::default() };
+    assert_replays_exactly("heartbeat", "heartbeat", 30, base());
+    assert_replays_exactly("kv-counter", "kv_counter", 30, base());
+    let http = SandboxConfig { http: Arc::new(ScriptedHttp::simulated_world()), ..base() };
+    assert_replays_exactly("price-watcher", "price_watcher", 30, http);
+    assert_replays_exactly("sentinel", "sentinel", 30, base());
+}
