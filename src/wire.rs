@@ -282,6 +282,14 @@ pub struct HeadAck {
     /// As [`HeadAnnounce::agent_signature`], over the replier's header.
     #[serde(rename = "AgentSignature", default, skip_serializing_if = "Option::is_none", with = "b64::opt")]
     pub agent_signature: Option<Vec<u8>>,
+    /// The highest epoch major the replier knows the agent was (or may have
+    /// been) held under: its own, any a proven claim showed it, and the
+    /// major a target of its own handoff takes. An operator recovery
+    /// elsewhere stays above it (spec §5: a major no node has used). Covered
+    /// by the envelope's node signature, not the agent's: a liar can only
+    /// push a recovery to a higher major, never make it reuse one.
+    #[serde(rename = "HighestMajor", default, skip_serializing_if = "Option::is_none")]
+    pub highest_major: Option<u64>,
 }
 
 /// The message itself.

@@ -230,6 +230,16 @@ struct AgentModel {
     wiped: BTreeSet<NodeId>,
     /// The tick each source sealed its last handoff at.
     sealed: BTreeMap<NodeId, u64>,
+    /// Set when a wipe destroyed the last record that held the agent
+    /// (node, time); cleared when any node holds it again. The fault model
+    /// destroyed every copy: liveness is impossible, not violated.
+    lost: Option<(NodeId, u64)>,
+}
+
+/// A state in which a node keeps the agent's checkpoint and can still
+/// tick it, hand it on, or recover it.
+fn holds(state: State) -> bool {
+    matches!(state, State::ActiveOwner | State::HandoffInitiated | State::HandoffPending | State::RecoveryRequired)
 }
 
 /// The oracle. Feed it with [`Checker::observe`] in event order.
@@ -267,6 +277,13 @@ impl Checker {
     /// Highest committed tick of `agent` on any node.
     pub fn highest_tick(&self, agent: &AgentId) -> Option<u64> {
         self.agents.get(agent)?.committed.values().map(|(t, _, _)| *t).max()
+    }
+
+    /// The node whose wipe destroyed the last copy of `agent`, and when, if
+    /// no node has held the agent since: the checker's own record, so a
+    /// node that dropped an agent by itself is never excused as "lost".
+    pub fn lost(&self, agent: &AgentId) -> Option<(NodeId, u64)> {
+        self.agents.get(agent)?.lost.clone()
     }
 
     /// Which node ticked `agent` in each epoch major (EI-1 per epoch).
@@ -321,6 +338,10 @@ impl Checker {
                 m.reanchoring.insert(node.clone(), *anchor);
             }
             Obs::Forgot { .. } => {
+                let held_here = m.records.get(node).is_some_and(|r| holds(r.state));
+                if held_here && !m.records.iter().any(|(n, r)| n != node && holds(r.state)) {
+                    m.lost = Some((node.clone(), at_ns));
+                }
                 m.records.remove(node);
                 m.runs.remove(node);
                 m.wiped.insert(node.clone());
@@ -367,6 +388,9 @@ impl Checker {
                     );
                 }
                 m.records.insert(node.clone(), Record { state: *state, epoch: *epoch, uncertain: false, ..rec });
+                if holds(*state) {
+                    m.lost = None;
+                }
                 let budget = m.committed.get(head).map(|(_, b, _)| *b).unwrap_or(0);
                 m.runs.insert(node.clone(), NodeRun { head: Some((*head_tick, budget)), ..NodeRun::default() });
             }
@@ -666,6 +690,9 @@ impl Checker {
                     target
                 };
                 m.records.insert(node.clone(), Record { state: *to, epoch: *epoch, target, uncertain: false });
+                if holds(*to) {
+                    m.lost = None;
+                }
             }
             Obs::Divergence { .. } => {
                 m.must_stop.insert(node.clone());
@@ -969,6 +996,32 @@ mod tests {
         let mut c = reach(Start::Owner);
         let err = auth(&mut c, "x", Some(RecoveryRequired), ActiveOwner, 2, Reason::Recovery).unwrap_err();
         assert_eq!(err.invariant, AUTH_TRANSITION);
+    }
+
+    #[test]
+    fn an_agent_is_lost_only_when_a_wipe_destroyed_its_last_holder() {
+        // x owns the agent, hands it to b, retires; b is wiped: lost on b.
+        let mut c = reach(Start::Owner);
+        assert_eq!(c.lost(&ag()), None);
+        auth(&mut c, "b", None, HandoffPending, 1, Reason::PackageReceived).unwrap();
+        auth(&mut c, "x", Some(ActiveOwner), HandoffInitiated, 1, Reason::HandoffStarted).unwrap();
+        auth(&mut c, "x", Some(HandoffInitiated), HandoffPending, 1, Reason::Relinquished).unwrap();
+        auth(&mut c, "b", Some(HandoffPending), ActiveOwner, 2, Reason::Assumed).unwrap();
+        // While x still holds it in HANDOFF_PENDING, wiping b loses nothing.
+        let mut early = reach(Start::Owner);
+        auth(&mut early, "x", Some(ActiveOwner), RecoveryRequired, 1, Reason::Ambiguous).unwrap();
+        early.observe(1, &n("b"), &Obs::Forgot { agent: ag() }).unwrap();
+        assert_eq!(early.lost(&ag()), None, "x still holds a copy");
+        auth(&mut c, "x", Some(HandoffPending), Retired, 1, Reason::Confirmed).unwrap();
+        // Wiping a node that holds only a RETIRED record loses nothing.
+        c.observe(3, &n("x"), &Obs::Forgot { agent: ag() }).unwrap();
+        assert_eq!(c.lost(&ag()), None);
+        c.observe(5, &n("b"), &Obs::Crashed).unwrap();
+        c.observe(5, &n("b"), &Obs::Forgot { agent: ag() }).unwrap();
+        assert_eq!(c.lost(&ag()), Some((n("b"), 5)));
+        // A node that holds it again (a replayed package, say) clears it.
+        auth(&mut c, "x", None, HandoffPending, 3, Reason::PackageReceived).unwrap();
+        assert_eq!(c.lost(&ag()), None);
     }
 
     #[test]

@@ -459,6 +459,14 @@ fn draw_family(
                 let (t, agent, node) = (at(d), d.pick(agents).clone(), d.pick(nodes).clone());
                 push(t, Action::Recover { agent, node, anchor_tick: None, force: false });
             }
+            // Sometimes the operator retires an agent, late in the window
+            // (ACTIVE_OWNER -> RETIRED; a node not owning it refuses).
+            if d.unit() < 0.2 {
+                let t = d.range(window_ms * 2 / 3, window_ms.max(1));
+                let (agent, node) = (d.pick(agents).clone(), d.pick(nodes).clone());
+                let node = if d.unit() < 0.6 { home(s, &agent).unwrap_or(node) } else { node };
+                push(t, Action::Retire { agent, node });
+            }
         }
         "chains" if nodes.len() >= 3 => {
             // One agent handed along three or more nodes, each hop issued

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use igor_sim::coverage::{self, Coverage};
 use igor_sim::runner::{self, RunReport};
-use igor_sim::scenario::Scenario;
+use igor_sim::scenario::{Scenario, Verdict};
 use igor_sim::{explore, html, minimize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -343,6 +343,7 @@ fn explore(
     let secs = started.elapsed().as_secs_f64();
     let mut coverage = Coverage::default();
     let mut failed = 0;
+    let mut lost = Vec::new();
     for (seed, resolved, r) in &results {
         if print {
             println!("// seed {seed}\n{}", resolved.to_ron());
@@ -351,6 +352,15 @@ fn explore(
             Ok(rep) => {
                 coverage.merge(&rep.coverage);
                 if rep.matches_expectation() {
+                    continue;
+                }
+                // The drawn wipes destroyed every copy of an agent: the
+                // fault model's doing, not the protocol's (runner::LOST).
+                if rep.expect.verdict == Verdict::Pass
+                    && rep.failures.is_empty()
+                    && rep.violation.as_ref().is_some_and(|v| v.invariant == runner::LOST)
+                {
+                    lost.push(*seed);
                     continue;
                 }
                 rep.mismatch_reason()
@@ -382,11 +392,21 @@ fn explore(
     }
     let n = seeds.len();
     println!(
-        "explored {n} seeds of {} in {secs:.1}s ({:.0} seeds/minute): {} passed, {failed} failed",
+        "explored {n} seeds of {} in {secs:.1}s ({:.0} seeds/minute): {} passed, {failed} failed, {} lost",
         template_path.display(),
         n as f64 / secs.max(1e-9) * 60.0,
-        n - failed
+        n - failed - lost.len(),
+        lost.len()
     );
+    if !lost.is_empty() {
+        let shown: Vec<String> = lost.iter().take(10).map(u64::to_string).collect();
+        println!(
+            "lost: in {} seeds (e.g. {}) the drawn wipes destroyed every copy of an agent (verdict LOST): \
+             Igor keeps one replica, so this is the fault model's doing, not a failure",
+            lost.len(),
+            shown.join(", ")
+        );
+    }
     println!("\ncoverage:\n{}", coverage.report());
     let required = explore::required_marks(&template);
     let gaps = coverage.unfired(required.iter().map(String::as_str));

@@ -12,7 +12,7 @@ use crate::net::{FaultState, LinkFaults, NetCounters, SimNet};
 use crate::scenario::{Action, Boundary, BuggifyFault, Expect, NodeSpec, Scenario, Step, Storage, Verdict};
 use crate::trace::{Trace, fmt_time};
 use crate::watchdog::{STUCK, Stuck, Watchdog};
-use igor::authority::AuthorityState;
+use igor::authority::{AuthorityState, Reason};
 use igor::checkpoint::Hash32;
 use igor::driver::{self, Control};
 use igor::env::mem::SeededEntropy;
@@ -845,6 +845,10 @@ impl<'a> World<'a> {
                 Event::AgentHalted { agent, .. } => {
                     self.halted.insert(agent.to_string());
                 }
+                // Retired by the operator: stopped for good, like a halt.
+                Event::AuthorityChanged { agent, to: AuthorityState::Retired, reason: Reason::Shutdown, .. } => {
+                    self.halted.insert(agent.to_string());
+                }
                 Event::TickFinished { agent, .. } => {
                     if let Some(t) = &mut self.ticked_since_heal {
                         t.insert(agent.to_string());
@@ -1000,6 +1004,24 @@ impl<'a> World<'a> {
             if self.halted.contains(&name) || ticked {
                 continue;
             }
+            // The fault model destroyed every copy (the last holder was
+            // wiped): no protocol can bring the agent back. Named apart
+            // from LIVENESS, which is a failure of the protocol.
+            if let Some((node, at)) = self.checker.lost(&a.id) {
+                self.coverage.mark("agent_lost_with_its_disk");
+                violation = Some(Violation {
+                    invariant: LOST,
+                    at_ns: self.now_ns,
+                    nodes: vec![node.clone()],
+                    agent: a.id.clone(),
+                    message: format!(
+                        "every copy is gone: the last node holding it, {node}, was wiped at {} (no tick since the heal at {})",
+                        fmt_time(at),
+                        fmt_time(heal_ns)
+                    ),
+                });
+                break;
+            }
             let held = self.checker.states(&a.id);
             let states: Vec<String> = held.iter().map(|(n, s)| format!("{n}={}", s.name())).collect();
             let tried = if recovered.contains(&name) { ", after one operator recovery" } else { "" };
@@ -1075,6 +1097,12 @@ impl<'a> World<'a> {
 
 /// The invariant name of a liveness failure.
 pub const LIVENESS: &str = "LIVENESS";
+
+/// The verdict of a run whose injected wipes destroyed every copy of an
+/// agent (the checker's own record: the last node holding it was wiped and
+/// none held it since). Not a protocol failure: Igor keeps one replica, so
+/// no protocol can bring it back. `explore` counts it apart from failures.
+pub const LOST: &str = "LOST";
 
 fn boundary_hit(b: Boundary, e: &Event) -> bool {
     match (b, e) {
@@ -1243,6 +1271,7 @@ impl World<'_> {
             Action::Buggify { node, on, fault, for_ms } => {
                 self.armed.push((node.clone(), *on, *fault, for_ms.saturating_mul(1_000_000)));
             }
+            Action::Retire { agent, node } => send(node, Command::Retire { agent: agent_id(agent) }),
             Action::Recover { agent, node, anchor_tick, force } => {
                 let seen = self.heads.get(&(node.clone(), agent.clone()));
                 let anchor = match anchor_tick {

@@ -243,6 +243,13 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         force: bool,
     },
+    /// Operator retires `agent` on `node` (ACTIVE_OWNER -> RETIRED after a
+    /// final checkpoint): the agent stops for good, so liveness no longer
+    /// asks it to tick. A node that does not own it refuses.
+    Retire {
+        agent: String,
+        node: String,
+    },
     /// `node`'s disk refuses writes for `for_ms`: every write, sync and
     /// directory creation fails with the `kind`'s I/O error (as `FsDisk`
     /// reports ENOSPC or EIO), reads keep working. Survives a restart.
@@ -739,7 +746,8 @@ impl Action {
             | Action::ClearFaults { node }
             | Action::Skew { node, .. }
             | Action::DiskFault { node, .. }
-            | Action::Recover { node, .. } => vec![node],
+            | Action::Recover { node, .. }
+            | Action::Retire { node, .. } => vec![node],
         }
     }
 
@@ -762,7 +770,7 @@ impl Action {
 
     pub fn agent(&self) -> Option<&str> {
         match self {
-            Action::Migrate { agent, .. } | Action::Recover { agent, .. } => Some(agent),
+            Action::Migrate { agent, .. } | Action::Recover { agent, .. } | Action::Retire { agent, .. } => Some(agent),
             Action::Restart {
                 storage: Storage::RemoveNewest { agent, .. } | Storage::CorruptNewest { agent }, ..
             } => Some(agent),

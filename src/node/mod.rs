@@ -18,6 +18,7 @@
 pub mod defence;
 pub mod event;
 pub mod fake;
+mod recovery;
 pub mod store;
 mod transfer;
 
@@ -296,6 +297,12 @@ enum Pending {
         agent: AgentId,
         peer: NodeId,
     },
+    /// A recovery's question to one peer (`recovery`): its answer, or the
+    /// failure to get one, is counted by the waiting recovery.
+    Query {
+        agent: AgentId,
+        peer: NodeId,
+    },
     /// A message sent by a misbehaviour: its reply is ignored.
     Forged,
 }
@@ -325,6 +332,8 @@ pub struct Node<X: Executor, D: Disk, C: Clock, R: Entropy> {
     /// Wall clock when this node (re)started: packages issued before it
     /// are refused (spec §5: a node that lost its disk knows nothing).
     started_unix_ns: i64,
+    /// Operator recoveries waiting for their peers' answers (`recovery`).
+    recoveries: BTreeMap<AgentId, recovery::RecoveryQuery>,
 }
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
@@ -355,6 +364,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             node_key: None,
             adversary: transfer::AdversaryState::default(),
             started_unix_ns: 0,
+            recoveries: BTreeMap::new(),
         };
         node.started_unix_ns = node.clock.unix_ns();
         node.node_key = node.cfg.node_key_seed.map(Keypair::from_seed);
@@ -439,6 +449,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     /// EI-1's predicate: whether this node is entitled to tick `agent` now
     /// (authority permits it and the lease allows it at the node's clock).
+    /// An operator recovery of `agent` is waiting for its peers' answers.
+    pub fn recovering(&self, agent: &AgentId) -> bool {
+        self.recoveries.contains_key(agent)
+    }
+
     pub fn may_tick(&self, agent: &AgentId) -> bool {
         self.agents.get(agent).is_some_and(|s| {
             s.authority.permits(Op::Tick) && s.lease.status(&self.cfg.lease, self.clock.unix_ns()).allows_ticking()
@@ -478,6 +493,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let from = s.authority.state();
         let result = s.authority.transition(to, reason.clone());
         let epoch = s.authority.epoch();
+        if result.is_ok() && to == AuthorityState::HandoffPending && reason == Reason::Relinquished {
+            // The target assumes at (major + 1): a recovery anywhere that
+            // asks this node must stay above it, even after it retires.
+            s.highest_major_seen = s.highest_major_seen.max(epoch.major.saturating_add(1));
+        }
         let now_state = s.authority.state();
         if now_state == AuthorityState::RecoveryRequired {
             // EI-2: whatever ran since the last checkpoint is discarded;
@@ -585,6 +605,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let mut slot = Slot::new(Authority::restore(rec.state, rec.role, rec.epoch), lineage, now);
         slot.lease = Lease { expiry_unix_ns: rec.lease_expiry_unix_ns };
         slot.highest_major_seen = rec.highest_major_seen.max(rec.epoch.major);
+        if rec.state == AuthorityState::HandoffPending && rec.role == Role::Source {
+            // Relinquished: the target may have assumed at (major + 1)
+            // (records written before `set_state` raised it themselves).
+            slot.highest_major_seen = slot.highest_major_seen.max(rec.epoch.major.saturating_add(1));
+        }
         slot.key = store::load_key(&self.disk, &agent);
         slot.manifest = self.disk.read(&store::manifest_path(&agent)).unwrap_or_default();
         let doubt = self.restart_doubt(&agent, &rec, &slot, now);
@@ -813,120 +838,6 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         })
     }
 
-    fn recover(&mut self, agent: AgentId, anchor: Hash32, force: bool) -> Result<(), Refused> {
-        let Some(s) = self.agents.get(&agent) else {
-            return Err(self.refuse("recover", Some(&agent), "unknown agent".into()));
-        };
-        if s.authority.state() != AuthorityState::RecoveryRequired {
-            let st = s.authority.state();
-            return Err(self.refuse("recover", Some(&agent), format!("agent is {st}, not RECOVERY_REQUIRED")));
-        }
-        let head = s.lineage.head_hash();
-        if head != anchor || s.lineage.head().is_none() {
-            let why = format!(
-                "anchor {} is not this node's newest checkpoint {} (recovery resumes only from the local head)",
-                anchor.short(),
-                head.short()
-            );
-            return Err(self.refuse("recover", Some(&agent), why));
-        }
-        if s.key.is_none() {
-            return Err(self.refuse("recover", Some(&agent), "this node no longer holds the agent key".into()));
-        }
-        // Spec §5: recovery refuses when it cannot rule out a live owner.
-        if let Some((peer, epoch)) = s.live_elsewhere.clone().filter(|(_, e)| *e > s.authority.epoch()) {
-            let why = format!(
-                "peer {peer} may hold the agent as ACTIVE_OWNER at epoch {epoch} (it proved it, or a handoff to it \
-                 is in doubt): recovering here could fork it (check {peer}; retire this copy instead, or force \
-                 once {peer} does not hold it)"
-            );
-            if !force {
-                return Err(self.refuse("recover", Some(&agent), why));
-            }
-            self.fault(Some(&agent), format!("forced recovery: {why}"));
-        }
-        let Some(s) = self.agents.get(&agent) else { unreachable!("checked above") };
-        let anchor_tick = s.lineage.head().map(|c| c.tick).unwrap_or_default();
-        let anchor_major = s.lineage.head().map(|c| c.epoch.major).unwrap_or(0);
-        let now = self.clock.now();
-        let lease = Lease::grant(&self.cfg.lease, now.unix_ns);
-        let Some(s) = self.agents.get_mut(&agent) else { unreachable!("checked above") };
-        let before = (s.authority.clone(), s.lease);
-        // Spec §5: recovery takes a major no node has used. Beyond every
-        // major this node has seen, one more is skipped: a handoff in doubt
-        // may have been assumed at (major + 1) by a target nobody heard from
-        // since (one that was then wiped knows nothing either). Two nodes
-        // must never tick one agent in one epoch (EI-1 per epoch).
-        let highest = s.highest_major_seen.max(anchor_major).saturating_add(1);
-        let t = match s.authority.recover(Reason::Recovery, highest) {
-            Ok(t) => t,
-            Err(v) => return Err(self.refuse("recover", Some(&agent), v.to_string())),
-        };
-        s.lease = lease;
-        s.highest_major_seen = t.epoch.major;
-        let reanchored = self.record_recovery(&agent, anchor_tick, anchor, t.epoch);
-        if let Err(e) = reanchored.and_then(|_| self.start_instance(&agent)).and_then(|_| self.persist(&agent)) {
-            if let Some(s) = self.agents.get_mut(&agent) {
-                (s.authority, s.lease) = before;
-                s.instance = None;
-                s.ticking = false;
-            }
-            // A record of a recovery that did not happen must not abandon
-            // a branch later.
-            let _ = store::remove_if_present(&self.disk, &lineage::recovery_path(&agent, anchor_tick, t.epoch.major));
-            return Err(self.refuse("recover", Some(&agent), e));
-        }
-        self.emit(Event::AuthorityChanged {
-            agent: agent.clone(),
-            from: Some(t.from),
-            to: t.to,
-            epoch: t.epoch,
-            reason: Reason::Recovery,
-        });
-        let budget = self.agents.get(&agent).map(|s| s.budget).unwrap_or_default();
-        self.emit(Event::Recovered { agent: agent.clone(), anchor, anchor_tick, epoch: t.epoch, budget });
-        self.announce(&agent);
-        Ok(())
-    }
-
-    /// Re-anchor the lineage before the recovered node may commit (spec §5
-    /// clarifications): a signed [`RecoveryRecord`] names the anchor, the
-    /// new epoch and the newest head known before (from the authority
-    /// record or a damaged file), so `verify` reports "recovered at tick N
-    /// from anchor H" instead of a fork; damaged checkpoints newer than the
-    /// anchor are moved aside (kept with [`lineage::ABANDONED_SUFFIX`]).
-    fn record_recovery(
-        &mut self,
-        agent: &AgentId,
-        anchor_tick: TickNumber,
-        anchor: Hash32,
-        epoch: Epoch,
-    ) -> Result<(), String> {
-        let recorded = store::read_record(&self.disk, agent).ok().and_then(|r| r.head_tick.zip(r.head_hash));
-        let Some(s) = self.agents.get_mut(agent) else { return Err("unknown agent".into()) };
-        let damaged: Vec<String> = s.lineage.damaged().iter().map(|(p, _)| p.clone()).collect();
-        let newest_damaged =
-            damaged.iter().filter_map(|p| lineage::history_tick(p).map(|t| (t, format!("damaged {p}")))).max();
-        let abandoned = recorded.into_iter().chain(newest_damaged).filter(|(t, _)| *t > anchor_tick).max();
-        let key = s.key.as_ref().ok_or("agent key missing")?;
-        let record =
-            RecoveryRecord { agent: agent.clone(), anchor_tick, anchor, epoch, abandoned, signature: String::new() };
-        let record = record.sign(key);
-        let path = lineage::recovery_path(agent, anchor_tick, epoch.major);
-        self.disk.write_atomic(&path, &record.encode()).map_err(|e| format!("recovery record {path}: {e}"))?;
-        for path in damaged {
-            if let Ok(bytes) = self.disk.read(&path) {
-                let aside = format!("{path}{}", lineage::ABANDONED_SUFFIX);
-                self.disk.write_atomic(&aside, &bytes).map_err(|e| format!("moving {path} aside: {e}"))?;
-            }
-            store::remove_if_present(&self.disk, &path).map_err(|e| format!("moving {path} aside: {e}"))?;
-        }
-        if let Some(s) = self.agents.get_mut(agent) {
-            s.lineage.forget_damaged();
-        }
-        Ok(())
-    }
-
     fn unsafe_self_recover(&mut self, agent: &AgentId) {
         let now = self.clock.now();
         let lease = Lease::grant(&self.cfg.lease, now.unix_ns);
@@ -973,6 +884,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             self.timers.remove(&key);
             self.feed_handoff(&agent, migration::Input::Timer(timer));
         }
+        self.expire_recoveries(now.mono_ns);
         for agent in self.agent_ids() {
             self.check_lease(&agent);
             self.maybe_tick(&agent);
@@ -990,6 +902,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let now = self.clock.now();
         let mut next = self.timers.keys().next().map(|(at, _)| *at);
         let mut consider = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
+        if let Some(t) = self.next_recovery_deadline() {
+            consider(t);
+        }
         if let Some(t) = self.adversary.next_ns(self.cfg.misbehaviour.as_ref()) {
             consider(t);
         }

@@ -519,13 +519,18 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     /// This node's claim about `agent` signed with the agent's own key, if
     /// it holds the key (see [`HeadAnnounce::agent_signature`]).
-    fn agent_claim_signature(&self, agent: &AgentId, h: &Header, state: Option<AuthorityState>) -> Option<Vec<u8>> {
+    pub(super) fn agent_claim_signature(
+        &self,
+        agent: &AgentId,
+        h: &Header,
+        state: Option<AuthorityState>,
+    ) -> Option<Vec<u8>> {
         let key = self.agents.get(agent)?.key.as_ref()?;
         Some(key.sign(&crate::wire::agent_claim_bytes(h, state)).0.to_vec())
     }
 
     /// Our view of `agent`, as a header addressed to `audience`.
-    fn header(&self, agent: &AgentId, audience: &NodeId, nonce: u64, expiry_unix_ns: i64) -> Header {
+    pub(super) fn header(&self, agent: &AgentId, audience: &NodeId, nonce: u64, expiry_unix_ns: i64) -> Header {
         let (epoch, head_tick, head_hash) = self
             .agents
             .get(agent)
@@ -552,7 +557,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         env
     }
 
-    fn push_request(&mut self, env: Envelope, pending: Pending) -> u64 {
+    pub(super) fn push_request(&mut self, env: Envelope, pending: Pending) -> u64 {
         let env = self.seal(env);
         let id = self.next_request;
         self.next_request += 1;
@@ -696,6 +701,31 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 let epoch = self.agents.get(&agent).map(|s| s.authority.epoch()).unwrap_or_default();
                 self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
             }
+            Pending::Query { agent, peer } => {
+                let answer = match result.ok().map(|b| Envelope::decode(&b)) {
+                    Some(Ok(env)) if self.addressed_to_me(&env, &peer) && env.header.agent == agent => {
+                        self.received(&env);
+                        match env.body {
+                            Body::HeadAck(ack) => {
+                                let proof = ack.agent_signature.as_deref();
+                                self.observe_peer_view(&peer, &env.header, ack.state, None, proof);
+                                Some(ack.highest_major.unwrap_or(0).max(env.header.epoch.major))
+                            }
+                            _ => None,
+                        }
+                    }
+                    Some(Ok(_)) => {
+                        self.fault(Some(&agent), format!("misaddressed recovery answer from {peer}"));
+                        None
+                    }
+                    Some(Err(e)) => {
+                        self.fault(Some(&agent), format!("bad recovery answer from {peer}: {e}"));
+                        None
+                    }
+                    None => None,
+                };
+                self.recovery_answer(&agent, &peer, answer);
+            }
             Pending::Announce { agent, peer } => {
                 let Ok(bytes) = result else { return };
                 match Envelope::decode(&bytes) {
@@ -808,7 +838,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 let state = self.agents.get(&header.agent).map(|s| s.authority.state());
                 let reply = self.header(&header.agent, from, header.nonce, header.expiry_unix_ns);
                 let agent_signature = self.agent_claim_signature(&header.agent, &reply, state);
-                self.reply_bytes(Envelope::new(reply, Body::HeadAck(HeadAck { state, agent_signature })))
+                let highest_major =
+                    self.agents.get(&header.agent).map(|s| s.highest_major_seen.max(s.authority.epoch().major));
+                let ack = HeadAck { state, agent_signature, highest_major };
+                self.reply_bytes(Envelope::new(reply, Body::HeadAck(ack)))
             }
             Body::AgentStarted(_) | Body::HeadAck(_) => {
                 self.fault(Some(&header.agent), format!("{} from {from} is a reply, not a request", env_kind(&header)));
