@@ -259,6 +259,23 @@ fn paying_ticks(trace: &igor_sim::trace::Trace, agent: &str) -> Vec<(u64, u64)> 
 }
 
 #[test]
+fn sentinel_crash_between_checkpoints_pays_no_tick_twice() {
+    // Found by the sdk helper: before, a paying tick was only committed at
+    // the next checkpoint interval, so a crash in between re-ran it and
+    // paid intent-2 twice (ticks 7 at 6.000 and again at 11.000). Now a
+    // tick that paid or called out is committed before the next one.
+    let path = root().join("scenarios/agents/sentinel-crash-restart.ron");
+    let scenario = Scenario::load(&path).unwrap();
+    let report = runner::run(&scenario, &Scenario::base_dir(&path), None).unwrap();
+    assert!(report.matches_expectation(), "{}", report.summary("sentinel-crash-restart"));
+    let paid = paying_ticks(&report.trace, "sentinel");
+    assert!(paid.len() >= 3, "{paid:?}");
+    let mut ticks: Vec<u64> = paid.iter().map(|p| p.0).collect();
+    ticks.dedup();
+    assert_eq!(ticks.len(), paid.len(), "a tick paid twice across the crash: {paid:?}");
+}
+
+#[test]
 fn sentinel_migration_pays_no_tick_twice() {
     let path = root().join("scenarios/agents/sentinel-migrate-chain.ron");
     let scenario = Scenario::load(&path).unwrap();

@@ -233,6 +233,9 @@ struct Slot<I> {
     /// only (a restart forgets them; the package then has no replay data).
     head_ticks: Option<TickRecords>,
     highest_major_seen: u64,
+    /// A tick since the head reached outside (http, pay): commit before
+    /// the next tick, so a crash re-runs at most the tick that acted.
+    acted_since_checkpoint: bool,
     /// EI-6 under doubt: checkpoints of this agent fail to write (since
     /// unix ns, why). The agent does not tick until one is written again.
     degraded: Option<(i64, String)>,
@@ -255,6 +258,7 @@ impl<I> Slot<I> {
         self.paid = Microcents::ZERO;
         self.ticks_since_checkpoint = 0;
         self.ticks.clear();
+        self.acted_since_checkpoint = false;
     }
 
     fn new(authority: Authority, lineage: Lineage, now: Now) -> Self {
@@ -283,6 +287,7 @@ impl<I> Slot<I> {
             ticks_since_checkpoint: 0,
             ticks: Vec::new(),
             head_ticks: None,
+            acted_since_checkpoint: false,
         }
     }
 
@@ -1042,6 +1047,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         s.ticks_since_checkpoint += 1;
         // Bounded: a commit is forced at MAX_TICKS_PER_CHECKPOINT.
         s.ticks.push(TickRecord { inputs: inputs.clone(), event_log: report.event_log.clone() });
+        s.acted_since_checkpoint |= acted_outside(&report.event_log);
         let more_work = matches!(report.outcome, TickOutcome::Completed { more_work: true });
         s.next_tick_ns =
             now.mono_ns.saturating_add(if more_work { self.cfg.tick_fast_ns } else { self.cfg.tick_idle_ns });
@@ -1116,7 +1122,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let Some(s) = self.agents.get(agent) else { return };
         let interval = now.saturating_sub(s.last_checkpoint_ns) >= self.cfg.checkpoint_interval_ns;
         let full = s.ticks_since_checkpoint >= MAX_TICKS_PER_CHECKPOINT;
-        let due = s.ticks_since_checkpoint > 0 && (interval || full) && s.authority.permits(Op::NewCheckpoint);
+        // A retry after a failed write waits its interval, even after an act.
+        let acted = s.acted_since_checkpoint && s.degraded.is_none();
+        let due = s.ticks_since_checkpoint > 0 && (interval || full || acted) && s.authority.permits(Op::NewCheckpoint);
         if due && let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
             // Retry one interval later, never at once: a commit that keeps
             // failing must not keep the deadline in the past (livelock).
@@ -1191,6 +1199,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         s.charged = Microcents::ZERO;
         s.paid = Microcents::ZERO;
         s.ticks_since_checkpoint = 0;
+        s.acted_since_checkpoint = false;
         s.last_checkpoint_ns = now.mono_ns;
         let restored = s.degraded.take().is_some();
         self.emit(event);
@@ -1203,6 +1212,19 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
         Ok((c.tick, hash))
     }
+}
+
+/// Whether a tick's event log shows a call that reached outside the agent
+/// (an http request or a payment): such a tick is checkpointed before the
+/// next, so a crash re-runs at most the one tick that acted (the SDK's
+/// effect log then finds its intent in flight). kv writes are state, rolled
+/// back with it, and need no early commit. The log is the executor's own
+/// (the sandbox's encoding; test executors write other bytes, no calls).
+fn acted_outside(event_log: &[u8]) -> bool {
+    use crate::membrane::Hostcall;
+    crate::eventlog::EventLog::decode(event_log).is_ok_and(|log| {
+        log.entries.iter().any(|e| matches!(Hostcall::from_id(e.id), Some(Hostcall::HttpRequest | Hostcall::WalletPay)))
+    })
 }
 
 /// States from which the deliberately unsafe flag lets a former source take
