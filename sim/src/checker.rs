@@ -105,6 +105,12 @@ pub enum Obs {
     Recovered { agent: AgentId, anchor: Hash32, epoch: Epoch },
     /// The node's process died (injected by the simulator).
     Crashed,
+    /// The node misbehaved (A2–A4): the adversary filter keeps its later
+    /// authority changes out, so its last record here is stale. It no
+    /// longer counts as a second holder or ticker (EI-5, EI-1) beside an
+    /// honest node; ticks it ran, released when an honest node adopts
+    /// them, are still judged against that record.
+    Distrusted,
     /// The node's records of `agent` were lost with its disk (`Wipe`).
     Forgot { agent: AgentId },
     /// The node deleted its copy of the agent (checkpoints, key) after a
@@ -254,6 +260,8 @@ pub struct Checker {
     agents: BTreeMap<AgentId, AgentModel>,
     /// Nodes whose process is down (crashed, not yet restarted).
     down: BTreeSet<NodeId>,
+    /// Nodes that misbehaved ([`Obs::Distrusted`]).
+    distrusted: BTreeSet<NodeId>,
     /// Count of observations per kind, for coverage reporting.
     pub seen: BTreeMap<&'static str, u64>,
 }
@@ -313,9 +321,14 @@ impl Checker {
                 self.down.remove(node);
                 return Ok(());
             }
+            Obs::Distrusted => {
+                self.distrusted.insert(node.clone());
+                return Ok(());
+            }
             _ => {}
         }
         let down = &self.down;
+        let distrusted = &self.distrusted;
         let agent = match obs {
             Obs::Deployed { agent, .. }
             | Obs::Loaded { agent, .. }
@@ -329,7 +342,7 @@ impl Checker {
             | Obs::Recovered { agent, .. }
             | Obs::Forgot { agent }
             | Obs::CopyDeleted { agent } => agent.clone(),
-            Obs::Crashed | Obs::Booted => unreachable!("handled above"),
+            Obs::Crashed | Obs::Booted | Obs::Distrusted => unreachable!("handled above"),
         };
         let m = self.agents.entry(agent.clone()).or_default();
         let fail = |invariant, nodes: Vec<NodeId>, message: String| {
@@ -438,7 +451,9 @@ impl Checker {
                 let others: Vec<NodeId> = m
                     .records
                     .iter()
-                    .filter(|(n, r)| *n != node && r.state == State::ActiveOwner && !down.contains(*n))
+                    .filter(|(n, r)| {
+                        *n != node && r.state == State::ActiveOwner && !down.contains(*n) && !distrusted.contains(*n)
+                    })
                     .map(|(n, _)| n.clone())
                     .collect();
                 if !others.is_empty() {
@@ -681,7 +696,7 @@ impl Checker {
                     let holders: Vec<NodeId> = m
                         .records
                         .iter()
-                        .filter(|(n, r)| *n != node && r.state == State::ActiveOwner)
+                        .filter(|(n, r)| *n != node && r.state == State::ActiveOwner && !distrusted.contains(*n))
                         .map(|(n, _)| n.clone())
                         .collect();
                     if !holders.is_empty() {
@@ -732,7 +747,7 @@ impl Checker {
                     );
                 }
             }
-            Obs::Crashed | Obs::Booted => {}
+            Obs::Crashed | Obs::Booted | Obs::Distrusted => {}
         }
         Ok(())
     }
@@ -751,6 +766,7 @@ fn obs_kind(obs: &Obs) -> &'static str {
         Obs::Halted { .. } => "halted",
         Obs::Fault { .. } => "fault",
         Obs::Crashed => "crashed",
+        Obs::Distrusted => "distrusted",
         Obs::Forgot { .. } => "forgot",
         Obs::CopyDeleted { .. } => "copy_deleted",
         Obs::Recovered { .. } => "recovered",

@@ -343,6 +343,19 @@ pub struct Expect {
 #[serde(deny_unknown_fields)]
 pub struct Liveness {
     pub within_ms: u64,
+    /// Whether the liveness phase may use its one operator recovery. `false`
+    /// asks for more: the system stays live by itself, no operator (e.g. a
+    /// refused forgery must leave the agent running on its source).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub recovery: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Default heal window: long enough for a lease to run out and a handoff's
@@ -352,7 +365,7 @@ pub const DEFAULT_LIVENESS_MS: u64 = 30_000;
 pub const MAX_LIVENESS_MS: u64 = 3_600_000;
 
 fn default_liveness() -> Option<Liveness> {
-    Some(Liveness { within_ms: DEFAULT_LIVENESS_MS })
+    Some(Liveness { within_ms: DEFAULT_LIVENESS_MS, recovery: true })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
