@@ -443,7 +443,13 @@ impl Checker {
             }
             Obs::Ticked { tick, epoch, cost, paid, side_effects, exhausted, .. } => {
                 let state = m.records.get(node).map(|r| r.state);
-                if state != Some(State::ActiveOwner) {
+                // A distrusted node's authority changes were kept out from
+                // the instant it misbehaved (a RefuseConfirm target can act
+                // out before its own assume is reported): with no record at
+                // all, its released ticks are judged by the other rules
+                // (per epoch, chain, budget), not by a state never shown.
+                let unknown = state.is_none() && distrusted.contains(node);
+                if state != Some(State::ActiveOwner) && !unknown {
                     let inv = if *side_effects > 0 { "CM-5" } else { "EI-1" };
                     return fail(inv, one(), format!("tick {tick} (epoch {epoch}) run in state {}", opt_state(state)));
                 }
