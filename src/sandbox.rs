@@ -635,6 +635,39 @@ fn restore(
     })?;
     dst.copy_from_slice(state);
     lifecycle_call(store, fuel, "agent_resume", |s| resume.call(s, (ptr, len)))
+        .map_err(|e| version_mismatch(store, instance, fuel, state).unwrap_or(e))
+}
+
+/// The igor-agent SDK's state header: magic, format, version (u32 LE),
+/// shape fingerprint (u64 LE).
+const SDK_STATE_MAGIC: &[u8; 4] = b"IGAS";
+const SDK_STATE_HEADER: usize = 17;
+
+/// A resume that failed on state from another schema, named: when the
+/// state carries the SDK's header and the agent exports the version and
+/// shape it expects (`igor_state_version`, `igor_state_shape`), and they
+/// differ, say so instead of "unreachable".
+fn version_mismatch(
+    store: &mut Store<HostState>,
+    instance: &wasmtime::Instance,
+    fuel: u64,
+    state: &[u8],
+) -> Option<ExecError> {
+    let header = state.get(..SDK_STATE_HEADER).filter(|h| h.starts_with(SDK_STATE_MAGIC))?;
+    let found_version = u32::from_le_bytes(header[5..9].try_into().ok()?);
+    let found_shape = u64::from_le_bytes(header[9..17].try_into().ok()?);
+    let version = instance.get_typed_func::<(), i32>(&mut *store, "igor_state_version").ok()?;
+    let shape = instance.get_typed_func::<(), i64>(&mut *store, "igor_state_shape").ok()?;
+    let want_version = lifecycle_call(store, fuel, "igor_state_version", |s| version.call(s, ())).ok()? as u32;
+    let want_shape = lifecycle_call(store, fuel, "igor_state_shape", |s| shape.call(s, ())).ok()? as u64;
+    if (found_version, found_shape) == (want_version, want_shape) {
+        return None;
+    }
+    Some(ExecError::Lifecycle(format!(
+        "agent_resume refused the state: state version mismatch (the checkpoint holds version {found_version} \
+         shape {found_shape:016x}, this agent expects version {want_version} shape {want_shape:016x}): its state \
+         type changed"
+    )))
 }
 
 /// Every required export present (spec §1: a missing export is a load error naming it).

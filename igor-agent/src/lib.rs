@@ -198,6 +198,19 @@ macro_rules! export {
             pub extern "C" fn malloc(len: i32) -> i32 {
                 $crate::rt::malloc(len)
             }
+
+            /// The state version this build expects (read by the node
+            /// only to name a refused resume: docs/agents.md).
+            #[unsafe(no_mangle)]
+            pub extern "C" fn igor_state_version() -> i32 {
+                <$agent as $crate::Agent>::VERSION as i32
+            }
+
+            /// The shape fingerprint of the state type this build expects.
+            #[unsafe(no_mangle)]
+            pub extern "C" fn igor_state_shape() -> i64 {
+                $crate::state::fingerprint::<$agent>() as i64
+            }
         }
     };
 }

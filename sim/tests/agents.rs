@@ -164,12 +164,15 @@ fn a_changed_state_struct_fails_to_resume_naming_the_version_mismatch() {
     assert!(matches!(err, StateError::VersionMismatch { .. }));
     let text = err.to_string();
     assert!(text.starts_with("state version mismatch for `heartbeat::Heartbeat`"), "{text}");
-    // ...and the wasm agent refuses it: resume traps, the node gets a
-    // lifecycle error and never ticks on it.
+    // ...and the wasm agent refuses it: resume traps, and the node's
+    // lifecycle error names the version mismatch (the agent exports the
+    // version and shape it expects), so it never ticks on it.
     let mut sb = sandbox(ScriptedHttp::new());
     let hash = sb.prepare(&wasm, &manifest).unwrap();
     let Err(err) = sb.start(&hash, &manifest, &changed, &[]) else { panic!("resume must fail") };
-    assert!(err.to_string().contains("agent_resume trapped"), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("agent_resume refused the state: state version mismatch"), "{text}");
+    assert!(text.contains("version 1 shape"), "{text}");
     // The same bytes re-encoded by the agent's own struct resume fine.
     let same = state::encode(&Heartbeat { beats: 3, first_ns: 1, last_ns: 2, refused: 0 }, 1).unwrap();
     let kv = igor_kv_with_beats(3);
