@@ -15,5 +15,6 @@ pub mod minimize;
 pub mod net;
 pub mod runner;
 pub mod scenario;
+pub mod shards;
 pub mod trace;
 pub mod watchdog;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use igor_sim::coverage::{self, Coverage};
 use igor_sim::runner::{self, RunReport};
 use igor_sim::scenario::{Scenario, Verdict};
-use igor_sim::{explore, html, minimize};
+use igor_sim::{explore, html, minimize, shards};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -102,6 +102,19 @@ enum Command {
         /// Run only shard i of n (0-based): seeds with seed % n == i.
         #[arg(long, value_parser = parse_shard)]
         shard: Option<(u64, u64)>,
+        /// Also write one JSON line per run to this file (scenario, seed,
+        /// verdict, trace hash, wall time, repro command), for `merge`.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Combine the `--json` files of sweep shards (run anywhere) into the
+    /// sweep's summary table and failure list; names missing shards.
+    ///
+    /// Example: igor-sim merge shard-0.jsonl shard-1.jsonl
+    /// Exit: 0 all passed and no shard missing; 1 otherwise; 2 unreadable input.
+    Merge {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Run each seed twice in fresh simulations and compare trace hashes.
     ///
@@ -156,7 +169,8 @@ fn main() -> ExitCode {
             explore(&template, seeds, jobs, print, out_dir.as_deref(), allow_gaps, agent)
         }
         Command::Minimize { scenario, seed, out } => minimize(&scenario, seed, out.as_deref()),
-        Command::Sweep { path, seeds, jobs, shard } => sweep(&path, seeds, jobs, shard),
+        Command::Sweep { path, seeds, jobs, shard, json } => sweep(&path, seeds, jobs, shard, json.as_deref()),
+        Command::Merge { files } => merge(&files),
         Command::CheckDeterminism { path, seeds } => check_determinism(&path, seeds),
         Command::Matrix { path, seeds, jobs, out } => igor_sim::matrix::command(&path, seeds, jobs, out.as_deref()),
     };
@@ -198,16 +212,8 @@ fn scenario_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// (scenario index, seed, report or the error that stopped the run).
-type SweepResult = (usize, u64, Result<RunReport, String>);
-
-struct Row {
-    scenario: String,
-    seeds: u64,
-    passed: u64,
-    failed: u64,
-    first_failure: Option<(u64, String)>,
-}
+/// (scenario index, seed, report or the error that stopped the run, wall ms).
+type SweepResult = (usize, u64, Result<RunReport, String>, u64);
 
 /// Run `f` over `work` on `jobs` threads with a progress line; results in
 /// the order of `work` (each simulation is single-threaded and independent).
@@ -239,7 +245,13 @@ fn parallel<W: Sync, R: Send>(work: &[W], jobs: usize, f: impl Fn(&W) -> R + Syn
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>) -> anyhow::Result<bool> {
+fn sweep(
+    path: &Path,
+    (a, b): (u64, u64),
+    jobs: usize,
+    shard: Option<(u64, u64)>,
+    json: Option<&Path>,
+) -> anyhow::Result<bool> {
     let files = scenario_files(path)?;
     // A file that does not load is reported; the others still run, and
     // the sweep fails at the end.
@@ -258,47 +270,51 @@ fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>
     let work: Vec<(usize, u64)> = (0..scenarios.len()).flat_map(|i| seeds.iter().map(move |s| (i, *s))).collect();
     let results: Vec<SweepResult> = parallel(&work, jobs, |&(i, seed)| {
         let (file, scenario) = &scenarios[i];
+        let started = std::time::Instant::now();
         let r = runner::run(scenario, &Scenario::base_dir(file), Some(seed));
-        (i, seed, r.map_err(|e| format!("{}: {e}", file.display())))
+        let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        (i, seed, r.map_err(|e| format!("{}: {e}", file.display())), wall_ms)
     });
     let mut coverage = Coverage::default();
-    let mut rows: Vec<Row> = scenarios
-        .iter()
-        .map(|(f, _)| Row { scenario: f.display().to_string(), seeds: 0, passed: 0, failed: 0, first_failure: None })
-        .collect();
-    for (i, seed, r) in results {
+    let mut rows: Vec<shards::Row> =
+        scenarios.iter().map(|(f, _)| shards::Row::new(&f.display().to_string())).collect();
+    let mut lines = String::new();
+    for (i, seed, r, wall_ms) in results {
         if let Ok(rep) = &r {
             coverage.merge(&rep.coverage);
         }
-        let row = &mut rows[i];
-        row.seeds += 1;
         let ok = matches!(&r, Ok(rep) if rep.matches_expectation());
-        if ok {
-            row.passed += 1;
-        } else {
-            row.failed += 1;
-            if row.first_failure.is_none() {
-                let why = match r {
-                    Ok(rep) => rep.mismatch_reason(),
-                    Err(e) => e,
-                };
-                row.first_failure = Some((seed, why));
+        let (why, verdict, hash) = match &r {
+            Ok(rep) => {
+                let verdict = rep.violation.as_ref().map_or("PASS".to_string(), |v| v.invariant.to_string());
+                (rep.mismatch_reason(), verdict, rep.trace.hash())
             }
+            Err(e) => (e.clone(), "error".to_string(), String::new()),
+        };
+        // One table row: a multi-line reason (STUCK lists events) shows its first line.
+        rows[i].add(seed, ok, &why);
+        if json.is_some() {
+            let scenario = scenarios[i].0.display().to_string();
+            let line = shards::RunLine {
+                repro: format!("igor-sim run {scenario} --seed {seed}"),
+                scenario,
+                seed,
+                seeds: (a, b),
+                shard,
+                passed: ok,
+                verdict,
+                reason: shards::reason_line(&why),
+                trace_sha256: hash,
+                wall_ms,
+            };
+            lines += &serde_json::to_string(&line).context("encoding a JSON line")?;
+            lines.push('\n');
         }
     }
-    println!("| scenario | seeds | passed | failed | first failing seed |");
-    println!("|---|---|---|---|---|");
-    for r in &rows {
-        let first = match &r.first_failure {
-            // One table row: a multi-line reason (STUCK lists events) shows its first line.
-            Some((seed, why)) => {
-                let why = why.lines().next().unwrap_or_default();
-                format!("{seed}: {why} — `igor-sim run {} --seed {seed}`", r.scenario)
-            }
-            None => "-".to_string(),
-        };
-        println!("| {} | {} | {} | {} | {} |", r.scenario, r.seeds, r.passed, r.failed, first);
+    if let Some(out) = json {
+        std::fs::write(out, &lines).with_context(|| format!("writing {}", out.display()))?;
     }
+    print!("{}", shards::table(&rows));
     println!("\ncoverage:\n{}", coverage.report());
     // Every misbehaviour configured in the swept scenarios must have fired.
     let behaviours: BTreeSet<String> = scenarios
@@ -317,6 +333,36 @@ fn sweep(path: &Path, (a, b): (u64, u64), jobs: usize, shard: Option<(u64, u64)>
         println!("not run: {e}");
     }
     Ok(bad.is_empty() && rows.iter().all(|r| r.failed == 0))
+}
+
+fn merge(files: &[PathBuf]) -> anyhow::Result<bool> {
+    let mut texts = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        texts.push((f.display().to_string(), text));
+    }
+    let m = shards::merge(&texts).map_err(anyhow::Error::msg)?;
+    print!("{}", shards::table(&m.rows));
+    if !m.failures.is_empty() {
+        println!("\nfailures:");
+        for (scenario, seed, why, repro) in &m.failures {
+            println!("- {scenario} seed {seed}: {why} — `{repro}`");
+        }
+    }
+    for (scenario, seed) in &m.duplicates {
+        println!("duplicate: {scenario} seed {seed} appears in more than one file (overlapping shards?)");
+    }
+    for s in &m.missing {
+        println!("missing shard: {s}");
+    }
+    let runs: u64 = m.rows.iter().map(|r| r.seeds).sum();
+    println!(
+        "\nmerged {} files: {runs} runs, {} failed, {} shards missing",
+        files.len(),
+        m.failures.len(),
+        m.missing.len()
+    );
+    Ok(m.failures.is_empty() && m.missing.is_empty() && m.duplicates.is_empty())
 }
 
 fn explore(
