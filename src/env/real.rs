@@ -155,6 +155,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fs_disk_meets_the_disk_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        super::super::conformance::disk_contract(&FsDisk::new(dir.path()));
+        // A restart opens the same directory: what was written is there.
+        let disk = FsDisk::new(dir.path());
+        super::super::conformance::disk_survives_crash(&disk, || FsDisk::new(dir.path()));
+    }
+
+    #[test]
     fn fs_disk_writes_atomically_and_secrets_are_private() {
         let dir = tempfile::tempdir().unwrap();
         let disk = FsDisk::new(dir.path());
