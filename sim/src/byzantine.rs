@@ -259,6 +259,8 @@ pub struct Interposer {
 async fn sleep_until(at_ns: u64) {
     let now = sim_now_ns();
     if at_ns > now {
+        // Simulated time (turmoil virtualises tokio's clock).
+        #[allow(clippy::disallowed_methods)]
         tokio::time::sleep(Duration::from_nanos(at_ns - now)).await;
     }
 }

@@ -195,6 +195,8 @@ impl Network for SimNet {
         }
         let (duplicate, delay) = self.faults.borrow_mut().draw();
         if !delay.is_zero() {
+            // Simulated time (turmoil virtualises tokio's clock).
+            #[allow(clippy::disallowed_methods)]
             tokio::time::sleep(delay).await;
         }
         if duplicate {

@@ -170,6 +170,7 @@ mod tests {
         let listen: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
         let b = Arc::new(P2pNetwork::start(key(2), listen.clone(), &[]).await.unwrap());
         let server = b.clone();
+        #[allow(clippy::disallowed_methods)] // a test: the server side runs as its own task
         let serving = tokio::spawn(async move { serve(server.as_ref()).await });
         let a = P2pNetwork::start(key(1), listen, std::slice::from_ref(&b.listen_addrs[0])).await.unwrap();
         let ghost = NodeId::new(key(9).public().to_peer_id().to_string()).unwrap();

@@ -383,6 +383,7 @@ mod tests {
         let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
         let ea = net.endpoint(a.clone());
         let eb = net.endpoint(b.clone());
+        #[allow(clippy::disallowed_methods)] // a test: the server side runs as its own task
         let server = tokio::spawn(async move {
             let inc = eb.accept().await.unwrap();
             inc.reply.send(inc.body.iter().rev().copied().collect()).unwrap();
