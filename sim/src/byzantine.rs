@@ -501,7 +501,7 @@ fn forge_transfer(
         replay_data: None,
         agent_identity: Some(seed.to_vec()),
         receipts: None,
-        kv: Some(store::seal_kv(&key, &agent, tick, &[])),
+        kv: Some(store::seal_kv(&key, &agent, tick, &head.state, &[])),
     };
     let mut header = forged_header(w, &agent, &to, epoch, as_node)?;
     (header.head_tick, header.head_hash) = (tick, Hash32::of(&bytes));

@@ -669,7 +669,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let head = s.lineage.head().ok_or("no checkpoint to start from")?.clone();
         let key = s.key.as_ref().ok_or("agent key missing")?.public();
         let sealed = self.disk.read(&store::kv_path(agent, head.tick)).map_err(|e| e.to_string())?;
-        let kv = store::open_kv(&key, agent, head.tick, &sealed)?;
+        let kv = store::open_kv(&key, agent, &head, &sealed)?;
         let hash = self.exec.prepare(&wasm, &s.manifest).map_err(|e| e.to_string())?;
         if hash != head.wasm_hash {
             return Err(format!("module hash {} differs from checkpoint's {}", hash.short(), head.wasm_hash.short()));
@@ -1220,7 +1220,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let instance = s.instance.as_mut().ok_or("no running instance")?;
         let (state, kv) = self.exec.snapshot(instance).map_err(|e| e.to_string())?;
         let key = s.key.as_ref().ok_or("agent key missing")?;
-        let sealed = store::seal_kv(key, agent, s.tick, &kv);
+        let sealed = store::seal_kv(key, agent, s.tick, &state, &kv);
         self.disk.write_atomic(&store::kv_path(agent, s.tick), &sealed).map_err(|e| e.to_string())?;
         let body = CheckpointBody {
             budget: s.budget,

@@ -818,7 +818,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         ckpt.check_wasm(&hash).map_err(|e| e.to_string())?;
         let public = key.public();
         let kv = match &pkg.kv {
-            Some(sealed) => store::open_kv(&public, agent, ckpt.tick, sealed)?,
+            Some(sealed) => store::open_kv(&public, agent, ckpt, sealed)?,
             None => Vec::new(),
         };
         let metering = self.cfg.defences.metering_check;
@@ -848,7 +848,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             return Err(format!("replay data names tick {} budget {}, inconsistent with the chain", r.tick, r.budget));
         }
         let key = prev.agent_key().copied().ok_or("replay base unsigned")?;
-        let prev_kv = store::open_kv(&key, agent, prev.tick, &r.prev_kv)?;
+        let prev_kv = store::open_kv(&key, agent, &prev, &r.prev_kv)?;
         let inputs = TickInputs {
             tick: TickNumber(r.tick),
             now_unix_ns: r.now_unix_ns,
@@ -983,7 +983,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         key.save(&self.disk, &lineage::agent_key_path(agent)).map_err(|e| e.to_string())?;
         self.disk.write_atomic(&store::wasm_path(agent), &pkg.wasm_binary).map_err(|e| e.to_string())?;
         self.disk.write_atomic(&store::manifest_path(agent), &pkg.manifest_data).map_err(|e| e.to_string())?;
-        let sealed = store::seal_kv(key, agent, ckpt.tick, kv);
+        let sealed = store::seal_kv(key, agent, ckpt.tick, &ckpt.state, kv);
         self.disk.write_atomic(&store::kv_path(agent, ckpt.tick), &sealed).map_err(|e| e.to_string())?;
         let s = self.agents.get_mut(agent).ok_or("slot vanished")?;
         let c = s.lineage.adopt(&self.disk, ckpt.clone()).map_err(|e| e.to_string())?;
