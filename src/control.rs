@@ -1,5 +1,5 @@
 //! The local control interface of `igord node`: the JSON requests an
-//! operator (or the `igord agents|deploy|migrate|recover|stop` clients)
+//! operator (or the `igord agents|deploy|migrate|recover|retire|stop` clients)
 //! sends to a running node, the replies, and the [`StatusBoard`] the node
 //! answers `agents` from, kept by folding the node's own event stream.
 //! Pure data: no I/O, no decisions (commands go to the node unchanged); the
@@ -8,6 +8,7 @@
 
 use crate::authority::{AuthorityState, Role};
 use crate::checkpoint::Hash32;
+use crate::driver::Answer;
 use crate::migration::Outcome;
 use crate::node::event::{epoch_text, hex32};
 use crate::node::{Event, NodeEvent};
@@ -30,14 +31,24 @@ pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 /// compiles the module, so this is generous); a migration waited for with
 /// `wait` may take up to its reply deadline plus retries.
 pub const COMMAND_TIMEOUT_MS: u64 = 30_000;
+
+/// Longest error text in a reply: an error names the field and the reason,
+/// never the whole input (a bad 47 MB deploy must not come back as a 47 MB
+/// reply).
+pub const MAX_ERROR_BYTES: usize = 512;
 pub const MIGRATION_WAIT_TIMEOUT_MS: u64 = 120_000;
 
 /// One request to a running node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// The node's identity, addresses and every agent it knows.
-    Agents,
+    /// The node's identity, addresses and every agent it knows, except
+    /// RETIRED ones unless `all`. (A struct variant even when empty: serde
+    /// checks `deny_unknown_fields` only on struct variants.)
+    Agents {
+        #[serde(default)]
+        all: bool,
+    },
     /// Deploy a new agent here with a fresh identity. `wasm` is a wasm
     /// binary (base64); `manifest` the manifest JSON (base64; `{}` grants
     /// nothing).
@@ -70,7 +81,7 @@ pub enum Request {
     /// Final checkpoint, then RETIRED (the agent ends here).
     Retire { agent: AgentId },
     /// Graceful stop: final checkpoint of every agent, then exit.
-    Stop,
+    Stop {},
 }
 
 /// The one reply to a [`Request`].
@@ -113,6 +124,39 @@ pub enum Reply {
     Error {
         error: String,
     },
+}
+
+impl Reply {
+    /// An error reply, its text cut to [`MAX_ERROR_BYTES`].
+    pub fn error(text: impl Into<String>) -> Reply {
+        Reply::Error { error: bounded(text.into()) }
+    }
+
+    /// Did the request end the way it asked for? (`igord` exits 0 only
+    /// then: a migration waited for must have completed.)
+    pub fn succeeded(&self) -> bool {
+        match self {
+            Reply::Error { .. } => false,
+            Reply::MigrationFinished { outcome, .. } => *outcome == Outcome::Completed,
+            _ => true,
+        }
+    }
+}
+
+/// `text` cut to at most [`MAX_ERROR_BYTES`] (on a character boundary),
+/// saying how much was cut.
+pub fn bounded(mut text: String) -> String {
+    if text.len() <= MAX_ERROR_BYTES {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = MAX_ERROR_BYTES - 40;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("… ({} of {total} bytes cut)", total - cut));
+    text
 }
 
 /// One agent as the node last reported it.
@@ -176,6 +220,12 @@ pub struct StatusBoard {
 impl StatusBoard {
     pub fn agents(&self) -> Vec<AgentStatus> {
         self.agents.values().cloned().collect()
+    }
+
+    /// The agents `igord agents` lists: RETIRED ones only with `all` (an
+    /// agent that left or ended stays on disk as history, not as a worry).
+    pub fn listed(&self, all: bool) -> Vec<AgentStatus> {
+        self.agents.values().filter(|s| all || s.state != AuthorityState::Retired).cloned().collect()
     }
 
     pub fn get(&self, agent: &AgentId) -> Option<&AgentStatus> {
@@ -243,48 +293,88 @@ impl StatusBoard {
     }
 }
 
-/// What a command waits for in the event stream: the event that answers
-/// it, or `None` if this event is about something else.
-pub fn answer(req: &Request, e: &Event) -> Option<Reply> {
-    let refused = |cmd: &str, agent: &AgentId| match e {
-        Event::CommandRefused { command, agent: Some(a), reason } if command == cmd && a == agent => {
-            Some(Reply::Error { error: format!("{cmd} refused for agent {agent}: {reason}") })
+/// What an accepted request still waits for: the asynchronous completion
+/// of a migration waited for, or of a recovery (which asks peers first).
+/// The node allows at most one of each in flight per agent, so the first
+/// matching event at or after `from_seq` is this request's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completion {
+    Migration { agent: AgentId, from_seq: u64 },
+    Recovery { agent: AgentId, from_seq: u64 },
+}
+
+/// The reply to `req` from the node's own answer to it, or the
+/// completion still to wait for.
+pub fn first_reply(req: &Request, answer: &Answer) -> Result<Reply, Completion> {
+    if let Err(refused) = &answer.result {
+        return Ok(Reply::error(refused.to_string()));
+    }
+    let from_seq = answer.from_seq;
+    let caused = || answer.events.iter();
+    match req {
+        Request::Deploy { agent, .. } => Ok(caused()
+            .find_map(|e| match &e.event {
+                Event::AgentDeployed { agent: a, wasm_hash, budget } if a == agent => {
+                    Some(Reply::Deployed { agent: agent.clone(), wasm_hash: *wasm_hash, budget: *budget })
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| Reply::error(format!("deploy of {agent}: accepted without an agent_deployed event")))),
+        Request::Migrate { agent, wait: false, .. } => Ok(caused()
+            .find_map(|e| match &e.event {
+                Event::HandoffStarted { agent: a, target, .. } if a == agent => {
+                    Some(Reply::MigrationStarted { agent: agent.clone(), to: target.clone() })
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| Reply::error(format!("migrate of {agent}: accepted without a handoff_started event")))),
+        Request::Migrate { agent, wait: true, .. } => {
+            let c = Completion::Migration { agent: agent.clone(), from_seq };
+            caused().find_map(|e| completes(&c, e)).ok_or(c)
         }
-        _ => None,
-    };
-    match (req, e) {
-        (Request::Deploy { agent, .. }, Event::AgentDeployed { agent: a, wasm_hash, budget }) if a == agent => {
-            Some(Reply::Deployed { agent: agent.clone(), wasm_hash: *wasm_hash, budget: *budget })
+        Request::Recover { agent, .. } => {
+            let c = Completion::Recovery { agent: agent.clone(), from_seq };
+            caused().find_map(|e| completes(&c, e)).ok_or(c)
         }
-        (Request::Deploy { agent, .. }, _) => refused("deploy", agent),
-        (Request::Migrate { agent, wait: false, .. }, Event::HandoffStarted { agent: a, target, .. }) if a == agent => {
-            Some(Reply::MigrationStarted { agent: agent.clone(), to: target.clone() })
+        Request::Retire { agent } => Ok(Reply::Retired { agent: agent.clone() }),
+        Request::Agents { .. } | Request::Stop {} => Ok(Reply::error("agents and stop are not node commands")),
+    }
+}
+
+/// The reply `e` gives to a request waiting for `c`, if it is its completion.
+pub fn completes(c: &Completion, e: &NodeEvent) -> Option<Reply> {
+    match (c, &e.event) {
+        (Completion::Migration { from_seq, .. } | Completion::Recovery { from_seq, .. }, _) if e.seq < *from_seq => {
+            None
         }
-        (
-            Request::Migrate { agent, wait: true, .. },
-            Event::MigrationFinished { agent: a, peer, role, outcome, .. },
-        ) if a == agent && *role == Role::Source => {
+        (Completion::Migration { agent, .. }, Event::MigrationFinished { agent: a, peer, role, outcome, .. })
+            if a == agent && *role == Role::Source =>
+        {
             Some(Reply::MigrationFinished { agent: agent.clone(), to: peer.clone(), outcome: outcome.clone() })
         }
-        (Request::Migrate { agent, .. }, _) => refused("migrate", agent),
-        (Request::Recover { agent, .. }, Event::Recovered { agent: a, epoch, anchor_tick, .. }) if a == agent => {
+        (Completion::Recovery { agent, .. }, Event::Recovered { agent: a, epoch, anchor_tick, .. }) if a == agent => {
             Some(Reply::Recovered { agent: agent.clone(), epoch: *epoch, anchor_tick: *anchor_tick })
         }
-        (Request::Recover { agent, .. }, _) => refused("recover", agent),
-        (Request::Retire { agent }, Event::AuthorityChanged { agent: a, to: AuthorityState::Retired, .. })
-            if a == agent =>
+        (Completion::Recovery { agent, .. }, Event::CommandRefused { command, agent: Some(a), reason })
+            if command == "recover" && a == agent =>
         {
-            Some(Reply::Retired { agent: agent.clone() })
+            Some(Reply::error(format!("recover refused for agent {agent}: {reason}")))
         }
-        (Request::Retire { agent }, _) => refused("retire", agent),
-        (Request::Agents | Request::Stop, _) => None,
+        _ => None,
     }
+}
+
+/// Events a waiting request may be completed by (the control server
+/// forwards only these to its waiters, so ticks cannot make them lag).
+pub fn is_completion(e: &Event) -> bool {
+    matches!(e, Event::MigrationFinished { .. } | Event::Recovered { .. } | Event::CommandRefused { .. })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::authority::Reason;
+    use crate::node::Refused;
 
     fn ev(event: Event) -> NodeEvent {
         NodeEvent { at_ns: 0, node: NodeId::new("n").unwrap(), seq: 0, event }
@@ -301,8 +391,9 @@ mod tests {
         let line = serde_json::to_string(&r).unwrap();
         assert_eq!(line, r#"{"op":"deploy","agent":"counter","wasm":"AGFzbQ==","manifest":"e30=","budget":5}"#);
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
-        assert_eq!(serde_json::from_str::<Request>(r#"{"op":"agents"}"#).unwrap(), Request::Agents);
-        assert!(serde_json::from_str::<Request>(r#"{"op":"retire","agent":"c","force":true}"#).is_err());
+        assert_eq!(serde_json::from_str::<Request>(r#"{"op":"agents"}"#).unwrap(), Request::Agents { all: false });
+        assert_eq!(serde_json::from_str::<Request>(r#"{"op":"stop"}"#).unwrap(), Request::Stop {});
+        assert!(serde_json::from_str::<Request>(r#"{"op":"launch"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"launch"}"#).is_err());
         let m = serde_json::from_str::<Request>(r#"{"op":"migrate","agent":"c","to":"x"}"#).unwrap();
         assert!(matches!(m, Request::Migrate { wait: false, .. }));
@@ -359,18 +450,112 @@ mod tests {
         assert!(board.agents().is_empty());
     }
 
+    /// Found 7: `{"op":"agents","x":1}` and `{"op":"stop","x":1}` were
+    /// accepted (serde ignores `deny_unknown_fields` on unit variants).
     #[test]
-    fn commands_are_answered_by_their_own_events_only() {
-        let a = AgentId::new("counter").unwrap();
-        let other = AgentId::new("other").unwrap();
-        let req = Request::Recover { agent: a.clone(), anchor: String::new(), force: false };
-        let refused = |agent: &AgentId, command: &str| Event::CommandRefused {
-            command: command.into(),
-            agent: Some(agent.clone()),
-            reason: "no".into(),
+    fn unknown_fields_are_errors_on_every_op() {
+        let ops = [
+            r#"{"op":"agents","bogus":1}"#,
+            r#"{"op":"agents","all":true,"bogus":1}"#,
+            r#"{"op":"stop","bogus":1}"#,
+            r#"{"op":"deploy","agent":"c","wasm":"","manifest":"","budget":1,"bogus":1}"#,
+            r#"{"op":"migrate","agent":"c","to":"x","bogus":1}"#,
+            r#"{"op":"recover","agent":"c","anchor":"","bogus":1}"#,
+            r#"{"op":"retire","agent":"c","force":true}"#,
+        ];
+        for op in ops {
+            let err = serde_json::from_str::<Request>(op).expect_err(op);
+            assert!(err.to_string().contains("unknown field"), "{op}: {err}");
+        }
+    }
+
+    #[test]
+    fn error_texts_are_bounded() {
+        let huge = "é".repeat(3 * 1024 * 1024);
+        let Reply::Error { error } = Reply::error(format!("agent id {huge:?}: too long")) else { unreachable!() };
+        assert!(error.len() <= MAX_ERROR_BYTES, "{} bytes", error.len());
+        assert!(error.ends_with("bytes cut)"), "{error}");
+        let Reply::Error { error } = Reply::error("short") else { unreachable!() };
+        assert_eq!(error, "short");
+    }
+
+    fn answer(result: Result<(), Refused>, events: Vec<Event>, from_seq: u64) -> Answer {
+        let events = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| NodeEvent { seq: from_seq + i as u64, ..ev(event) })
+            .collect();
+        Answer { result, events, from_seq }
+    }
+
+    fn finished(agent: &AgentId, role: Role, outcome: Outcome, seq: u64) -> NodeEvent {
+        let event = Event::MigrationFinished {
+            agent: agent.clone(),
+            peer: NodeId::new("b").unwrap(),
+            role,
+            outcome,
+            budget: Microcents(1),
+            tick: TickNumber(1),
+            hash: Hash32::ZERO,
         };
-        assert_eq!(answer(&req, &refused(&other, "recover")), None);
-        assert_eq!(answer(&req, &refused(&a, "migrate")), None);
-        assert!(matches!(answer(&req, &refused(&a, "recover")), Some(Reply::Error { .. })));
+        NodeEvent { seq, ..ev(event) }
+    }
+
+    /// Found 3: replies were matched by (command, agent) from the event
+    /// stream, so a refused second request took the first one's answer.
+    /// Now the node's own result decides, and only completions are waited
+    /// for, from the request's own point in the stream.
+    #[test]
+    fn each_request_is_answered_by_its_own_result() {
+        let a = AgentId::new("counter").unwrap();
+        let deploy = |budget| Request::Deploy { agent: a.clone(), wasm: vec![], manifest: vec![], budget };
+        let deployed = Event::AgentDeployed { agent: a.clone(), wasm_hash: Hash32::ZERO, budget: Microcents(7) };
+        let ok = answer(Ok(()), vec![deployed], 3);
+        assert_eq!(
+            first_reply(&deploy(Microcents(7)), &ok),
+            Ok(Reply::Deployed { agent: a.clone(), wasm_hash: Hash32::ZERO, budget: Microcents(7) })
+        );
+        let refused = Refused { command: "deploy", agent: Some(a.clone()), reason: "agent already known".into() };
+        let no = answer(Err(refused), vec![], 4);
+        assert!(matches!(first_reply(&deploy(Microcents(9)), &no), Ok(Reply::Error { .. })));
+
+        let wait = Request::Migrate { agent: a.clone(), to: "b".into(), wait: true };
+        let started =
+            Event::HandoffStarted { agent: a.clone(), target: NodeId::new("b").unwrap(), epoch: Epoch::default() };
+        let pending = first_reply(&wait, &answer(Ok(()), vec![started], 10)).unwrap_err();
+        // An older handoff's end, still in the stream, is not this one's.
+        assert_eq!(completes(&pending, &finished(&a, Role::Source, Outcome::Completed, 9)), None);
+        assert_eq!(completes(&pending, &finished(&a, Role::Target, Outcome::Completed, 12)), None);
+        let failed = Outcome::FailedBeforeSend("unreachable".into());
+        let reply = completes(&pending, &finished(&a, Role::Source, failed, 12)).unwrap();
+        assert!(matches!(reply, Reply::MigrationFinished { .. }));
+        assert!(!reply.succeeded(), "failed_before_send must not count as success");
+        assert!(completes(&pending, &finished(&a, Role::Source, Outcome::Completed, 13)).unwrap().succeeded());
+
+        let recover = Request::Recover { agent: a.clone(), anchor: String::new(), force: false };
+        let pending = first_reply(&recover, &answer(Ok(()), vec![], 20)).unwrap_err();
+        let other = AgentId::new("other").unwrap();
+        let refused_for = |agent: &AgentId, command: &str| NodeEvent {
+            seq: 21,
+            ..ev(Event::CommandRefused { command: command.into(), agent: Some(agent.clone()), reason: "no".into() })
+        };
+        assert_eq!(completes(&pending, &refused_for(&other, "recover")), None);
+        assert_eq!(completes(&pending, &refused_for(&a, "migrate")), None);
+        assert!(matches!(completes(&pending, &refused_for(&a, "recover")), Some(Reply::Error { .. })));
+    }
+
+    #[test]
+    fn retired_agents_are_listed_only_with_all() {
+        let a = AgentId::new("gone").unwrap();
+        let mut board = StatusBoard::default();
+        board.apply(&ev(Event::AuthorityChanged {
+            agent: a.clone(),
+            from: Some(AuthorityState::ActiveOwner),
+            to: AuthorityState::Retired,
+            epoch: Epoch::new(1, 0),
+            reason: Reason::Shutdown,
+        }));
+        assert!(board.listed(false).is_empty());
+        assert_eq!(board.listed(true).len(), 1);
     }
 }

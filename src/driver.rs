@@ -14,13 +14,13 @@
 
 use crate::env::{Clock, Disk, Entropy, Incoming, NetError, Network};
 use crate::executor::Executor;
-use crate::node::{Command, Node, NodeEvent, RequestId};
+use crate::node::{Command, Node, NodeEvent, Refused, RequestId};
 use crate::units::{AgentId, Microcents};
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Requests allowed in flight at once. Beyond it a new request fails at once
 /// as `Unreachable` (it was never handed to the transport): a node cannot
@@ -32,7 +32,7 @@ pub const MAX_IN_FLIGHT_REQUESTS: usize = 256;
 pub const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 
 /// What the outside (operator, simulator) asks of a running node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Control {
     Deploy {
         agent: AgentId,
@@ -41,8 +41,44 @@ pub enum Control {
         budget: Microcents,
     },
     Command(Command),
+    /// A deploy or command whose caller wants the node's own answer: the
+    /// `Result` of that very call and the events it emitted go back on
+    /// `reply` (and the events also to the event stream, as always). The
+    /// control socket uses this, so concurrent requests about one agent are
+    /// each answered with their own outcome, never matched up afterwards by
+    /// (command, agent) from the shared event stream.
+    Ask {
+        ask: Ask,
+        reply: oneshot::Sender<Answer>,
+    },
     /// Leave the loop (the node value stays usable, e.g. for inspection).
     Stop,
+}
+
+/// The synchronous part of an operator request ([`Control::Ask`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ask {
+    Deploy { agent: AgentId, wasm: Vec<u8>, manifest: Vec<u8>, budget: Microcents },
+    Command(Command),
+}
+
+/// The node's answer to one [`Ask`]: what the call returned and the events
+/// it emitted (in order; their `seq` orders them against later events, so a
+/// caller waiting for an asynchronous completion skips anything older).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub result: Result<(), Refused>,
+    pub events: Vec<NodeEvent>,
+    /// Every event with `seq >= from_seq` was emitted by this call or later.
+    pub from_seq: u64,
+}
+
+/// Forward events in order and remember the next sequence number.
+fn forward(batch: Vec<NodeEvent>, events: &mpsc::UnboundedSender<NodeEvent>, next_seq: &mut u64) {
+    for e in batch {
+        *next_seq = (*next_seq).max(e.seq.saturating_add(1));
+        let _ = events.send(e);
+    }
 }
 
 type RequestFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, NetError>> + 'a>>;
@@ -72,12 +108,11 @@ pub async fn run<X, D, C, R, N>(
 {
     let mut requests: Vec<(RequestId, RequestFuture<'_>)> = Vec::new();
     let mut accept: Pin<Box<dyn Future<Output = Option<Incoming>> + '_>> = Box::pin(net.accept());
+    let mut next_seq = 0u64;
     loop {
         let deadline = node.advance();
         flush(node, net, &mut requests);
-        for e in node.drain_events() {
-            let _ = events.send(e);
-        }
+        forward(node.drain_events(), events, &mut next_seq);
         if node.is_stopped() {
             return;
         }
@@ -106,9 +141,7 @@ pub async fn run<X, D, C, R, N>(
         .await;
         match wake {
             Wake::Control(None) | Wake::Control(Some(Control::Stop)) => {
-                for e in node.drain_events() {
-                    let _ = events.send(e);
-                }
+                forward(node.drain_events(), events, &mut next_seq);
                 return;
             }
             Wake::Control(Some(Control::Deploy { agent, wasm, manifest, budget })) => {
@@ -116,6 +149,19 @@ pub async fn run<X, D, C, R, N>(
             }
             Wake::Control(Some(Control::Command(cmd))) => {
                 let _ = node.command(cmd);
+            }
+            Wake::Control(Some(Control::Ask { ask, reply })) => {
+                // Whatever is queued was caused by something else: out first.
+                forward(node.drain_events(), events, &mut next_seq);
+                let from_seq = next_seq;
+                let result = match ask {
+                    Ask::Deploy { agent, wasm, manifest, budget } => node.deploy(agent, wasm, manifest, budget),
+                    Ask::Command(cmd) => node.command(cmd),
+                };
+                let caused = node.drain_events();
+                forward(caused.clone(), events, &mut next_seq);
+                // Err = the asker gave up (timeout, closed socket).
+                let _ = reply.send(Answer { result, events: caused, from_seq });
             }
             Wake::Reply(i, result) => {
                 let (id, _) = requests.remove(i);

@@ -195,9 +195,12 @@ impl fmt::Debug for AgentPackage {
     }
 }
 
-/// What a target needs to re-run the last tick before the handoff
-/// checkpoint: the checkpoint before it (also proves the signature chain),
-/// the tick's inputs and its recorded event log.
+/// What a target needs to re-run the ticks that led to the handoff
+/// checkpoint from its parent: the parent (also proves the signature
+/// chain), the first tick's inputs and recorded event log, then each
+/// following tick's ([`ReplayTick`]), in order. The target re-runs them all
+/// (defence `metering_check`), so a host cannot hide an overcharge or a
+/// budget edit among several ticks between checkpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayData {
@@ -205,6 +208,25 @@ pub struct ReplayData {
     pub prev_checkpoint: Vec<u8>,
     #[serde(rename = "PrevKV", with = "b64")]
     pub prev_kv: Vec<u8>,
+    #[serde(rename = "Tick")]
+    pub tick: u64,
+    #[serde(rename = "NowUnixNs")]
+    pub now_unix_ns: i64,
+    #[serde(rename = "RandSeed", with = "b64")]
+    pub rand_seed: Vec<u8>,
+    #[serde(rename = "Budget")]
+    pub budget: i64,
+    #[serde(rename = "EventLog", with = "b64")]
+    pub event_log: Vec<u8>,
+    /// The ticks after the first, up to the handoff checkpoint.
+    #[serde(rename = "Following", default, skip_serializing_if = "Vec::is_empty")]
+    pub following: Vec<ReplayTick>,
+}
+
+/// One more tick of a [`ReplayData`]: its inputs and recorded event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayTick {
     #[serde(rename = "Tick")]
     pub tick: u64,
     #[serde(rename = "NowUnixNs")]
@@ -282,6 +304,14 @@ pub struct HeadAck {
     /// As [`HeadAnnounce::agent_signature`], over the replier's header.
     #[serde(rename = "AgentSignature", default, skip_serializing_if = "Option::is_none", with = "b64::opt")]
     pub agent_signature: Option<Vec<u8>>,
+    /// The highest epoch major the replier knows the agent was (or may have
+    /// been) held under: its own, any a proven claim showed it, and the
+    /// major a target of its own handoff takes. An operator recovery
+    /// elsewhere stays above it (spec §5: a major no node has used). Covered
+    /// by the envelope's node signature, not the agent's: a liar can only
+    /// push a recovery to a higher major, never make it reuse one.
+    #[serde(rename = "HighestMajor", default, skip_serializing_if = "Option::is_none")]
+    pub highest_major: Option<u64>,
 }
 
 /// The message itself.

@@ -137,6 +137,10 @@ fn source_crash_after_relinquishing_without_confirmation_is_recovery_required() 
     let wrong = Hash32::of(b"not the head");
     assert!(c.node(0).command(Command::Recover { agent: agent(), anchor: wrong, force: false }).is_err());
     c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: false }).unwrap();
+    // The recovery asks n1 first (spec §5): the answer completes it.
+    c.pump();
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired), "waits for the peers' answers");
+    c.settle();
     c.pump();
     let v = c.node(0).agent(&agent()).unwrap();
     assert_eq!((v.state, v.epoch.major), (AuthorityState::ActiveOwner, 3));
@@ -555,4 +559,89 @@ fn a_package_whose_replay_base_is_not_the_parent_is_refused() {
     c.advance(6 * S);
     assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner), "stays on the source");
     c.check().unwrap();
+}
+
+#[test]
+fn recovery_after_a_chain_whose_last_hop_was_wiped_takes_a_fresh_major() {
+    // Explore disk-swarm seeds 816 and 1043: a -> b ends in doubt (a is
+    // RECOVERY_REQUIRED, b assumed 2.0), b -> c completes (c at 3.0, ticks),
+    // c loses its disk. a never heard of c; before, it recovered into major
+    // 3 and ticked tick numbers c had ticked (EI-1 per epoch). Now it asks
+    // b, which counts the major its own target took.
+    let mut c = running(3);
+    migrate(&mut c, 0, 1);
+    let k = transfer_index(&c);
+    c.deliver(k, false);
+    let k = c.replies.iter().position(|r| r.to == 0).unwrap();
+    c.deliver_reply(k, true); // the confirmation is lost: a in doubt
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    // No claim of b or c reaches a (as in the explore seeds: a was cut off).
+    let settle_without_c_to_a = |c: &mut Cluster| {
+        for _ in 0..1000 {
+            c.requests.retain(|r| !(r.from != 0 && r.to == 0));
+            if !c.requests.is_empty() {
+                c.deliver(0, false);
+            } else if !c.replies.is_empty() {
+                c.deliver_reply(0, false);
+            } else {
+                return;
+            }
+        }
+    };
+    c.advance(3 * S);
+    settle_without_c_to_a(&mut c);
+    migrate(&mut c, 1, 2);
+    settle_without_c_to_a(&mut c);
+    c.advance(3 * S);
+    settle_without_c_to_a(&mut c);
+    assert_eq!(c.tickers(), vec![2]);
+    assert_eq!(c.node(2).agent(&agent()).unwrap().epoch.major, 3);
+    c.crash(2);
+    c.disks[2] = igor::env::mem::MemDisk::new();
+    c.restart(2);
+    assert_eq!(c.state(2), None, "a wiped node knows nothing");
+    let head = c.node(0).agent(&agent()).unwrap().head_hash;
+    // b proves nothing about a live owner but a's handoff to b is in doubt:
+    // a plain recovery is refused and says why.
+    c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: false }).unwrap();
+    c.pump();
+    c.settle();
+    c.pump();
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    let refused = c.events.iter().rev().find_map(|e| match &e.event {
+        Event::CommandRefused { command, reason, .. } if command == "recover" => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(refused.as_deref().is_some_and(|r| r.contains("n1")), "{refused:?}");
+    // Forced (the operator checked c lost its disk): above b's knowledge.
+    c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: true }).unwrap();
+    c.pump();
+    c.settle();
+    c.pump();
+    let v = c.node(0).agent(&agent()).unwrap();
+    assert_eq!(v.state, AuthorityState::ActiveOwner);
+    assert!(v.epoch.major > 3, "recovered at {} (c ticked in major 3)", v.epoch);
+}
+
+#[test]
+fn a_recovery_with_a_silent_peer_is_refused_unless_forced() {
+    let mut c = running(2);
+    migrate(&mut c, 0, 1);
+    c.requests.clear(); // the package never arrives
+    c.crash(0);
+    c.restart(0);
+    let head = c.node(0).agent(&agent()).unwrap().head_hash;
+    c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: false }).unwrap();
+    let again = c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: false });
+    assert!(again.is_err_and(|r| r.reason.contains("already asking")), "one recovery at a time");
+    c.pump();
+    c.requests.clear(); // n1 never hears the question
+    c.advance(4 * S);
+    c.pump();
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    let refused = c.events.iter().rev().find_map(|e| match &e.event {
+        Event::CommandRefused { command, reason, .. } if command == "recover" => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(refused.as_deref().is_some_and(|r| r.contains("did not answer") && r.contains("n1")), "{refused:?}");
 }

@@ -133,7 +133,9 @@ fn apply(c: &mut Cluster, s: &Step) {
         Step::Restart(i) if c.nodes[i as usize % n].is_none() => c.restart(i as usize % n),
         Step::Recover(i) => {
             let i = i as usize % n;
-            if recovery_is_safe(c, i) {
+            // One recovery at a time: a second while the first asks its
+            // peers is refused (the first completes as they answer).
+            if recovery_is_safe(c, i) && !c.node(i).recovering(&agent()) {
                 let anchor = c.node(i).agent(&agent()).map(|v| v.head_hash).unwrap_or_default();
                 // The model knows no node holds the agent: an operator who
                 // checked forces past a stale proven view of an old owner.

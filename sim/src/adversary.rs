@@ -116,14 +116,16 @@ impl Filter {
     pub fn filter(&mut self, node: &NodeId, event: &Event, obs: Option<Obs>) -> Vec<(NodeId, Obs)> {
         // A churn griefer's handoffs follow the protocol: its claims stay
         // the system's (the checker judges it like an honest host).
+        let mut out = Vec::new();
         if let Event::Misbehaved { act, .. } = event
             && !act.starts_with(crate::byzantine::CHURN_ACT_PREFIX)
+            && self.byzantine.insert(node.clone())
         {
-            self.byzantine.insert(node.clone());
+            out.push((node.clone(), Obs::Distrusted));
         }
-        let Some(obs) = obs else { return Vec::new() };
+        let Some(obs) = obs else { return out };
         if self.byzantine.contains(node) {
-            return match obs {
+            let kept = match obs {
                 Obs::Committed { hash, charged: Some(_), .. } => {
                     self.held.insert(hash, (node.clone(), obs));
                     Vec::new()
@@ -143,6 +145,8 @@ impl Filter {
                 }
                 other => vec![(node.clone(), other)],
             };
+            out.extend(kept);
+            return out;
         }
         let mut chain = Vec::new();
         if let Obs::Committed { hash, charged: None, .. } = &obs {
@@ -155,7 +159,6 @@ impl Filter {
             }
             chain.reverse();
         }
-        let mut out = Vec::new();
         for (n, commit) in chain {
             let upto = tick_of(&commit);
             if let Some(ticks) = self.held_ticks.get_mut(&n) {

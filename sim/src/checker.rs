@@ -105,8 +105,17 @@ pub enum Obs {
     Recovered { agent: AgentId, anchor: Hash32, epoch: Epoch },
     /// The node's process died (injected by the simulator).
     Crashed,
+    /// The node misbehaved (A2–A4): the adversary filter keeps its later
+    /// authority changes out, so its last record here is stale. It no
+    /// longer counts as a second holder or ticker (EI-5, EI-1) beside an
+    /// honest node; ticks it ran, released when an honest node adopts
+    /// them, are still judged against that record.
+    Distrusted,
     /// The node's records of `agent` were lost with its disk (`Wipe`).
     Forgot { agent: AgentId },
+    /// The node deleted its copy of the agent (checkpoints, key) after a
+    /// confirmed handoff; a record that failed to persist may still reload.
+    CopyDeleted { agent: AgentId },
 }
 
 /// A detected violation: which invariant, when, where, and why.
@@ -230,6 +239,19 @@ struct AgentModel {
     wiped: BTreeSet<NodeId>,
     /// The tick each source sealed its last handoff at.
     sealed: BTreeMap<NodeId, u64>,
+    /// Set when a wipe destroyed the last record that held the agent
+    /// (node, time); cleared when any node holds it again. The fault model
+    /// destroyed every copy: liveness is impossible, not violated.
+    lost: Option<(NodeId, u64)>,
+    /// Nodes that deleted their copy and took none since: a record there
+    /// (say RECOVERY_REQUIRED after a lost RETIRED write) holds nothing.
+    copy_gone: BTreeSet<NodeId>,
+}
+
+/// A state in which a node keeps the agent's checkpoint and can still
+/// tick it, hand it on, or recover it.
+fn holds(state: State) -> bool {
+    matches!(state, State::ActiveOwner | State::HandoffInitiated | State::HandoffPending | State::RecoveryRequired)
 }
 
 /// The oracle. Feed it with [`Checker::observe`] in event order.
@@ -238,6 +260,8 @@ pub struct Checker {
     agents: BTreeMap<AgentId, AgentModel>,
     /// Nodes whose process is down (crashed, not yet restarted).
     down: BTreeSet<NodeId>,
+    /// Nodes that misbehaved ([`Obs::Distrusted`]).
+    distrusted: BTreeSet<NodeId>,
     /// Count of observations per kind, for coverage reporting.
     pub seen: BTreeMap<&'static str, u64>,
 }
@@ -269,6 +293,13 @@ impl Checker {
         self.agents.get(agent)?.committed.values().map(|(t, _, _)| *t).max()
     }
 
+    /// The node whose wipe destroyed the last copy of `agent`, and when, if
+    /// no node has held the agent since: the checker's own record, so a
+    /// node that dropped an agent by itself is never excused as "lost".
+    pub fn lost(&self, agent: &AgentId) -> Option<(NodeId, u64)> {
+        self.agents.get(agent)?.lost.clone()
+    }
+
     /// Which node ticked `agent` in each epoch major (EI-1 per epoch).
     pub fn tickers(&self, agent: &AgentId) -> BTreeMap<u64, NodeId> {
         self.agents.get(agent).map(|m| m.ticked_in.clone()).unwrap_or_default()
@@ -290,9 +321,14 @@ impl Checker {
                 self.down.remove(node);
                 return Ok(());
             }
+            Obs::Distrusted => {
+                self.distrusted.insert(node.clone());
+                return Ok(());
+            }
             _ => {}
         }
         let down = &self.down;
+        let distrusted = &self.distrusted;
         let agent = match obs {
             Obs::Deployed { agent, .. }
             | Obs::Loaded { agent, .. }
@@ -304,8 +340,9 @@ impl Checker {
             | Obs::Halted { agent, .. }
             | Obs::Fault { agent }
             | Obs::Recovered { agent, .. }
-            | Obs::Forgot { agent } => agent.clone(),
-            Obs::Crashed | Obs::Booted => unreachable!("handled above"),
+            | Obs::Forgot { agent }
+            | Obs::CopyDeleted { agent } => agent.clone(),
+            Obs::Crashed | Obs::Booted | Obs::Distrusted => unreachable!("handled above"),
         };
         let m = self.agents.entry(agent.clone()).or_default();
         let fail = |invariant, nodes: Vec<NodeId>, message: String| {
@@ -320,7 +357,16 @@ impl Checker {
             Obs::Recovered { anchor, .. } => {
                 m.reanchoring.insert(node.clone(), *anchor);
             }
+            Obs::CopyDeleted { .. } => {
+                m.copy_gone.insert(node.clone());
+            }
             Obs::Forgot { .. } => {
+                let copy = |n: &NodeId, r: &Record| holds(r.state) && !m.copy_gone.contains(n);
+                let held_here = m.records.get(node).is_some_and(|r| copy(node, r));
+                if held_here && !m.records.iter().any(|(n, r)| n != node && copy(n, r)) {
+                    m.lost = Some((node.clone(), at_ns));
+                }
+                m.copy_gone.remove(node);
                 m.records.remove(node);
                 m.runs.remove(node);
                 m.wiped.insert(node.clone());
@@ -367,6 +413,9 @@ impl Checker {
                     );
                 }
                 m.records.insert(node.clone(), Record { state: *state, epoch: *epoch, uncertain: false, ..rec });
+                if holds(*state) && !m.copy_gone.contains(node) {
+                    m.lost = None;
+                }
                 let budget = m.committed.get(head).map(|(_, b, _)| *b).unwrap_or(0);
                 m.runs.insert(node.clone(), NodeRun { head: Some((*head_tick, budget)), ..NodeRun::default() });
             }
@@ -402,7 +451,9 @@ impl Checker {
                 let others: Vec<NodeId> = m
                     .records
                     .iter()
-                    .filter(|(n, r)| *n != node && r.state == State::ActiveOwner && !down.contains(*n))
+                    .filter(|(n, r)| {
+                        *n != node && r.state == State::ActiveOwner && !down.contains(*n) && !distrusted.contains(*n)
+                    })
                     .map(|(n, _)| n.clone())
                     .collect();
                 if !others.is_empty() {
@@ -645,7 +696,7 @@ impl Checker {
                     let holders: Vec<NodeId> = m
                         .records
                         .iter()
-                        .filter(|(n, r)| *n != node && r.state == State::ActiveOwner)
+                        .filter(|(n, r)| *n != node && r.state == State::ActiveOwner && !distrusted.contains(*n))
                         .map(|(n, _)| n.clone())
                         .collect();
                     if !holders.is_empty() {
@@ -665,7 +716,14 @@ impl Checker {
                 } else {
                     target
                 };
+                if new_record {
+                    // A package brings a copy again.
+                    m.copy_gone.remove(node);
+                }
                 m.records.insert(node.clone(), Record { state: *to, epoch: *epoch, target, uncertain: false });
+                if holds(*to) && !m.copy_gone.contains(node) {
+                    m.lost = None;
+                }
             }
             Obs::Divergence { .. } => {
                 m.must_stop.insert(node.clone());
@@ -689,7 +747,7 @@ impl Checker {
                     );
                 }
             }
-            Obs::Crashed | Obs::Booted => {}
+            Obs::Crashed | Obs::Booted | Obs::Distrusted => {}
         }
         Ok(())
     }
@@ -708,7 +766,9 @@ fn obs_kind(obs: &Obs) -> &'static str {
         Obs::Halted { .. } => "halted",
         Obs::Fault { .. } => "fault",
         Obs::Crashed => "crashed",
+        Obs::Distrusted => "distrusted",
         Obs::Forgot { .. } => "forgot",
+        Obs::CopyDeleted { .. } => "copy_deleted",
         Obs::Recovered { .. } => "recovered",
     }
 }
@@ -969,6 +1029,49 @@ mod tests {
         let mut c = reach(Start::Owner);
         let err = auth(&mut c, "x", Some(RecoveryRequired), ActiveOwner, 2, Reason::Recovery).unwrap_err();
         assert_eq!(err.invariant, AUTH_TRANSITION);
+    }
+
+    #[test]
+    fn an_agent_is_lost_only_when_a_wipe_destroyed_its_last_holder() {
+        // x owns the agent, hands it to b, retires; b is wiped: lost on b.
+        let mut c = reach(Start::Owner);
+        assert_eq!(c.lost(&ag()), None);
+        auth(&mut c, "b", None, HandoffPending, 1, Reason::PackageReceived).unwrap();
+        auth(&mut c, "x", Some(ActiveOwner), HandoffInitiated, 1, Reason::HandoffStarted).unwrap();
+        auth(&mut c, "x", Some(HandoffInitiated), HandoffPending, 1, Reason::Relinquished).unwrap();
+        auth(&mut c, "b", Some(HandoffPending), ActiveOwner, 2, Reason::Assumed).unwrap();
+        // While x still holds it in HANDOFF_PENDING, wiping b loses nothing.
+        let mut early = reach(Start::Owner);
+        auth(&mut early, "x", Some(ActiveOwner), RecoveryRequired, 1, Reason::Ambiguous).unwrap();
+        early.observe(1, &n("b"), &Obs::Forgot { agent: ag() }).unwrap();
+        assert_eq!(early.lost(&ag()), None, "x still holds a copy");
+        auth(&mut c, "x", Some(HandoffPending), Retired, 1, Reason::Confirmed).unwrap();
+        // Wiping a node that holds only a RETIRED record loses nothing.
+        c.observe(3, &n("x"), &Obs::Forgot { agent: ag() }).unwrap();
+        assert_eq!(c.lost(&ag()), None);
+        c.observe(5, &n("b"), &Obs::Crashed).unwrap();
+        c.observe(5, &n("b"), &Obs::Forgot { agent: ag() }).unwrap();
+        assert_eq!(c.lost(&ag()), Some((n("b"), 5)));
+        // A node that holds it again (a replayed package, say) clears it.
+        auth(&mut c, "x", None, HandoffPending, 3, Reason::PackageReceived).unwrap();
+        assert_eq!(c.lost(&ag()), None);
+
+        // Explore disk-swarm 1588: the source deleted its copy after the
+        // confirmation, but its RETIRED record did not persist and reloads
+        // as RECOVERY_REQUIRED. That record holds nothing: wiping the new
+        // owner loses the agent.
+        let mut c = reach(Start::Owner);
+        auth(&mut c, "b", None, HandoffPending, 1, Reason::PackageReceived).unwrap();
+        auth(&mut c, "x", Some(ActiveOwner), HandoffInitiated, 1, Reason::HandoffStarted).unwrap();
+        auth(&mut c, "x", Some(HandoffInitiated), HandoffPending, 1, Reason::Relinquished).unwrap();
+        auth(&mut c, "b", Some(HandoffPending), ActiveOwner, 2, Reason::Assumed).unwrap();
+        auth(&mut c, "x", Some(HandoffPending), Retired, 1, Reason::Confirmed).unwrap();
+        c.observe(4, &n("x"), &Obs::CopyDeleted { agent: ag() }).unwrap();
+        c.observe(4, &n("x"), &Obs::Crashed).unwrap();
+        c.observe(5, &n("x"), &Obs::Booted).unwrap();
+        auth(&mut c, "x", Some(Retired), RecoveryRequired, 1, Reason::RestartInDoubt).unwrap();
+        c.observe(6, &n("b"), &Obs::Forgot { agent: ag() }).unwrap();
+        assert_eq!(c.lost(&ag()), Some((n("b"), 6)));
     }
 
     #[test]

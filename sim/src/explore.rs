@@ -169,7 +169,10 @@ pub fn required_marks(template: &Scenario) -> Vec<String> {
                 .map(str::to_string),
         );
     }
-    let Some(spec) = spec else { return out };
+    let Some(spec) = spec else {
+        out.extend(coverage::transitions_required_with(&[]));
+        return out;
+    };
     for f in &spec.families {
         out.extend(coverage::family_marks(f).iter().map(|(m, _)| m.to_string()));
         if f == "adversary" {
@@ -178,7 +181,7 @@ pub fn required_marks(template: &Scenario) -> Vec<String> {
             out.extend(coverage::adversary_required(&names));
         }
     }
-    out.extend(coverage::transitions_required());
+    out.extend(coverage::transitions_required_with(&spec.families));
     out
 }
 
@@ -458,6 +461,14 @@ fn draw_family(
             for _ in 0..d.range(1, 2) {
                 let (t, agent, node) = (at(d), d.pick(agents).clone(), d.pick(nodes).clone());
                 push(t, Action::Recover { agent, node, anchor_tick: None, force: false });
+            }
+            // Sometimes the operator retires an agent, late in the window
+            // (ACTIVE_OWNER -> RETIRED; a node not owning it refuses).
+            if d.unit() < 0.2 {
+                let t = d.range(window_ms * 2 / 3, window_ms.max(1));
+                let (agent, node) = (d.pick(agents).clone(), d.pick(nodes).clone());
+                let node = if d.unit() < 0.6 { home(s, &agent).unwrap_or(node) } else { node };
+                push(t, Action::Retire { agent, node });
             }
         }
         "chains" if nodes.len() >= 3 => {

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use igor_sim::coverage::{self, Coverage};
 use igor_sim::runner::{self, RunReport};
-use igor_sim::scenario::Scenario;
+use igor_sim::scenario::{Scenario, Verdict};
 use igor_sim::{explore, html, minimize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,7 @@ enum Command {
     /// seeds (with their resolved RON) and coverage marks that never fired.
     ///
     /// Example: igor-sim explore scenarios/templates/a1-swarm.ron --seeds 0..500 --jobs 2
+    /// Your agent: igor-sim explore scenarios/templates/a1-swarm.ron --seeds 0..50 --agent my.wasm --manifest my.json
     Explore {
         template: PathBuf,
         /// Seed range, end exclusive: A..B.
@@ -67,6 +68,13 @@ enum Command {
         /// Do not fail when a required coverage mark never fired.
         #[arg(long)]
         allow_gaps: bool,
+        /// Run the template's agents on this module (.wasm or .wat) instead
+        /// of their own: test your agent under the whole fault model.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Manifest for --agent (default: <stem>.manifest.json beside it, if present).
+        #[arg(long, requires = "agent")]
+        manifest: Option<PathBuf>,
     },
     /// Shrink a failing run to a smallest scenario that fails the same
     /// invariant (delta debugging over timeline actions, then intensities).
@@ -143,8 +151,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { scenario, seed, trace, html } => run(&scenario, seed, trace.as_deref(), html.as_deref()),
-        Command::Explore { template, seeds, jobs, print, out_dir, allow_gaps } => {
-            explore(&template, seeds, jobs, print, out_dir.as_deref(), allow_gaps)
+        Command::Explore { template, seeds, jobs, print, out_dir, allow_gaps, agent, manifest } => {
+            let agent = agent.as_deref().map(|w| (w, manifest.as_deref()));
+            explore(&template, seeds, jobs, print, out_dir.as_deref(), allow_gaps, agent)
         }
         Command::Minimize { scenario, seed, out } => minimize(&scenario, seed, out.as_deref()),
         Command::Sweep { path, seeds, jobs, shard } => sweep(&path, seeds, jobs, shard),
@@ -317,8 +326,12 @@ fn explore(
     print: bool,
     out_dir: Option<&Path>,
     allow_gaps: bool,
+    agent: Option<(&Path, Option<&Path>)>,
 ) -> anyhow::Result<bool> {
-    let template = load(template_path)?;
+    let mut template = load(template_path)?;
+    if let Some((wasm, manifest)) = agent {
+        with_agent(&mut template, wasm, manifest)?;
+    }
     let base = Scenario::base_dir(template_path);
     let seeds: Vec<u64> = (a..b).collect();
     let started = std::time::Instant::now();
@@ -330,6 +343,7 @@ fn explore(
     let secs = started.elapsed().as_secs_f64();
     let mut coverage = Coverage::default();
     let mut failed = 0;
+    let mut lost = Vec::new();
     for (seed, resolved, r) in &results {
         if print {
             println!("// seed {seed}\n{}", resolved.to_ron());
@@ -338,6 +352,15 @@ fn explore(
             Ok(rep) => {
                 coverage.merge(&rep.coverage);
                 if rep.matches_expectation() {
+                    continue;
+                }
+                // The drawn wipes destroyed every copy of an agent: the
+                // fault model's doing, not the protocol's (runner::LOST).
+                if rep.expect.verdict == Verdict::Pass
+                    && rep.failures.is_empty()
+                    && rep.violation.as_ref().is_some_and(|v| v.invariant == runner::LOST)
+                {
+                    lost.push(*seed);
                     continue;
                 }
                 rep.mismatch_reason()
@@ -362,15 +385,28 @@ fn explore(
             }
             None => println!("{}", resolved.to_ron()),
         }
-        println!("  reproduce: igor-sim explore {} --seeds {seed}..{}", template_path.display(), seed + 1);
+        let with = agent.map_or(String::new(), |(w, m)| {
+            format!(" --agent {}", w.display()) + &m.map_or(String::new(), |m| format!(" --manifest {}", m.display()))
+        });
+        println!("  reproduce: igor-sim explore {} --seeds {seed}..{}{with}", template_path.display(), seed + 1);
     }
     let n = seeds.len();
     println!(
-        "explored {n} seeds of {} in {secs:.1}s ({:.0} seeds/minute): {} passed, {failed} failed",
+        "explored {n} seeds of {} in {secs:.1}s ({:.0} seeds/minute): {} passed, {failed} failed, {} lost",
         template_path.display(),
         n as f64 / secs.max(1e-9) * 60.0,
-        n - failed
+        n - failed - lost.len(),
+        lost.len()
     );
+    if !lost.is_empty() {
+        let shown: Vec<String> = lost.iter().take(10).map(u64::to_string).collect();
+        println!(
+            "lost: in {} seeds (e.g. {}) the drawn wipes destroyed every copy of an agent (verdict LOST): \
+             Igor keeps one replica, so this is the fault model's doing, not a failure",
+            lost.len(),
+            shown.join(", ")
+        );
+    }
     println!("\ncoverage:\n{}", coverage.report());
     let required = explore::required_marks(&template);
     let gaps = coverage.unfired(required.iter().map(String::as_str));
@@ -381,6 +417,27 @@ fn explore(
 }
 
 /// `rel` resolved against `base`, canonical if it exists.
+/// `explore --agent W [--manifest M]`: every agent of the template runs
+/// module W with manifest M (default: `<stem>.manifest.json` beside W if
+/// present, else none). Paths are taken from the working directory.
+fn with_agent(template: &mut Scenario, wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<()> {
+    let cwd = std::env::current_dir().context("working directory")?;
+    let wasm = cwd.join(wasm);
+    if !wasm.is_file() {
+        bail!("--agent {}: no such file", wasm.display());
+    }
+    let manifest = match manifest {
+        Some(m) if !cwd.join(m).is_file() => bail!("--manifest {}: no such file", cwd.join(m).display()),
+        Some(m) => Some(cwd.join(m)),
+        None => Some(wasm.with_extension("manifest.json")).filter(|m| m.is_file()),
+    };
+    for a in &mut template.agents {
+        a.wasm = wasm.display().to_string();
+        a.manifest = manifest.as_ref().map(|m| m.display().to_string());
+    }
+    Ok(())
+}
+
 fn absolute(base: &Path, rel: &str) -> String {
     let p = base.join(rel);
     std::fs::canonicalize(&p).unwrap_or(p).display().to_string()

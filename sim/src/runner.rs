@@ -13,7 +13,7 @@ use crate::net::{FaultState, LinkFaults, NetCounters, SimNet};
 use crate::scenario::{Action, Boundary, BuggifyFault, Expect, NodeSpec, Scenario, Step, Storage, Verdict};
 use crate::trace::{Trace, fmt_time};
 use crate::watchdog::{STUCK, Stuck, Watchdog};
-use igor::authority::AuthorityState;
+use igor::authority::{AuthorityState, Reason};
 use igor::checkpoint::Hash32;
 use igor::driver::{self, Control};
 use igor::env::mem::SeededEntropy;
@@ -457,6 +457,7 @@ fn observation(e: &Event) -> Option<Obs> {
             Obs::Halted { agent: agent.clone(), budget: reason.starts_with("budget") }
         }
         Event::FaultObserved { agent: Some(agent), .. } => Obs::Fault { agent: agent.clone() },
+        Event::LocalCopyDeleted { agent } => Obs::CopyDeleted { agent: agent.clone() },
         _ => return None,
     })
 }
@@ -480,6 +481,7 @@ pub fn run_configured(
     let agents = load_agents(scenario, base)?;
     let duration_ns = scenario.duration_s.saturating_mul(1_000_000_000);
     let liveness_ns = scenario.expect.liveness.as_ref().map(|l| l.within_ms.saturating_mul(1_000_000));
+    let may_recover = scenario.expect.liveness.as_ref().is_none_or(|l| l.recovery);
     let sim_s = scenario.duration_s + liveness_ns.unwrap_or(0) / 1_000_000_000 + 60;
     let sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -537,7 +539,7 @@ pub fn run_configured(
     if violation.is_none()
         && let Some(within) = liveness_ns
     {
-        violation = w.liveness(within, &agents)?.err();
+        violation = w.liveness(within, may_recover, &agents)?.err();
     }
     // The end: every live node's history must verify (EI-3 at rest).
     if violation.is_none() {
@@ -634,6 +636,10 @@ struct World<'a> {
     /// starts a new segment of its history: the links before it may live
     /// only on the nodes the agent visited in between (a returning agent).
     adopted: BTreeMap<(String, String), BTreeSet<Hash32>>,
+    /// (agent, node) → the authority state the node last reported, for the
+    /// liveness phase's operator (the checker's view leaves out Byzantine
+    /// nodes' records once they misbehave).
+    reported: BTreeMap<(String, String), State>,
 }
 
 impl<'a> World<'a> {
@@ -663,6 +669,7 @@ impl<'a> World<'a> {
             byzantine: crate::adversary::Filter::default(),
             byzantine_nodes: BTreeSet::new(),
             adopted: BTreeMap::new(),
+            reported: BTreeMap::new(),
         }
     }
 
@@ -848,10 +855,25 @@ impl<'a> World<'a> {
             self.events += 1;
             self.trace.event(e.at_ns, e.node.as_str(), &e.event.to_string());
             remember_head(&mut self.heads, &e);
+            // What each node reports, as an operator reads it (`igord
+            // agents`): unfiltered, so a Byzantine holder is seen too.
+            match &e.event {
+                Event::AuthorityChanged { agent, to, .. } => {
+                    self.reported.insert((agent.to_string(), e.node.to_string()), state_of(*to));
+                }
+                Event::AgentLoaded { agent, state, .. } => {
+                    self.reported.insert((agent.to_string(), e.node.to_string()), state_of(*state));
+                }
+                _ => {}
+            }
             let isolated = self.isolated(e.node.as_str());
             self.coverage.observe(e.node.as_str(), &e.event, isolated);
             match &e.event {
                 Event::AgentHalted { agent, .. } => {
+                    self.halted.insert(agent.to_string());
+                }
+                // Retired by the operator: stopped for good, like a halt.
+                Event::AuthorityChanged { agent, to: AuthorityState::Retired, reason: Reason::Shutdown, .. } => {
                     self.halted.insert(agent.to_string());
                 }
                 Event::TickFinished { agent, .. } => {
@@ -968,7 +990,12 @@ impl<'a> World<'a> {
     /// did not halt must finish a tick. An agent that only RECOVERY_REQUIRED
     /// copies hold gets one operator recovery, on the copy with the newest
     /// head. A run that is safe only because everything stopped fails here.
-    fn liveness(&mut self, within_ns: u64, agents: &[AgentBytes]) -> Result<Result<(), Violation>, RunError> {
+    fn liveness(
+        &mut self,
+        within_ns: u64,
+        may_recover: bool,
+        agents: &[AgentBytes],
+    ) -> Result<Result<(), Violation>, RunError> {
         self.heal(agents);
         let heal_ns = self.now_ns;
         let deadline = heal_ns.saturating_add(within_ns);
@@ -983,7 +1010,8 @@ impl<'a> World<'a> {
                     continue;
                 }
                 all_live = false;
-                if w.now_ns >= heal_ns + SETTLE_NS
+                if may_recover
+                    && w.now_ns >= heal_ns + SETTLE_NS
                     && !recovered.contains(&name)
                     && let Some(node) = w.recovery_candidate(&a.id)
                 {
@@ -1009,9 +1037,33 @@ impl<'a> World<'a> {
             if self.halted.contains(&name) || ticked {
                 continue;
             }
+            // The fault model destroyed every copy (the last holder was
+            // wiped): no protocol can bring the agent back. Named apart
+            // from LIVENESS, which is a failure of the protocol.
+            if let Some((node, at)) = self.checker.lost(&a.id) {
+                self.coverage.mark("agent_lost_with_its_disk");
+                violation = Some(Violation {
+                    invariant: LOST,
+                    at_ns: self.now_ns,
+                    nodes: vec![node.clone()],
+                    agent: a.id.clone(),
+                    message: format!(
+                        "every copy is gone: the last node holding it, {node}, was wiped at {} (no tick since the heal at {})",
+                        fmt_time(at),
+                        fmt_time(heal_ns)
+                    ),
+                });
+                break;
+            }
             let held = self.checker.states(&a.id);
             let states: Vec<String> = held.iter().map(|(n, s)| format!("{n}={}", s.name())).collect();
-            let tried = if recovered.contains(&name) { ", after one operator recovery" } else { "" };
+            let tried = if recovered.contains(&name) {
+                ", after one operator recovery"
+            } else if !may_recover {
+                ", no operator recovery allowed"
+            } else {
+                ""
+            };
             violation = Some(Violation {
                 invariant: LIVENESS,
                 at_ns: self.now_ns,
@@ -1036,7 +1088,12 @@ impl<'a> World<'a> {
     /// operator: no live node owns it or is in a handoff, and some live node
     /// holds it in RECOVERY_REQUIRED (the one with the newest head wins).
     fn recovery_candidate(&self, agent: &AgentId) -> Option<String> {
-        let states = self.checker.states(agent);
+        let states: Vec<(NodeId, State)> = self
+            .reported
+            .iter()
+            .filter(|((a, _), _)| a == agent.as_str())
+            .filter_map(|((_, n), st)| Some((NodeId::new(n).ok()?, *st)))
+            .collect();
         let live = |n: &NodeId| !self.down.contains(n.as_str());
         let busy = states
             .iter()
@@ -1084,6 +1141,12 @@ impl<'a> World<'a> {
 
 /// The invariant name of a liveness failure.
 pub const LIVENESS: &str = "LIVENESS";
+
+/// The verdict of a run whose injected wipes destroyed every copy of an
+/// agent (the checker's own record: the last node holding it was wiped and
+/// none held it since). Not a protocol failure: Igor keeps one replica, so
+/// no protocol can bring it back. `explore` counts it apart from failures.
+pub const LOST: &str = "LOST";
 
 fn boundary_hit(b: Boundary, e: &Event) -> bool {
     match (b, e) {
@@ -1197,6 +1260,7 @@ impl World<'_> {
                     for a in agents {
                         obs.push((ctl(node).name.clone(), Obs::Forgot { agent: a.id.clone() }));
                     }
+                    self.reported.retain(|(_, n), _| n != node);
                 }
                 if !matches!(storage, Storage::Intact) {
                     self.coverage.mark("restart_with_damaged_disk");
@@ -1252,6 +1316,7 @@ impl World<'_> {
             Action::Buggify { node, on, fault, for_ms } => {
                 self.armed.push((node.clone(), *on, *fault, for_ms.saturating_mul(1_000_000)));
             }
+            Action::Retire { agent, node } => send(node, Command::Retire { agent: agent_id(agent) }),
             Action::Recover { agent, node, anchor_tick, force } => {
                 let seen = self.heads.get(&(node.clone(), agent.clone()));
                 let anchor = match anchor_tick {

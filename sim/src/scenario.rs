@@ -243,6 +243,13 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         force: bool,
     },
+    /// Operator retires `agent` on `node` (ACTIVE_OWNER -> RETIRED after a
+    /// final checkpoint): the agent stops for good, so liveness no longer
+    /// asks it to tick. A node that does not own it refuses.
+    Retire {
+        agent: String,
+        node: String,
+    },
     /// `node`'s disk refuses writes for `for_ms`: every write, sync and
     /// directory creation fails with the `kind`'s I/O error (as `FsDisk`
     /// reports ENOSPC or EIO), reads keep working. Survives a restart.
@@ -336,6 +343,19 @@ pub struct Expect {
 #[serde(deny_unknown_fields)]
 pub struct Liveness {
     pub within_ms: u64,
+    /// Whether the liveness phase may use its one operator recovery. `false`
+    /// asks for more: the system stays live by itself, no operator (e.g. a
+    /// refused forgery must leave the agent running on its source).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub recovery: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Default heal window: long enough for a lease to run out and a handoff's
@@ -345,7 +365,7 @@ pub const DEFAULT_LIVENESS_MS: u64 = 30_000;
 pub const MAX_LIVENESS_MS: u64 = 3_600_000;
 
 fn default_liveness() -> Option<Liveness> {
-    Some(Liveness { within_ms: DEFAULT_LIVENESS_MS })
+    Some(Liveness { within_ms: DEFAULT_LIVENESS_MS, recovery: true })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -739,7 +759,8 @@ impl Action {
             | Action::ClearFaults { node }
             | Action::Skew { node, .. }
             | Action::DiskFault { node, .. }
-            | Action::Recover { node, .. } => vec![node],
+            | Action::Recover { node, .. }
+            | Action::Retire { node, .. } => vec![node],
         }
     }
 
@@ -762,7 +783,7 @@ impl Action {
 
     pub fn agent(&self) -> Option<&str> {
         match self {
-            Action::Migrate { agent, .. } | Action::Recover { agent, .. } => Some(agent),
+            Action::Migrate { agent, .. } | Action::Recover { agent, .. } | Action::Retire { agent, .. } => Some(agent),
             Action::Restart {
                 storage: Storage::RemoveNewest { agent, .. } | Storage::CorruptNewest { agent }, ..
             } => Some(agent),

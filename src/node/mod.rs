@@ -19,6 +19,7 @@ pub mod conduct;
 pub mod defence;
 pub mod event;
 pub mod fake;
+mod recovery;
 pub mod store;
 mod transfer;
 
@@ -190,9 +191,20 @@ pub struct AgentView {
 /// The last tick, kept so a handoff can ship it for replay.
 #[derive(Clone, Debug)]
 struct TickRecord {
-    base_tick: TickNumber,
     inputs: TickInputs,
     event_log: Vec<u8>,
+}
+
+/// At most this many ticks between two checkpoints: their records are kept
+/// for the replay a target runs (defence `metering_check`), so a commit is
+/// forced when they reach it, whatever the checkpoint interval.
+pub const MAX_TICKS_PER_CHECKPOINT: u64 = 1024;
+
+/// The ticks that led from one checkpoint to the next, for replay.
+struct TickRecords {
+    /// The checkpoint the first tick ran from.
+    base_tick: TickNumber,
+    ticks: Vec<TickRecord>,
 }
 
 struct Slot<I> {
@@ -214,8 +226,17 @@ struct Slot<I> {
     charged: Microcents,
     paid: Microcents,
     ticks_since_checkpoint: u64,
-    last_tick: Option<TickRecord>,
+    /// Every tick since the head, in order (bounded by
+    /// [`MAX_TICKS_PER_CHECKPOINT`]).
+    ticks: Vec<TickRecord>,
+    /// The ticks that led to the head from its parent, when this run saw
+    /// them all: a package of the head carries them for replay. Memory
+    /// only (a restart forgets them; the package then has no replay data).
+    head_ticks: Option<TickRecords>,
     highest_major_seen: u64,
+    /// A tick since the head reached outside (http, pay): commit before
+    /// the next tick, so a crash re-runs at most the tick that acted.
+    acted_since_checkpoint: bool,
     /// EI-6 under doubt: checkpoints of this agent fail to write (since
     /// unix ns, why). The agent does not tick until one is written again.
     degraded: Option<(i64, String)>,
@@ -237,7 +258,8 @@ impl<I> Slot<I> {
         self.charged = Microcents::ZERO;
         self.paid = Microcents::ZERO;
         self.ticks_since_checkpoint = 0;
-        self.last_tick = None;
+        self.ticks.clear();
+        self.acted_since_checkpoint = false;
     }
 
     fn new(authority: Authority, lineage: Lineage, now: Now) -> Self {
@@ -264,7 +286,9 @@ impl<I> Slot<I> {
             charged: Microcents::ZERO,
             paid: Microcents::ZERO,
             ticks_since_checkpoint: 0,
-            last_tick: None,
+            ticks: Vec::new(),
+            head_ticks: None,
+            acted_since_checkpoint: false,
         }
     }
 
@@ -297,6 +321,12 @@ enum Pending {
         agent: AgentId,
         peer: NodeId,
     },
+    /// A recovery's question to one peer (`recovery`): its answer, or the
+    /// failure to get one, is counted by the waiting recovery.
+    Query {
+        agent: AgentId,
+        peer: NodeId,
+    },
 }
 
 /// One Igor node. Generic over the sandbox ([`Executor`]) and the
@@ -325,6 +355,8 @@ pub struct Node<X: Executor, D: Disk, C: Clock, R: Entropy> {
     /// Wall clock when this node (re)started: packages issued before it
     /// are refused (spec §5: a node that lost its disk knows nothing).
     started_unix_ns: i64,
+    /// Operator recoveries waiting for their peers' answers (`recovery`).
+    recoveries: BTreeMap<AgentId, recovery::RecoveryQuery>,
 }
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
@@ -355,6 +387,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             node_key: None,
             conduct: Box::new(Honest),
             started_unix_ns: 0,
+            recoveries: BTreeMap::new(),
         };
         node.started_unix_ns = node.clock.unix_ns();
         node.node_key = node.cfg.node_key_seed.map(Keypair::from_seed);
@@ -440,6 +473,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     /// EI-1's predicate: whether this node is entitled to tick `agent` now
     /// (authority permits it and the lease allows it at the node's clock).
+    /// An operator recovery of `agent` is waiting for its peers' answers.
+    pub fn recovering(&self, agent: &AgentId) -> bool {
+        self.recoveries.contains_key(agent)
+    }
+
     pub fn may_tick(&self, agent: &AgentId) -> bool {
         self.agents.get(agent).is_some_and(|s| {
             s.authority.permits(Op::Tick) && s.lease.status(&self.cfg.lease, self.clock.unix_ns()).allows_ticking()
@@ -479,6 +517,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let from = s.authority.state();
         let result = s.authority.transition(to, reason.clone());
         let epoch = s.authority.epoch();
+        if result.is_ok() && to == AuthorityState::HandoffPending && reason == Reason::Relinquished {
+            // The target assumes at (major + 1): a recovery anywhere that
+            // asks this node must stay above it, even after it retires.
+            s.highest_major_seen = s.highest_major_seen.max(epoch.major.saturating_add(1));
+        }
         let now_state = s.authority.state();
         if now_state == AuthorityState::RecoveryRequired {
             // EI-2: whatever ran since the last checkpoint is discarded;
@@ -586,6 +629,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let mut slot = Slot::new(Authority::restore(rec.state, rec.role, rec.epoch), lineage, now);
         slot.lease = Lease { expiry_unix_ns: rec.lease_expiry_unix_ns };
         slot.highest_major_seen = rec.highest_major_seen.max(rec.epoch.major);
+        if rec.state == AuthorityState::HandoffPending && rec.role == Role::Source {
+            // Relinquished: the target may have assumed at (major + 1)
+            // (records written before `set_state` raised it themselves).
+            slot.highest_major_seen = slot.highest_major_seen.max(rec.epoch.major.saturating_add(1));
+        }
         slot.key = store::load_key(&self.disk, &agent);
         slot.manifest = self.disk.read(&store::manifest_path(&agent)).unwrap_or_default();
         let doubt = self.restart_doubt(&agent, &rec, &slot, now);
@@ -814,120 +862,6 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         })
     }
 
-    fn recover(&mut self, agent: AgentId, anchor: Hash32, force: bool) -> Result<(), Refused> {
-        let Some(s) = self.agents.get(&agent) else {
-            return Err(self.refuse("recover", Some(&agent), "unknown agent".into()));
-        };
-        if s.authority.state() != AuthorityState::RecoveryRequired {
-            let st = s.authority.state();
-            return Err(self.refuse("recover", Some(&agent), format!("agent is {st}, not RECOVERY_REQUIRED")));
-        }
-        let head = s.lineage.head_hash();
-        if head != anchor || s.lineage.head().is_none() {
-            let why = format!(
-                "anchor {} is not this node's newest checkpoint {} (recovery resumes only from the local head)",
-                anchor.short(),
-                head.short()
-            );
-            return Err(self.refuse("recover", Some(&agent), why));
-        }
-        if s.key.is_none() {
-            return Err(self.refuse("recover", Some(&agent), "this node no longer holds the agent key".into()));
-        }
-        // Spec §5: recovery refuses when it cannot rule out a live owner.
-        if let Some((peer, epoch)) = s.live_elsewhere.clone().filter(|(_, e)| *e > s.authority.epoch()) {
-            let why = format!(
-                "peer {peer} may hold the agent as ACTIVE_OWNER at epoch {epoch} (it proved it, or a handoff to it \
-                 is in doubt): recovering here could fork it (check {peer}; retire this copy instead, or force \
-                 once {peer} does not hold it)"
-            );
-            if !force {
-                return Err(self.refuse("recover", Some(&agent), why));
-            }
-            self.fault(Some(&agent), format!("forced recovery: {why}"));
-        }
-        let Some(s) = self.agents.get(&agent) else { unreachable!("checked above") };
-        let anchor_tick = s.lineage.head().map(|c| c.tick).unwrap_or_default();
-        let anchor_major = s.lineage.head().map(|c| c.epoch.major).unwrap_or(0);
-        let now = self.clock.now();
-        let lease = Lease::grant(&self.cfg.lease, now.unix_ns);
-        let Some(s) = self.agents.get_mut(&agent) else { unreachable!("checked above") };
-        let before = (s.authority.clone(), s.lease);
-        // Spec §5: recovery takes a major no node has used. Beyond every
-        // major this node has seen, one more is skipped: a handoff in doubt
-        // may have been assumed at (major + 1) by a target nobody heard from
-        // since (one that was then wiped knows nothing either). Two nodes
-        // must never tick one agent in one epoch (EI-1 per epoch).
-        let highest = s.highest_major_seen.max(anchor_major).saturating_add(1);
-        let t = match s.authority.recover(Reason::Recovery, highest) {
-            Ok(t) => t,
-            Err(v) => return Err(self.refuse("recover", Some(&agent), v.to_string())),
-        };
-        s.lease = lease;
-        s.highest_major_seen = t.epoch.major;
-        let reanchored = self.record_recovery(&agent, anchor_tick, anchor, t.epoch);
-        if let Err(e) = reanchored.and_then(|_| self.start_instance(&agent)).and_then(|_| self.persist(&agent)) {
-            if let Some(s) = self.agents.get_mut(&agent) {
-                (s.authority, s.lease) = before;
-                s.instance = None;
-                s.ticking = false;
-            }
-            // A record of a recovery that did not happen must not abandon
-            // a branch later.
-            let _ = store::remove_if_present(&self.disk, &lineage::recovery_path(&agent, anchor_tick, t.epoch.major));
-            return Err(self.refuse("recover", Some(&agent), e));
-        }
-        self.emit(Event::AuthorityChanged {
-            agent: agent.clone(),
-            from: Some(t.from),
-            to: t.to,
-            epoch: t.epoch,
-            reason: Reason::Recovery,
-        });
-        let budget = self.agents.get(&agent).map(|s| s.budget).unwrap_or_default();
-        self.emit(Event::Recovered { agent: agent.clone(), anchor, anchor_tick, epoch: t.epoch, budget });
-        self.announce(&agent);
-        Ok(())
-    }
-
-    /// Re-anchor the lineage before the recovered node may commit (spec §5
-    /// clarifications): a signed [`RecoveryRecord`] names the anchor, the
-    /// new epoch and the newest head known before (from the authority
-    /// record or a damaged file), so `verify` reports "recovered at tick N
-    /// from anchor H" instead of a fork; damaged checkpoints newer than the
-    /// anchor are moved aside (kept with [`lineage::ABANDONED_SUFFIX`]).
-    fn record_recovery(
-        &mut self,
-        agent: &AgentId,
-        anchor_tick: TickNumber,
-        anchor: Hash32,
-        epoch: Epoch,
-    ) -> Result<(), String> {
-        let recorded = store::read_record(&self.disk, agent).ok().and_then(|r| r.head_tick.zip(r.head_hash));
-        let Some(s) = self.agents.get_mut(agent) else { return Err("unknown agent".into()) };
-        let damaged: Vec<String> = s.lineage.damaged().iter().map(|(p, _)| p.clone()).collect();
-        let newest_damaged =
-            damaged.iter().filter_map(|p| lineage::history_tick(p).map(|t| (t, format!("damaged {p}")))).max();
-        let abandoned = recorded.into_iter().chain(newest_damaged).filter(|(t, _)| *t > anchor_tick).max();
-        let key = s.key.as_ref().ok_or("agent key missing")?;
-        let record =
-            RecoveryRecord { agent: agent.clone(), anchor_tick, anchor, epoch, abandoned, signature: String::new() };
-        let record = record.sign(key);
-        let path = lineage::recovery_path(agent, anchor_tick, epoch.major);
-        self.disk.write_atomic(&path, &record.encode()).map_err(|e| format!("recovery record {path}: {e}"))?;
-        for path in damaged {
-            if let Ok(bytes) = self.disk.read(&path) {
-                let aside = format!("{path}{}", lineage::ABANDONED_SUFFIX);
-                self.disk.write_atomic(&aside, &bytes).map_err(|e| format!("moving {path} aside: {e}"))?;
-            }
-            store::remove_if_present(&self.disk, &path).map_err(|e| format!("moving {path} aside: {e}"))?;
-        }
-        if let Some(s) = self.agents.get_mut(agent) {
-            s.lineage.forget_damaged();
-        }
-        Ok(())
-    }
-
     fn unsafe_self_recover(&mut self, agent: &AgentId) {
         let now = self.clock.now();
         let lease = Lease::grant(&self.cfg.lease, now.unix_ns);
@@ -974,6 +908,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             self.timers.remove(&key);
             self.feed_handoff(&agent, migration::Input::Timer(timer));
         }
+        self.expire_recoveries(now.mono_ns);
         for agent in self.agent_ids() {
             self.check_lease(&agent);
             self.maybe_tick(&agent);
@@ -991,6 +926,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let now = self.clock.now();
         let mut next = self.timers.keys().next().map(|(at, _)| *at);
         let mut consider = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
+        if let Some(t) = self.next_recovery_deadline() {
+            consider(t);
+        }
         if let Some(t) = self.conduct.next_ns() {
             consider(t);
         }
@@ -1104,11 +1042,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         s.charged = Microcents(s.charged.0.saturating_add(lie));
         s.paid = Microcents(s.paid.0.saturating_add(paid.0));
         s.ticks_since_checkpoint += 1;
-        s.last_tick = (s.ticks_since_checkpoint == 1).then(|| TickRecord {
-            base_tick: s.lineage.head().map(|c| c.tick).unwrap_or_default(),
-            inputs: inputs.clone(),
-            event_log: report.event_log.clone(),
-        });
+        // Bounded: a commit is forced at MAX_TICKS_PER_CHECKPOINT.
+        s.ticks.push(TickRecord { inputs: inputs.clone(), event_log: report.event_log.clone() });
+        s.acted_since_checkpoint |= acted_outside(&report.event_log);
         let more_work = matches!(report.outcome, TickOutcome::Completed { more_work: true });
         s.next_tick_ns =
             now.mono_ns.saturating_add(if more_work { self.cfg.tick_fast_ns } else { self.cfg.tick_idle_ns });
@@ -1179,9 +1115,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     fn maybe_checkpoint(&mut self, agent: &AgentId) {
         let now = self.clock.mono_ns();
         let Some(s) = self.agents.get(agent) else { return };
-        let due = s.ticks_since_checkpoint > 0
-            && now.saturating_sub(s.last_checkpoint_ns) >= self.cfg.checkpoint_interval_ns
-            && s.authority.permits(Op::NewCheckpoint);
+        let interval = now.saturating_sub(s.last_checkpoint_ns) >= self.cfg.checkpoint_interval_ns;
+        let full = s.ticks_since_checkpoint >= MAX_TICKS_PER_CHECKPOINT;
+        // A retry after a failed write waits its interval, even after an act.
+        let acted = s.acted_since_checkpoint && s.degraded.is_none();
+        let due = s.ticks_since_checkpoint > 0 && (interval || full || acted) && s.authority.permits(Op::NewCheckpoint);
         if due && let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
             // Retry one interval later, never at once: a commit that keeps
             // failing must not keep the deadline in the past (livelock).
@@ -1233,8 +1171,14 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             state,
         };
         let prev_hash = s.lineage.head_hash();
+        let base_tick = s.lineage.head().map(|c| c.tick);
         let c: Checkpoint = s.lineage.commit(&self.disk, body, key).map_err(|e| e.to_string())?;
         let hash = s.lineage.head_hash();
+        // The records of the ticks that led here, when this run saw them
+        // all since the parent (not after a restart mid-interval).
+        let ticks = std::mem::take(&mut s.ticks);
+        let complete = ticks.len() as u64 == s.ticks_since_checkpoint;
+        s.head_ticks = base_tick.filter(|_| complete).map(|base_tick| TickRecords { base_tick, ticks });
         let event = Event::CheckpointCommitted {
             agent: agent.clone(),
             tick: c.tick,
@@ -1250,6 +1194,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         s.charged = Microcents::ZERO;
         s.paid = Microcents::ZERO;
         s.ticks_since_checkpoint = 0;
+        s.acted_since_checkpoint = false;
         s.last_checkpoint_ns = now.mono_ns;
         let restored = s.degraded.take().is_some();
         self.emit(event);
@@ -1262,6 +1207,19 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
         Ok((c.tick, hash))
     }
+}
+
+/// Whether a tick's event log shows a call that reached outside the agent
+/// (an http request or a payment): such a tick is checkpointed before the
+/// next, so a crash re-runs at most the one tick that acted (the SDK's
+/// effect log then finds its intent in flight). kv writes are state, rolled
+/// back with it, and need no early commit. The log is the executor's own
+/// (the sandbox's encoding; test executors write other bytes, no calls).
+fn acted_outside(event_log: &[u8]) -> bool {
+    use crate::membrane::Hostcall;
+    crate::eventlog::EventLog::decode(event_log).is_ok_and(|log| {
+        log.entries.iter().any(|e| matches!(Hostcall::from_id(e.id), Some(Hostcall::HttpRequest | Hostcall::WalletPay)))
+    })
 }
 
 /// States from which the deliberately unsafe flag lets a former source take

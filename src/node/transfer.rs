@@ -22,6 +22,7 @@ use crate::node::event::Event;
 use crate::units::{AgentId, Epoch, Microcents, NodeId, TickNumber};
 use crate::wire::{
     AgentPackage, AgentStarted, AgentTransfer, Body, Envelope, HeadAck, HeadAnnounce, Header, MessageKind, ReplayData,
+    ReplayTick,
 };
 use std::collections::VecDeque;
 
@@ -201,13 +202,18 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     /// This node's claim about `agent` signed with the agent's own key, if
     /// it holds the key (see [`HeadAnnounce::agent_signature`]).
-    fn agent_claim_signature(&self, agent: &AgentId, h: &Header, state: Option<AuthorityState>) -> Option<Vec<u8>> {
+    pub(super) fn agent_claim_signature(
+        &self,
+        agent: &AgentId,
+        h: &Header,
+        state: Option<AuthorityState>,
+    ) -> Option<Vec<u8>> {
         let key = self.agents.get(agent)?.key.as_ref()?;
         Some(key.sign(&crate::wire::agent_claim_bytes(h, state)).0.to_vec())
     }
 
     /// Our view of `agent`, as a header addressed to `audience`.
-    fn header(&self, agent: &AgentId, audience: &NodeId, nonce: u64, expiry_unix_ns: i64) -> Header {
+    pub(super) fn header(&self, agent: &AgentId, audience: &NodeId, nonce: u64, expiry_unix_ns: i64) -> Header {
         let (epoch, head_tick, head_hash) = self
             .agents
             .get(agent)
@@ -234,7 +240,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         env
     }
 
-    fn push_request(&mut self, env: Envelope, pending: Pending) -> u64 {
+    pub(super) fn push_request(&mut self, env: Envelope, pending: Pending) -> u64 {
         let env = self.seal(env);
         let id = self.next_request;
         self.next_request += 1;
@@ -273,17 +279,32 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let wasm = self.disk.read(&store::wasm_path(agent)).map_err(|e| e.to_string())?;
         let kv = self.disk.read(&store::kv_path(agent, head.tick)).map_err(|e| e.to_string())?;
         let seed = store::read_key_seed(&self.disk, agent).ok_or("agent key unreadable")?;
-        let replay_data = s.last_tick.as_ref().filter(|r| r.inputs.tick == head.tick).and_then(|r| {
+        // Every tick from the head's parent to the head, when this run saw
+        // them all (defence `metering_check` on the target).
+        let replay_data = s.head_ticks.as_ref().filter(|r| r.ticks.last().is_some_and(|t| t.inputs.tick == head.tick));
+        let replay_data = replay_data.and_then(|r| {
             let prev = self.disk.read(&lineage::history_path(agent, r.base_tick)).ok()?;
             let prev_kv = self.disk.read(&store::kv_path(agent, r.base_tick)).ok()?;
+            let (first, following) = r.ticks.split_first()?;
+            let following = following
+                .iter()
+                .map(|t| ReplayTick {
+                    tick: t.inputs.tick.0,
+                    now_unix_ns: t.inputs.now_unix_ns,
+                    rand_seed: t.inputs.rand_seed.to_vec(),
+                    budget: t.inputs.budget.0,
+                    event_log: t.event_log.clone(),
+                })
+                .collect();
             Some(ReplayData {
                 prev_checkpoint: prev,
                 prev_kv,
-                tick: r.inputs.tick.0,
-                now_unix_ns: r.inputs.now_unix_ns,
-                rand_seed: r.inputs.rand_seed.to_vec(),
-                budget: r.inputs.budget.0,
-                event_log: r.event_log.clone(),
+                tick: first.inputs.tick.0,
+                now_unix_ns: first.inputs.now_unix_ns,
+                rand_seed: first.inputs.rand_seed.to_vec(),
+                budget: first.inputs.budget.0,
+                event_log: first.event_log.clone(),
+                following,
             })
         });
         let package = AgentPackage {
@@ -358,6 +379,31 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             Pending::Orphan { agent, target } => {
                 let epoch = self.agents.get(&agent).map(|s| s.authority.epoch()).unwrap_or_default();
                 self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
+            }
+            Pending::Query { agent, peer } => {
+                let answer = match result.ok().map(|b| Envelope::decode(&b)) {
+                    Some(Ok(env)) if self.addressed_to_me(&env, &peer) && env.header.agent == agent => {
+                        self.received(&env);
+                        match env.body {
+                            Body::HeadAck(ack) => {
+                                let proof = ack.agent_signature.as_deref();
+                                self.observe_peer_view(&peer, &env.header, ack.state, None, proof);
+                                Some(ack.highest_major.unwrap_or(0).max(env.header.epoch.major))
+                            }
+                            _ => None,
+                        }
+                    }
+                    Some(Ok(_)) => {
+                        self.fault(Some(&agent), format!("misaddressed recovery answer from {peer}"));
+                        None
+                    }
+                    Some(Err(e)) => {
+                        self.fault(Some(&agent), format!("bad recovery answer from {peer}: {e}"));
+                        None
+                    }
+                    None => None,
+                };
+                self.recovery_answer(&agent, &peer, answer);
             }
             Pending::Announce { agent, peer } => {
                 let Ok(bytes) = result else { return };
@@ -471,7 +517,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 let state = self.agents.get(&header.agent).map(|s| s.authority.state());
                 let reply = self.header(&header.agent, from, header.nonce, header.expiry_unix_ns);
                 let agent_signature = self.agent_claim_signature(&header.agent, &reply, state);
-                self.reply_bytes(Envelope::new(reply, Body::HeadAck(HeadAck { state, agent_signature })))
+                let highest_major =
+                    self.agents.get(&header.agent).map(|s| s.highest_major_seen.max(s.authority.epoch().major));
+                let ack = HeadAck { state, agent_signature, highest_major };
+                self.reply_bytes(Envelope::new(reply, Body::HeadAck(ack)))
             }
             Body::AgentStarted(_) | Body::HeadAck(_) => {
                 self.fault(Some(&header.agent), format!("{} from {from} is a reply, not a request", env_kind(&header)));
@@ -844,40 +893,79 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if prev.agent_key() != ckpt.agent_key() || prev.agent_key().is_none() {
             return Err("identity discontinuity between replay base and checkpoint".into());
         }
-        if r.tick != ckpt.tick.0 || prev.tick.0.checked_add(1) != Some(r.tick) || r.budget != prev.budget.0 {
-            return Err(format!("replay data names tick {} budget {}, inconsistent with the chain", r.tick, r.budget));
+        // Bounded before any work: an honest source commits at least every
+        // MAX_TICKS_PER_CHECKPOINT ticks.
+        if r.following.len() as u64 >= super::MAX_TICKS_PER_CHECKPOINT {
+            return Err(format!("replay data holds {} ticks, more than a checkpoint may span", r.following.len() + 1));
         }
-        let key = prev.agent_key().copied().ok_or("replay base unsigned")?;
-        let prev_kv = store::open_kv(&key, agent, &prev, &r.prev_kv)?;
-        let inputs = TickInputs {
-            tick: TickNumber(r.tick),
+        let first = ReplayTick {
+            tick: r.tick,
             now_unix_ns: r.now_unix_ns,
-            rand_seed: r.rand_seed.as_slice().try_into().map_err(|_| "RandSeed not 32 bytes")?,
-            budget: Microcents(r.budget),
-            price_per_second: prev.price_per_second,
-            side_effects_allowed: true,
-            receipts: Vec::new(),
+            rand_seed: r.rand_seed.clone(),
+            budget: r.budget,
+            event_log: r.event_log.clone(),
         };
-        let (state, new_kv, cost) = self
-            .exec
-            .replay(hash, &pkg.manifest_data, &prev.state, &prev_kv, &inputs, &r.event_log)
-            .map_err(|e| format!("metering_check: replay: {e}"))?;
-        let spent = prev.budget.0 - ckpt.budget.0;
-        if state != ckpt.state || new_kv != kv || cost.0 > spent {
+        let ticks: Vec<&ReplayTick> = std::iter::once(&first).chain(r.following.iter()).collect();
+        let consecutive = ticks.iter().enumerate().all(|(i, t)| prev.tick.0.checked_add(i as u64 + 1) == Some(t.tick));
+        if !consecutive || ticks.last().map(|t| t.tick) != Some(ckpt.tick.0) || r.budget != prev.budget.0 {
             return Err(format!(
-                "metering_check: replay of tick {} diverged from the package's checkpoint (cost {}, charged {spent})",
-                r.tick, cost.0
+                "replay data names ticks {}..={} from budget {}, inconsistent with the chain (parent tick {}, \
+                 checkpoint tick {})",
+                r.tick,
+                ticks.last().map_or(r.tick, |t| t.tick),
+                r.budget,
+                prev.tick,
+                ckpt.tick
             ));
         }
-        // Defence `metering_check`: the checkpoint may not charge more than
-        // the re-run tick cost, plus what the agent may pay in one tick
-        // (payments are settled, not re-run): a node lying about metering
-        // is caught here.
+        let key = prev.agent_key().copied().ok_or("replay base unsigned")?;
+        let mut kv_now = store::open_kv(&key, agent, &prev, &r.prev_kv)?;
+        let mut state = prev.state.clone();
+        // Defence `metering_check`: every tick is re-run from the parent.
+        // Each may charge its re-run cost and no more than what the agent
+        // may pay in one tick on top (payments are settled, not re-run): a
+        // node lying about metering, or editing the budget, is caught here.
         let allowance = migration::payment_allowance(&pkg.manifest_data);
-        if spent > cost.0.saturating_add(allowance) {
+        let mut available = prev.budget.0;
+        for t in &ticks {
+            if t.budget > available || t.budget < available.saturating_sub(allowance) {
+                return Err(format!(
+                    "metering_check: tick {} started with budget {}, the ticks before it left {available} \
+                     (payment allowance {allowance})",
+                    t.tick, t.budget
+                ));
+            }
+            let inputs = TickInputs {
+                tick: TickNumber(t.tick),
+                now_unix_ns: t.now_unix_ns,
+                rand_seed: t.rand_seed.as_slice().try_into().map_err(|_| "RandSeed not 32 bytes")?,
+                budget: Microcents(t.budget),
+                price_per_second: prev.price_per_second,
+                side_effects_allowed: true,
+                receipts: Vec::new(),
+            };
+            let (next, next_kv, cost) = self
+                .exec
+                .replay(hash, &pkg.manifest_data, &state, &kv_now, &inputs, &t.event_log)
+                .map_err(|e| format!("metering_check: replay of tick {}: {e}", t.tick))?;
+            if cost.0 < 0 || cost.0 > t.budget {
+                return Err(format!("metering_check: tick {} replays at cost {}, budget {}", t.tick, cost.0, t.budget));
+            }
+            (state, kv_now) = (next, next_kv);
+            available = t.budget - cost.0;
+        }
+        let spent = prev.budget.0 - ckpt.budget.0;
+        if state != ckpt.state || kv_now != kv {
             return Err(format!(
-                "metering_check: tick {} charged {spent}, its replay costs {} (payment allowance {allowance})",
-                r.tick, cost.0
+                "metering_check: replay of ticks {}..={} diverged from the package's checkpoint",
+                r.tick, ckpt.tick
+            ));
+        }
+        if ckpt.budget.0 > available || ckpt.budget.0 < available.saturating_sub(allowance) {
+            return Err(format!(
+                "metering_check: ticks {}..={} charged {spent}, their replay leaves budget {available}, the \
+                 checkpoint says {} (payment allowance {allowance})",
+                r.tick, ckpt.tick, ckpt.budget
             ));
         }
         Ok(())

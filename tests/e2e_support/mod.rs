@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 
 pub const IGORD: &str = env!("CARGO_BIN_EXE_igord");
 
+/// The binary under test: `IGORD_BIN` if set (e.g. to run these tests
+/// against an older build and watch them fail), else this build's `igord`.
+pub fn igord_bin() -> String {
+    std::env::var("IGORD_BIN").unwrap_or_else(|_| IGORD.to_string())
+}
+
 /// Fast cadence so a test sees many ticks and checkpoints in little time.
 pub const FAST: &[&str] = &["--tick-ms", "40", "--checkpoint-ms", "300", "--package-ttl-ms", "3000"];
 
@@ -42,7 +48,7 @@ impl NodeProc {
     pub fn start(name: &str, dir: &Path, peers: &[&str], extra: &[&str]) -> NodeProc {
         let log = dir.with_extension(format!("{}.log", start_count(dir)));
         let log_file = std::fs::File::create(&log).expect("create node log");
-        let mut cmd = Command::new(IGORD);
+        let mut cmd = Command::new(igord_bin());
         cmd.args(["node", "--events", "--data-dir"]).arg(dir);
         // FAST's defaults, unless `extra` sets the same flag.
         for pair in FAST.chunks(2) {
@@ -82,6 +88,25 @@ impl NodeProc {
         node
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's peak resident set (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+
+    /// The node's log (stderr) so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn peer_id(&self) -> &str {
         self.addr.rsplit('/').next().unwrap_or_default()
     }
@@ -96,7 +121,8 @@ impl NodeProc {
     }
 
     pub fn status(&self) -> Vec<AgentStatus> {
-        let out = igord(&["agents", "--json", "--data-dir", path(&self.dir)], Duration::from_secs(20));
+        // --all: tests look at RETIRED sources too.
+        let out = igord(&["agents", "--all", "--json", "--data-dir", path(&self.dir)], Duration::from_secs(20));
         assert!(out.0.success(), "igord agents on {}: {}", self.name, out.2);
         let reply: igor::control::Reply = serde_json::from_str(out.1.trim()).expect("agents reply is JSON");
         match reply {
@@ -157,7 +183,7 @@ pub fn path(p: &Path) -> &str {
 
 /// Run `igord <args>` with a deadline: (status, stdout, stderr).
 pub fn igord(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
-    let mut child = Command::new(IGORD)
+    let mut child = Command::new(igord_bin())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,11 +1,12 @@
-//! The control clients: `igord agents`, `deploy`, `migrate`, `recover` and
-//! `stop` send one JSON request to a running `igord node` over its control
+//! The control clients: `igord agents`, `deploy`, `migrate`, `recover`,
+//! `retire` and `stop` send one JSON request to a running `igord node` over its control
 //! socket (`<data-dir>/control.sock`, or `--control`) and print the reply.
 //! The request and reply types are `igor::control`; the API is documented
 //! in `docs/control-api.md`.
 //!
-//! Exit codes: 0 done, 1 the node refused or the command failed (the reason
-//! is printed), 2 usage or I/O error (e.g. no node on that socket).
+//! Exit codes: 0 the request completed, 1 the node refused it or it failed
+//! (the reason is printed; `migrate --wait` exits 1 on every outcome but
+//! `completed`), 2 usage or I/O error (e.g. no node on that socket).
 
 use crate::run::{manifest_bytes, parse_units};
 use anyhow::{Context, bail};
@@ -44,6 +45,9 @@ impl Target {
 
 #[derive(Args)]
 pub struct AgentsArgs {
+    /// Also list RETIRED agents (migrated away or retired here).
+    #[arg(long)]
+    pub all: bool,
     #[command(flatten)]
     pub node: Target,
 }
@@ -94,6 +98,13 @@ pub struct RecoverArgs {
 }
 
 #[derive(Args)]
+pub struct RetireArgs {
+    pub agent: String,
+    #[command(flatten)]
+    pub node: Target,
+}
+
+#[derive(Args)]
 pub struct StopArgs {
     #[command(flatten)]
     pub node: Target,
@@ -120,11 +131,12 @@ pub fn call(socket: &Path, req: &Request) -> anyhow::Result<Reply> {
     serde_json::from_slice(&reply).with_context(|| format!("{}: malformed reply", socket.display()))
 }
 
-/// Print the reply; exit 1 if it is an error.
+/// Print the reply; exit 1 unless the request completed as asked.
 fn finish(target: &Target, reply: &Reply) -> anyhow::Result<i32> {
+    let code = if reply.succeeded() { 0 } else { 1 };
     if target.json {
         println!("{}", serde_json::to_string(reply)?);
-        return Ok(if matches!(reply, Reply::Error { .. }) { 1 } else { 0 });
+        return Ok(code);
     }
     match reply {
         Reply::Agents { node, listen, agents } => {
@@ -140,7 +152,10 @@ fn finish(target: &Target, reply: &Reply) -> anyhow::Result<i32> {
             println!("deployed {agent}: wasm sha256 {wasm_hash}, budget {budget}")
         }
         Reply::MigrationStarted { agent, to } => println!("migrating {agent} to {to}"),
-        Reply::MigrationFinished { agent, to, outcome } => println!("migration of {agent} to {to}: {outcome}"),
+        Reply::MigrationFinished { agent, to, outcome } if reply.succeeded() => {
+            println!("migration of {agent} to {to}: {outcome}")
+        }
+        Reply::MigrationFinished { agent, to, outcome } => eprintln!("igord: migration of {agent} to {to}: {outcome}"),
         Reply::Recovered { agent, epoch, anchor_tick } => {
             println!("recovered {agent} at epoch {epoch} from tick {anchor_tick}")
         }
@@ -151,7 +166,7 @@ fn finish(target: &Target, reply: &Reply) -> anyhow::Result<i32> {
             return Ok(1);
         }
     }
-    Ok(0)
+    Ok(code)
 }
 
 fn agent_line(a: &AgentStatus) -> String {
@@ -179,7 +194,7 @@ fn agent_line(a: &AgentStatus) -> String {
 }
 
 pub fn agents(args: AgentsArgs) -> anyhow::Result<i32> {
-    let reply = call(&args.node.socket(), &Request::Agents)?;
+    let reply = call(&args.node.socket(), &Request::Agents { all: args.all })?;
     finish(&args.node, &reply)
 }
 
@@ -217,7 +232,7 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<i32> {
     let anchor = match &args.anchor {
         Some(a) => a.clone(),
         None => {
-            let Reply::Agents { agents, .. } = call(&socket, &Request::Agents)? else {
+            let Reply::Agents { agents, .. } = call(&socket, &Request::Agents { all: true })? else {
                 bail!("{}: unexpected reply to agents", socket.display());
             };
             let Some(a) = agents.iter().find(|a| a.agent == agent) else {
@@ -234,6 +249,12 @@ pub fn recover(args: RecoverArgs) -> anyhow::Result<i32> {
 }
 
 pub fn stop(args: StopArgs) -> anyhow::Result<i32> {
-    let reply = call(&args.node.socket(), &Request::Stop)?;
+    let reply = call(&args.node.socket(), &Request::Stop {})?;
+    finish(&args.node, &reply)
+}
+
+pub fn retire(args: RetireArgs) -> anyhow::Result<i32> {
+    let agent = AgentId::new(args.agent.clone())?;
+    let reply = call(&args.node.socket(), &Request::Retire { agent })?;
     finish(&args.node, &reply)
 }

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 
 /// Igor node: run, inspect and verify portable, checkpointed WASM agents.
 ///
-/// Exit codes: 0 success / valid, 1 invalid input (the reason is printed),
-/// 2 usage or I/O error.
+/// Exit codes: 0 success / valid / completed, 1 invalid input, refused or
+/// failed (the reason is printed), 2 usage or I/O error.
 #[derive(Parser)]
 #[command(name = "igord", version, about, long_about = None)]
 struct Cli {
@@ -61,6 +61,10 @@ enum Command {
     Migrate(client::MigrateArgs),
     /// Recover a RECOVERY_REQUIRED agent on a running node from its newest checkpoint.
     Recover(client::RecoverArgs),
+    /// Retire an agent on a running node: final checkpoint, then RETIRED (it ends there).
+    ///
+    /// Example: igord retire counter --data-dir igor-data
+    Retire(client::RetireArgs),
     /// Stop a running node: final checkpoint of every agent, then exit.
     Stop(client::StopArgs),
 }
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Deploy(args) => client::deploy(args).map(|c| c as u8),
         Command::Migrate(args) => client::migrate(args).map(|c| c as u8),
         Command::Recover(args) => client::recover(args).map(|c| c as u8),
+        Command::Retire(args) => client::retire(args).map(|c| c as u8),
         Command::Stop(args) => client::stop(args).map(|c| c as u8),
     };
     match result {

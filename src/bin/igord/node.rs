@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use igor::checkpoint::{Checkpoint, Hash32};
 use igor::control::{self, Reply, Request, StatusBoard};
-use igor::driver::{self, Control};
+use igor::driver::{self, Ask, Control};
 use igor::env::Disk;
 use igor::env::real::{FsDisk, OsEntropy, SystemClock};
 use igor::lease::LeaseConfig;
@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 /// Where the libp2p identity lives in the data dir.
 pub const P2P_KEY_PATH: &str = "node/libp2p.key";
@@ -49,6 +49,9 @@ const EVENT_FANOUT_CAPACITY: usize = 4096;
 #[derive(Args)]
 pub struct NodeArgs {
     /// Address to listen on; the full address with /p2p/<peer id> is printed on stdout.
+    /// Port 0 (the default) picks a new port on every start while the peer id
+    /// stays: give a fixed port (e.g. /ip4/127.0.0.1/tcp/4001) to a node that
+    /// others dial, or they lose it after a restart.
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
     pub listen: Multiaddr,
     /// A known peer, as a multiaddr ending in /p2p/<peer id> (repeatable).
@@ -299,8 +302,11 @@ async fn consume_events(
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
         }
+        // Only completions: a waiter must not lag behind ticks.
         // Err = nobody is waiting.
-        let _ = fanout.send(e);
+        if control::is_completion(&e.event) {
+            let _ = fanout.send(e);
+        }
     }
 }
 
@@ -361,14 +367,15 @@ async fn serve_connection(stream: UnixStream, ctx: &ControlCtx) -> std::io::Resu
     let mut reader = BufReader::new(read.take(limit));
     let read = tokio::time::timeout(CONTROL_READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
     let reply = match read {
-        Err(_) => Reply::Error { error: format!("no request line within {CONTROL_READ_TIMEOUT:?}") },
-        Ok(Err(e)) => Reply::Error { error: format!("reading the request: {e}") },
+        Err(_) => Reply::error(format!("no request line within {CONTROL_READ_TIMEOUT:?}")),
+        Ok(Err(e)) => Reply::error(format!("reading the request: {e}")),
         Ok(Ok(_)) if line.len() > control::MAX_REQUEST_BYTES => {
-            Reply::Error { error: format!("request over {} bytes", control::MAX_REQUEST_BYTES) }
+            Reply::error(format!("request over {} bytes", control::MAX_REQUEST_BYTES))
         }
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
             Ok(req) => handle(req, ctx).await,
-            Err(e) => Reply::Error { error: format!("bad request: {e}") },
+            // Bounded: serde's message may quote the offending value.
+            Err(e) => Reply::error(format!("bad request: {e}")),
         },
     };
     // Serialising a reply (plain data) cannot fail.
@@ -389,56 +396,64 @@ fn resolve_target(ctx: &ControlCtx, to: &str) -> Result<NodeId, String> {
 }
 
 async fn handle(req: Request, ctx: &ControlCtx) -> Reply {
-    let control = match &req {
-        Request::Agents => {
-            let agents = ctx.board.lock().unwrap_or_else(|p| p.into_inner()).agents();
+    let ask = match &req {
+        Request::Agents { all } => {
+            let agents = ctx.board.lock().unwrap_or_else(|p| p.into_inner()).listed(*all);
             return Reply::Agents { node: ctx.node_id.clone(), listen: ctx.listen.clone(), agents };
         }
-        Request::Stop => {
+        Request::Stop {} => {
             let _ = ctx.control.send(Control::Command(Command::Shutdown));
             return Reply::Stopping;
         }
         Request::Deploy { agent, wasm, manifest, budget } => {
-            Control::Deploy { agent: agent.clone(), wasm: wasm.clone(), manifest: manifest.clone(), budget: *budget }
+            Ask::Deploy { agent: agent.clone(), wasm: wasm.clone(), manifest: manifest.clone(), budget: *budget }
         }
         Request::Migrate { agent, to, .. } => match resolve_target(ctx, to) {
-            Ok(to) => Control::Command(Command::Migrate { agent: agent.clone(), to }),
-            Err(error) => return Reply::Error { error },
+            Ok(to) => Ask::Command(Command::Migrate { agent: agent.clone(), to }),
+            Err(error) => return Reply::error(error),
         },
         Request::Recover { agent, anchor, force } => match Hash32::from_hex(anchor) {
-            Some(anchor) => Control::Command(Command::Recover { agent: agent.clone(), anchor, force: *force }),
-            None => return Reply::Error { error: format!("anchor {anchor:?}: not a 64-digit hex hash") },
+            Some(anchor) => Ask::Command(Command::Recover { agent: agent.clone(), anchor, force: *force }),
+            None => return Reply::error(format!("anchor {anchor:?}: not a 64-digit hex hash")),
         },
-        Request::Retire { agent } => Control::Command(Command::Retire { agent: agent.clone() }),
+        Request::Retire { agent } => Ask::Command(Command::Retire { agent: agent.clone() }),
     };
     let timeout_ms = match req {
         Request::Migrate { wait: true, .. } => control::MIGRATION_WAIT_TIMEOUT_MS,
         _ => control::COMMAND_TIMEOUT_MS,
     };
-    // Subscribe before sending, so the answer cannot slip past.
+    let timeout = Duration::from_millis(timeout_ms);
+    let late = || Reply::error(format!("no answer from the node within {timeout_ms} ms; see `igord agents`"));
+    // Subscribe before asking: a completion emitted right after the call
+    // cannot slip past. The node's own answer comes back on `reply`.
     let mut events = ctx.fanout.subscribe();
-    if ctx.control.send(control).is_err() {
-        return Reply::Error { error: "node is stopping".into() };
+    let (reply, answer) = oneshot::channel();
+    if ctx.control.send(Control::Ask { ask, reply }).is_err() {
+        return Reply::error("node is stopping");
     }
+    let answer = match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(_)) => return Reply::error("node stopped before answering"),
+        Err(_) => return late(),
+    };
+    let completion = match control::first_reply(&req, &answer) {
+        Ok(reply) => return reply,
+        Err(c) => c,
+    };
     let wait = async {
         loop {
             match events.recv().await {
                 Ok(e) => {
-                    if let Some(reply) = control::answer(&req, &e.event) {
+                    if let Some(reply) = control::completes(&completion, &e) {
                         return reply;
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    return Reply::Error {
-                        error: format!("lost {n} events waiting for the answer; see `igord agents`"),
-                    };
+                    return Reply::error(format!("lost {n} events waiting for the answer; see `igord agents`"));
                 }
-                Err(broadcast::error::RecvError::Closed) => return Reply::Error { error: "node stopped".into() },
+                Err(broadcast::error::RecvError::Closed) => return Reply::error("node stopped"),
             }
         }
     };
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await {
-        Ok(reply) => reply,
-        Err(_) => Reply::Error { error: format!("no answer from the node within {timeout_ms} ms; see `igord agents`") },
-    }
+    tokio::time::timeout(timeout, wait).await.unwrap_or_else(|_| late())
 }
