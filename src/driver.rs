@@ -118,6 +118,8 @@ pub async fn run<X, D, C, R, N>(
         }
         let now = node.now().mono_ns;
         let wait = deadline.map_or(IDLE_SLEEP, |d| Duration::from_nanos(d.saturating_sub(now)));
+        // The one adapter loop: it waits (tokio time) for the node's deadline.
+        #[allow(clippy::disallowed_methods)]
         let mut sleep = Box::pin(tokio::time::sleep(wait));
         let wake = poll_fn(|cx| {
             if let Poll::Ready(c) = control.poll_recv(cx) {

@@ -153,11 +153,22 @@ pub struct KvOptions {
     pub quota_bytes: Option<u64>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// `migration_policy` (spec §2): the one parser is [`Manifest::parse`]
+/// (strict: unknown fields, wrong types and negative prices are errors);
+/// `migration::migration_policy` reads it from manifest bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MigrationPolicy {
+    /// Absent: migration is allowed.
     pub enabled: bool,
-    /// Highest price per second a target may charge; `None` = any.
+    /// Highest price per second a target may charge; `None` or 0 = any.
     pub max_price_per_second: Option<i64>,
+}
+
+impl Default for MigrationPolicy {
+    /// No policy in the manifest: migration allowed, at any price.
+    fn default() -> Self {
+        MigrationPolicy { enabled: true, max_price_per_second: None }
+    }
 }
 
 /// A parsed, validated manifest.

@@ -573,31 +573,14 @@ fn authority_conflict(l: &LocalView, p: &PackageFacts<'_>, checks: JudgeChecks) 
     })
 }
 
-/// The part of a manifest migration cares about (spec §2).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct MigrationPolicy {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Microcents per second; 0 = no cap.
-    #[serde(default)]
-    pub max_price_per_second: i64,
-}
+pub use crate::manifest::MigrationPolicy;
 
-fn yes() -> bool {
-    true
-}
-
-#[derive(Deserialize)]
-struct ManifestPolicyOnly {
-    #[serde(default)]
-    migration_policy: Option<MigrationPolicy>,
-}
-
-/// Read `migration_policy` from a manifest. A manifest that is not JSON is
-/// an error (never silently `{}`); an absent policy allows migration.
+/// Read `migration_policy` from a manifest with the one, strict manifest
+/// parser ([`crate::manifest::Manifest::parse`]). A manifest that is not
+/// valid JSON or not a valid manifest is an error (never silently `{}`);
+/// an absent policy allows migration.
 pub fn migration_policy(manifest: &[u8]) -> Result<MigrationPolicy, String> {
-    let m: ManifestPolicyOnly = serde_json::from_slice(manifest).map_err(|e| format!("manifest: {e}"))?;
-    Ok(m.migration_policy.unwrap_or(MigrationPolicy { enabled: true, max_price_per_second: 0 }))
+    crate::manifest::Manifest::parse(manifest).map(|m| m.migration).map_err(|e| format!("manifest: {e}"))
 }
 
 /// Payments one tick may make beyond its metered cost, microcents: the
@@ -616,8 +599,10 @@ pub fn check_price_policy(manifest: &[u8], price: Microcents) -> Result<(), Stri
     if !p.enabled {
         return Err("migration disabled by the agent's migration_policy".into());
     }
-    if p.max_price_per_second > 0 && price.0 > p.max_price_per_second {
-        return Err(format!("price {} above the agent's max_price_per_second {}", price.0, p.max_price_per_second));
+    if let Some(max) = p.max_price_per_second.filter(|m| *m > 0)
+        && price.0 > max
+    {
+        return Err(format!("price {} above the agent's max_price_per_second {max}", price.0));
     }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! moves opaque bytes and nothing else: no protocol decisions live here. The
 //! swarm runs in its own task; the node talks to it through channels. This
 //! is the only module that may name libp2p types.
-#![allow(clippy::disallowed_types)]
+// A backend: its own sockets, and the swarm and reply tasks it spawns.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use crate::env::{Incoming, NetError, Network};
 use crate::units::NodeId;

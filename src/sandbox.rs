@@ -25,8 +25,6 @@ use crate::meter::{self, DEFAULT_LIFECYCLE_FUEL, DEFAULT_TICK_FUEL, MIN_TICK_FUE
 use crate::units::Microcents;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Module, PoolingAllocationConfig, Store,
@@ -682,35 +680,5 @@ fn check_exports(module: &Module) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// The wall-clock safety net: a thread that advances the engine epoch every
-/// [`WALL_CLOCK_PERIOD`], so a call running longer than
-/// `wall_clock_epochs` periods ends in `WallClockTimeout`. Real backends
-/// start one; the simulator never does (an interrupt is not deterministic).
-/// Stops when dropped.
-pub struct WallClockNet {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl WallClockNet {
-    pub fn start(engine: Engine) -> WallClockNet {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(WALL_CLOCK_PERIOD);
-                engine.increment_epoch();
-            }
-        });
-        WallClockNet { stop, handle: Some(handle) }
-    }
-}
-
-impl Drop for WallClockNet {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
+/// The wall-clock safety net lives with the other world-touching backends.
+pub use crate::env::real::WallClockNet;

@@ -94,6 +94,7 @@ async fn two_nodes_migrate_an_agent_end_to_end_over_memnet() {
         .await;
         // Beta ticks the agent under the new epoch.
         wait_for(&mut ev_rx, &mut log, |e| e.node == b && matches!(&e.event, Event::TickFinished { .. })).await;
+        #[allow(clippy::disallowed_methods)] // a test: paused tokio time stands in for the clock
         tokio::time::sleep(Duration::from_secs(5)).await;
         ctl_a.send(Control::Stop).unwrap();
         ctl_b.send(Control::Stop).unwrap();

@@ -24,6 +24,7 @@ async fn request_reply_over_loopback_and_garbage_does_not_stop_serving() {
     let listen: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
     let b = std::sync::Arc::new(P2pNetwork::start(key(2), listen.clone(), &[]).await.unwrap());
     let b_addr = b.listen_addrs[0].clone();
+    #[allow(clippy::disallowed_methods)] // a test: the server side runs as its own task
     tokio::spawn(echo_server(b.clone()));
     let a = P2pNetwork::start(key(1), listen, std::slice::from_ref(&b_addr)).await.unwrap();
     let b_id = b.local_id().clone();

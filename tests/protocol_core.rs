@@ -415,10 +415,10 @@ fn outcome_names_and_ambiguity() {
 
 #[test]
 fn migration_policy_defaults_allow_migration() {
-    for manifest in [&b"{}"[..], br#"{"migration_policy":null}"#, br#"{"migration_policy":{}}"#] {
+    for manifest in [&b"{}"[..], br#"{"migration_policy":{}}"#] {
         let p = migration_policy(manifest).unwrap();
         assert!(p.enabled, "{}", String::from_utf8_lossy(manifest));
-        assert_eq!(p.max_price_per_second, 0);
+        assert_eq!(p.max_price_per_second, None);
     }
     // A policy that only sets a cap still allows migration under it.
     let capped = br#"{"migration_policy":{"max_price_per_second":50}}"#;
@@ -426,8 +426,25 @@ fn migration_policy_defaults_allow_migration() {
     assert!(check_price_policy(capped, Microcents(50)).is_ok());
     assert!(check_price_policy(capped, Microcents(51)).is_err());
     let off = migration_policy(br#"{"migration_policy":{"enabled":false,"max_price_per_second":9}}"#).unwrap();
-    assert_eq!((off.enabled, off.max_price_per_second), (false, 9));
+    assert_eq!((off.enabled, off.max_price_per_second), (false, Some(9)));
     assert!(migration_policy(b"[1,2").unwrap_err().starts_with("manifest: "));
+}
+
+/// One strict parser (`Manifest::parse`): what the old lenient reader let
+/// through silently is an error naming the field. A typo'd `enable: false`
+/// used to leave migration enabled.
+#[test]
+fn migration_policy_is_parsed_strictly() {
+    for (manifest, field) in [
+        (&br#"{"migration_policy":{"enable":false}}"#[..], "migration_policy.enable"),
+        (br#"{"migration_policy":null}"#, "migration_policy"),
+        (br#"{"migration_policy":{"enabled":"no"}}"#, "migration_policy.enabled"),
+        (br#"{"migration_policy":{"max_price_per_second":-1}}"#, "migration_policy.max_price_per_second"),
+    ] {
+        let e = migration_policy(manifest).unwrap_err();
+        assert!(e.contains(field), "{}: {e}", String::from_utf8_lossy(manifest));
+        assert!(check_price_policy(manifest, Microcents(0)).is_err(), "{e}");
+    }
 }
 
 #[test]
@@ -439,14 +456,11 @@ fn price_cap_boundary_and_no_cap() {
         check_price_policy(m, Microcents(101)),
         Err("price 101 above the agent's max_price_per_second 100".to_string())
     );
-    // 0 (or a nonsensical negative cap) means no cap at all.
-    for uncapped in [
-        &br#"{"migration_policy":{"max_price_per_second":0}}"#[..],
-        br#"{"migration_policy":{"max_price_per_second":-5}}"#,
-    ] {
-        assert_eq!(check_price_policy(uncapped, Microcents(i64::MAX)), Ok(()));
-        assert_eq!(check_price_policy(uncapped, Microcents(1)), Ok(()));
-    }
+    // 0 means no cap at all (a negative cap is a manifest error, see
+    // `migration_policy_is_parsed_strictly`).
+    let uncapped = br#"{"migration_policy":{"max_price_per_second":0}}"#;
+    assert_eq!(check_price_policy(uncapped, Microcents(i64::MAX)), Ok(()));
+    assert_eq!(check_price_policy(uncapped, Microcents(1)), Ok(()));
     let off = br#"{"migration_policy":{"enabled":false}}"#;
     assert_eq!(
         check_price_policy(off, Microcents(0)),

@@ -65,6 +65,7 @@ fn run_ctrl_c_resume_keeps_did_and_history_verifies() {
         if checkpoints(&history).len() >= 2 {
             break;
         }
+        #[allow(clippy::disallowed_methods)] // a test polls a real child process
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(checkpoints(&history).len() >= 2, "no periodic checkpoint written");

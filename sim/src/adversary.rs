@@ -1,7 +1,7 @@
-//! Adversaries in the simulator (spec §8, A2–A4). The misbehaviours
-//! themselves live in the core (`igor::node::Misbehaviour`: the real node,
-//! perturbed at a few named points), so this file holds only what the
-//! simulator adds around them: node keys and defence switches for each
+//! Adversaries in the simulator (spec §8, A2–A4). The attacks themselves
+//! live in [`crate::byzantine`] (a conduct for the node's state, an
+//! interposer on its wire); this file holds what the simulator adds
+//! around them: node keys and defence switches for each
 //! host, the observation filter that keeps a Byzantine node's own,
 //! unpreventable misdeeds (ticking a copy it keeps) out of the checker while
 //! still judging everything honest nodes accept from it, and the audit of
@@ -60,7 +60,6 @@ pub fn node_key_seed(name: &str) -> [u8; 32] {
 
 /// Apply a node's adversary and defence settings and the key directory.
 pub fn configure(cfg: &mut NodeConfig, spec: &NodeSpec, all: &[NodeSpec]) {
-    cfg.misbehaviour = spec.adversary.clone();
     cfg.defences = spec.defences.unwrap_or_default();
     cfg.node_key_seed = Some(node_key_seed(&spec.name));
     cfg.peer_keys = all
@@ -119,7 +118,7 @@ impl Filter {
         // the system's (the checker judges it like an honest host).
         let mut out = Vec::new();
         if let Event::Misbehaved { act, .. } = event
-            && !act.starts_with(igor::node::defence::CHURN_ACT_PREFIX)
+            && !act.starts_with(crate::byzantine::CHURN_ACT_PREFIX)
             && self.byzantine.insert(node.clone())
         {
             out.push((node.clone(), Obs::Distrusted));

@@ -6,13 +6,13 @@
 //! never reshuffles the others. The resolved scenario is plain RON: running
 //! it with `igor-sim run` reproduces the run exactly.
 
+use crate::byzantine::Misbehaviour;
 use crate::coverage;
 use crate::disk::DiskFaultKind;
 use crate::scenario::{Action, AgentSpec, Boundary, BuggifyFault, Scenario, Step, Storage, Verdict};
 use igor::env::derive_seed;
 use igor::lease::LeaseConfig;
 use igor::migration::MigrationConfig;
-use igor::node::Misbehaviour;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};

@@ -4,6 +4,7 @@
 //! violations and the trace records every event canonically.
 
 pub mod adversary;
+pub mod byzantine;
 pub mod checker;
 pub mod clock;
 pub mod coverage;

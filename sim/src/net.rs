@@ -21,9 +21,9 @@ use turmoil::net::{TcpListener, TcpStream};
 
 /// The port every node serves on.
 pub const PORT: u16 = 7000;
-/// Largest frame accepted: an agent package holds a wasm module (a few MiB)
-/// and a checkpoint whose state is capped at 64 MiB.
-pub const MAX_FRAME_BYTES: usize = 80 * 1024 * 1024;
+/// Largest frame accepted: the env contract's limit, the same as the real
+/// transport's (a package the real node accepts is never `TooLarge` here).
+pub use igor::env::MAX_FRAME_BYTES;
 
 /// Message faults on a node's outgoing requests, changed by the scenario
 /// timeline while the simulation runs.
@@ -195,6 +195,8 @@ impl Network for SimNet {
         }
         let (duplicate, delay) = self.faults.borrow_mut().draw();
         if !delay.is_zero() {
+            // Simulated time (turmoil virtualises tokio's clock).
+            #[allow(clippy::disallowed_methods)]
             tokio::time::sleep(delay).await;
         }
         if duplicate {

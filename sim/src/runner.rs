@@ -4,6 +4,7 @@
 //! event to the trace and the checker, and compares the result with the
 //! scenario's `expect`. A violation stops the run at once.
 
+use crate::byzantine::{ByzantineConduct, Interposer, Misbehaviour};
 use crate::checker::{CHAIN, Checker, Obs, State, Violation};
 use crate::clock::{ClockFault, SIM_EPOCH_UNIX_NS, SimClock};
 use crate::coverage::Coverage;
@@ -71,6 +72,8 @@ struct HostCtl {
     histories: RefCell<Option<Histories>>,
     /// The node's disk write faults (`DiskFault`), shared with every boot.
     disk: Rc<DiskFaults>,
+    /// SCENARIOS ONLY: the node's attack (its conduct and its interposer).
+    adversary: Option<Misbehaviour>,
 }
 
 /// Every agent's history files on one node's disk: agent → (path, bytes).
@@ -296,11 +299,19 @@ async fn host_main(
     }
     // The simulator's own damage bypasses the node's write faults.
     apply_damage(&SimDisk::default(), &damage);
-    let net = SimNet::bind(ctl.faults.clone()).await?;
-    let entropy = SeededEntropy::derived(seed, &format!("node/{}/boot/{boot}", ctl.name));
+    // The watchdog sits between the driver and the runner: a node that
+    // spins never lets the step end, so only code inside the host can stop it.
+    let (node_tx, mut node_rx) = mpsc::unbounded_channel::<NodeEvent>();
     let clock = SimClock::new(ctl.clock.clone());
+    let net = SimNet::bind(ctl.faults.clone()).await?;
+    let adversary = ctl.adversary.as_ref();
+    let net = Interposer::new(net, adversary, &cfg, clock.clone(), node_tx.clone(), seed, u64::from(boot));
+    let entropy = SeededEntropy::derived(seed, &format!("node/{}/boot/{boot}", ctl.name));
     let sandbox = sandbox().map_err(|e| e.to_string())?;
     let mut node = Node::open(cfg, disk.clone(), clock, entropy, sandbox);
+    if let Some(conduct) = adversary.and_then(ByzantineConduct::new) {
+        node.set_conduct(Box::new(conduct));
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     if boot == 0 {
         for a in deploys {
@@ -308,9 +319,6 @@ async fn host_main(
         }
     }
     *ctl.control.borrow_mut() = Some(tx);
-    // The watchdog sits between the driver and the runner: a node that
-    // spins never lets the step end, so only code inside the host can stop it.
-    let (node_tx, mut node_rx) = mpsc::unbounded_channel::<NodeEvent>();
     let mut watchdog = Watchdog::new();
     let stuck = {
         let drive = driver::run(&mut node, &net, &mut rx, &node_tx);
@@ -508,6 +516,7 @@ pub fn run_configured(
             collect: Cell::new(false),
             histories: RefCell::new(None),
             disk: Rc::default(),
+            adversary: spec.adversary.clone(),
         });
         w.ctls.insert(spec.name.clone(), ctl.clone());
         let deploys: Vec<AgentBytes> = agents.iter().filter(|a| a.node == spec.name).cloned().collect();
@@ -875,7 +884,7 @@ impl<'a> World<'a> {
                 Event::CheckpointAdopted { agent, hash, .. } => {
                     self.adopted.entry((e.node.to_string(), agent.to_string())).or_default().insert(*hash);
                 }
-                Event::Misbehaved { act, .. } if !act.starts_with(igor::node::defence::CHURN_ACT_PREFIX) => {
+                Event::Misbehaved { act, .. } if !act.starts_with(crate::byzantine::CHURN_ACT_PREFIX) => {
                     self.byzantine_nodes.insert(e.node.to_string());
                 }
                 _ => {}

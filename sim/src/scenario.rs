@@ -96,9 +96,9 @@ pub struct NodeSpec {
     /// the checker catching a double ticker.
     #[serde(default)]
     pub unsafe_self_recover: bool,
-    /// SCENARIOS ONLY: a named misbehaviour (A2–A4), see `igor::node::Misbehaviour`.
+    /// SCENARIOS ONLY: a named misbehaviour (A2–A4), see `crate::byzantine::Misbehaviour`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adversary: Option<igor::node::Misbehaviour>,
+    pub adversary: Option<crate::byzantine::Misbehaviour>,
     /// Defence switches (all on when absent), see `igor::node::Defences`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defences: Option<igor::node::Defences>,

@@ -284,6 +284,9 @@ pub struct MemEndpoint {
 
 impl Network for MemEndpoint {
     async fn request(&self, to: &NodeId, body: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        if body.len() > super::MAX_FRAME_BYTES {
+            return Err(NetError::TooLarge { peer: to.clone(), len: body.len(), limit: super::MAX_FRAME_BYTES });
+        }
         let (tx, rx) = oneshot::channel();
         {
             let st = self.net.state();
@@ -352,12 +355,35 @@ mod tests {
         assert_eq!(a.next_u64(), b.next_u64());
     }
 
+    #[test]
+    fn mem_disk_meets_the_disk_contract() {
+        super::super::conformance::disk_contract(&MemDisk::new());
+        let disk = MemDisk::new();
+        super::super::conformance::disk_survives_crash(&disk, || {
+            disk.crash();
+            disk.clone()
+        });
+    }
+
+    #[tokio::test]
+    async fn mem_net_meets_the_network_contract() {
+        use super::super::conformance::{network_contract, serve};
+        let net = MemNet::new();
+        let (a, b, nobody) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap(), NodeId::new("nobody").unwrap());
+        let (ea, eb) = (net.endpoint(a.clone()), net.endpoint(b.clone()));
+        tokio::select! {
+            () = serve(&eb) => panic!("the server stopped"),
+            () = network_contract(&ea, &a, &b, Some(&nobody)) => {}
+        }
+    }
+
     #[tokio::test]
     async fn partition_makes_peer_unreachable() {
         let net = MemNet::new();
         let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
         let ea = net.endpoint(a.clone());
         let eb = net.endpoint(b.clone());
+        #[allow(clippy::disallowed_methods)] // a test: the server side runs as its own task
         let server = tokio::spawn(async move {
             let inc = eb.accept().await.unwrap();
             inc.reply.send(inc.body.iter().rev().copied().collect()).unwrap();

@@ -7,6 +7,8 @@
 //! Nothing outside the backends may read a clock, touch a file or socket, or
 //! draw OS randomness: `clippy.toml` enforces it.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod mem;
 pub mod real;
 
@@ -144,9 +146,18 @@ pub struct Incoming {
     pub reply: tokio::sync::oneshot::Sender<Vec<u8>>,
 }
 
+/// Largest request or reply body any [`Network`] carries: the largest wire
+/// message (`wire::MAX_MESSAGE_BYTES`, checked again when parsing). Part of
+/// the contract, so a package the real node accepts is never `TooLarge` in
+/// a twin: every implementation refuses a larger body with
+/// [`NetError::TooLarge`] before sending it, and a larger incoming frame
+/// before reading it ([`conformance`] checks this on every twin).
+pub const MAX_FRAME_BYTES: usize = crate::wire::MAX_MESSAGE_BYTES;
+
 /// Request/response messaging between nodes: one request, one reply per
 /// stream, bodies are opaque bytes (the core's wire messages). Deadlines
-/// belong to the protocol state machines, not to the transport.
+/// belong to the protocol state machines, not to the transport. Bodies are
+/// at most [`MAX_FRAME_BYTES`].
 pub trait Network {
     /// Send `body` to `to` and wait for its reply.
     fn request(&self, to: &NodeId, body: Vec<u8>) -> impl Future<Output = Result<Vec<u8>, NetError>>;

@@ -1,5 +1,5 @@
-//! Defences against Byzantine nodes, griefers and forgers (spec §8, A2–A4),
-//! and the named misbehaviours a scenario can give a node to attack them.
+//! Defences against Byzantine nodes, griefers and forgers (spec §8, A2–A4).
+//! The attacks that test them live in `igor-sim` (see [`super::conduct`]).
 //! Each defence is one mechanism with its own switch in [`Defences`] (all on
 //! by default); switching one off exists only so a scenario can show the
 //! damage it prevents. The [`Guard`] holds what the defences remember:
@@ -82,82 +82,6 @@ impl Defences {
         "rate_limit",
         "transfer_identity_checks",
     ];
-}
-
-/// How a `BounceAgent` griefer's `misbehaved` act begins. Its handoffs
-/// are real ones, by the protocol's rules: a simulator keeps judging its
-/// authority claims like an honest host's (only its intent is hostile).
-pub const CHURN_ACT_PREFIX: &str = "bounces ";
-
-/// A named misbehaviour (scenarios only): the real node, perturbed at one
-/// explicit point. Never set on a real node. Times are the node's
-/// monotonic clock in ms.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub enum Misbehaviour {
-    /// A2 fork: on the target's confirmation keep the agent and resume
-    /// ticking the copy; with `claim_target_epoch`, also claim the epoch
-    /// the target took (a forged epoch for the forked head).
-    KeepCopyAfterHandoff {
-        #[serde(default)]
-        claim_target_epoch: bool,
-    },
-    /// A2 metering lie: deduct `factor` times the fuel-derived cost of each
-    /// tick from the budget (the surplus goes to the host).
-    Overcharge { factor: u32 },
-    /// A2 tamper: add `budget_delta` to the handoff checkpoint's budget
-    /// before sending it; `resign` re-signs it with the agent key (which the
-    /// host holds), else the old signature stays (and no longer verifies).
-    TamperPackage { budget_delta: i64, resign: bool },
-    /// A2: take over an incoming agent but never confirm (no reply).
-    RefuseConfirm,
-    /// A2/A4: send the last transfer package again, byte for byte,
-    /// `after_ms` after it was first sent.
-    ReplayOwnPackage { after_ms: u64 },
-    /// A4 (A3 when repeated): a package for `agent` built from this node's
-    /// own agent `from_agent`, re-signed with a fresh agent key, sent to
-    /// `to` at `at_ms` and every `every_ms` after (0: once), issued as
-    /// `as_node` if set (impersonation).
-    ForgeTransfer {
-        agent: String,
-        from_agent: String,
-        to: String,
-        at_ms: u64,
-        #[serde(default)]
-        every_ms: u64,
-        #[serde(default)]
-        as_node: Option<String>,
-    },
-    /// A4 (A3 when repeated): announce `agent` as ACTIVE_OWNER at epoch
-    /// (`epoch_major`, 0) to `to` at `at_ms` and every `every_ms` after,
-    /// issued as `as_node` if set (impersonation).
-    ForgeAnnounce {
-        agent: String,
-        to: String,
-        epoch_major: u64,
-        at_ms: u64,
-        #[serde(default)]
-        every_ms: u64,
-        #[serde(default)]
-        as_node: Option<String>,
-    },
-    /// A4 replayed announcement: record the first genuine, signed
-    /// `HeadAnnounce` this node sends to `to`, byte for byte, and send it
-    /// again `after_ms` later (by then the epoch it claims has moved on).
-    /// An announcement is bound to its audience (signed, checked before any
-    /// defence), so only a copy addressed to the victim can be replayed to
-    /// it: the issuer's own, or one a relay on the path kept.
-    ReplayAnnounce { to: String, after_ms: u64 },
-    /// A2 fork from an old checkpoint: keep the agent's files after handing
-    /// it off (honestly otherwise), and at `at_ms` restore the newest
-    /// archived checkpoint at least `ticks_back` ticks before the local
-    /// head, resume ticking it as owner under the highest epoch announced
-    /// for the agent, and announce the forked head.
-    RestoreOldCheckpoint { agent: String, at_ms: u64, ticks_back: u64 },
-    /// A3 migration churn: every `every_ms` (at least 10), hand every agent
-    /// this node owns and is not already handing off on to `to`. Two
-    /// griefers configured towards each other bounce an agent between them.
-    BounceAgent { to: String, every_ms: u64 },
 }
 
 /// Sustained incoming transfers per peer: one per `TRANSFER_REFILL_NS`

@@ -280,7 +280,9 @@ pub enum Event {
         defence: String,
         reason: String,
     },
-    /// SCENARIOS ONLY: this node just acted out its configured misbehaviour.
+    /// This node departed from the protocol: a [`super::Conduct`] deed, or
+    /// (emitted by the simulator's interposer) a message it rewrote,
+    /// replayed or made up. Never emitted under [`super::Honest`].
     Misbehaved {
         agent: Option<AgentId>,
         act: String,

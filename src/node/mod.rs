@@ -15,6 +15,7 @@
 //!    the bytes [`Node::handle_request`] returns.
 //! 5. Collect [`Node::drain_events`].
 
+pub mod conduct;
 pub mod defence;
 pub mod event;
 pub mod fake;
@@ -22,7 +23,8 @@ mod recovery;
 pub mod store;
 mod transfer;
 
-pub use defence::{Defences, Misbehaviour};
+pub use conduct::{Conduct, Honest};
+pub use defence::Defences;
 pub use event::{Event, NodeEvent};
 
 use crate::authority::{Authority, AuthorityState, Op, Reason, Role};
@@ -71,8 +73,6 @@ pub struct NodeConfig {
     /// The key directory: peers' node keys. When it is empty, claims are
     /// bound to the authenticated transport peer instead of a signature.
     pub peer_keys: BTreeMap<NodeId, crate::identity::PublicKey>,
-    /// SCENARIOS ONLY: a named misbehaviour (A2–A4). `None` on real nodes.
-    pub misbehaviour: Option<Misbehaviour>,
 }
 
 impl NodeConfig {
@@ -91,7 +91,6 @@ impl NodeConfig {
             defences: Defences::default(),
             node_key_seed: None,
             peer_keys: BTreeMap::new(),
-            misbehaviour: None,
         }
     }
 
@@ -182,6 +181,8 @@ pub struct AgentView {
     pub head_hash: Hash32,
     pub lease_expiry_ns: i64,
     pub halted: Option<String>,
+    /// A live instance exists (it can tick once authority allows).
+    pub running: bool,
     pub handoff_in_flight: bool,
     /// EI-6: checkpoints cannot be written (since unix ns, why); paused.
     pub degraded: Option<(i64, String)>,
@@ -326,8 +327,6 @@ enum Pending {
         agent: AgentId,
         peer: NodeId,
     },
-    /// A message sent by a misbehaviour: its reply is ignored.
-    Forged,
 }
 
 /// One Igor node. Generic over the sandbox ([`Executor`]) and the
@@ -351,7 +350,8 @@ pub struct Node<X: Executor, D: Disk, C: Clock, R: Entropy> {
     stopped: bool,
     guard: defence::Guard,
     node_key: Option<Keypair>,
-    adversary: transfer::AdversaryState,
+    /// The node's conduct: [`Honest`] unless a simulator replaced it.
+    conduct: Box<dyn Conduct + Send>,
     /// Wall clock when this node (re)started: packages issued before it
     /// are refused (spec §5: a node that lost its disk knows nothing).
     started_unix_ns: i64,
@@ -385,7 +385,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             stopped: false,
             guard: defence::Guard::default(),
             node_key: None,
-            adversary: transfer::AdversaryState::default(),
+            conduct: Box::new(Honest),
             started_unix_ns: 0,
             recoveries: BTreeMap::new(),
         };
@@ -465,6 +465,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             head_hash: s.lineage.head_hash(),
             lease_expiry_ns: s.lease.expiry_unix_ns,
             halted: s.halted.clone(),
+            running: s.instance.is_some(),
             degraded: s.degraded.clone(),
             handoff_in_flight: self.handoffs.contains_key(agent),
         })
@@ -716,7 +717,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let head = s.lineage.head().ok_or("no checkpoint to start from")?.clone();
         let key = s.key.as_ref().ok_or("agent key missing")?.public();
         let sealed = self.disk.read(&store::kv_path(agent, head.tick)).map_err(|e| e.to_string())?;
-        let kv = store::open_kv(&key, agent, head.tick, &sealed)?;
+        let kv = store::open_kv(&key, agent, &head, &sealed)?;
         let hash = self.exec.prepare(&wasm, &s.manifest).map_err(|e| e.to_string())?;
         if hash != head.wasm_hash {
             return Err(format!("module hash {} differs from checkpoint's {}", hash.short(), head.wasm_hash.short()));
@@ -913,7 +914,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             self.maybe_tick(&agent);
             self.maybe_checkpoint(&agent);
         }
-        self.misbehave(now.mono_ns);
+        self.act_out(now.mono_ns);
         self.next_deadline()
     }
 
@@ -928,7 +929,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if let Some(t) = self.next_recovery_deadline() {
             consider(t);
         }
-        if let Some(t) = self.adversary.next_ns(self.cfg.misbehaviour.as_ref()) {
+        if let Some(t) = self.conduct.next_ns() {
             consider(t);
         }
         for s in self.agents.values() {
@@ -1034,13 +1035,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         s.budget = Microcents(left.0 - paid.0);
         s.tick = inputs.tick;
         s.charged = Microcents(s.charged.0.saturating_add(cost.0));
-        // SCENARIOS ONLY (A2 metering lie): take more than the tick cost.
-        let lie = match self.cfg.misbehaviour {
-            Some(Misbehaviour::Overcharge { factor }) => {
-                cost.0.saturating_mul(i64::from(factor.saturating_sub(1))).min(s.budget.0).max(0)
-            }
-            _ => 0,
-        };
+        // The conduct's surcharge (honestly none), capped by the budget.
+        let (lie, act) = self.conduct.surcharge(agent, cost);
+        let lie = lie.0.min(s.budget.0).max(0);
         s.budget = Microcents(s.budget.0 - lie);
         s.charged = Microcents(s.charged.0.saturating_add(lie));
         s.paid = Microcents(s.paid.0.saturating_add(paid.0));
@@ -1059,12 +1056,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 format!("executor charged {} + {} against {}", report.cost, report.paid, inputs.budget),
             );
         }
-        if lie > 0 && !self.adversary.overcharging {
-            self.adversary.overcharging = true;
-            self.emit(Event::Misbehaved {
-                agent: Some(agent.clone()),
-                act: format!("overcharge: {lie} above the fuel-derived cost"),
-            });
+        if lie > 0
+            && let Some(act) = act
+        {
+            self.emit(Event::Misbehaved { agent: Some(agent.clone()), act });
         }
         self.emit(Event::TickFinished {
             agent: agent.clone(),
@@ -1163,7 +1158,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let instance = s.instance.as_mut().ok_or("no running instance")?;
         let (state, kv) = self.exec.snapshot(instance).map_err(|e| e.to_string())?;
         let key = s.key.as_ref().ok_or("agent key missing")?;
-        let sealed = store::seal_kv(key, agent, s.tick, &kv);
+        let sealed = store::seal_kv(key, agent, s.tick, &state, &kv);
         self.disk.write_atomic(&store::kv_path(agent, s.tick), &sealed).map_err(|e| e.to_string())?;
         let body = CheckpointBody {
             budget: s.budget,

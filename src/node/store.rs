@@ -6,9 +6,9 @@
 //! it cannot be swapped or altered at rest or in transit unnoticed.
 
 use crate::authority::{AuthorityState, Role};
-use crate::checkpoint::Hash32;
+use crate::checkpoint::{Checkpoint, Hash32};
 use crate::env::{Disk, DiskError};
-use crate::identity::{Keypair, PublicKey, Signature};
+use crate::identity::{Keypair, PublicKey};
 use crate::units::{AgentId, Epoch, TickNumber};
 use serde::{Deserialize, Serialize};
 
@@ -72,34 +72,20 @@ pub fn read_record(disk: &impl Disk, agent: &AgentId) -> Result<AuthorityRecord,
     serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path, reason: e.to_string() })
 }
 
-fn kv_message(agent: &AgentId, tick: TickNumber, kv: &[u8]) -> Vec<u8> {
-    let mut m = b"igor-kv-v1\0".to_vec();
-    m.extend_from_slice(agent.as_str().as_bytes());
-    m.push(0);
-    m.extend_from_slice(&tick.0.to_le_bytes());
-    m.extend_from_slice(&Hash32::of(kv).0);
-    m
+/// Seal the kv snapshot of the checkpoint of `agent` at `tick` whose
+/// state bytes are `state`: the one sealed format, [`crate::kv::seal`],
+/// which binds agent, tick, SHA-256 of the state and of the kv under the
+/// agent key. A snapshot sealed for another state (a fork, another
+/// checkpoint at the same tick) is refused by [`open_kv`].
+pub fn seal_kv(key: &Keypair, agent: &AgentId, tick: TickNumber, state: &[u8], kv: &[u8]) -> Vec<u8> {
+    crate::kv::seal(agent, tick, &Hash32::of(state), kv, key)
 }
 
-/// `signature(64) ++ kv`.
-pub fn seal_kv(key: &Keypair, agent: &AgentId, tick: TickNumber, kv: &[u8]) -> Vec<u8> {
-    let sig = key.sign(&kv_message(agent, tick, kv));
-    let mut out = sig.0.to_vec();
-    out.extend_from_slice(kv);
-    out
-}
-
-/// Check a sealed kv snapshot against the agent key and tick.
-pub fn open_kv(key: &PublicKey, agent: &AgentId, tick: TickNumber, sealed: &[u8]) -> Result<Vec<u8>, String> {
-    if sealed.len() < 64 {
-        return Err(format!("sealed kv for tick {tick} too short ({} bytes)", sealed.len()));
-    }
-    let (sig, kv) = sealed.split_at(64);
-    let sig = Signature(sig.try_into().map_err(|_| "kv signature length".to_string())?);
-    if !key.verify(&kv_message(agent, tick, kv), &sig) {
-        return Err(format!("kv seal for tick {tick} does not verify against the agent key"));
-    }
-    Ok(kv.to_vec())
+/// Check a sealed kv snapshot against the agent key and the checkpoint it
+/// must belong to (tick and state), and return the kv bytes.
+pub fn open_kv(key: &PublicKey, agent: &AgentId, ckpt: &Checkpoint, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    let name = kv_path(agent, ckpt.tick);
+    crate::kv::open(&name, sealed, agent, ckpt.tick, &Hash32::of(&ckpt.state), key).map_err(|e| e.to_string())
 }
 
 /// Load the agent's key, if this node still holds it.
@@ -126,4 +112,43 @@ pub fn read_key_seed(disk: &impl Disk, agent: &AgentId) -> Option<[u8; 32]> {
         return None;
     }
     hex::decode(lines.next()?.trim()).ok()?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::CheckpointBody;
+    use crate::units::{Epoch, Microcents};
+
+    fn ckpt(key: &Keypair, tick: u64, state: &[u8]) -> Checkpoint {
+        CheckpointBody {
+            budget: Microcents(10),
+            price_per_second: Microcents(1),
+            tick: TickNumber(tick),
+            wasm_hash: Hash32::of(b"wasm"),
+            epoch: Epoch::new(1, 0),
+            lease_expiry_ns: 0,
+            prev_hash: Hash32::ZERO,
+            state: state.to_vec(),
+        }
+        .sign(key)
+    }
+
+    /// The node's kv seal binds the checkpoint state: a snapshot sealed for
+    /// one state is refused for another checkpoint at the same tick (a
+    /// fork), as well as for another tick or another agent key.
+    #[test]
+    fn a_kv_snapshot_sealed_for_another_state_is_refused() {
+        let key = Keypair::from_seed([3; 32]);
+        let agent = AgentId::new("kv-user").unwrap();
+        let sealed = seal_kv(&key, &agent, TickNumber(5), b"state A", b"kv bytes");
+        let own = ckpt(&key, 5, b"state A");
+        assert_eq!(open_kv(&key.public(), &agent, &own, &sealed).unwrap(), b"kv bytes");
+        let fork = ckpt(&key, 5, b"state B");
+        let e = open_kv(&key.public(), &agent, &fork, &sealed).unwrap_err();
+        assert!(e.contains("bound to state") && e.contains("kv-user"), "{e}");
+        assert!(open_kv(&key.public(), &agent, &ckpt(&key, 6, b"state A"), &sealed).is_err(), "another tick");
+        let other = Keypair::from_seed([4; 32]).public();
+        assert!(open_kv(&other, &agent, &own, &sealed).is_err(), "another agent key");
+    }
 }

@@ -4,10 +4,10 @@
 //! divergent). The protocol decisions live in [`crate::migration`]; this
 //! file performs them against the disk, the executor and the outbox.
 
-use super::defence::{Guard, Misbehaviour, Rejection};
+use super::conduct::{AfterConfirm, Deed};
+use super::defence::{Guard, Rejection};
 use super::{Node, Outgoing, Pending, Refused, Slot, store};
 use crate::authority::{Authority, AuthorityState, Op, Reason, Role};
-use crate::checkpoint::CheckpointBody;
 use crate::checkpoint::{Checkpoint, Hash32};
 use crate::env::{Clock, Disk, Entropy, NetError};
 use crate::executor::{Executor, TickInputs};
@@ -25,45 +25,6 @@ use crate::wire::{
     ReplayTick,
 };
 use std::collections::VecDeque;
-
-/// What a configured misbehaviour remembers (scenarios only).
-#[derive(Debug, Default)]
-pub(super) struct AdversaryState {
-    /// The last transfer sent: (when, to, bytes), for `ReplayOwnPackage`.
-    last_package: Option<(u64, NodeId, Vec<u8>)>,
-    /// The first announcement sent to the victim: (when, bytes), for
-    /// `ReplayAnnounce`.
-    recorded_announce: Option<(u64, Vec<u8>)>,
-    /// Next firing of a repeated forgery (mono ns).
-    next_forgery_ns: Option<u64>,
-    done: bool,
-    pub(super) overcharging: bool,
-}
-
-impl AdversaryState {
-    pub(super) fn next_ns(&self, m: Option<&Misbehaviour>) -> Option<u64> {
-        match m? {
-            Misbehaviour::ReplayOwnPackage { after_ms } => {
-                let (at, _, _) = self.last_package.as_ref()?;
-                (!self.done).then(|| at.saturating_add(after_ms.saturating_mul(1_000_000)))
-            }
-            Misbehaviour::ReplayAnnounce { after_ms, .. } => {
-                let (at, _) = self.recorded_announce.as_ref()?;
-                (!self.done).then(|| at.saturating_add(after_ms.saturating_mul(1_000_000)))
-            }
-            Misbehaviour::ForgeTransfer { at_ms, .. }
-            | Misbehaviour::ForgeAnnounce { at_ms, .. }
-            | Misbehaviour::RestoreOldCheckpoint { at_ms, .. } => {
-                if self.done {
-                    return None;
-                }
-                Some(self.next_forgery_ns.unwrap_or(at_ms.saturating_mul(1_000_000)))
-            }
-            Misbehaviour::BounceAgent { .. } => Some(self.next_forgery_ns.unwrap_or(0)),
-            _ => None,
-        }
-    }
-}
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     pub(super) fn start_handoff(&mut self, agent: AgentId, to: NodeId) -> Result<(), Refused> {
@@ -116,22 +77,26 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     fn run_actions(&mut self, agent: &AgentId, actions: Vec<Action>) {
         let mut queue: VecDeque<Action> = actions.into();
-        let keep_copy = match self.cfg.misbehaviour {
-            Some(Misbehaviour::KeepCopyAfterHandoff { claim_target_epoch }) => Some(claim_target_epoch),
-            _ => None,
-        };
-        // SCENARIOS ONLY: a node that will fork from an old checkpoint
-        // retires honestly but keeps the agent's files.
-        let keep_files = matches!(self.cfg.misbehaviour, Some(Misbehaviour::RestoreOldCheckpoint { .. }));
+        // The conduct decides what a confirmed handoff leaves here (EI-4:
+        // honestly, nothing).
+        let mut after = None;
         while let Some(action) = queue.pop_front() {
-            let action = match (action, keep_copy) {
-                (Action::Transition { to: AuthorityState::Retired, reason: Reason::Confirmed }, Some(claim)) => {
-                    self.keep_copy(agent, claim);
-                    continue;
+            let action = match action {
+                Action::Transition { to: AuthorityState::Retired, reason: Reason::Confirmed } => {
+                    let epoch = self.agents.get(agent).map(|s| s.authority.epoch()).unwrap_or_default();
+                    match self.conduct.on_confirmed(agent, epoch) {
+                        AfterConfirm::StayOwner { epoch, act } => {
+                            after = Some(false);
+                            self.perform(Deed::Own { agent: agent.clone(), from: None, epoch, act });
+                            continue;
+                        }
+                        AfterConfirm::RetireKeepingFiles => after = Some(true),
+                        AfterConfirm::Retire => {}
+                    }
+                    Action::Transition { to: AuthorityState::Retired, reason: Reason::Confirmed }
                 }
-                (Action::DeleteLocalCopy, Some(_)) => continue,
-                (Action::DeleteLocalCopy, None) if keep_files => continue,
-                (a, _) => a,
+                Action::DeleteLocalCopy if after.is_some() => continue,
+                a => a,
             };
             let feed = match action {
                 Action::Transition { to, reason } => match self.set_state(agent, to, reason) {
@@ -215,289 +180,6 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 queue = m.handle(now, rand, input).into();
             }
         }
-    }
-
-    /// SCENARIOS ONLY (A2 tamper): change the handoff checkpoint's budget
-    /// before sending, re-signed with the agent key (`resign_with`, which a
-    /// host holds) or keeping the now invalid signature.
-    fn tamper(
-        &mut self,
-        agent: &AgentId,
-        package: &mut AgentPackage,
-        header: &mut Header,
-        head: &Checkpoint,
-        budget_delta: i64,
-        resign_with: Option<[u8; 32]>,
-    ) {
-        let mut c = head.clone();
-        c.budget = Microcents(c.budget.0.saturating_add(budget_delta));
-        if let Some(seed) = resign_with {
-            let body = CheckpointBody {
-                budget: c.budget,
-                price_per_second: c.price_per_second,
-                tick: c.tick,
-                wasm_hash: c.wasm_hash,
-                epoch: c.epoch,
-                lease_expiry_ns: c.lease_expiry_ns,
-                prev_hash: c.prev_hash(),
-                state: c.state.clone(),
-            };
-            c = body.sign(&Keypair::from_seed(seed));
-        }
-        let bytes = c.encode();
-        header.head_hash = Hash32::of(&bytes);
-        package.checkpoint = bytes;
-        package.budget = c.budget.0;
-        let how = if resign_with.is_some() { "re-signed with the agent key" } else { "signature left stale" };
-        self.emit(Event::Misbehaved {
-            agent: Some(agent.clone()),
-            act: format!("tampers the package: budget {budget_delta:+} microcents, {how}"),
-        });
-    }
-
-    /// SCENARIOS ONLY: act out a timed misbehaviour that is due.
-    pub(super) fn misbehave(&mut self, now_ns: u64) {
-        let Some(m) = self.cfg.misbehaviour.clone() else { return };
-        match self.adversary.next_ns(Some(&m)) {
-            Some(due) if due <= now_ns => {}
-            _ => return,
-        }
-        let every_ms = match &m {
-            Misbehaviour::ForgeTransfer { every_ms, .. } | Misbehaviour::ForgeAnnounce { every_ms, .. } => *every_ms,
-            Misbehaviour::BounceAgent { every_ms, .. } => (*every_ms).max(10),
-            _ => 0,
-        };
-        if every_ms == 0 {
-            self.adversary.done = true;
-        } else {
-            self.adversary.next_forgery_ns = Some(now_ns.saturating_add(every_ms.saturating_mul(1_000_000)));
-        }
-        let sent = match m {
-            Misbehaviour::ReplayOwnPackage { .. } => self.replay_own_package(),
-            Misbehaviour::ReplayAnnounce { to, .. } => self.replay_announce(&to),
-            Misbehaviour::BounceAgent { to, .. } => self.bounce_agents(&to),
-            Misbehaviour::RestoreOldCheckpoint { agent, ticks_back, .. } => {
-                self.restore_old_checkpoint(&agent, ticks_back)
-            }
-            Misbehaviour::ForgeTransfer { agent, from_agent, to, as_node, .. } => {
-                self.forge_transfer(&agent, &from_agent, &to, as_node.as_deref())
-            }
-            Misbehaviour::ForgeAnnounce { agent, to, epoch_major, as_node, .. } => {
-                self.forge_announce(&agent, &to, epoch_major, as_node.as_deref())
-            }
-            _ => Ok(()),
-        };
-        if let Err(e) = sent {
-            self.fault(None, format!("misbehaviour: {e}"));
-        }
-    }
-
-    fn queue_forged(&mut self, to: NodeId, body: Vec<u8>) {
-        let id = self.next_request;
-        self.next_request += 1;
-        self.outbox.push(Outgoing { id, to, body });
-        self.pending.insert(id, Pending::Forged);
-    }
-
-    fn replay_own_package(&mut self) -> Result<(), String> {
-        let (_, to, bytes) = self.adversary.last_package.clone().ok_or("no package sent yet")?;
-        let agent = Envelope::decode(&bytes).map(|e| e.header.agent).ok();
-        self.emit(Event::Misbehaved { agent, act: format!("replays its old transfer package to {to}") });
-        self.queue_forged(to, bytes);
-        Ok(())
-    }
-
-    /// SCENARIOS ONLY (A3 churn): hand every agent owned here on to `to`.
-    fn bounce_agents(&mut self, to: &str) -> Result<(), String> {
-        let to = NodeId::new(to).map_err(|e| format!("to: {e}"))?;
-        let ready: Vec<AgentId> = self
-            .agents
-            .iter()
-            .filter(|(id, s)| {
-                s.authority.state() == AuthorityState::ActiveOwner
-                    && s.instance.is_some()
-                    && s.halted.is_none()
-                    && !self.handoffs.contains_key(*id)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for agent in ready {
-            self.emit(Event::Misbehaved {
-                agent: Some(agent.clone()),
-                act: format!("{}{agent} on to {to}", super::defence::CHURN_ACT_PREFIX),
-            });
-            // A refusal is already in the trace (`refused`); churn goes on.
-            let _ = self.start_handoff(agent, to.clone());
-        }
-        Ok(())
-    }
-
-    /// SCENARIOS ONLY (A2 fork from an old checkpoint): roll the local
-    /// lineage back to an archived checkpoint, take the newest announced
-    /// epoch and tick on from there.
-    fn restore_old_checkpoint(&mut self, agent: &str, ticks_back: u64) -> Result<(), String> {
-        let agent = AgentId::new(agent).map_err(|e| format!("agent: {e}"))?;
-        let s = self.agents.get(&agent).ok_or(format!("{agent} not known here"))?;
-        let head = s.lineage.head().ok_or("no checkpoint")?;
-        let want = head.tick.0.saturating_sub(ticks_back);
-        let announced = self.guard.views.get(&agent).map(|v| v.highest.major).unwrap_or(0);
-        let major = announced.max(s.highest_major_seen).max(s.authority.epoch().major);
-        let archive = Lineage::archive(&self.disk, &agent).map_err(|e| e.to_string())?;
-        let old = archive
-            .iter()
-            .filter_map(|(_, b)| Checkpoint::decode(b).ok())
-            .filter(|c| c.tick.0 <= want && c.seal.is_some())
-            .max_by_key(|c| c.tick)
-            .ok_or(format!("no archived checkpoint at or before tick {want}"))?;
-        let epoch = Epoch::new(major, 0);
-        self.emit(Event::Misbehaved {
-            agent: Some(agent.clone()),
-            act: format!("restores its old checkpoint of {agent} at tick {} and ticks it at epoch {epoch}", old.tick),
-        });
-        let mut lineage = Lineage::new(agent.clone());
-        lineage.adopt(&self.disk, old).map_err(|e| e.to_string())?;
-        let now = self.clock.now();
-        let s = self.agents.get_mut(&agent).ok_or("slot vanished")?;
-        s.lineage = lineage;
-        s.authority = Authority::restore(AuthorityState::ActiveOwner, Role::Source, epoch);
-        s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
-        self.start_instance(&agent)?;
-        self.persist(&agent)?;
-        self.announce(&agent);
-        Ok(())
-    }
-
-    fn replay_announce(&mut self, to: &str) -> Result<(), String> {
-        let to = NodeId::new(to).map_err(|e| format!("to: {e}"))?;
-        let (_, bytes) = self.adversary.recorded_announce.clone().ok_or("no announcement received yet")?;
-        let h = Envelope::decode(&bytes).map(|e| e.header).map_err(|e| e.to_string())?;
-        self.emit(Event::Misbehaved {
-            agent: Some(h.agent.clone()),
-            act: format!("replays {}'s announcement of {} at epoch {} to {to}", h.issuer, h.agent, h.epoch),
-        });
-        self.queue_forged(to, bytes);
-        Ok(())
-    }
-
-    fn forged_header(
-        &mut self,
-        agent: &AgentId,
-        to: &NodeId,
-        epoch: Epoch,
-        as_node: Option<&str>,
-    ) -> Result<Header, String> {
-        let issuer = match as_node {
-            Some(n) => NodeId::new(n).map_err(|e| format!("as_node: {e}"))?,
-            None => self.cfg.node_id.clone(),
-        };
-        let ttl = i64::try_from(self.cfg.migration.package_ttl_ns).unwrap_or(i64::MAX);
-        Ok(Header {
-            issuer,
-            audience: to.clone(),
-            agent: agent.clone(),
-            epoch,
-            head_tick: TickNumber(0),
-            head_hash: Hash32::ZERO,
-            nonce: self.entropy.next_u64(),
-            issued_unix_ns: self.clock.unix_ns(),
-            expiry_unix_ns: self.clock.unix_ns().saturating_add(ttl),
-        })
-    }
-
-    /// A package for `agent` made of this node's own agent `from_agent`,
-    /// signed by a fresh key: the wrong agent key for `agent`.
-    fn forge_transfer(&mut self, agent: &str, from_agent: &str, to: &str, as_node: Option<&str>) -> Result<(), String> {
-        let agent = AgentId::new(agent).map_err(|e| format!("agent: {e}"))?;
-        let from_agent = AgentId::new(from_agent).map_err(|e| format!("from_agent: {e}"))?;
-        let to = NodeId::new(to).map_err(|e| format!("to: {e}"))?;
-        let s = self.agents.get(&from_agent).ok_or(format!("from_agent {from_agent} not hosted here"))?;
-        let head = s.lineage.head().ok_or("from_agent has no checkpoint")?.clone();
-        let manifest = s.manifest.clone();
-        let wasm = self.disk.read(&store::wasm_path(&from_agent)).map_err(|e| e.to_string())?;
-        let mut seed = [0u8; 32];
-        self.entropy.fill(&mut seed);
-        let key = Keypair::from_seed(seed);
-        let epoch = Epoch::new(1, 0);
-        let tick = TickNumber(head.tick.0.saturating_add(1));
-        let body = CheckpointBody {
-            budget: head.budget,
-            price_per_second: self.cfg.price_per_second,
-            tick,
-            wasm_hash: head.wasm_hash,
-            epoch,
-            lease_expiry_ns: 0,
-            prev_hash: Hash32::ZERO,
-            state: head.state.clone(),
-        };
-        let ckpt = body.sign(&key);
-        let bytes = ckpt.encode();
-        let package = AgentPackage {
-            agent_id: agent.clone(),
-            wasm_hash: head.wasm_hash.0.to_vec(),
-            wasm_binary: wasm,
-            checkpoint: bytes.clone(),
-            manifest_data: manifest,
-            budget: head.budget.0,
-            price_per_second: self.cfg.price_per_second.0,
-            replay_data: None,
-            agent_identity: Some(seed.to_vec()),
-            receipts: None,
-            kv: Some(store::seal_kv(&key, &agent, tick, &[])),
-        };
-        let mut header = self.forged_header(&agent, &to, epoch, as_node)?;
-        (header.head_tick, header.head_hash) = (tick, Hash32::of(&bytes));
-        let source_node_id = header.issuer.clone();
-        let env =
-            self.seal(Envelope::new(header, Body::AgentTransfer(Box::new(AgentTransfer { package, source_node_id }))));
-        self.emit(Event::Misbehaved {
-            agent: Some(agent.clone()),
-            act: format!("sends {to} a package for {agent} signed by a fresh key, as {}", env.header.issuer),
-        });
-        self.queue_forged(to, env.encode());
-        Ok(())
-    }
-
-    /// An announcement claiming `agent` at an epoch this node never held.
-    fn forge_announce(&mut self, agent: &str, to: &str, epoch_major: u64, as_node: Option<&str>) -> Result<(), String> {
-        let agent = AgentId::new(agent).map_err(|e| format!("agent: {e}"))?;
-        let to = NodeId::new(to).map_err(|e| format!("to: {e}"))?;
-        let mut header = self.forged_header(&agent, &to, Epoch::new(epoch_major, 0), as_node)?;
-        header.head_hash = Hash32::of(b"forged head");
-        let body = Body::HeadAnnounce(HeadAnnounce {
-            state: AuthorityState::ActiveOwner,
-            agent_key: None,
-            agent_signature: None,
-        });
-        let env = self.seal(Envelope::new(header, body));
-        self.emit(Event::Misbehaved {
-            agent: Some(agent.clone()),
-            act: format!("announces {agent} at epoch {epoch_major}.0 to {to}, as {}", env.header.issuer),
-        });
-        self.queue_forged(to, env.encode());
-        Ok(())
-    }
-
-    /// SCENARIOS ONLY (A2 fork): confirmed, yet keep ticking the copy,
-    /// optionally under the epoch the target took.
-    fn keep_copy(&mut self, agent: &AgentId, claim_target_epoch: bool) {
-        let now = self.clock.now();
-        let Some(s) = self.agents.get_mut(agent) else { return };
-        let mut epoch = s.authority.epoch();
-        if claim_target_epoch {
-            epoch = Epoch::new(epoch.major.saturating_add(1), 0);
-        }
-        s.authority = Authority::restore(AuthorityState::ActiveOwner, Role::Source, epoch);
-        s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
-        s.ticking = s.halted.is_none() && s.instance.is_some();
-        s.next_tick_ns = now.mono_ns;
-        self.emit(Event::Misbehaved {
-            agent: Some(agent.clone()),
-            act: format!("keeps ticking a copy after handing it off, at epoch {epoch}"),
-        });
-        if let Err(e) = self.persist(agent) {
-            self.fault(Some(agent), format!("persist authority: {e}"));
-        }
-        self.announce(agent);
     }
 
     fn delete_local_copy(&mut self, agent: &AgentId) {
@@ -625,7 +307,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 following,
             })
         });
-        let mut package = AgentPackage {
+        let package = AgentPackage {
             agent_id: agent.clone(),
             wasm_hash: head.wasm_hash.0.to_vec(),
             wasm_binary: wasm,
@@ -638,19 +320,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             receipts: None,
             kv: Some(kv),
         };
-        let mut header = self.header(agent, &target, nonce, expiry);
-        if let Some(Misbehaviour::TamperPackage { budget_delta, resign }) = self.cfg.misbehaviour {
-            self.tamper(agent, &mut package, &mut header, &head, budget_delta, resign.then_some(seed));
-        }
+        let header = self.header(agent, &target, nonce, expiry);
         let body = Body::AgentTransfer(Box::new(AgentTransfer { package, source_node_id: self.cfg.node_id.clone() }));
         let env = Envelope::new(header, body);
-        let id = self.push_request(env, Pending::Transfer { agent: agent.clone(), attempt, target: target.clone() });
-        if matches!(self.cfg.misbehaviour, Some(Misbehaviour::ReplayOwnPackage { .. }))
-            && let Some(o) = self.outbox.iter().find(|o| o.id == id)
-        {
-            self.adversary.last_package = Some((self.clock.mono_ns(), target.clone(), o.body.clone()));
-            self.adversary.done = false;
-        }
+        self.push_request(env, Pending::Transfer { agent: agent.clone(), attempt, target: target.clone() });
         self.emit(Event::PackageSent {
             agent: agent.clone(),
             target,
@@ -683,16 +356,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 header,
                 Body::HeadAnnounce(HeadAnnounce { state, agent_key: agent_key.clone(), agent_signature }),
             );
-            let id = self.push_request(env, Pending::Announce { agent: agent.clone(), peer: peer.clone() });
-            // SCENARIOS ONLY: keep the first announcement addressed to the
-            // victim, byte for byte, to replay it later.
-            if let Some(Misbehaviour::ReplayAnnounce { to, .. }) = &self.cfg.misbehaviour
-                && self.adversary.recorded_announce.is_none()
-                && peer.as_str() == to
-                && let Some(o) = self.outbox.iter().find(|o| o.id == id)
-            {
-                self.adversary.recorded_announce = Some((self.clock.mono_ns(), o.body.clone()));
-            }
+            self.push_request(env, Pending::Announce { agent: agent.clone(), peer: peer.clone() });
         }
     }
 
@@ -712,7 +376,6 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
                 }
             }
-            Pending::Forged => {}
             Pending::Orphan { agent, target } => {
                 let epoch = self.agents.get(&agent).map(|s| s.authority.epoch()).unwrap_or_default();
                 self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
@@ -926,12 +589,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 reason: why,
             });
         }
-        // SCENARIOS ONLY: a forking node ignores every sign that it no
-        // longer holds the agent.
-        if matches!(
-            self.cfg.misbehaviour,
-            Some(Misbehaviour::KeepCopyAfterHandoff { .. } | Misbehaviour::RestoreOldCheckpoint { .. })
-        ) {
+        // The conduct may ignore every sign that the agent moved on
+        // (honestly, a newer or divergent claim is acted on below).
+        if !self.conduct.heeds_peer_claims() {
             return;
         }
         let Some(s) = self.agents.get_mut(&h.agent) else { return };
@@ -1207,7 +867,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         ckpt.check_wasm(&hash).map_err(|e| e.to_string())?;
         let public = key.public();
         let kv = match &pkg.kv {
-            Some(sealed) => store::open_kv(&public, agent, ckpt.tick, sealed)?,
+            Some(sealed) => store::open_kv(&public, agent, ckpt, sealed)?,
             None => Vec::new(),
         };
         let metering = self.cfg.defences.metering_check;
@@ -1259,7 +919,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             ));
         }
         let key = prev.agent_key().copied().ok_or("replay base unsigned")?;
-        let mut kv_now = store::open_kv(&key, agent, prev.tick, &r.prev_kv)?;
+        let mut kv_now = store::open_kv(&key, agent, &prev, &r.prev_kv)?;
         let mut state = prev.state.clone();
         // Defence `metering_check`: every tick is re-run from the parent.
         // Each may charge its re-run cost and no more than what the agent
@@ -1395,13 +1055,6 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             hash: head_hash,
         });
         self.announce(&agent);
-        if matches!(self.cfg.misbehaviour, Some(Misbehaviour::RefuseConfirm)) {
-            self.emit(Event::Misbehaved {
-                agent: Some(agent.clone()),
-                act: format!("took {agent} over, never confirms to {from}"),
-            });
-            return Vec::new();
-        }
         self.started_reply(&agent, from, h, true, None)
     }
 
@@ -1418,7 +1071,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         key.save(&self.disk, &lineage::agent_key_path(agent)).map_err(|e| e.to_string())?;
         self.disk.write_atomic(&store::wasm_path(agent), &pkg.wasm_binary).map_err(|e| e.to_string())?;
         self.disk.write_atomic(&store::manifest_path(agent), &pkg.manifest_data).map_err(|e| e.to_string())?;
-        let sealed = store::seal_kv(key, agent, ckpt.tick, kv);
+        let sealed = store::seal_kv(key, agent, ckpt.tick, &ckpt.state, kv);
         self.disk.write_atomic(&store::kv_path(agent, ckpt.tick), &sealed).map_err(|e| e.to_string())?;
         let s = self.agents.get_mut(agent).ok_or("slot vanished")?;
         let c = s.lineage.adopt(&self.disk, ckpt.clone()).map_err(|e| e.to_string())?;

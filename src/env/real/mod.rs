@@ -1,8 +1,16 @@
 //! The real backend for clock, disk and entropy: the system clock, a
-//! directory on the filesystem and the OS random source. This is one of the
-//! few places allowed to touch the world (see `clippy.toml`); the libp2p
-//! network adapter is the other.
+//! directory on the filesystem and the OS random source; and the other
+//! pieces that touch the world: the http client (`http`, [`UreqGateway`])
+//! and the sandbox's wall-clock safety net (`wall_clock`, [`WallClockNet`]).
+//! This is one of the few places allowed to touch the world (see
+//! `clippy.toml`); the libp2p network adapter is the other.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod http;
+mod wall_clock;
+
+pub use http::UreqGateway;
+pub use wall_clock::WallClockNet;
 
 use super::{Clock, Disk, DiskError, Entropy, TEMP_SUFFIX, check_path};
 use std::fs::{self, File, OpenOptions};
@@ -153,6 +161,15 @@ impl Disk for FsDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fs_disk_meets_the_disk_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        super::super::conformance::disk_contract(&FsDisk::new(dir.path()));
+        // A restart opens the same directory: what was written is there.
+        let disk = FsDisk::new(dir.path());
+        super::super::conformance::disk_survives_crash(&disk, || FsDisk::new(dir.path()));
+    }
 
     #[test]
     fn fs_disk_writes_atomically_and_secrets_are_private() {
