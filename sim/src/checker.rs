@@ -243,9 +243,12 @@ struct AgentModel {
     /// (node, time); cleared when any node holds it again. The fault model
     /// destroyed every copy: liveness is impossible, not violated.
     lost: Option<(NodeId, u64)>,
-    /// Nodes that deleted their copy and took none since: a record there
-    /// (say RECOVERY_REQUIRED after a lost RETIRED write) holds nothing.
-    copy_gone: BTreeSet<NodeId>,
+    /// Nodes that hold a checkpoint of the agent: they committed, adopted
+    /// or loaded one, and did not delete it (after a confirmed handoff) or
+    /// lose it (wipe) since. A record without one (a target whose adopt
+    /// failed, a RECOVERY_REQUIRED left by a lost RETIRED write) holds
+    /// nothing a recovery could resume.
+    copies: BTreeSet<NodeId>,
 }
 
 /// A state in which a node keeps the agent's checkpoint and can still
@@ -351,6 +354,8 @@ impl Checker {
         let one = || vec![node.clone()];
         match obs {
             Obs::Deployed { budget, .. } => {
+                // Deploy commits the genesis checkpoint here.
+                m.copies.insert(node.clone());
                 m.initial_budget = Some(*budget);
                 m.committed.entry(Hash32::ZERO).or_insert((0, *budget, 0));
             }
@@ -358,15 +363,15 @@ impl Checker {
                 m.reanchoring.insert(node.clone(), *anchor);
             }
             Obs::CopyDeleted { .. } => {
-                m.copy_gone.insert(node.clone());
+                m.copies.remove(node);
             }
             Obs::Forgot { .. } => {
-                let copy = |n: &NodeId, r: &Record| holds(r.state) && !m.copy_gone.contains(n);
+                let copy = |n: &NodeId, r: &Record| holds(r.state) && m.copies.contains(n);
                 let held_here = m.records.get(node).is_some_and(|r| copy(node, r));
                 if held_here && !m.records.iter().any(|(n, r)| n != node && copy(n, r)) {
                     m.lost = Some((node.clone(), at_ns));
                 }
-                m.copy_gone.remove(node);
+                m.copies.remove(node);
                 m.records.remove(node);
                 m.runs.remove(node);
                 m.wiped.insert(node.clone());
@@ -413,7 +418,10 @@ impl Checker {
                     );
                 }
                 m.records.insert(node.clone(), Record { state: *state, epoch: *epoch, uncertain: false, ..rec });
-                if holds(*state) && !m.copy_gone.contains(node) {
+                if *head != Hash32::ZERO {
+                    m.copies.insert(node.clone());
+                }
+                if holds(*state) && m.copies.contains(node) {
                     m.lost = None;
                 }
                 let budget = m.committed.get(head).map(|(_, b, _)| *b).unwrap_or(0);
@@ -514,6 +522,10 @@ impl Checker {
                 run.pending.insert(*tick, bill);
             }
             Obs::Committed { tick, hash, prev, budget, charged, handoff, source, .. } => {
+                m.copies.insert(node.clone());
+                if m.records.get(node).is_some_and(|r| holds(r.state)) {
+                    m.lost = None;
+                }
                 if *budget < 0 {
                     return fail("RE-3", one(), format!("negative budget {budget} at tick {tick}"));
                 }
@@ -723,11 +735,11 @@ impl Checker {
                     target
                 };
                 if new_record {
-                    // A package brings a copy again.
-                    m.copy_gone.remove(node);
+                    // A package's checkpoint is a copy only once adopted.
+                    m.copies.remove(node);
                 }
                 m.records.insert(node.clone(), Record { state: *to, epoch: *epoch, target, uncertain: false });
-                if holds(*to) && !m.copy_gone.contains(node) {
+                if holds(*to) && m.copies.contains(node) {
                     m.lost = None;
                 }
             }
@@ -1046,6 +1058,7 @@ mod tests {
         auth(&mut c, "x", Some(ActiveOwner), HandoffInitiated, 1, Reason::HandoffStarted).unwrap();
         auth(&mut c, "x", Some(HandoffInitiated), HandoffPending, 1, Reason::Relinquished).unwrap();
         auth(&mut c, "b", Some(HandoffPending), ActiveOwner, 2, Reason::Assumed).unwrap();
+        c.agents.get_mut(&ag()).unwrap().copies.insert(n("b")); // b's adopt commit
         // While x still holds it in HANDOFF_PENDING, wiping b loses nothing.
         let mut early = reach(Start::Owner);
         auth(&mut early, "x", Some(ActiveOwner), RecoveryRequired, 1, Reason::Ambiguous).unwrap();
@@ -1058,8 +1071,12 @@ mod tests {
         c.observe(5, &n("b"), &Obs::Crashed).unwrap();
         c.observe(5, &n("b"), &Obs::Forgot { agent: ag() }).unwrap();
         assert_eq!(c.lost(&ag()), Some((n("b"), 5)));
-        // A node that holds it again (a replayed package, say) clears it.
+        // A node that holds it again (a replayed package, say) clears it,
+        // once it adopted the checkpoint.
         auth(&mut c, "x", None, HandoffPending, 3, Reason::PackageReceived).unwrap();
+        assert_eq!(c.lost(&ag()), Some((n("b"), 5)), "a package not yet adopted is no copy");
+        c.agents.get_mut(&ag()).unwrap().copies.insert(n("x")); // x's adopt commit
+        auth(&mut c, "x", Some(HandoffPending), ActiveOwner, 4, Reason::Assumed).unwrap();
         assert_eq!(c.lost(&ag()), None);
 
         // Explore disk-swarm 1588: the source deleted its copy after the
@@ -1071,6 +1088,7 @@ mod tests {
         auth(&mut c, "x", Some(ActiveOwner), HandoffInitiated, 1, Reason::HandoffStarted).unwrap();
         auth(&mut c, "x", Some(HandoffInitiated), HandoffPending, 1, Reason::Relinquished).unwrap();
         auth(&mut c, "b", Some(HandoffPending), ActiveOwner, 2, Reason::Assumed).unwrap();
+        c.agents.get_mut(&ag()).unwrap().copies.insert(n("b")); // b's adopt commit
         auth(&mut c, "x", Some(HandoffPending), Retired, 1, Reason::Confirmed).unwrap();
         c.observe(4, &n("x"), &Obs::CopyDeleted { agent: ag() }).unwrap();
         c.observe(4, &n("x"), &Obs::Crashed).unwrap();
@@ -1078,6 +1096,16 @@ mod tests {
         auth(&mut c, "x", Some(Retired), RecoveryRequired, 1, Reason::RestartInDoubt).unwrap();
         c.observe(6, &n("b"), &Obs::Forgot { agent: ag() }).unwrap();
         assert_eq!(c.lost(&ag()), Some((n("b"), 6)));
+
+        // Explore disk-swarm 1685: the target's adopt failed on a full disk
+        // (RECOVERY_REQUIRED with no checkpoint), then the source was wiped:
+        // the target's record holds nothing a recovery could resume.
+        let mut c = reach(Start::Owner);
+        auth(&mut c, "b", None, HandoffPending, 1, Reason::PackageReceived).unwrap();
+        auth(&mut c, "b", Some(HandoffPending), RecoveryRequired, 1, Reason::Fault).unwrap();
+        auth(&mut c, "x", Some(ActiveOwner), RecoveryRequired, 1, Reason::Superseded).unwrap();
+        c.observe(7, &n("x"), &Obs::Forgot { agent: ag() }).unwrap();
+        assert_eq!(c.lost(&ag()), Some((n("x"), 7)));
     }
 
     #[test]

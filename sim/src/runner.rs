@@ -864,6 +864,10 @@ impl<'a> World<'a> {
                 Event::AgentLoaded { agent, state, .. } => {
                     self.reported.insert((agent.to_string(), e.node.to_string()), state_of(*state));
                 }
+                // Its checkpoints are gone: nothing there to recover from.
+                Event::LocalCopyDeleted { agent } => {
+                    self.heads.remove(&(e.node.to_string(), agent.to_string()));
+                }
                 _ => {}
             }
             let isolated = self.isolated(e.node.as_str());
