@@ -249,6 +249,9 @@ struct AgentModel {
     /// failed, a RECOVERY_REQUIRED left by a lost RETIRED write) holds
     /// nothing a recovery could resume.
     copies: BTreeSet<NodeId>,
+    /// Nodes that deleted their copy and committed none since: a reload
+    /// there (the record names a head, the key is gone) is no copy.
+    deleted: BTreeSet<NodeId>,
 }
 
 /// A state in which a node keeps the agent's checkpoint and can still
@@ -364,6 +367,7 @@ impl Checker {
             }
             Obs::CopyDeleted { .. } => {
                 m.copies.remove(node);
+                m.deleted.insert(node.clone());
             }
             Obs::Forgot { .. } => {
                 let copy = |n: &NodeId, r: &Record| holds(r.state) && m.copies.contains(n);
@@ -372,6 +376,7 @@ impl Checker {
                     m.lost = Some((node.clone(), at_ns));
                 }
                 m.copies.remove(node);
+                m.deleted.remove(node);
                 m.records.remove(node);
                 m.runs.remove(node);
                 m.wiped.insert(node.clone());
@@ -418,7 +423,7 @@ impl Checker {
                     );
                 }
                 m.records.insert(node.clone(), Record { state: *state, epoch: *epoch, uncertain: false, ..rec });
-                if *head != Hash32::ZERO {
+                if *head != Hash32::ZERO && !m.deleted.contains(node) {
                     m.copies.insert(node.clone());
                 }
                 if holds(*state) && m.copies.contains(node) {
@@ -523,6 +528,7 @@ impl Checker {
             }
             Obs::Committed { tick, hash, prev, budget, charged, handoff, source, .. } => {
                 m.copies.insert(node.clone());
+                m.deleted.remove(node);
                 if m.records.get(node).is_some_and(|r| holds(r.state)) {
                     m.lost = None;
                 }
@@ -1094,6 +1100,10 @@ mod tests {
         c.observe(4, &n("x"), &Obs::Crashed).unwrap();
         c.observe(5, &n("x"), &Obs::Booted).unwrap();
         auth(&mut c, "x", Some(Retired), RecoveryRequired, 1, Reason::RestartInDoubt).unwrap();
+        // Its reload names the head its record kept; the key is gone.
+        let reload =
+            Obs::Loaded { agent: ag(), state: RecoveryRequired, epoch: Epoch::new(1, 0), head_tick: 0, head: h(9) };
+        c.observe(5, &n("x"), &reload).unwrap();
         c.observe(6, &n("b"), &Obs::Forgot { agent: ag() }).unwrap();
         assert_eq!(c.lost(&ag()), Some((n("b"), 6)));
 
