@@ -136,8 +136,11 @@ pub fn family_marks(family: &str) -> &'static [(&'static str, &'static str)] {
 /// Marks that a run may fire but that no seed range is required to reach:
 /// EI-11 divergence needs two heads for one epoch, which a correct protocol
 /// under A1 faults does not produce (it shows up with unsafe settings).
-pub const OPTIONAL_MARKS: &[(&str, &str)] =
-    &[("divergence_detected", "a node saw two different heads for one epoch (EI-11)")];
+pub const OPTIONAL_MARKS: &[(&str, &str)] = &[
+    ("divergence_detected", "a node saw two different heads for one epoch (EI-11)"),
+    ("agent_lost_with_its_disk", "the drawn wipes destroyed every copy of an agent (verdict LOST)"),
+    ("operator_retire_issued", "the timeline asked a node to retire an agent"),
+];
 
 /// Adversary marks (A2–A4) are named at run time: `adversary_<behaviour>`
 /// each time a node configured with that misbehaviour reports acting it out
