@@ -645,3 +645,38 @@ fn a_recovery_with_a_silent_peer_is_refused_unless_forced() {
     });
     assert!(refused.as_deref().is_some_and(|r| r.contains("did not answer") && r.contains("n1")), "{refused:?}");
 }
+
+#[test]
+fn two_plain_recoveries_of_one_agent_at_once_both_refuse() {
+    // Both nodes hold the agent in RECOVERY_REQUIRED (the source's handoff
+    // in doubt, the target lost its lease while down) and two operators
+    // recover it at the same instant: each asks the other and sees
+    // RECOVERY_REQUIRED. Without this rule both would take authority.
+    let mut c = running(2);
+    migrate(&mut c, 0, 1);
+    let k = transfer_index(&c);
+    c.deliver(k, false);
+    let k = c.replies.iter().position(|r| r.to == 0).unwrap();
+    c.deliver_reply(k, true);
+    c.crash(1);
+    c.advance(120 * S);
+    c.restart(1);
+    c.requests.clear();
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    assert_eq!(c.state(1), Some(AuthorityState::RecoveryRequired));
+    for i in [0, 1] {
+        let head = c.node(i).agent(&agent()).unwrap().head_hash;
+        c.node(i).command(Command::Recover { agent: agent(), anchor: head, force: false }).unwrap();
+    }
+    c.pump();
+    c.settle();
+    c.pump();
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+    assert_eq!(c.state(1), Some(AuthorityState::RecoveryRequired));
+    let refused = c
+        .events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::CommandRefused { command, reason, .. } if command == "recover" && reason.contains("may be recovering it too")))
+        .count();
+    assert_eq!(refused, 2, "both refuse:\n{}", c.trace_tail(20));
+}

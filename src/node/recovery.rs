@@ -46,6 +46,9 @@ pub(super) struct RecoveryQuery {
     silent: BTreeSet<NodeId>,
     /// The highest major any peer reported for the agent.
     reported_major: u64,
+    /// Peers that asked about the agent in RECOVERY_REQUIRED while this
+    /// recovery was asking: they may be recovering it at the same time.
+    contested: BTreeSet<NodeId>,
 }
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
@@ -70,6 +73,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             waiting: peers.clone(),
             silent: BTreeSet::new(),
             reported_major: 0,
+            contested: BTreeSet::new(),
         };
         self.recoveries.insert(agent.clone(), query);
         let ttl = i64::try_from(RECOVERY_QUERY_NS).unwrap_or(i64::MAX);
@@ -143,6 +147,16 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
     }
 
+    /// A peer announced the agent in RECOVERY_REQUIRED while this node's
+    /// recovery of it is asking: two operators may be recovering one agent
+    /// on two nodes at once, and each would see the other in
+    /// RECOVERY_REQUIRED. Both refuse (unless forced); one retries.
+    pub(super) fn recovery_contested(&mut self, agent: &AgentId, peer: &NodeId) {
+        if let Some(q) = self.recoveries.get_mut(agent) {
+            q.contested.insert(peer.clone());
+        }
+    }
+
     /// Decide the recoveries whose peers ran out of time.
     pub(super) fn expire_recoveries(&mut self, now_mono_ns: u64) {
         let due: Vec<AgentId> =
@@ -167,6 +181,19 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         // arrived, another command ran): check again.
         if self.recovery_preconditions(agent, q.anchor).is_err() {
             return;
+        }
+        if !q.contested.is_empty() {
+            let names: Vec<&str> = q.contested.iter().map(NodeId::as_str).collect();
+            let why = format!(
+                "peers [{}] asked about the agent in RECOVERY_REQUIRED meanwhile: they may be recovering it too \
+                 (recover it on one node only, then retry there; or force)",
+                names.join(", ")
+            );
+            if !q.force {
+                let _ = self.refuse("recover", Some(agent), why);
+                return;
+            }
+            self.fault(Some(agent), format!("forced recovery: {why}"));
         }
         // The refusal is reported as an event; nothing else to do with it.
         let _ = self.complete_recovery(agent.clone(), q.anchor, q.force, q.reported_major, &q.silent);

@@ -509,6 +509,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         match env.body {
             Body::AgentTransfer(t) => self.accept_transfer(from, &header, *t),
             Body::HeadAnnounce(a) => {
+                if a.state == AuthorityState::RecoveryRequired {
+                    self.recovery_contested(&header.agent, from);
+                }
                 let key = a.agent_key.as_deref().and_then(|k| <[u8; 32]>::try_from(k).ok());
                 let key = key.and_then(|k| PublicKey::from_bytes(k).ok());
                 if !copy {
