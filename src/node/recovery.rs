@@ -22,7 +22,6 @@
 //! [`Event::Recovered`] or [`Event::CommandRefused`] (`command=recover`).
 
 use super::*;
-use crate::wire::{Body, Envelope, HeadAnnounce};
 use std::collections::BTreeSet;
 
 /// How long a recovery waits for the peers' answers before it decides with
@@ -76,22 +75,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             contested: BTreeSet::new(),
         };
         self.recoveries.insert(agent.clone(), query);
-        let ttl = i64::try_from(RECOVERY_QUERY_NS).unwrap_or(i64::MAX);
-        let expiry = self.clock.unix_ns().saturating_add(ttl);
-        let state = Some(AuthorityState::RecoveryRequired);
-        for peer in peers {
-            let nonce = self.entropy.next_u64();
-            let header = self.header(&agent, &peer, nonce, expiry);
-            let agent_signature = self.agent_claim_signature(&agent, &header, state);
-            let agent_key =
-                self.agents.get(&agent).and_then(|s| s.key.as_ref()).map(|k| k.public().as_bytes().to_vec());
-            let body = Body::HeadAnnounce(HeadAnnounce {
-                state: AuthorityState::RecoveryRequired,
-                agent_key,
-                agent_signature,
-            });
-            self.push_request(Envelope::new(header, body), Pending::Query { agent: agent.clone(), peer });
-        }
+        // The agent is RECOVERY_REQUIRED here (checked above): the
+        // announcement asks every peer for its view.
+        self.announce_with(&agent, RECOVERY_QUERY_NS, |agent, peer| Pending::Query { agent, peer });
         Ok(())
     }
 

@@ -338,12 +338,19 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     /// Tell every configured peer our epoch and head for `agent`.
     pub(super) fn announce(&mut self, agent: &AgentId) {
+        let ttl = self.cfg.migration.package_ttl_ns;
+        self.announce_with(agent, ttl, |agent, peer| Pending::Announce { agent, peer });
+    }
+
+    /// Send every peer this node's view of `agent` (a `HeadAnnounce`,
+    /// valid for `ttl_ns`); `pending` names what each reply answers.
+    pub(super) fn announce_with(&mut self, agent: &AgentId, ttl_ns: u64, pending: fn(AgentId, NodeId) -> Pending) {
         let Some(state) = self.agents.get(agent).map(|s| s.authority.state()) else { return };
         let agent_key = self.agents.get(agent).and_then(|s| {
             s.key.as_ref().map(|k| k.public()).or_else(|| s.lineage.head().and_then(|c| c.agent_key().copied()))
         });
         let agent_key = agent_key.map(|k| k.as_bytes().to_vec());
-        let ttl = i64::try_from(self.cfg.migration.package_ttl_ns).unwrap_or(i64::MAX);
+        let ttl = i64::try_from(ttl_ns).unwrap_or(i64::MAX);
         let expiry = self.clock.unix_ns().saturating_add(ttl);
         for peer in self.cfg.peers.clone() {
             if peer == self.cfg.node_id {
@@ -356,7 +363,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 header,
                 Body::HeadAnnounce(HeadAnnounce { state, agent_key: agent_key.clone(), agent_signature }),
             );
-            self.push_request(env, Pending::Announce { agent: agent.clone(), peer: peer.clone() });
+            self.push_request(env, pending(agent.clone(), peer));
         }
     }
 
@@ -381,45 +388,41 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
             }
             Pending::Query { agent, peer } => {
-                let answer = match result.ok().map(|b| Envelope::decode(&b)) {
-                    Some(Ok(env)) if self.addressed_to_me(&env, &peer) && env.header.agent == agent => {
-                        self.received(&env);
-                        match env.body {
-                            Body::HeadAck(ack) => {
-                                let proof = ack.agent_signature.as_deref();
-                                self.observe_peer_view(&peer, &env.header, ack.state, None, proof);
-                                Some(ack.highest_major.unwrap_or(0).max(env.header.epoch.major))
-                            }
-                            _ => None,
-                        }
-                    }
-                    Some(Ok(_)) => {
-                        self.fault(Some(&agent), format!("misaddressed recovery answer from {peer}"));
-                        None
-                    }
-                    Some(Err(e)) => {
-                        self.fault(Some(&agent), format!("bad recovery answer from {peer}: {e}"));
-                        None
-                    }
-                    None => None,
-                };
+                let answer = self.head_ack(&agent, &peer, result, "recovery answer");
                 self.recovery_answer(&agent, &peer, answer);
             }
             Pending::Announce { agent, peer } => {
-                let Ok(bytes) = result else { return };
-                match Envelope::decode(&bytes) {
-                    Ok(env) if self.addressed_to_me(&env, &peer) && env.header.agent == agent => {
-                        self.received(&env);
-                        if let Body::HeadAck(ack) = env.body {
-                            let proof = ack.agent_signature.as_deref();
-                            self.observe_peer_view(&peer, &env.header, ack.state, None, proof);
-                        }
-                    }
-                    Ok(_) => self.fault(Some(&agent), format!("misaddressed head ack from {peer}")),
-                    Err(e) => self.fault(Some(&agent), format!("bad head ack from {peer}: {e}")),
-                }
+                self.head_ack(&agent, &peer, result, "head ack");
             }
         }
+    }
+
+    /// A peer's `HeadAck` to an announcement or a recovery query: its claim
+    /// is weighed by `observe_peer_view`; returns the highest epoch major
+    /// it reported (`None`: no usable answer). `what` names it in faults.
+    fn head_ack(
+        &mut self,
+        agent: &AgentId,
+        peer: &NodeId,
+        result: Result<Vec<u8>, NetError>,
+        what: &str,
+    ) -> Option<u64> {
+        let env = match Envelope::decode(&result.ok()?) {
+            Ok(env) if self.addressed_to_me(&env, peer) && env.header.agent == *agent => env,
+            Ok(_) => {
+                self.fault(Some(agent), format!("misaddressed {what} from {peer}"));
+                return None;
+            }
+            Err(e) => {
+                self.fault(Some(agent), format!("bad {what} from {peer}: {e}"));
+                return None;
+            }
+        };
+        self.received(&env);
+        let Body::HeadAck(ack) = env.body else { return None };
+        let proof = ack.agent_signature.as_deref();
+        self.observe_peer_view(peer, &env.header, ack.state, None, proof);
+        Some(ack.highest_major.unwrap_or(0).max(env.header.epoch.major))
     }
 
     fn transfer_reply_input(
