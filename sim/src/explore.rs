@@ -73,7 +73,7 @@ pub fn clock_bound_ns(s: &Scenario) -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct ExploreSpec {
     /// Draw the A1 families ([`FAMILIES`]) too.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::scenario::yes")]
     pub a1: bool,
     /// Wider families to draw, from [`EXTRA_FAMILIES`].
     #[serde(default)]
@@ -97,10 +97,6 @@ pub struct ExploreSpec {
     /// is the price of the broken assumption, reported, not a node bug.
     #[serde(default)]
     pub clock_beyond_bound: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_low_budget() -> (i64, i64) {

@@ -350,7 +350,8 @@ pub struct Liveness {
     pub recovery: bool,
 }
 
-fn yes() -> bool {
+/// Serde default `true` (also for `explore::ExploreSpec`).
+pub(crate) fn yes() -> bool {
     true
 }
 
