@@ -1174,11 +1174,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let base_tick = s.lineage.head().map(|c| c.tick);
         let c: Checkpoint = s.lineage.commit(&self.disk, body, key).map_err(|e| e.to_string())?;
         let hash = s.lineage.head_hash();
-        // The records of the ticks that led here, when this run saw them
-        // all since the parent (not after a restart mid-interval).
+        // The records of the ticks that led here from the parent.
         let ticks = std::mem::take(&mut s.ticks);
-        let complete = ticks.len() as u64 == s.ticks_since_checkpoint;
-        s.head_ticks = base_tick.filter(|_| complete).map(|base_tick| TickRecords { base_tick, ticks });
+        // Every tick since the head pushes a record, and whatever resets the
+        // count (a commit, a rewind, a restart's fresh slot) clears them too.
+        debug_assert_eq!(ticks.len() as u64, s.ticks_since_checkpoint, "one record per tick since the head");
+        s.head_ticks = base_tick.map(|base_tick| TickRecords { base_tick, ticks });
         let event = Event::CheckpointCommitted {
             agent: agent.clone(),
             tick: c.tick,
