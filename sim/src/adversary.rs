@@ -14,7 +14,7 @@ use igor::checkpoint::Hash32;
 use igor::env::derive_seed;
 use igor::identity::Keypair;
 use igor::node::{Event, NodeConfig};
-use igor::units::NodeId;
+use igor::units::{AgentId, NodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -93,11 +93,25 @@ pub fn with_defence_off(s: &Scenario, defence: &str, off_expect: bool) -> Option
 /// covers, the moment an honest node adopts it (or a descendant): then it
 /// *is* the system's, and the checker judges it like any other link (a
 /// forked tick run without authority is EI-1, a money lie RE-3).
+///
+/// A held commit takes the held ticks it covers with it at the moment it
+/// is made: a crash of the node then drops only the ticks no commit
+/// covers (lost work, EI-2), never those of a commit still waiting to be
+/// adopted.
 #[derive(Debug, Default)]
 pub struct Filter {
     byzantine: BTreeSet<NodeId>,
-    held: BTreeMap<Hash32, (NodeId, Obs)>,
-    held_ticks: BTreeMap<NodeId, Vec<Obs>>,
+    /// Commit hash → (node, the ticks it covers, the commit).
+    held: BTreeMap<Hash32, HeldCommit>,
+    /// Ticks no held commit covers yet, per node and agent.
+    held_ticks: HeldTicks,
+}
+
+#[derive(Debug)]
+struct HeldCommit {
+    node: NodeId,
+    ticks: Vec<Obs>,
+    commit: Obs,
 }
 
 fn tick_of(o: &Obs) -> u64 {
@@ -107,9 +121,29 @@ fn tick_of(o: &Obs) -> u64 {
     }
 }
 
+/// Ticks no held commit covers, per node and agent: one agent's commit
+/// never takes another agent's ticks on the same node.
+type HeldTicks = BTreeMap<(NodeId, AgentId), Vec<Obs>>;
+
+fn drop_uncovered(held: &mut HeldTicks, node: &NodeId, agent: Option<&AgentId>) {
+    held.retain(|(n, a), _| n != node || agent.is_some_and(|x| x != a));
+}
+
 impl Filter {
     pub fn is_byzantine(&self, node: &NodeId) -> bool {
         self.byzantine.contains(node)
+    }
+
+    /// An observation the simulator makes itself (a crash, a wipe): the
+    /// work of a Byzantine node that no held commit covers is lost with
+    /// its process or disk (EI-2), like an honest node's.
+    pub fn action(&mut self, node: &NodeId, obs: Obs) -> Vec<(NodeId, Obs)> {
+        match &obs {
+            Obs::Crashed => drop_uncovered(&mut self.held_ticks, node, None),
+            Obs::Forgot { agent } => drop_uncovered(&mut self.held_ticks, node, Some(agent)),
+            _ => {}
+        }
+        vec![(node.clone(), obs)]
     }
 
     /// The observations the checker should see for one node event.
@@ -126,12 +160,15 @@ impl Filter {
         let Some(obs) = obs else { return out };
         if self.byzantine.contains(node) {
             let kept = match obs {
-                Obs::Committed { hash, charged: Some(_), .. } => {
-                    self.held.insert(hash, (node.clone(), obs));
+                Obs::Committed { ref agent, hash, tick, charged: Some(_), .. } => {
+                    let pending = self.held_ticks.entry((node.clone(), agent.clone())).or_default();
+                    let split = pending.iter().position(|t| tick_of(t) > tick).unwrap_or(pending.len());
+                    let ticks = pending.drain(..split).collect();
+                    self.held.insert(hash, HeldCommit { node: node.clone(), ticks, commit: obs });
                     Vec::new()
                 }
-                Obs::TickStarted { .. } | Obs::Ticked { .. } => {
-                    self.held_ticks.entry(node.clone()).or_default().push(obs);
+                Obs::TickStarted { ref agent, .. } | Obs::Ticked { ref agent, .. } => {
+                    self.held_ticks.entry((node.clone(), agent.clone())).or_default().push(obs);
                     Vec::new()
                 }
                 Obs::Authority { .. }
@@ -139,10 +176,7 @@ impl Filter {
                 | Obs::Loaded { .. }
                 | Obs::Halted { .. }
                 | Obs::Fault { .. } => Vec::new(),
-                Obs::Crashed | Obs::Forgot { .. } => {
-                    self.held_ticks.remove(node);
-                    vec![(node.clone(), obs)]
-                }
+                Obs::Crashed | Obs::Forgot { .. } => self.action(node, obs),
                 other => vec![(node.clone(), other)],
             };
             out.extend(kept);
@@ -151,20 +185,16 @@ impl Filter {
         let mut chain = Vec::new();
         if let Obs::Committed { hash, charged: None, .. } = &obs {
             let mut next = *hash;
-            while let Some((n, held)) = self.held.remove(&next) {
-                if let Obs::Committed { prev, .. } = &held {
+            while let Some(held) = self.held.remove(&next) {
+                if let Obs::Committed { prev, .. } = &held.commit {
                     next = *prev;
                 }
-                chain.push((n, held));
+                chain.push(held);
             }
             chain.reverse();
         }
-        for (n, commit) in chain {
-            let upto = tick_of(&commit);
-            if let Some(ticks) = self.held_ticks.get_mut(&n) {
-                let split = ticks.iter().position(|t| tick_of(t) > upto).unwrap_or(ticks.len());
-                out.extend(ticks.drain(..split).map(|t| (n.clone(), t)));
-            }
+        for HeldCommit { node: n, ticks, commit } in chain {
+            out.extend(ticks.into_iter().map(|t| (n.clone(), t)));
             out.push((n, commit));
         }
         out.push((node.clone(), obs));
@@ -301,6 +331,135 @@ pub fn matches(r: &RunReport, expect: &Expect, class: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checker::State;
+    use crate::checker::{Checker, Violation};
+    use igor::authority::Reason;
+    use igor::units::{AgentId, Epoch};
+
+    /// Filter and checker as the runner wires them, for one agent.
+    struct Pipe {
+        filter: Filter,
+        checker: Checker,
+    }
+
+    fn node(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+    fn agent() -> AgentId {
+        AgentId::new("counter").unwrap()
+    }
+    fn h(b: u8) -> Hash32 {
+        Hash32([b; 32])
+    }
+
+    impl Pipe {
+        /// `agent` deployed on `n`, which owns it at epoch 1.0.
+        fn new(n: &str) -> Self {
+            let mut p = Pipe { filter: Filter::default(), checker: Checker::new() };
+            p.obs(n, Obs::Deployed { agent: agent(), budget: 100 }).unwrap();
+            p.authority(n, None, State::ActiveOwner, Reason::Deployed);
+            p
+        }
+        fn event(&mut self, n: &str, event: Event, obs: Option<Obs>) -> Result<(), Violation> {
+            for (who, o) in self.filter.filter(&node(n), &event, obs) {
+                self.checker.observe(0, &who, &o)?;
+            }
+            Ok(())
+        }
+        fn obs(&mut self, n: &str, obs: Obs) -> Result<(), Violation> {
+            self.event(n, Event::NodeShutdown, Some(obs))
+        }
+        /// A crash and restart injected by the simulator (not a node event).
+        fn bounce(&mut self, n: &str) {
+            for (who, o) in self.filter.action(&node(n), Obs::Crashed) {
+                self.checker.observe(0, &who, &o).unwrap();
+            }
+            self.obs(n, Obs::Booted).unwrap();
+        }
+        fn misbehave(&mut self, n: &str) {
+            let act = "took counter over, never confirms".to_string();
+            self.event(n, Event::Misbehaved { agent: Some(agent()), act }, None).unwrap();
+        }
+        fn tick(&mut self, n: &str, tick: u64, major: u64) -> Result<(), Violation> {
+            self.tick_of(n, agent(), tick, major)
+        }
+        fn tick_of(&mut self, n: &str, agent: AgentId, tick: u64, major: u64) -> Result<(), Violation> {
+            let epoch = Epoch::new(major, 0);
+            let budget = 100 - tick as i64;
+            self.obs(n, Obs::TickStarted { agent: agent.clone(), tick, epoch, budget, base: Hash32::ZERO })?;
+            self.obs(n, Obs::Ticked { agent, tick, epoch, cost: 1, paid: 0, side_effects: 0, exhausted: false })
+        }
+        fn commit(
+            &mut self,
+            n: &str,
+            tick: u64,
+            hash: Hash32,
+            prev: Hash32,
+            charged: Option<i64>,
+        ) -> Result<(), Violation> {
+            self.commit_of(n, agent(), tick, hash, prev, charged)
+        }
+        fn commit_of(
+            &mut self,
+            n: &str,
+            agent: AgentId,
+            tick: u64,
+            hash: Hash32,
+            prev: Hash32,
+            charged: Option<i64>,
+        ) -> Result<(), Violation> {
+            let source = charged.is_none().then(|| node("b"));
+            let budget = 100 - tick as i64;
+            self.obs(n, Obs::Committed { agent, tick, hash, prev, budget, charged, handoff: false, source })
+        }
+        fn authority(&mut self, n: &str, from: Option<State>, to: State, reason: Reason) {
+            self.obs(n, Obs::Authority { agent: agent(), from, to, epoch: Epoch::new(1, 0), reason }).unwrap();
+        }
+    }
+
+    /// A RefuseConfirm target ticks once before it acts out (explore
+    /// adversary-swarm seed 2166), commits that tick with the next five,
+    /// crashes, and an honest node later adopts a descendant: the released
+    /// commit's bill is the six ticks it covers, not a money lie.
+    #[test]
+    fn a_held_commit_keeps_the_ticks_it_covers_across_the_byzantine_nodes_crash() {
+        use State::*;
+        let mut p = Pipe::new("b");
+        p.tick("b", 1, 1).unwrap(); // before it misbehaves: observed at once
+        p.misbehave("b");
+        for t in 2..=6 {
+            p.tick("b", t, 1).unwrap();
+        }
+        p.commit("b", 6, h(1), Hash32::ZERO, Some(6)).unwrap(); // covers 1..=6
+        p.tick("b", 7, 1).unwrap(); // never committed: lost with the crash
+        p.bounce("b");
+        p.tick("b", 7, 1).unwrap();
+        p.tick("b", 8, 1).unwrap();
+        p.commit("b", 8, h(2), h(1), Some(2)).unwrap();
+        // c adopts b's head: both held commits are released with their ticks.
+        p.authority("c", None, HandoffPending, Reason::PackageReceived);
+        p.commit("c", 8, h(2), h(1), None).unwrap();
+    }
+
+    /// The other half: ticks a held commit covers, all run after the node
+    /// misbehaved, survive its crash (they were dropped with the
+    /// uncommitted ones, so the released commit billed ticks nobody saw).
+    #[test]
+    fn a_crash_drops_only_the_held_ticks_no_commit_covers() {
+        use State::*;
+        let mut p = Pipe::new("b");
+        p.misbehave("b");
+        for t in 1..=3 {
+            p.tick("b", t, 1).unwrap();
+        }
+        p.commit("b", 3, h(1), Hash32::ZERO, Some(3)).unwrap();
+        p.tick("b", 4, 1).unwrap();
+        p.bounce("b");
+        p.tick("b", 4, 1).unwrap();
+        p.commit("b", 4, h(2), h(1), Some(1)).unwrap();
+        p.authority("c", None, HandoffPending, Reason::PackageReceived);
+        p.commit("c", 4, h(2), h(1), None).unwrap();
+    }
 
     #[test]
     fn scenarios_without_adversaries_serialize_as_before() {
@@ -309,5 +468,26 @@ mod tests {
         let s = Scenario::parse(text, "x.ron").unwrap();
         let ron = s.to_ron();
         assert!(!ron.contains("adversary") && !ron.contains("attack") && !ron.contains("defences"), "{ron}");
+    }
+
+    /// Explore adversary-swarm seed 3920: a RefuseConfirm target also
+    /// hosts its own decoy; the decoy's commit must not take the other
+    /// agent's held ticks with it (they were released as the decoy's, so
+    /// the counter's commit billed ticks nobody had seen).
+    #[test]
+    fn one_agents_held_commit_never_takes_another_agents_ticks() {
+        use State::*;
+        let decoy = AgentId::new("decoy").unwrap();
+        let mut p = Pipe::new("b");
+        p.obs("b", Obs::Deployed { agent: decoy.clone(), budget: 100 }).unwrap();
+        p.misbehave("b");
+        for t in 1..=3 {
+            p.tick("b", t, 1).unwrap();
+            p.tick_of("b", decoy.clone(), t, 1).unwrap();
+        }
+        p.commit_of("b", decoy, 3, h(9), Hash32::ZERO, Some(3)).unwrap();
+        p.commit("b", 3, h(1), Hash32::ZERO, Some(3)).unwrap();
+        p.authority("c", None, HandoffPending, Reason::PackageReceived);
+        p.commit("c", 3, h(1), Hash32::ZERO, None).unwrap();
     }
 }

@@ -318,8 +318,23 @@ impl Checker {
                 self.down.insert(node.clone());
                 // A new process starts a new run: unfinished and
                 // uncommitted work is legitimately lost (EI-2).
+                //
+                // Except the charges of a distrusted node's ticks: its
+                // commits reach the checker only when an honest node adopts
+                // them (the adversary filter holds them), possibly after
+                // this crash, and such a commit's interval can begin with
+                // ticks it ran before it misbehaved, which were observed at
+                // once. Dropping those would make an honest bill look like
+                // a money lie (RE-3). A later re-run of a tick overwrites
+                // its entry; the rest of the run is the new process's.
+                let distrusted = self.distrusted.contains(node);
                 for m in self.agents.values_mut() {
-                    m.runs.remove(node);
+                    match m.runs.remove(node) {
+                        Some(run) if distrusted && !run.pending.is_empty() => {
+                            m.runs.insert(node.clone(), NodeRun { pending: run.pending, ..NodeRun::default() });
+                        }
+                        _ => {}
+                    }
                 }
                 return Ok(());
             }

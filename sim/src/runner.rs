@@ -825,7 +825,9 @@ impl<'a> World<'a> {
                     self.trace.note(format!("{} sim {}", fmt_time(self.now_ns), describe(&action)));
                     self.coverage.action(self.now_ns, &action);
                     for (node, o) in self.apply(&action, agents) {
-                        self.checker.observe(self.now_ns, &node, &o)?;
+                        for (node, o) in self.byzantine.action(&node, o) {
+                            self.checker.observe(self.now_ns, &node, &o)?;
+                        }
                     }
                 }
                 Sched::Hold(n) => {
@@ -914,7 +916,9 @@ impl<'a> World<'a> {
                     self.coverage.mark("buggify_crash");
                     let crash = Action::Crash { node: node.clone() };
                     for (n, o) in self.apply(&crash, agents) {
-                        self.checker.observe(self.now_ns, &n, &o)?;
+                        for (n, o) in self.byzantine.action(&n, o) {
+                            self.checker.observe(self.now_ns, &n, &o)?;
+                        }
                     }
                     self.schedule(end, Sched::Act(Action::Restart { node, storage: Storage::Intact }));
                 }
