@@ -306,6 +306,19 @@ impl Checker {
         self.agents.get(agent)?.lost.clone()
     }
 
+    /// The misbehaving nodes holding the only copies of `agent`, if no
+    /// honest node holds one: a Byzantine host that destroyed or withholds
+    /// the newest state holds the agent hostage, and no protocol can make
+    /// it give the agent back (like a wipe of the last copy, not a
+    /// liveness failure of the protocol).
+    pub fn hostage_holders(&self, agent: &AgentId) -> Option<Vec<NodeId>> {
+        let m = self.agents.get(agent)?;
+        let holding: Vec<&NodeId> =
+            m.copies.iter().filter(|n| m.records.get(*n).is_some_and(|r| holds(r.state))).collect();
+        let honest = holding.iter().any(|n| !self.distrusted.contains(*n));
+        (!honest && !holding.is_empty()).then(|| holding.into_iter().cloned().collect())
+    }
+
     /// Which node ticked `agent` in each epoch major (EI-1 per epoch).
     pub fn tickers(&self, agent: &AgentId) -> BTreeMap<u64, NodeId> {
         self.agents.get(agent).map(|m| m.ticked_in.clone()).unwrap_or_default()
@@ -1068,6 +1081,22 @@ mod tests {
         let mut c = reach(Start::Owner);
         let err = auth(&mut c, "x", Some(RecoveryRequired), ActiveOwner, 2, Reason::Recovery).unwrap_err();
         assert_eq!(err.invariant, AUTH_TRANSITION);
+    }
+
+    #[test]
+    fn an_agent_is_a_hostage_only_when_every_holder_misbehaved() {
+        // x owns it and hands it to b; b adopts: two holders.
+        let mut c = reach(Start::Owner);
+        c.agents.get_mut(&ag()).unwrap().copies.insert(n("x")); // x's genesis
+        assert_eq!(c.hostage_holders(&ag()), None, "an honest holder");
+        c.observe(1, &n("x"), &Obs::Distrusted).unwrap();
+        assert_eq!(c.hostage_holders(&ag()), Some(vec![n("x")]), "the only holder misbehaved");
+        auth(&mut c, "b", None, HandoffPending, 1, Reason::PackageReceived).unwrap();
+        assert_eq!(c.hostage_holders(&ag()), Some(vec![n("x")]), "a package not yet adopted is no copy");
+        c.agents.get_mut(&ag()).unwrap().copies.insert(n("b")); // b's adopt commit
+        assert_eq!(c.hostage_holders(&ag()), None, "b holds an honest copy, even in HANDOFF_PENDING");
+        // No copy anywhere is LOST's business (a wipe), not a hostage.
+        assert_eq!(Checker::new().hostage_holders(&ag()), None);
     }
 
     #[test]

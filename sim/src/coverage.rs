@@ -139,6 +139,7 @@ pub fn family_marks(family: &str) -> &'static [(&'static str, &'static str)] {
 pub const OPTIONAL_MARKS: &[(&str, &str)] = &[
     ("divergence_detected", "a node saw two different heads for one epoch (EI-11)"),
     ("agent_lost_with_its_disk", "the drawn wipes destroyed every copy of an agent (verdict LOST)"),
+    ("agent_held_hostage", "only misbehaving nodes held an agent after the heal (verdict LOST)"),
     ("operator_retire_issued", "the timeline asked a node to retire an agent"),
 ];
 

@@ -640,6 +640,9 @@ struct World<'a> {
     /// liveness phase's operator (the checker's view leaves out Byzantine
     /// nodes' records once they misbehave).
     reported: BTreeMap<(String, String), State>,
+    /// (agent, node) where an operator recovery was refused: the operator
+    /// reads the refusal and tries the next candidate, never this node again.
+    recover_refused: BTreeSet<(String, String)>,
 }
 
 impl<'a> World<'a> {
@@ -670,6 +673,7 @@ impl<'a> World<'a> {
             byzantine_nodes: BTreeSet::new(),
             adopted: BTreeMap::new(),
             reported: BTreeMap::new(),
+            recover_refused: BTreeSet::new(),
         }
     }
 
@@ -866,6 +870,9 @@ impl<'a> World<'a> {
                 Event::AgentLoaded { agent, state, .. } => {
                     self.reported.insert((agent.to_string(), e.node.to_string()), state_of(*state));
                 }
+                Event::CommandRefused { command, agent: Some(agent), .. } if command == "recover" => {
+                    self.recover_refused.insert((agent.to_string(), e.node.to_string()));
+                }
                 // Its checkpoints are gone: nothing there to recover from.
                 Event::LocalCopyDeleted { agent } => {
                     self.heads.remove(&(e.node.to_string(), agent.to_string()));
@@ -1008,7 +1015,11 @@ impl<'a> World<'a> {
         let heal_ns = self.now_ns;
         let deadline = heal_ns.saturating_add(within_ns);
         self.ticked_since_heal = Some(BTreeSet::new());
-        let mut recovered: BTreeSet<String> = BTreeSet::new();
+        // agent → the node of the operator's last recovery attempt. One
+        // recovery that the node accepts is all the operator gets; one the
+        // node refuses (it says why) sends the operator to the next
+        // candidate, each node at most once.
+        let mut recovered: BTreeMap<String, String> = BTreeMap::new();
         let mut violation = None;
         let r = self.run_until(deadline, agents, |w| {
             let mut all_live = true;
@@ -1018,12 +1029,13 @@ impl<'a> World<'a> {
                     continue;
                 }
                 all_live = false;
+                let retry = |n: &String| w.recover_refused.contains(&(name.clone(), n.clone()));
                 if may_recover
                     && w.now_ns >= heal_ns + SETTLE_NS
-                    && !recovered.contains(&name)
+                    && recovered.get(&name).is_none_or(retry)
                     && let Some(node) = w.recovery_candidate(&a.id)
                 {
-                    recovered.insert(name.clone());
+                    recovered.insert(name.clone(), node.clone());
                     // The simulator has checked no live node holds the agent.
                     let action = Action::Recover { agent: name, node, anchor_tick: None, force: true };
                     w.trace.note(format!("{} sim liveness {}", fmt_time(w.now_ns), describe(&action)));
@@ -1039,7 +1051,7 @@ impl<'a> World<'a> {
         for a in agents {
             let name = a.id.to_string();
             let ticked = self.ticked_since_heal.as_ref().is_some_and(|t| t.contains(&name));
-            if ticked && recovered.contains(&name) {
+            if ticked && recovered.contains_key(&name) {
                 self.coverage.mark("recovered_after_heal");
             }
             if self.halted.contains(&name) || ticked {
@@ -1063,14 +1075,34 @@ impl<'a> World<'a> {
                 });
                 break;
             }
+            if let Some(nodes) = self.checker.hostage_holders(&a.id) {
+                self.coverage.mark("agent_held_hostage");
+                let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+                violation = Some(Violation {
+                    invariant: LOST,
+                    at_ns: self.now_ns,
+                    nodes,
+                    agent: a.id.clone(),
+                    message: format!(
+                        "no honest node holds a copy: the only ones are on [{}], which misbehaved (no tick since the heal at {})",
+                        names.join(", "),
+                        fmt_time(heal_ns)
+                    ),
+                });
+                break;
+            }
             let held = self.checker.states(&a.id);
             let states: Vec<String> = held.iter().map(|(n, s)| format!("{n}={}", s.name())).collect();
-            let tried = if recovered.contains(&name) {
-                ", after one operator recovery"
+            let refused: Vec<&str> =
+                self.recover_refused.iter().filter(|(a, _)| *a == name).map(|(_, n)| n.as_str()).collect();
+            let tried = if recovered.contains_key(&name) && refused.is_empty() {
+                ", after one operator recovery".to_string()
+            } else if recovered.contains_key(&name) {
+                format!(", the operator's recovery refused on [{}]", refused.join(", "))
             } else if !may_recover {
-                ", no operator recovery allowed"
+                ", no operator recovery allowed".to_string()
             } else {
-                ""
+                String::new()
             };
             violation = Some(Violation {
                 invariant: LIVENESS,
@@ -1094,7 +1126,8 @@ impl<'a> World<'a> {
 
     /// The node to recover `agent` on, if nobody can tick it without the
     /// operator: no live node owns it or is in a handoff, and some live node
-    /// holds it in RECOVERY_REQUIRED (the one with the newest head wins).
+    /// holds it in RECOVERY_REQUIRED (the one with the newest head wins;
+    /// a node that refused a recovery is not asked again).
     fn recovery_candidate(&self, agent: &AgentId) -> Option<String> {
         let states: Vec<(NodeId, State)> = self
             .reported
@@ -1109,9 +1142,10 @@ impl<'a> World<'a> {
         if busy {
             return None;
         }
+        let refused = |n: &NodeId| self.recover_refused.contains(&(agent.to_string(), n.to_string()));
         states
             .iter()
-            .filter(|(n, s)| live(n) && *s == State::RecoveryRequired)
+            .filter(|(n, s)| live(n) && *s == State::RecoveryRequired && !refused(n))
             .max_by_key(|(n, _)| {
                 let head = self.heads.get(&(n.to_string(), agent.to_string())).and_then(|m| m.keys().next_back());
                 (head.copied(), std::cmp::Reverse(n.to_string()))
@@ -1152,7 +1186,7 @@ pub const LIVENESS: &str = "LIVENESS";
 
 /// The verdict of a run whose injected wipes destroyed every copy of an
 /// agent (the checker's own record: the last node holding it was wiped and
-/// none held it since). Not a protocol failure: Igor keeps one replica, so
+/// none held it since), or only misbehaving nodes hold it (a hostage). Not a protocol failure: Igor keeps one replica, so
 /// no protocol can bring it back. `explore` counts it apart from failures.
 pub const LOST: &str = "LOST";
 
