@@ -406,7 +406,7 @@ async fn handle(req: Request, ctx: &ControlCtx) -> Reply {
             return Reply::Stopping;
         }
         Request::Deploy { agent, wasm, manifest, budget } => {
-            Ask::Deploy { agent: agent.clone(), wasm: wasm.clone(), manifest: manifest.clone(), budget: *budget }
+            Ask::Deploy { agent: agent.clone(), key: None, wasm: wasm.clone(), manifest: manifest.clone(), budget: *budget }
         }
         Request::Migrate { agent, to, .. } => match resolve_target(ctx, to) {
             Ok(to) => Ask::Command(Command::Migrate { agent: agent.clone(), to }),
