@@ -36,10 +36,11 @@ pub const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub enum Control {
     /// `key`: the agent key, required for a self-certifying id (it names
-    /// its key); `None` draws a fresh one from the node's entropy.
+    /// its key); `None` draws a fresh one from the node's entropy. (Boxed:
+    /// a key is large beside the other messages.)
     Deploy {
         agent: AgentId,
-        key: Option<Keypair>,
+        key: Option<Box<Keypair>>,
         wasm: Vec<u8>,
         manifest: Vec<u8>,
         budget: Microcents,
@@ -62,7 +63,7 @@ pub enum Control {
 /// The synchronous part of an operator request ([`Control::Ask`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ask {
-    Deploy { agent: AgentId, key: Option<Keypair>, wasm: Vec<u8>, manifest: Vec<u8>, budget: Microcents },
+    Deploy { agent: AgentId, key: Option<Box<Keypair>>, wasm: Vec<u8>, manifest: Vec<u8>, budget: Microcents },
     Command(Command),
 }
 
@@ -150,7 +151,7 @@ pub async fn run<X, D, C, R, N>(
             }
             Wake::Control(Some(Control::Deploy { agent, key, wasm, manifest, budget })) => {
                 let _ = match key {
-                    Some(key) => node.deploy_with_key(agent, key, wasm, manifest, budget),
+                    Some(key) => node.deploy_with_key(agent, *key, wasm, manifest, budget),
                     None => node.deploy(agent, wasm, manifest, budget),
                 };
             }
@@ -163,7 +164,7 @@ pub async fn run<X, D, C, R, N>(
                 let from_seq = next_seq;
                 let result = match ask {
                     Ask::Deploy { agent, key: Some(key), wasm, manifest, budget } => {
-                        node.deploy_with_key(agent, key, wasm, manifest, budget)
+                        node.deploy_with_key(agent, *key, wasm, manifest, budget)
                     }
                     Ask::Deploy { agent, key: None, wasm, manifest, budget } => {
                         node.deploy(agent, wasm, manifest, budget)

@@ -760,7 +760,13 @@ fn a_poisoned_view_of_a_self_certifying_agent_blocks_nothing_and_admits_no_forge
         let id = igor::identity::tagged_agent_id("counter", &owner_pub).unwrap();
         // The tag binds the key: another key cannot deploy this id.
         let other = Keypair::from_seed([22; 32]);
-        let wrong = c.node(0).deploy_with_key(id.clone(), other, b"counter-module".to_vec(), manifest.to_vec(), igor::units::Microcents(1));
+        let wrong = c.node(0).deploy_with_key(
+            id.clone(),
+            other,
+            b"counter-module".to_vec(),
+            manifest.to_vec(),
+            igor::units::Microcents(1),
+        );
         assert_eq!(wrong.is_err(), defended, "{wrong:?}");
         if !defended {
             c = Cluster::new(3, 7, tofu);
@@ -797,7 +803,8 @@ fn a_poisoned_view_of_a_self_certifying_agent_blocks_nothing_and_admits_no_forge
                     && matches!(&e.event, Event::ClaimRejected { defence, kind: k, .. } if defence == "self_certifying_ids" && *k == kind)
             })
         };
-        let (announce, transfer) = (rejected(igor::wire::MessageKind::HeadAnnounce), rejected(igor::wire::MessageKind::AgentTransfer));
+        let (announce, transfer) =
+            (rejected(igor::wire::MessageKind::HeadAnnounce), rejected(igor::wire::MessageKind::AgentTransfer));
         let n1 = c.node(1).agent(&id).map(|v| (v.state, v.epoch.major));
         if defended {
             assert!(announce && transfer, "both refused by the tag:\n{}", c.trace_tail(30));

@@ -329,7 +329,7 @@ impl Guard {
                     k.verify(&crate::wire::agent_claim_bytes(h, Some(state)), &crate::identity::Signature(sig))
                 })
             });
-            let Some(key) = proven else { return None };
+            let key = proven?;
             self.views.entry(agent.clone()).or_default().agent_key = Some(key);
         }
         let v = self.views.entry(agent.clone()).or_default();
@@ -515,7 +515,10 @@ mod tests {
         let mut g = Guard::default();
         g.record_view(&off, &h9, own, Some(poisoner.public()), Some(&forged));
         assert_eq!(g.views[&agent].agent_key, Some(poisoner.public()));
-        assert_eq!(g.check_package(&off, &agent, Epoch::new(2, 0), Some(&owner.public())).unwrap_err().defence, "replay_window");
+        assert_eq!(
+            g.check_package(&off, &agent, Epoch::new(2, 0), Some(&owner.public())).unwrap_err().defence,
+            "replay_window"
+        );
     }
 
     #[test]

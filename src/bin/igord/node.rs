@@ -399,7 +399,7 @@ fn resolve_target(ctx: &ControlCtx, to: &str) -> Result<NodeId, String> {
 /// A request as the node is asked it: a tagged deploy gets its key and
 /// self-certifying id here (the reply names the id), and an agent named by
 /// its label alone is resolved to its id (`control::resolve_agent`).
-fn resolved(req: Request, ctx: &ControlCtx) -> Result<(Request, Option<Keypair>), String> {
+fn resolved(req: Request, ctx: &ControlCtx) -> Result<(Request, Option<Box<Keypair>>), String> {
     let known: Vec<AgentId> = {
         let board = ctx.board.lock().unwrap_or_else(|p| p.into_inner());
         board.listed(true).into_iter().map(|s| s.agent).collect()
@@ -409,7 +409,7 @@ fn resolved(req: Request, ctx: &ControlCtx) -> Result<(Request, Option<Keypair>)
         Request::Deploy { agent, tag: true, wasm, manifest, budget } => {
             let key = Keypair::generate(&mut OsEntropy);
             let id = identity::tagged_agent_id(agent.as_str(), &key.public()).map_err(|e| e.to_string())?;
-            (Request::Deploy { agent: id, tag: false, wasm, manifest, budget }, Some(key))
+            (Request::Deploy { agent: id, tag: false, wasm, manifest, budget }, Some(Box::new(key)))
         }
         Request::Migrate { agent, to, wait } => (Request::Migrate { agent: resolve(&agent)?, to, wait }, None),
         Request::Recover { agent, anchor, force } => {
