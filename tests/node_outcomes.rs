@@ -820,3 +820,25 @@ fn a_poisoned_view_of_a_self_certifying_agent_blocks_nothing_and_admits_no_forge
         }
     }
 }
+
+#[test]
+fn a_self_certifying_agent_whose_local_key_is_not_its_own_does_not_tick_after_restart() {
+    // The tag is checked against the local history too: a key file swapped
+    // for another key (by hand, or by a disk the id does not belong to).
+    let mut c = Cluster::new(1, 7, quick);
+    let owner = Keypair::from_seed([31; 32]);
+    let id = igor::identity::tagged_agent_id("counter", &owner.public()).unwrap();
+    let manifest = br#"{"capabilities":{},"migration_policy":{"enabled":true}}"#.to_vec();
+    let budget = igor::units::Microcents(1_000_000);
+    c.node(0).deploy_with_key(id.clone(), owner, b"counter-module".to_vec(), manifest, budget).unwrap();
+    c.pump();
+    c.advance(3 * S);
+    c.crash(0);
+    Keypair::from_seed([32; 32]).save(&c.disks[0], &igor::lineage::agent_key_path(&id)).unwrap();
+    c.restart(0);
+    assert_eq!(c.node(0).agent(&id).map(|v| v.state), Some(AuthorityState::RecoveryRequired));
+    let fault = c.events.iter().any(|e| {
+        matches!(&e.event, Event::FaultObserved { fault, .. } if fault.contains("agent key file") && fault.contains(id.as_str()))
+    });
+    assert!(fault, "{}", c.trace_tail(10));
+}

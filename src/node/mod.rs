@@ -691,6 +691,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if slot.key.is_none() || !self.disk.exists(&store::wasm_path(agent)) {
             return Some((Reason::Fault, "agent key or module missing".into()));
         }
+        // `self_certifying_ids`: the local history must hold the key the
+        // id names, in the key file and in the head checkpoint alike.
+        let key_file = slot.key.as_ref().map(|k| k.public());
+        let head_key = slot.lineage.head().and_then(|c| c.agent_key().copied());
+        for (what, key) in [("agent key file", key_file), ("head checkpoint key", head_key)] {
+            if let Some(key) = key
+                && let Err(r) = defence::Guard::check_agent_key(&self.cfg.defences, agent, &key, what)
+            {
+                return Some((Reason::Fault, r.reason));
+            }
+        }
         if slot.lease.status(&self.cfg.lease, now.unix_ns) == LeaseStatus::Lapsed {
             return Some((Reason::LeaseExpired, format!("lease expired at {}", slot.lease.expiry_unix_ns)));
         }
