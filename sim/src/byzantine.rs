@@ -669,6 +669,14 @@ mod tests {
             Misbehaviour::TamperPackage { budget_delta: 1, resign: true },
             Misbehaviour::ReplayOwnPackage { after_ms: 1 },
             Misbehaviour::ReplayAnnounce { to: "b".into(), after_ms: 1 },
+            Misbehaviour::PoisonView {
+                agent: "a".into(),
+                from_agent: "d".into(),
+                to: "b".into(),
+                epoch_major: 9,
+                at_ms: 1,
+                forge_after_ms: 1,
+            },
         ];
         assert!(on_wire.iter().all(|m| ByzantineConduct::new(m).is_none()));
         let mut c = ByzantineConduct::new(&Misbehaviour::Overcharge { factor: 3 }).unwrap();
