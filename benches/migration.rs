@@ -134,6 +134,7 @@ fn main() {
             let wasm = wasm_binary(COUNTER).expect("counter compiles");
             let deploy = Control::Deploy {
                 agent: agent.clone(),
+                key: None,
                 wasm,
                 manifest: b"{}".to_vec(),
                 budget: Microcents(1_000_000_000),

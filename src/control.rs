@@ -51,9 +51,14 @@ pub enum Request {
     },
     /// Deploy a new agent here with a fresh identity. `wasm` is a wasm
     /// binary (base64); `manifest` the manifest JSON (base64; `{}` grants
-    /// nothing).
+    /// nothing). With `tag`, `agent` is a label and the agent gets the
+    /// self-certifying id `<label>.<tag>` of its fresh key
+    /// (`identity::tagged_agent_id`; the reply names it); without, `agent`
+    /// is the id as is (a legacy id: peers trust its key on first use).
     Deploy {
         agent: AgentId,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tag: bool,
         #[serde(with = "crate::wire::b64")]
         wasm: Vec<u8>,
         #[serde(with = "crate::wire::b64")]
@@ -82,6 +87,30 @@ pub enum Request {
     Retire { agent: AgentId },
     /// Graceful stop: final checkpoint of every agent, then exit.
     Stop {},
+}
+
+/// The agent an operator means by `name`: the agent with exactly that id,
+/// else the one self-certifying agent whose label it is (so `counter`
+/// names `counter.<tag>`). Several agents under one label are an error
+/// naming them; an unknown name is returned as is (the node refuses it
+/// with its own reason).
+pub fn resolve_agent<'a>(name: &AgentId, known: impl IntoIterator<Item = &'a AgentId>) -> Result<AgentId, String> {
+    let known: Vec<&AgentId> = known.into_iter().collect();
+    if known.contains(&name) {
+        return Ok(name.clone());
+    }
+    let labelled: Vec<&AgentId> = known
+        .into_iter()
+        .filter(|a| crate::identity::agent_id_tag(a).is_some() && crate::identity::agent_label(a) == name.as_str())
+        .collect();
+    match labelled.as_slice() {
+        [] => Ok(name.clone()),
+        [one] => Ok((*one).clone()),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|a| a.as_str()).collect();
+            Err(format!("agent {name}: the label names {} agents ({}); give the full id", ids.len(), ids.join(", ")))
+        }
+    }
 }
 
 /// The one reply to a [`Request`].
@@ -383,6 +412,7 @@ mod tests {
     #[test]
     fn requests_roundtrip_and_unknown_fields_are_errors() {
         let r = Request::Deploy {
+            tag: false,
             agent: AgentId::new("counter").unwrap(),
             wasm: b"\0asm".to_vec(),
             manifest: b"{}".to_vec(),
@@ -508,7 +538,7 @@ mod tests {
     #[test]
     fn each_request_is_answered_by_its_own_result() {
         let a = AgentId::new("counter").unwrap();
-        let deploy = |budget| Request::Deploy { agent: a.clone(), wasm: vec![], manifest: vec![], budget };
+        let deploy = |budget| Request::Deploy { agent: a.clone(), tag: false, wasm: vec![], manifest: vec![], budget };
         let deployed = Event::AgentDeployed { agent: a.clone(), wasm_hash: Hash32::ZERO, budget: Microcents(7) };
         let ok = answer(Ok(()), vec![deployed], 3);
         assert_eq!(
@@ -557,5 +587,22 @@ mod tests {
         }));
         assert!(board.listed(false).is_empty());
         assert_eq!(board.listed(true).len(), 1);
+    }
+
+    #[test]
+    fn a_label_names_its_one_self_certifying_agent() {
+        use crate::identity::{Keypair, tagged_agent_id};
+        let id = |s: &str| AgentId::new(s).unwrap();
+        let one = tagged_agent_id("counter", &Keypair::from_seed([1; 32]).public()).unwrap();
+        let two = tagged_agent_id("counter", &Keypair::from_seed([2; 32]).public()).unwrap();
+        let legacy = id("legacy");
+        assert_eq!(resolve_agent(&id("counter"), [&one, &legacy]), Ok(one.clone()));
+        assert_eq!(resolve_agent(&one, [&one, &two]), Ok(one.clone()), "a full id is itself");
+        assert_eq!(resolve_agent(&legacy, [&one, &legacy]), Ok(legacy.clone()));
+        assert_eq!(resolve_agent(&id("other"), [&one]), Ok(id("other")), "unknown: the node says so");
+        let e = resolve_agent(&id("counter"), [&one, &two]).unwrap_err();
+        assert!(e.contains(one.as_str()) && e.contains(two.as_str()), "{e}");
+        // A legacy agent literally named like the label wins over the label.
+        assert_eq!(resolve_agent(&id("counter"), [&one, &id("counter")]), Ok(id("counter")));
     }
 }

@@ -14,6 +14,7 @@
 
 use crate::env::{Clock, Disk, Entropy, Incoming, NetError, Network};
 use crate::executor::Executor;
+use crate::identity::Keypair;
 use crate::node::{Command, Node, NodeEvent, Refused, RequestId};
 use crate::units::{AgentId, Microcents};
 use std::future::{Future, poll_fn};
@@ -34,8 +35,12 @@ pub const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 /// What the outside (operator, simulator) asks of a running node.
 #[derive(Debug)]
 pub enum Control {
+    /// `key`: the agent key, required for a self-certifying id (it names
+    /// its key); `None` draws a fresh one from the node's entropy. (Boxed:
+    /// a key is large beside the other messages.)
     Deploy {
         agent: AgentId,
+        key: Option<Box<Keypair>>,
         wasm: Vec<u8>,
         manifest: Vec<u8>,
         budget: Microcents,
@@ -58,7 +63,7 @@ pub enum Control {
 /// The synchronous part of an operator request ([`Control::Ask`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ask {
-    Deploy { agent: AgentId, wasm: Vec<u8>, manifest: Vec<u8>, budget: Microcents },
+    Deploy { agent: AgentId, key: Option<Box<Keypair>>, wasm: Vec<u8>, manifest: Vec<u8>, budget: Microcents },
     Command(Command),
 }
 
@@ -144,8 +149,11 @@ pub async fn run<X, D, C, R, N>(
                 forward(node.drain_events(), events, &mut next_seq);
                 return;
             }
-            Wake::Control(Some(Control::Deploy { agent, wasm, manifest, budget })) => {
-                let _ = node.deploy(agent, wasm, manifest, budget);
+            Wake::Control(Some(Control::Deploy { agent, key, wasm, manifest, budget })) => {
+                let _ = match key {
+                    Some(key) => node.deploy_with_key(agent, *key, wasm, manifest, budget),
+                    None => node.deploy(agent, wasm, manifest, budget),
+                };
             }
             Wake::Control(Some(Control::Command(cmd))) => {
                 let _ = node.command(cmd);
@@ -155,7 +163,12 @@ pub async fn run<X, D, C, R, N>(
                 forward(node.drain_events(), events, &mut next_seq);
                 let from_seq = next_seq;
                 let result = match ask {
-                    Ask::Deploy { agent, wasm, manifest, budget } => node.deploy(agent, wasm, manifest, budget),
+                    Ask::Deploy { agent, key: Some(key), wasm, manifest, budget } => {
+                        node.deploy_with_key(agent, *key, wasm, manifest, budget)
+                    }
+                    Ask::Deploy { agent, key: None, wasm, manifest, budget } => {
+                        node.deploy(agent, wasm, manifest, budget)
+                    }
                     Ask::Command(cmd) => node.command(cmd),
                 };
                 let caused = node.drain_events();

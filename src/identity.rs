@@ -1,8 +1,11 @@
 //! Ed25519 identities of agents and nodes: key generation from the entropy
-//! trait, signing, `did:key` encoding and parsing, and key files written
-//! through the disk trait as owner-only secrets (mode 0600). No I/O of its own.
+//! trait, signing, `did:key` encoding and parsing, key files written
+//! through the disk trait as owner-only secrets (mode 0600), and
+//! self-certifying agent ids (`<label>.<tag>`, the tag a hash of the agent
+//! key: [`agent_tag`], [`check_agent_key`]). No I/O of its own.
 
 use crate::env::{Disk, DiskError, Entropy};
+use crate::units::{AgentId, InvalidId, MAX_ID_LEN};
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use std::fmt;
 
@@ -22,6 +25,97 @@ pub enum IdentityError {
     BadKeyFile { path: String, reason: &'static str },
     #[error(transparent)]
     Disk(#[from] DiskError),
+}
+
+/// Bytes of SHA-256(agent public key) a self-certifying agent id carries:
+/// 120 bits. Finding a second key whose hash starts with a given 120 bits
+/// costs ~2^120 key generations (a second preimage, not a birthday
+/// collision: the attacker must match an id that already exists), far out
+/// of reach; 80 bits would already be, 120 leaves a margin at 9 more
+/// characters than 80 would need.
+pub const AGENT_TAG_BYTES: usize = 15;
+/// Characters of the tag: lowercase RFC 4648 base32, no padding
+/// (15 bytes = 120 bits = exactly 24 five-bit characters).
+pub const AGENT_TAG_CHARS: usize = AGENT_TAG_BYTES * 8 / 5;
+/// Longest label of a self-certifying id: the id (label, '.', tag) must
+/// still be a valid id of at most [`MAX_ID_LEN`] bytes.
+pub const MAX_AGENT_LABEL_LEN: usize = MAX_ID_LEN - 1 - AGENT_TAG_CHARS;
+const BASE32_LOWER: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// A key offered for a self-certifying agent id that the id does not name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("agent {agent}: key {key} has tag {actual}, the id requires {expected}")]
+pub struct KeyMismatch {
+    pub agent: AgentId,
+    pub key: String,
+    pub expected: String,
+    pub actual: String,
+}
+
+/// The tag of an agent key: lowercase base32 of the first
+/// [`AGENT_TAG_BYTES`] bytes of SHA-256 of the 32 public-key bytes.
+pub fn agent_tag(key: &PublicKey) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(AGENT_TAG_CHARS);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &b in &digest[..AGENT_TAG_BYTES] {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(char::from(BASE32_LOWER[((acc >> bits) & 31) as usize]));
+        }
+    }
+    debug_assert_eq!((out.len(), bits), (AGENT_TAG_CHARS, 0), "120 bits are exactly 24 characters");
+    out
+}
+
+/// The self-certifying id of `key` under `label`: `<label>.<tag>`. The
+/// label is the operator's name for it (any valid id that is not itself
+/// tagged, at most [`MAX_AGENT_LABEL_LEN`] bytes).
+pub fn tagged_agent_id(label: &str, key: &PublicKey) -> Result<AgentId, InvalidId> {
+    let bad = |reason| InvalidId { kind: "agent label", value: label.to_string(), reason };
+    if label.len() > MAX_AGENT_LABEL_LEN {
+        return Err(bad("longer than 39 bytes (the tag takes 25 of an id's 64)"));
+    }
+    let label_id = AgentId::new(label).map_err(|e| InvalidId { kind: "agent label", ..e })?;
+    if agent_id_tag(&label_id).is_some() {
+        return Err(bad("already ends in a tag"));
+    }
+    AgentId::new(format!("{label}.{}", agent_tag(key)))
+}
+
+/// The tag a self-certifying id carries, `None` for a legacy id. An id is
+/// self-certifying exactly when its part after the last '.' is
+/// [`AGENT_TAG_CHARS`] lowercase base32 characters and a non-empty label
+/// precedes it; anything else (a shorter or uppercase "tag" included) is a
+/// legacy id, whose key is trusted on first use.
+pub fn agent_id_tag(agent: &AgentId) -> Option<&str> {
+    let (label, tag) = agent.as_str().rsplit_once('.')?;
+    let is_tag = tag.len() == AGENT_TAG_CHARS && tag.bytes().all(|c| BASE32_LOWER.contains(&c));
+    (is_tag && !label.is_empty()).then_some(tag)
+}
+
+/// The label of an id: the part before the tag of a self-certifying id,
+/// the whole id otherwise.
+pub fn agent_label(agent: &AgentId) -> &str {
+    match agent_id_tag(agent) {
+        Some(tag) => &agent.as_str()[..agent.as_str().len() - tag.len() - 1],
+        None => agent.as_str(),
+    }
+}
+
+/// Whether `key` may be `agent`'s key: for a self-certifying id, only the
+/// key whose tag the id carries; for a legacy id, any key (the caller
+/// applies trust on first use).
+pub fn check_agent_key(agent: &AgentId, key: &PublicKey) -> Result<(), KeyMismatch> {
+    let Some(expected) = agent_id_tag(agent) else { return Ok(()) };
+    let actual = agent_tag(key);
+    if actual == expected {
+        return Ok(());
+    }
+    Err(KeyMismatch { agent: agent.clone(), key: key.did(), expected: expected.to_string(), actual })
 }
 
 /// An Ed25519 signature.
@@ -84,6 +178,7 @@ impl PublicKey {
 }
 
 /// A secret key with its public half.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Keypair(SigningKey);
 
 impl fmt::Debug for Keypair {
@@ -186,6 +281,65 @@ mod tests {
         for bad in ["did:web:x", "did:key:zzzz0", "did:key:z6Mk", "did:key:z"] {
             assert!(PublicKey::from_did(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The tag is SHA-256(key)[..15] in lowercase base32: pinned for the
+    /// RFC 8032 TEST 1 key, so a change of encoding cannot go unnoticed.
+    #[test]
+    fn agent_tag_is_pinned_and_binds_the_key() {
+        let seed = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60").unwrap();
+        let k = Keypair::from_seed(seed.try_into().unwrap());
+        let tag = agent_tag(&k.public());
+        assert_eq!(tag.len(), AGENT_TAG_CHARS);
+        assert_eq!(tag, PINNED_TAG);
+        let id = tagged_agent_id("counter", &k.public()).unwrap();
+        assert_eq!(id.as_str(), format!("counter.{tag}"));
+        assert_eq!((agent_id_tag(&id), agent_label(&id)), (Some(tag.as_str()), "counter"));
+        check_agent_key(&id, &k.public()).expect("the id's own key");
+        let other = Keypair::from_seed([9; 32]).public();
+        let e = check_agent_key(&id, &other).unwrap_err();
+        assert!(e.to_string().contains(&tag) && e.to_string().contains(&other.did()), "{e}");
+    }
+
+    /// `base64.b32encode(sha256(pk)[:15]).lower()` in Python for that key.
+    const PINNED_TAG: &str = "eh7ddx5bksrgcytl7bkai36s";
+
+    #[test]
+    fn only_a_full_lowercase_tag_makes_an_id_self_certifying() {
+        let k = Keypair::from_seed([3; 32]).public();
+        let tag = agent_tag(&k);
+        let id = |s: &str| AgentId::new(s).unwrap();
+        // A truncated, uppercase or over-long tag is no tag: a legacy id.
+        for legacy in [
+            format!("counter.{}", &tag[..AGENT_TAG_CHARS - 1]),
+            format!("counter.{}", tag.to_uppercase()),
+            format!("counter.{tag}a"),
+            format!("counter-{tag}"),
+            "counter".to_string(),
+        ] {
+            assert_eq!(agent_id_tag(&id(&legacy)), None, "{legacy}");
+            check_agent_key(&id(&legacy), &k).expect("legacy ids accept any key (TOFU is the caller's)");
+        }
+        // No label: not a valid id at all.
+        assert!(AgentId::new(format!(".{tag}")).is_err());
+        // A dotted label keeps its dots; the tag is the last part.
+        let dotted = tagged_agent_id("team.counter", &k).unwrap();
+        assert_eq!(agent_label(&dotted), "team.counter");
+        // Another key's tag under the same label is refused.
+        let forged = id(&format!("counter.{}", agent_tag(&Keypair::from_seed([4; 32]).public())));
+        assert!(check_agent_key(&forged, &k).is_err());
+    }
+
+    #[test]
+    fn labels_are_checked() {
+        let k = Keypair::from_seed([3; 32]).public();
+        assert!(tagged_agent_id("", &k).is_err(), "empty label");
+        assert!(tagged_agent_id("a/b", &k).is_err(), "not an id");
+        assert!(tagged_agent_id(&"a".repeat(MAX_AGENT_LABEL_LEN + 1), &k).is_err(), "no room for the tag");
+        let longest = tagged_agent_id(&"a".repeat(MAX_AGENT_LABEL_LEN), &k).unwrap();
+        assert_eq!(longest.as_str().len(), MAX_ID_LEN);
+        let once = tagged_agent_id("counter", &k).unwrap();
+        assert!(tagged_agent_id(once.as_str(), &k).is_err(), "a label that is already tagged");
     }
 
     #[test]

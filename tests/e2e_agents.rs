@@ -83,7 +83,7 @@ fn heartbeat_migrates_a_b_c_with_its_own_count_continuous() {
     let c = NodeProc::start("C", &dir_c, &[&a.addr, &b.addr], &[]);
 
     // The manifest is found beside the module (heartbeat.manifest.json).
-    let out = igord(&["deploy", path(&heartbeat_wasm()), "--budget", "1", "--data-dir", path(&dir_a)], T);
+    let out = igord(&["deploy", path(&heartbeat_wasm()), "--budget", "1", "--untagged", "--data-dir", path(&dir_a)], T);
     assert!(out.0.success() && out.1.contains("deployed heartbeat"), "deploy: {} {}", out.1, out.2);
     wait_until("A to run 5 ticks", T, || status(&a).filter(|s| s.tick.0 >= 5));
     migrate(&a, &b);

@@ -101,6 +101,7 @@ fn concurrent_deploys_of_one_name_each_get_their_own_answer() {
     let request = |budget: i64| {
         let req = control::Request::Deploy {
             agent: agent(),
+            tag: false,
             wasm: wasm.clone(),
             manifest: b"{}".to_vec(),
             budget: igor::units::Microcents(budget),
@@ -196,6 +197,26 @@ fn migrate_wait_exits_1_unless_completed() {
     // Usage errors exit 2.
     let out = igord(&["migrate", "counter", "--data-dir", path(&dir_b)], T);
     assert_eq!(out.0.code(), Some(2), "{out:?}");
+}
+
+/// `igord deploy` gives the agent a self-certifying id by default,
+/// `<label>.<tag>` with the tag naming the key the node made for it, and
+/// the label alone names the agent in commands while it is the only one.
+#[test]
+fn deploy_tags_the_id_and_the_label_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let a = NodeProc::start("A", &dir, &[], &[]);
+    let out = igord(&["deploy", path(&counter_wat()), "--budget", "1", "--json", "--data-dir", path(&dir)], T);
+    let Ok(Reply::Deployed { agent: id, .. }) = serde_json::from_str::<Reply>(out.1.trim()) else { panic!("{out:?}") };
+    assert_eq!(igor::identity::agent_label(&id), "counter");
+    assert!(igor::identity::agent_id_tag(&id).is_some(), "{id}");
+    let did = wait_until("the agent's key", T, || a.status().into_iter().find(|s| s.agent == id)?.did);
+    let key = igor::identity::PublicKey::from_did(&did).unwrap();
+    igor::identity::check_agent_key(&id, &key).expect("the id names the agent's key");
+    let out = igord(&["retire", "counter", "--data-dir", path(&dir)], T);
+    assert_eq!(out.0.code(), Some(0), "{out:?}");
+    assert!(out.1.contains(&format!("retired {id}")), "{out:?}");
 }
 
 /// `igord retire` ends an agent here; RETIRED agents leave `igord agents`

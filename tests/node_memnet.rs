@@ -77,6 +77,7 @@ async fn two_nodes_migrate_an_agent_end_to_end_over_memnet() {
         ctl_a
             .send(Control::Deploy {
                 agent: agent.clone(),
+                key: None,
                 wasm: b"counter".to_vec(),
                 manifest,
                 budget: Microcents(1_000_000),

@@ -680,3 +680,165 @@ fn two_plain_recoveries_of_one_agent_at_once_both_refuse() {
         .count();
     assert_eq!(refused, 2, "both refuse:\n{}", c.trace_tail(20));
 }
+
+fn tofu(cfg: &mut NodeConfig) {
+    quick(cfg);
+    cfg.defences.self_certifying_ids = false;
+}
+
+/// An announcement of `agent` at epoch 9.0 from n2 to n1, as a poisoner
+/// makes it: offering `key` (its own) as the agent key and signed by it, or
+/// anonymous (no key, no agent signature).
+fn poisoned_claim(c: &Cluster, agent: &igor::units::AgentId, key: Option<&Keypair>, nonce: u64) -> Vec<u8> {
+    let h = Header {
+        issuer: c.ids[2].clone(),
+        audience: c.ids[1].clone(),
+        agent: agent.clone(),
+        epoch: Epoch::new(9, 0),
+        head_tick: TickNumber(99),
+        head_hash: Hash32::of(b"poisoned head"),
+        nonce,
+        issued_unix_ns: 0,
+        expiry_unix_ns: i64::MAX,
+    };
+    let state = AuthorityState::ActiveOwner;
+    let agent_signature = key.map(|k| k.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
+    let agent_key = key.map(|k| k.public().as_bytes().to_vec());
+    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state, agent_key, agent_signature })).encode()
+}
+
+/// The honest package `honest` (n0 to n1) turned into n2's forgery: the
+/// same agent and state at epoch 9.0, re-signed by `key` (with its seed as
+/// the AgentIdentity and the kv resealed), sent by n2.
+fn forged_package(c: &Cluster, honest: &[u8], owner: &igor::identity::PublicKey, seed: [u8; 32]) -> Vec<u8> {
+    use igor::checkpoint::{Checkpoint, CheckpointBody};
+    let env = Envelope::decode(honest).unwrap();
+    let Body::AgentTransfer(mut t) = env.body else { panic!("not a transfer") };
+    let agent = env.header.agent.clone();
+    let key = Keypair::from_seed(seed);
+    let ckpt = Checkpoint::decode(&t.package.checkpoint).unwrap();
+    let epoch = Epoch::new(9, 0);
+    let body = CheckpointBody {
+        budget: ckpt.budget,
+        price_per_second: ckpt.price_per_second,
+        tick: ckpt.tick,
+        wasm_hash: ckpt.wasm_hash,
+        epoch,
+        lease_expiry_ns: ckpt.lease_expiry_ns,
+        prev_hash: ckpt.prev_hash(),
+        state: ckpt.state.clone(),
+    };
+    let forged = body.sign(&key);
+    let kv = t.package.kv.as_ref().map(|sealed| {
+        let plain = igor::node::store::open_kv(owner, &agent, &ckpt, sealed).unwrap();
+        igor::node::store::seal_kv(&key, &agent, forged.tick, &forged.state, &plain)
+    });
+    let bytes = forged.encode();
+    t.package.checkpoint = bytes.clone();
+    t.package.agent_identity = Some(seed.to_vec());
+    t.package.replay_data = None;
+    t.package.kv = kv;
+    t.source_node_id = c.ids[2].clone();
+    let mut h = env.header;
+    (h.issuer, h.epoch, h.head_hash, h.nonce) = (c.ids[2].clone(), epoch, Hash32::of(&bytes), 4242);
+    Envelope::new(h, Body::AgentTransfer(t)).encode()
+}
+
+#[test]
+fn a_poisoned_view_of_a_self_certifying_agent_blocks_nothing_and_admits_no_forgery() {
+    // Issue 12: a node that does not host an agent learned its key from the
+    // first announcement. A poisoner (n2) that reaches n1 before the owner
+    // (n0) does, with its own key and an inflated epoch, made n1 refuse the
+    // real agent and accept a forgery signed by the poisoned key. With a
+    // self-certifying id the poisoner's key is refused (it does not carry
+    // the id's tag) and its unsigned claim moves nothing.
+    let manifest = br#"{"capabilities":{},"migration_policy":{"enabled":true,"max_price_per_second":0}}"#;
+    for defended in [true, false] {
+        let mut c = Cluster::new(3, 7, if defended { quick } else { tofu });
+        let owner = Keypair::from_seed([21; 32]);
+        let owner_pub = owner.public();
+        let id = igor::identity::tagged_agent_id("counter", &owner_pub).unwrap();
+        // The tag binds the key: another key cannot deploy this id.
+        let other = Keypair::from_seed([22; 32]);
+        let wrong = c.node(0).deploy_with_key(
+            id.clone(),
+            other,
+            b"counter-module".to_vec(),
+            manifest.to_vec(),
+            igor::units::Microcents(1),
+        );
+        assert_eq!(wrong.is_err(), defended, "{wrong:?}");
+        if !defended {
+            c = Cluster::new(3, 7, tofu);
+        }
+        let budget = igor::units::Microcents(1_000_000);
+        c.node(0).deploy_with_key(id.clone(), owner, b"counter-module".to_vec(), manifest.to_vec(), budget).unwrap();
+        c.pump();
+        // The poisoner's claims reach n1 before the owner's announcement.
+        let poison_seed = [66; 32];
+        let poison = Keypair::from_seed(poison_seed);
+        let n2 = c.ids[2].clone();
+        for (key, nonce) in [(Some(&poison), 1), (None, 2)] {
+            let msg = poisoned_claim(&c, &id, key, nonce);
+            c.node(1).handle_request(&n2, &msg);
+            c.pump();
+        }
+        c.settle();
+        c.advance(5 * S);
+        c.settle();
+        let to = c.ids[1].clone();
+        c.node(0).command(Command::Migrate { agent: id.clone(), to }).unwrap();
+        c.pump();
+        let k = transfer_index(&c);
+        // The forgery arrives first, then the real package.
+        let forged = forged_package(&c, &c.requests[k].body, &owner_pub, poison_seed);
+        c.node(1).handle_request(&n2, &forged);
+        c.pump();
+        c.settle();
+        c.advance(3 * S);
+        c.settle();
+        let rejected = |kind: igor::wire::MessageKind| {
+            c.events.iter().any(|e| {
+                e.node == c.ids[1]
+                    && matches!(&e.event, Event::ClaimRejected { defence, kind: k, .. } if defence == "self_certifying_ids" && *k == kind)
+            })
+        };
+        let (announce, transfer) =
+            (rejected(igor::wire::MessageKind::HeadAnnounce), rejected(igor::wire::MessageKind::AgentTransfer));
+        let n1 = c.node(1).agent(&id).map(|v| (v.state, v.epoch.major));
+        if defended {
+            assert!(announce && transfer, "both refused by the tag:\n{}", c.trace_tail(30));
+            assert_eq!(n1, Some((AuthorityState::ActiveOwner, 2)), "the real agent moved:\n{}", c.trace_tail(30));
+            assert_eq!(c.node(0).agent(&id).map(|v| v.state), Some(AuthorityState::Retired));
+        } else {
+            // Trust on first use: the forgery took the agent's place on n1
+            // and the real package was refused (n1 answers it in doubt:
+            // the owner pauses, RECOVERY_REQUIRED).
+            assert!(!announce && !transfer);
+            assert!(n1.is_some_and(|(s, major)| s == AuthorityState::ActiveOwner && major > 9), "{n1:?}");
+            assert_eq!(c.node(0).agent(&id).map(|v| v.state), Some(AuthorityState::RecoveryRequired));
+        }
+    }
+}
+
+#[test]
+fn a_self_certifying_agent_whose_local_key_is_not_its_own_does_not_tick_after_restart() {
+    // The tag is checked against the local history too: a key file swapped
+    // for another key (by hand, or by a disk the id does not belong to).
+    let mut c = Cluster::new(1, 7, quick);
+    let owner = Keypair::from_seed([31; 32]);
+    let id = igor::identity::tagged_agent_id("counter", &owner.public()).unwrap();
+    let manifest = br#"{"capabilities":{},"migration_policy":{"enabled":true}}"#.to_vec();
+    let budget = igor::units::Microcents(1_000_000);
+    c.node(0).deploy_with_key(id.clone(), owner, b"counter-module".to_vec(), manifest, budget).unwrap();
+    c.pump();
+    c.advance(3 * S);
+    c.crash(0);
+    Keypair::from_seed([32; 32]).save(&c.disks[0], &igor::lineage::agent_key_path(&id)).unwrap();
+    c.restart(0);
+    assert_eq!(c.node(0).agent(&id).map(|v| v.state), Some(AuthorityState::RecoveryRequired));
+    let fault = c.events.iter().any(|e| {
+        matches!(&e.event, Event::FaultObserved { fault, .. } if fault.contains("agent key file") && fault.contains(id.as_str()))
+    });
+    assert!(fault, "{}", c.trace_tail(10));
+}

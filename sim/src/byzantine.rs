@@ -94,6 +94,14 @@ pub enum Misbehaviour {
         #[serde(default)]
         as_node: Option<String>,
     },
+    /// A4 poisoned view: at `at_ms` announce `agent` to `to` as
+    /// ACTIVE_OWNER at epoch (`epoch_major`, 0), in this node's own name,
+    /// offering a key of its own as the agent key and signing the claim
+    /// with it (so it looks proven to a node that trusts the first key it
+    /// hears); `forge_after_ms` later send `to` a package for `agent` at
+    /// that epoch, built from its own agent `from_agent` and signed by the
+    /// same key. Aimed at a node that has not yet heard the real owner.
+    PoisonView { agent: String, from_agent: String, to: String, epoch_major: u64, at_ms: u64, forge_after_ms: u64 },
     /// A4 replayed announcement: record the first genuine, signed
     /// `HeadAnnounce` this node sends to `to`, byte for byte, and send it
     /// again `after_ms` later (by then the epoch it claims has moved on).
@@ -320,6 +328,20 @@ impl Interposer {
                 }
             });
         }
+        if let PoisonView { at_ms, forge_after_ms, .. } = m {
+            let (net, wire, at_ns) = (inner.clone(), wire.clone(), at_ms.saturating_mul(MS));
+            let forge_ns = at_ns.saturating_add(forge_after_ms.saturating_mul(MS));
+            tokio::task::spawn_local(async move {
+                sleep_until(at_ns).await;
+                if let Some((to, bytes)) = poison_announce(&mut wire.borrow_mut()) {
+                    send_detached(&net, to, bytes);
+                }
+                sleep_until(forge_ns).await;
+                if let Some((to, bytes)) = forge(&mut wire.borrow_mut()) {
+                    send_detached(&net, to, bytes);
+                }
+            });
+        }
         Interposer { inner, wire: Some(wire) }
     }
 
@@ -437,7 +459,13 @@ fn forged_header(
 fn forge(w: &mut WireState) -> Option<(NodeId, Vec<u8>)> {
     match w.m.clone() {
         Misbehaviour::ForgeTransfer { agent, from_agent, to, as_node, .. } => {
-            forge_transfer(w, &agent, &from_agent, &to, as_node.as_deref())
+            let mut seed = [0u8; 32];
+            w.rng.fill_bytes(&mut seed);
+            forge_transfer(w, &agent, &from_agent, &to, as_node.as_deref(), seed, Epoch::new(1, 0))
+        }
+        Misbehaviour::PoisonView { agent, from_agent, to, epoch_major, .. } => {
+            let seed = poison_seed(w);
+            forge_transfer(w, &agent, &from_agent, &to, None, seed, Epoch::new(epoch_major, 0))
         }
         Misbehaviour::ForgeAnnounce { agent, to, epoch_major, as_node, .. } => {
             let (agent, to) = (AgentId::new(agent).ok()?, NodeId::new(to).ok()?);
@@ -458,14 +486,40 @@ fn forge(w: &mut WireState) -> Option<(NodeId, Vec<u8>)> {
     }
 }
 
-/// A4: a package for `agent` made of this node's own agent `from_agent`
-/// (read from its disk), signed by a fresh key: the wrong agent key.
+/// The one key a `PoisonView` node passes off as the agent's.
+fn poison_seed(w: &WireState) -> [u8; 32] {
+    derive_seed(0, &format!("poisoner/{}", w.node))
+}
+
+/// A4 poisoned view: an announcement of the agent, at an inflated epoch,
+/// offering this node's poison key as the agent key and signed with it.
+fn poison_announce(w: &mut WireState) -> Option<(NodeId, Vec<u8>)> {
+    let Misbehaviour::PoisonView { agent, to, epoch_major, .. } = w.m.clone() else { return None };
+    let (agent, to) = (AgentId::new(agent).ok()?, NodeId::new(to).ok()?);
+    let mut header = forged_header(w, &agent, &to, Epoch::new(epoch_major, 0), None)?;
+    header.head_hash = Hash32::of(b"poisoned head");
+    let key = Keypair::from_seed(poison_seed(w));
+    let state = AuthorityState::ActiveOwner;
+    let agent_signature = Some(key.sign(&igor::wire::agent_claim_bytes(&header, Some(state))).0.to_vec());
+    let agent_key = Some(key.public().as_bytes().to_vec());
+    let mut env = Envelope::new(header, Body::HeadAnnounce(HeadAnnounce { state, agent_key, agent_signature }));
+    env.sign(&w.key);
+    let act = format!("announces {agent} at epoch {epoch_major}.0 to {to} with its own key {}", key.did());
+    w.report(Some(agent), act);
+    Some((to, env.encode()))
+}
+
+/// A4: a package for `agent` at `epoch` made of this node's own agent
+/// `from_agent` (read from its disk), signed by the key of `seed`: the
+/// wrong agent key.
 fn forge_transfer(
     w: &mut WireState,
     agent: &str,
     from_agent: &str,
     to: &str,
     as_node: Option<&str>,
+    seed: [u8; 32],
+    epoch: Epoch,
 ) -> Option<(NodeId, Vec<u8>)> {
     let (agent, from_agent, to) = (AgentId::new(agent).ok()?, AgentId::new(from_agent).ok()?, NodeId::new(to).ok()?);
     let disk = SimDisk::default();
@@ -473,10 +527,7 @@ fn forge_transfer(
     let head = lineage.head()?.clone();
     let wasm = igor::env::Disk::read(&disk, &store::wasm_path(&from_agent)).ok()?;
     let manifest = igor::env::Disk::read(&disk, &store::manifest_path(&from_agent)).ok()?;
-    let mut seed = [0u8; 32];
-    w.rng.fill_bytes(&mut seed);
     let key = Keypair::from_seed(seed);
-    let epoch = Epoch::new(1, 0);
     let tick = TickNumber(head.tick.0.saturating_add(1));
     let price = w.cfg.price_per_second;
     let body = CheckpointBody {
@@ -508,7 +559,12 @@ fn forge_transfer(
     let source_node_id = header.issuer.clone();
     let mut env = Envelope::new(header, Body::AgentTransfer(Box::new(AgentTransfer { package, source_node_id })));
     env.sign(&w.key);
-    let act = format!("sends {to} a package for {agent} signed by a fresh key, as {}", env.header.issuer);
+    let act = match w.m {
+        Misbehaviour::PoisonView { .. } => {
+            format!("sends {to} a package for {agent} at epoch {epoch} signed by its own key {}", key.did())
+        }
+        _ => format!("sends {to} a package for {agent} signed by a fresh key, as {}", env.header.issuer),
+    };
     w.report(Some(agent), act);
     Some((to, env.encode()))
 }
@@ -613,6 +669,14 @@ mod tests {
             Misbehaviour::TamperPackage { budget_delta: 1, resign: true },
             Misbehaviour::ReplayOwnPackage { after_ms: 1 },
             Misbehaviour::ReplayAnnounce { to: "b".into(), after_ms: 1 },
+            Misbehaviour::PoisonView {
+                agent: "a".into(),
+                from_agent: "d".into(),
+                to: "b".into(),
+                epoch_major: 9,
+                at_ms: 1,
+                forge_after_ms: 1,
+            },
         ];
         assert!(on_wire.iter().all(|m| ByzantineConduct::new(m).is_none()));
         let mut c = ByzantineConduct::new(&Misbehaviour::Overcharge { factor: 3 }).unwrap();

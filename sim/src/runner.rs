@@ -315,7 +315,8 @@ async fn host_main(
     let (tx, mut rx) = mpsc::unbounded_channel();
     if boot == 0 {
         for a in deploys {
-            let _ = tx.send(Control::Deploy { agent: a.id, wasm: a.wasm, manifest: a.manifest, budget: a.budget });
+            let key = crate::scenario::agent_key(&a.id).map(Box::new);
+            let _ = tx.send(Control::Deploy { agent: a.id, key, wasm: a.wasm, manifest: a.manifest, budget: a.budget });
         }
     }
     *ctl.control.borrow_mut() = Some(tx);

@@ -47,6 +47,18 @@ pub struct Scenario {
     pub explore: Option<crate::explore::ExploreSpec>,
 }
 
+/// The agent key the simulator gives a self-certifying agent id
+/// (`<label>.<tag>`, `igor::identity::tagged_agent_id`): derived from the
+/// label alone, not from the run's seed, so a scenario can name the id and
+/// it is the same under every seed. `None` for a legacy id: the node draws
+/// a fresh key from its seeded entropy, as always. (A scenario naming a tag
+/// that is not this key's is refused by `validate`, which names the id.)
+pub fn agent_key(agent: &igor::units::AgentId) -> Option<igor::identity::Keypair> {
+    igor::identity::agent_id_tag(agent)?;
+    let label = igor::identity::agent_label(agent);
+    Some(igor::identity::Keypair::from_seed(igor::env::derive_seed(0, &format!("sim-agent-key/{label}"))))
+}
+
 fn default_step_ms() -> u64 {
     10
 }
@@ -496,8 +508,21 @@ impl Scenario {
         };
         let mut agents = std::collections::BTreeSet::new();
         for (i, a) in self.agents.iter().enumerate() {
-            if let Err(e) = igor::units::AgentId::new(a.name.clone()) {
-                return err(format!("agents[{i}].name"), e.to_string());
+            let id = match igor::units::AgentId::new(a.name.clone()) {
+                Ok(id) => id,
+                Err(e) => return err(format!("agents[{i}].name"), e.to_string()),
+            };
+            if let Some(key) = agent_key(&id)
+                && igor::identity::check_agent_key(&id, &key.public()).is_err()
+            {
+                let label = igor::identity::agent_label(&id);
+                let right = igor::identity::tagged_agent_id(label, &key.public())
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                return err(
+                    format!("agents[{i}].name"),
+                    format!("the tag is not the simulator's key for label {label:?}: the id is {right:?}"),
+                );
             }
             if !agents.insert(a.name.as_str()) {
                 return err(format!("agents[{i}].name"), format!("duplicate agent {:?}", a.name));

@@ -43,6 +43,13 @@ pub struct Defences {
     /// Checkpoint signature, AgentIdentity = signing key, and continuity
     /// with the agent key held locally or announced by peers.
     pub transfer_identity_checks: bool,
+    /// Self-certifying agent ids (`<label>.<tag>`, `identity::agent_tag`):
+    /// every key met for such an agent (package checkpoint, announced
+    /// `AgentKey`, a deploy's key) must carry the id's tag, or the message
+    /// is refused before it touches a view or any state; and a peer view of
+    /// such an agent changes only on a claim signed by that key. Off: the
+    /// agent key a view holds is trusted on first use, as for legacy ids.
+    pub self_certifying_ids: bool,
 }
 
 impl Default for Defences {
@@ -54,6 +61,7 @@ impl Default for Defences {
             metering_check: true,
             rate_limit: true,
             transfer_identity_checks: true,
+            self_certifying_ids: true,
         }
     }
 }
@@ -68,19 +76,21 @@ impl Defences {
             "metering_check" => &mut self.metering_check,
             "rate_limit" => &mut self.rate_limit,
             "transfer_identity_checks" => &mut self.transfer_identity_checks,
+            "self_certifying_ids" => &mut self.self_certifying_ids,
             _ => return false,
         };
         *slot = on;
         true
     }
 
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "signed_claims",
         "replay_window",
         "divergence_detection",
         "metering_check",
         "rate_limit",
         "transfer_identity_checks",
+        "self_certifying_ids",
     ];
 }
 
@@ -108,7 +118,9 @@ pub struct PeerView {
     pub highest: Epoch,
     /// Owner claims per epoch major: who, and the head it announced.
     pub owners: BTreeMap<u64, (NodeId, Hash32)>,
-    /// The agent key peers announced (the first one seen).
+    /// The agent key peers announced: for a self-certifying id (with
+    /// `self_certifying_ids`) only a key carrying the id's tag; for a
+    /// legacy id the first one seen (trust on first use).
     pub agent_key: Option<PublicKey>,
     /// Set once two owners or two heads were claimed for one major.
     pub divergent: Option<String>,
@@ -274,19 +286,51 @@ impl Guard {
         }
     }
 
+    /// Defence `self_certifying_ids`: a key offered for `agent` (by a
+    /// package's checkpoint, an announcement's `AgentKey`, a deploy) must
+    /// be the one its self-certifying id names. Legacy ids pass (their key
+    /// is trusted on first use). `what` names the key's source.
+    pub fn check_agent_key(d: &Defences, agent: &AgentId, key: &PublicKey, what: &str) -> Result<(), Rejection> {
+        if !d.self_certifying_ids {
+            return Ok(());
+        }
+        crate::identity::check_agent_key(agent, key).map_err(|e| reject("self_certifying_ids", format!("{what}: {e}")))
+    }
+
     /// Record a peer's announced view of `agent`. Returns a divergence
     /// description the first time two owners or two heads are claimed for
     /// one epoch major (only with `divergence_detection`).
+    ///
+    /// `proof` is the claim's `AgentSignature`. For a self-certifying id
+    /// (with `self_certifying_ids`) the view changes only if it verifies
+    /// under the agent's proven key (the announced one, already checked
+    /// against the id's tag by [`Guard::check_agent_key`], or the one the
+    /// view holds): an unproven claim moves neither the key, nor the
+    /// highest epoch, nor the owners. Legacy ids: the first key seen is
+    /// kept, any signed peer's claim counts.
     pub fn record_view(
         &mut self,
         d: &Defences,
         h: &Header,
         state: AuthorityState,
         agent_key: Option<PublicKey>,
+        proof: Option<&[u8]>,
     ) -> Option<String> {
         let (agent, issuer, epoch, head) = (&h.agent, &h.issuer, h.epoch, h.head_hash);
         if !self.views.contains_key(agent) && self.views.len() >= MAX_VIEWS {
             return None;
+        }
+        let self_certifying = d.self_certifying_ids && crate::identity::agent_id_tag(agent).is_some();
+        if self_certifying {
+            let known = self.views.get(agent).and_then(|v| v.agent_key);
+            let key = agent_key.filter(|k| crate::identity::check_agent_key(agent, k).is_ok()).or(known);
+            let proven = key.filter(|k| {
+                proof.and_then(|p| <[u8; 64]>::try_from(p).ok()).is_some_and(|sig| {
+                    k.verify(&crate::wire::agent_claim_bytes(h, Some(state)), &crate::identity::Signature(sig))
+                })
+            });
+            let key = proven?;
+            self.views.entry(agent.clone()).or_default().agent_key = Some(key);
         }
         let v = self.views.entry(agent.clone()).or_default();
         if v.agent_key.is_none() {
@@ -314,7 +358,8 @@ impl Guard {
         }
     }
 
-    /// Checks of a package against the peers' views: stale epoch
+    /// Checks of a package: its key against a self-certifying id
+    /// (`self_certifying_ids`), then against the peers' views: stale epoch
     /// (`replay_window`), known divergence (`divergence_detection`), agent
     /// key continuity (`transfer_identity_checks`).
     pub fn check_package(
@@ -324,6 +369,13 @@ impl Guard {
         epoch: Epoch,
         key: Option<&PublicKey>,
     ) -> Result<(), Rejection> {
+        match key {
+            Some(k) => Self::check_agent_key(d, agent, k, "package")?,
+            None if d.self_certifying_ids && crate::identity::agent_id_tag(agent).is_some() => {
+                return Err(reject("self_certifying_ids", format!("package for {agent} carries no agent key")));
+            }
+            None => {}
+        }
         let Some(v) = self.views.get(agent) else { return Ok(()) };
         if d.replay_window && epoch.major < v.highest.major {
             return Err(reject(
@@ -422,6 +474,54 @@ mod tests {
     }
 
     #[test]
+    fn a_view_of_a_self_certifying_agent_moves_only_on_a_claim_signed_by_its_key() {
+        use crate::identity::{Keypair, Signature, tagged_agent_id};
+        let d = Defences::default();
+        let owner = Keypair::from_seed([5; 32]);
+        let poisoner = Keypair::from_seed([6; 32]);
+        let agent = tagged_agent_id("counter", &owner.public()).unwrap();
+        let own = AuthorityState::ActiveOwner;
+        let header = |major: u64| {
+            let mut h = announce("m", major, 0, 0).header;
+            h.agent = agent.clone();
+            h
+        };
+        let sign = |k: &Keypair, h: &Header| k.sign(&crate::wire::agent_claim_bytes(h, Some(own))).0;
+        // The poisoner's key is not the id's: refused outright.
+        let e = Guard::check_agent_key(&d, &agent, &poisoner.public(), "announced AgentKey").unwrap_err();
+        assert_eq!(e.defence, "self_certifying_ids", "{e:?}");
+        Guard::check_agent_key(&d, &agent, &owner.public(), "announced AgentKey").unwrap();
+        let mut g = Guard::default();
+        // Unsigned, or signed by a key that is not the id's: no view at all.
+        let h9 = header(9);
+        assert!(g.record_view(&d, &h9, own, None, None).is_none());
+        let forged = sign(&poisoner, &h9);
+        g.record_view(&d, &h9, own, Some(poisoner.public()), Some(&forged));
+        assert!(g.views.get(&agent).is_none_or(|v| v.agent_key.is_none() && v.highest == Epoch::default()));
+        g.check_package(&d, &agent, Epoch::new(2, 0), Some(&owner.public())).expect("nothing poisoned the view");
+        let e = g.check_package(&d, &agent, Epoch::new(9, 0), Some(&poisoner.public())).unwrap_err();
+        assert_eq!(e.defence, "self_certifying_ids");
+        // The owner's signed claim sets key and epoch; a later claim signed
+        // by the key the view holds counts without repeating the key.
+        let h2 = header(2);
+        g.record_view(&d, &h2, own, Some(owner.public()), Some(&sign(&owner, &h2)));
+        let h3 = header(3);
+        g.record_view(&d, &h3, own, None, Some(&sign(&owner, &h3)));
+        let v = &g.views[&agent];
+        assert_eq!((v.agent_key, v.highest), (Some(owner.public()), Epoch::new(3, 0)));
+        assert!(owner.public().verify(&crate::wire::agent_claim_bytes(&h3, Some(own)), &Signature(sign(&owner, &h3))));
+        // Off: the first key heard is believed (trust on first use).
+        let off = Defences { self_certifying_ids: false, ..d };
+        let mut g = Guard::default();
+        g.record_view(&off, &h9, own, Some(poisoner.public()), Some(&forged));
+        assert_eq!(g.views[&agent].agent_key, Some(poisoner.public()));
+        assert_eq!(
+            g.check_package(&off, &agent, Epoch::new(2, 0), Some(&owner.public())).unwrap_err().defence,
+            "replay_window"
+        );
+    }
+
+    #[test]
     fn two_owners_for_one_major_are_divergent() {
         let d = Defences::default();
         let mut g = Guard::default();
@@ -432,9 +532,9 @@ mod tests {
             (h.epoch, h.head_hash) = (Epoch::new(major, generation), Hash32::of(head));
             h
         };
-        assert!(g.record_view(&d, &claim("b", 2, 0, b"x"), own, None).is_none());
-        assert!(g.record_view(&d, &claim("b", 2, 1, b"y"), own, None).is_none());
-        assert!(g.record_view(&d, &claim("a", 2, 1, b"z"), own, None).is_some());
+        assert!(g.record_view(&d, &claim("b", 2, 0, b"x"), own, None, None).is_none());
+        assert!(g.record_view(&d, &claim("b", 2, 1, b"y"), own, None, None).is_none());
+        assert!(g.record_view(&d, &claim("a", 2, 1, b"z"), own, None, None).is_some());
         assert_eq!(g.check_package(&d, &agent, Epoch::new(2, 3), None).unwrap_err().defence, "divergence_detection");
         assert_eq!(g.check_package(&d, &agent, Epoch::new(1, 3), None).unwrap_err().defence, "replay_window");
     }

@@ -691,6 +691,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if slot.key.is_none() || !self.disk.exists(&store::wasm_path(agent)) {
             return Some((Reason::Fault, "agent key or module missing".into()));
         }
+        // `self_certifying_ids`: the local history must hold the key the
+        // id names, in the key file and in the head checkpoint alike.
+        let key_file = slot.key.as_ref().map(|k| k.public());
+        let head_key = slot.lineage.head().and_then(|c| c.agent_key().copied());
+        for (what, key) in [("agent key file", key_file), ("head checkpoint key", head_key)] {
+            if let Some(key) = key
+                && let Err(r) = defence::Guard::check_agent_key(&self.cfg.defences, agent, &key, what)
+            {
+                return Some((Reason::Fault, r.reason));
+            }
+        }
         if slot.lease.status(&self.cfg.lease, now.unix_ns) == LeaseStatus::Lapsed {
             return Some((Reason::LeaseExpired, format!("lease expired at {}", slot.lease.expiry_unix_ns)));
         }
@@ -747,9 +758,36 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     /// Deploy a new agent here: genesis owner at epoch (1, 0) with a fresh
     /// identity, a genesis checkpoint (tick 0) holding the whole budget.
+    /// A self-certifying id names its key, so it cannot get a fresh one:
+    /// deploy it with [`Node::deploy_with_key`].
     pub fn deploy(
         &mut self,
         agent: AgentId,
+        wasm: Vec<u8>,
+        manifest: Vec<u8>,
+        budget: Microcents,
+    ) -> Result<(), Refused> {
+        self.deploy_inner(agent, None, wasm, manifest, budget)
+    }
+
+    /// [`Node::deploy`] with the agent key given: for a self-certifying id
+    /// (`identity::tagged_agent_id`) it must be the key the id names
+    /// (`self_certifying_ids`).
+    pub fn deploy_with_key(
+        &mut self,
+        agent: AgentId,
+        key: Keypair,
+        wasm: Vec<u8>,
+        manifest: Vec<u8>,
+        budget: Microcents,
+    ) -> Result<(), Refused> {
+        self.deploy_inner(agent, Some(key), wasm, manifest, budget)
+    }
+
+    fn deploy_inner(
+        &mut self,
+        agent: AgentId,
+        key: Option<Keypair>,
         wasm: Vec<u8>,
         manifest: Vec<u8>,
         budget: Microcents,
@@ -770,7 +808,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             Ok(h) => h,
             Err(e) => return Err(self.refuse("deploy", Some(&agent), e.to_string())),
         };
-        let key = Keypair::generate(&mut self.entropy);
+        // Drawn here, after every check, as before keys could be given:
+        // a refused deploy draws nothing (simulator traces stay put).
+        let key = key.unwrap_or_else(|| Keypair::generate(&mut self.entropy));
+        if let Err(r) = defence::Guard::check_agent_key(&self.cfg.defences, &agent, &key.public(), "deploy key") {
+            return Err(self.refuse("deploy", Some(&agent), r.reason));
+        }
         let stored = key
             .save(&self.disk, &lineage::agent_key_path(&agent))
             .map_err(|e| e.to_string())

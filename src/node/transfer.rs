@@ -512,11 +512,20 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         match env.body {
             Body::AgentTransfer(t) => self.accept_transfer(from, &header, *t),
             Body::HeadAnnounce(a) => {
+                let key = a.agent_key.as_deref().and_then(|k| <[u8; 32]>::try_from(k).ok());
+                let key = key.and_then(|k| PublicKey::from_bytes(k).ok());
+                // Defence `self_certifying_ids`: an announcement offering a
+                // key its agent's id does not name is someone else's agent
+                // key; it is refused before it touches any view or state.
+                if let Some(k) = &key
+                    && let Err(r) = Guard::check_agent_key(&self.cfg.defences, &header.agent, k, "announced AgentKey")
+                {
+                    let env = Envelope::new(header, Body::HeadAnnounce(a));
+                    return self.claim_rejected(from, &env, r);
+                }
                 if a.state == AuthorityState::RecoveryRequired {
                     self.recovery_contested(&header.agent, from);
                 }
-                let key = a.agent_key.as_deref().and_then(|k| <[u8; 32]>::try_from(k).ok());
-                let key = key.and_then(|k| PublicKey::from_bytes(k).ok());
                 if !copy {
                     self.observe_peer_view(from, &header, Some(a.state), key, a.agent_signature.as_deref());
                 }
@@ -582,7 +591,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     ) {
         let d = self.cfg.defences;
         if let Some(st) = peer_state
-            && let Some(why) = self.guard.record_view(&d, h, st, agent_key)
+            && let Some(why) = self.guard.record_view(&d, h, st, agent_key, proof)
             && !self.agents.contains_key(&h.agent)
         {
             // Divergence seen by a node that does not host the agent: no

@@ -222,7 +222,8 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
 /// Deploy the counter agent on `node` with `budget` units.
 pub fn deploy_counter(node: &NodeProc, budget: &str) {
     let out = igord(
-        &["deploy", path(&counter_wat()), "--budget", budget, "--data-dir", path(&node.dir)],
+        // A legacy id: these tests name the agent and its files `counter`.
+        &["deploy", path(&counter_wat()), "--budget", budget, "--untagged", "--data-dir", path(&node.dir)],
         Duration::from_secs(40),
     );
     assert!(out.0.success(), "deploy: {} {}", out.1, out.2);

@@ -62,9 +62,16 @@ pub struct DeployArgs {
     /// Manifest file (default: <stem>.manifest.json beside the module, else `{}`: no capabilities).
     #[arg(long)]
     pub manifest: Option<PathBuf>,
-    /// Agent id (default: the module's file stem).
+    /// Agent label (default: the module's file stem). The agent's id is
+    /// `<label>.<tag>`, the tag naming its fresh key (a self-certifying id:
+    /// peers refuse any other key for it); `migrate`, `recover` and `retire`
+    /// accept the label alone while it names one agent on the node.
     #[arg(long)]
     pub name: Option<String>,
+    /// Use `--name` as the id as is, without a tag (a legacy id: peers
+    /// trust the first key they hear for it).
+    #[arg(long)]
+    pub untagged: bool,
     #[command(flatten)]
     pub node: Target,
 }
@@ -216,7 +223,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<i32> {
     }
     let stem = args.wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("agent").to_string();
     let agent = AgentId::new(args.name.clone().unwrap_or(stem))?;
-    let reply = call(&args.node.socket(), &Request::Deploy { agent, wasm, manifest, budget })?;
+    let reply = call(&args.node.socket(), &Request::Deploy { agent, tag: !args.untagged, wasm, manifest, budget })?;
     finish(&args.node, &reply)
 }
 

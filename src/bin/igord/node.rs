@@ -18,6 +18,7 @@ use igor::control::{self, Reply, Request, StatusBoard};
 use igor::driver::{self, Ask, Control};
 use igor::env::Disk;
 use igor::env::real::{FsDisk, OsEntropy, SystemClock};
+use igor::identity::{self, Keypair};
 use igor::lease::LeaseConfig;
 use igor::lineage;
 use igor::node::{Command, Event, Node, NodeConfig, NodeEvent};
@@ -395,7 +396,35 @@ fn resolve_target(ctx: &ControlCtx, to: &str) -> Result<NodeId, String> {
     NodeId::new(to).map_err(|e| format!("target {to:?}: {e}"))
 }
 
+/// A request as the node is asked it: a tagged deploy gets its key and
+/// self-certifying id here (the reply names the id), and an agent named by
+/// its label alone is resolved to its id (`control::resolve_agent`).
+fn resolved(req: Request, ctx: &ControlCtx) -> Result<(Request, Option<Box<Keypair>>), String> {
+    let known: Vec<AgentId> = {
+        let board = ctx.board.lock().unwrap_or_else(|p| p.into_inner());
+        board.listed(true).into_iter().map(|s| s.agent).collect()
+    };
+    let resolve = |agent: &AgentId| control::resolve_agent(agent, &known);
+    Ok(match req {
+        Request::Deploy { agent, tag: true, wasm, manifest, budget } => {
+            let key = Keypair::generate(&mut OsEntropy);
+            let id = identity::tagged_agent_id(agent.as_str(), &key.public()).map_err(|e| e.to_string())?;
+            (Request::Deploy { agent: id, tag: false, wasm, manifest, budget }, Some(Box::new(key)))
+        }
+        Request::Migrate { agent, to, wait } => (Request::Migrate { agent: resolve(&agent)?, to, wait }, None),
+        Request::Recover { agent, anchor, force } => {
+            (Request::Recover { agent: resolve(&agent)?, anchor, force }, None)
+        }
+        Request::Retire { agent } => (Request::Retire { agent: resolve(&agent)? }, None),
+        other => (other, None),
+    })
+}
+
 async fn handle(req: Request, ctx: &ControlCtx) -> Reply {
+    let (req, key) = match resolved(req, ctx) {
+        Ok(r) => r,
+        Err(error) => return Reply::error(error),
+    };
     let ask = match &req {
         Request::Agents { all } => {
             let agents = ctx.board.lock().unwrap_or_else(|p| p.into_inner()).listed(*all);
@@ -405,8 +434,8 @@ async fn handle(req: Request, ctx: &ControlCtx) -> Reply {
             let _ = ctx.control.send(Control::Command(Command::Shutdown));
             return Reply::Stopping;
         }
-        Request::Deploy { agent, wasm, manifest, budget } => {
-            Ask::Deploy { agent: agent.clone(), wasm: wasm.clone(), manifest: manifest.clone(), budget: *budget }
+        Request::Deploy { agent, wasm, manifest, budget, .. } => {
+            Ask::Deploy { agent: agent.clone(), key, wasm: wasm.clone(), manifest: manifest.clone(), budget: *budget }
         }
         Request::Migrate { agent, to, .. } => match resolve_target(ctx, to) {
             Ok(to) => Ask::Command(Command::Migrate { agent: agent.clone(), to }),
