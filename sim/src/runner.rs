@@ -1076,7 +1076,11 @@ impl<'a> World<'a> {
                 });
                 break;
             }
-            if let Some(nodes) = self.checker.hostage_holders(&a.id) {
+            // A hostage: the operator was allowed to help and could not,
+            // because only misbehaving nodes hold the agent. (Without an
+            // operator, the scenario asks whether the system stays live by
+            // itself: that failure is LIVENESS, whoever holds the agent.)
+            if may_recover && let Some(nodes) = self.checker.hostage_holders(&a.id) {
                 self.coverage.mark("agent_held_hostage");
                 let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
                 violation = Some(Violation {
