@@ -446,7 +446,7 @@ fn conflicting_head_for_the_same_epoch_is_divergence_only_when_the_agent_signed_
     c.pump();
     assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner), "an unsigned fork claim stops nothing");
     assert!(
-        c.events.iter().any(|e| matches!(&e.event, Event::ClaimRejected { defence, .. } if defence == "signed_claims"))
+        c.events.iter().any(|e| matches!(&e.event, Event::ClaimRejected { defence, .. } if *defence == igor::node::defence::Defence::SignedClaims))
     );
     let key = agent_key(&mut c);
     let msg = claim(&c, 1, 0, v.epoch, v.head_tick.unwrap().0, Hash32::of(b"a fork"), Some(&key));
@@ -800,7 +800,7 @@ fn a_poisoned_view_of_a_self_certifying_agent_blocks_nothing_and_admits_no_forge
         let rejected = |kind: igor::wire::MessageKind| {
             c.events.iter().any(|e| {
                 e.node == c.ids[1]
-                    && matches!(&e.event, Event::ClaimRejected { defence, kind: k, .. } if defence == "self_certifying_ids" && *k == kind)
+                    && matches!(&e.event, Event::ClaimRejected { defence, kind: k, .. } if *defence == igor::node::defence::Defence::SelfCertifyingIds && *k == kind)
             })
         };
         let (announce, transfer) =

@@ -13,6 +13,7 @@ use crate::scenario::{Expect, NodeSpec, Scenario, Verdict};
 use igor::checkpoint::Hash32;
 use igor::env::derive_seed;
 use igor::identity::Keypair;
+use igor::node::defence::Defence;
 use igor::node::{Event, NodeConfig};
 use igor::units::{AgentId, NodeId};
 use serde::{Deserialize, Serialize};
@@ -24,10 +25,11 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct AttackSpec {
     /// "A2" (Byzantine node), "A3" (economic griefer), "A4" (identity forger).
     pub class: String,
-    /// The defence this scenario tests (a `Defences` field name); none when
-    /// the protocol itself (not a switchable defence) beats the attack.
+    /// The defence this scenario tests (a `Defences` field name, checked
+    /// when the file is read); none when the protocol itself (not a
+    /// switchable defence) beats the attack.
     #[serde(default)]
-    pub defence: Option<String>,
+    pub defence: Option<Defence>,
     /// What must happen with that defence switched off on every node.
     #[serde(default)]
     pub off: Option<Expect>,
@@ -71,19 +73,17 @@ pub fn configure(cfg: &mut NodeConfig, spec: &NodeSpec, all: &[NodeSpec]) {
 /// The scenario with `defence` switched off on every node, expecting
 /// `attack.off` if `off_expect` (else keeping the on-expectation, so that
 /// the damage shows as failed expectations).
-pub fn with_defence_off(s: &Scenario, defence: &str, off_expect: bool) -> Option<Scenario> {
+pub fn with_defence_off(s: &Scenario, defence: Defence, off_expect: bool) -> Scenario {
     let mut s = s.clone();
     for n in &mut s.nodes {
         let mut d = n.defences.unwrap_or_default();
-        if !d.set(defence, false) {
-            return None;
-        }
+        d.switch(defence, false);
         n.defences = Some(d);
     }
     if let (true, Some(off)) = (off_expect, s.attack.as_ref().and_then(|a| a.off.clone())) {
         s.expect = off;
     }
-    Some(s)
+    s
 }
 
 /// Keeps a Byzantine node's own misdeeds out of the checker: once a node

@@ -11,15 +11,16 @@ use crate::adversary::{self, Collateral};
 use crate::runner;
 use crate::scenario::Scenario;
 use anyhow::{Context, bail};
+use igor::node::defence::Defence;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One run to do: scenario index, defence off (name) or on, seed.
-type Job = (usize, Option<String>, u64);
+type Job = (usize, Option<Defence>, u64);
 /// Its result: verdict and collateral, or the error that stopped the run.
-type Done = (usize, Option<String>, u64, Result<(String, Collateral), String>);
+type Done = (usize, Option<Defence>, u64, Result<(String, Collateral), String>);
 
 struct Row {
     verdicts: BTreeMap<String, u64>,
@@ -39,11 +40,11 @@ pub fn run(scenarios: &[(PathBuf, Scenario)], (a, b): (u64, u64), jobs: usize) -
     let attacks: Vec<usize> = (0..scenarios.len()).filter(|i| scenarios[*i].1.attack.is_some()).collect();
     let mut work: Vec<Job> = Vec::new();
     for &i in &attacks {
-        let defence = scenarios[i].1.attack.as_ref().and_then(|x| x.defence.clone());
+        let defence = scenarios[i].1.attack.as_ref().and_then(|x| x.defence);
         for seed in a..b {
             work.push((i, None, seed));
-            if let Some(d) = &defence {
-                work.push((i, Some(d.clone()), seed));
+            if let Some(d) = defence {
+                work.push((i, Some(d), seed));
             }
         }
     }
@@ -57,14 +58,12 @@ pub fn run(scenarios: &[(PathBuf, Scenario)], (a, b): (u64, u64), jobs: usize) -
                     let Some((i, off, seed)) = work.get(k).cloned() else { break };
                     let (file, s) = &scenarios[i];
                     let class = s.attack.as_ref().map(|x| x.class.clone()).unwrap_or_default();
-                    let variant = match &off {
+                    let variant = match off {
                         // The on-expectations stay: damage shows as DEGRADED.
-                        Some(d) => adversary::with_defence_off(s, d, false).ok_or(format!("unknown defence {d}")),
-                        None => Ok(s.clone()),
+                        Some(d) => adversary::with_defence_off(s, d, false),
+                        None => s.clone(),
                     };
-                    let r = variant.and_then(|v| {
-                        runner::run(&v, &Scenario::base_dir(file), Some(seed)).map_err(|e| e.to_string())
-                    });
+                    let r = runner::run(&variant, &Scenario::base_dir(file), Some(seed)).map_err(|e| e.to_string());
                     let r = r.map(|rep| (adversary::verdict(&rep, &class), adversary::collateral(&rep)));
                     results.lock().unwrap_or_else(|e| e.into_inner()).push((i, off, seed, r));
                 }
@@ -126,7 +125,7 @@ fn render(scenarios: &[(PathBuf, Scenario)], rows: &BTreeMap<(usize, bool), Row>
         let s = &scenarios[*i].1;
         let attack = s.attack.as_ref();
         let class = attack.map(|x| x.class.as_str()).unwrap_or("-");
-        let defence = attack.and_then(|x| x.defence.as_deref()).unwrap_or("(protocol)");
+        let defence = attack.and_then(|x| x.defence).map_or("(protocol)", Defence::name);
         let setting = if *off { "off" } else { "on" };
         let mut verdicts: Vec<String> = row.verdicts.iter().map(|(v, n)| format!("{v} {n}")).collect();
         if row.errors > 0 {
@@ -155,12 +154,13 @@ fn detected_by(scenarios: &[(PathBuf, Scenario)], i: usize, off: bool, row: &Row
         return "-".into();
     }
     let (file, s) = &scenarios[i];
-    let d = s.attack.as_ref().and_then(|x| x.defence.clone());
+    let d = s.attack.as_ref().and_then(|x| x.defence);
     let v = match (off, d) {
-        (true, Some(d)) => adversary::with_defence_off(s, &d, false),
-        _ => Some(s.clone()),
+        (true, Some(d)) => adversary::with_defence_off(s, d, false),
+        _ => s.clone(),
     };
-    v.and_then(|v| runner::run(&v, &Scenario::base_dir(file), None).ok())
+    runner::run(&v, &Scenario::base_dir(file), None)
+        .ok()
         .and_then(|r| adversary::collateral(&r).detected_by)
         .unwrap_or("-".into())
 }

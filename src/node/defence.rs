@@ -66,32 +66,96 @@ impl Default for Defences {
     }
 }
 
-impl Defences {
-    /// Switch one defence, by its name; `false` if the name is unknown.
-    pub fn set(&mut self, name: &str, on: bool) -> bool {
-        let slot = match name {
-            "signed_claims" => &mut self.signed_claims,
-            "replay_window" => &mut self.replay_window,
-            "divergence_detection" => &mut self.divergence_detection,
-            "metering_check" => &mut self.metering_check,
-            "rate_limit" => &mut self.rate_limit,
-            "transfer_identity_checks" => &mut self.transfer_identity_checks,
-            "self_certifying_ids" => &mut self.self_certifying_ids,
-            _ => return false,
-        };
-        *slot = on;
-        true
+/// One defence, named as in [`Defences`], traces (`claim_rejected
+/// defence=…`), scenarios (`attack.defence`) and the attack matrix: the one
+/// list of them, so a name is never rediscovered from a string.
+/// Written as its name (a string in JSON and in RON scenario files).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
+pub enum Defence {
+    SignedClaims,
+    ReplayWindow,
+    DivergenceDetection,
+    MeteringCheck,
+    RateLimit,
+    TransferIdentityChecks,
+    SelfCertifyingIds,
+}
+
+impl Defence {
+    pub const ALL: [Defence; 7] = [
+        Defence::SignedClaims,
+        Defence::ReplayWindow,
+        Defence::DivergenceDetection,
+        Defence::MeteringCheck,
+        Defence::RateLimit,
+        Defence::TransferIdentityChecks,
+        Defence::SelfCertifyingIds,
+    ];
+
+    /// The name of its switch in [`Defences`] (and in traces).
+    pub fn name(self) -> &'static str {
+        match self {
+            Defence::SignedClaims => "signed_claims",
+            Defence::ReplayWindow => "replay_window",
+            Defence::DivergenceDetection => "divergence_detection",
+            Defence::MeteringCheck => "metering_check",
+            Defence::RateLimit => "rate_limit",
+            Defence::TransferIdentityChecks => "transfer_identity_checks",
+            Defence::SelfCertifyingIds => "self_certifying_ids",
+        }
     }
 
-    pub const NAMES: [&'static str; 7] = [
-        "signed_claims",
-        "replay_window",
-        "divergence_detection",
-        "metering_check",
-        "rate_limit",
-        "transfer_identity_checks",
-        "self_certifying_ids",
-    ];
+    pub fn from_name(name: &str) -> Option<Defence> {
+        Defence::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+impl From<Defence> for &'static str {
+    fn from(d: Defence) -> &'static str {
+        d.name()
+    }
+}
+
+impl TryFrom<String> for Defence {
+    type Error = String;
+    fn try_from(name: String) -> Result<Defence, String> {
+        Defence::from_name(&name).ok_or_else(|| {
+            let known: Vec<&str> = Defence::ALL.iter().map(|d| d.name()).collect();
+            format!("unknown defence {name:?} (known: {})", known.join(", "))
+        })
+    }
+}
+
+impl std::fmt::Display for Defence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Defences {
+    /// Whether `defence` is switched on.
+    pub fn is_on(&self, defence: Defence) -> bool {
+        let mut copy = *self;
+        *copy.slot(defence)
+    }
+
+    fn slot(&mut self, defence: Defence) -> &mut bool {
+        match defence {
+            Defence::SignedClaims => &mut self.signed_claims,
+            Defence::ReplayWindow => &mut self.replay_window,
+            Defence::DivergenceDetection => &mut self.divergence_detection,
+            Defence::MeteringCheck => &mut self.metering_check,
+            Defence::RateLimit => &mut self.rate_limit,
+            Defence::TransferIdentityChecks => &mut self.transfer_identity_checks,
+            Defence::SelfCertifyingIds => &mut self.self_certifying_ids,
+        }
+    }
+
+    /// Switch one defence on or off.
+    pub fn switch(&mut self, defence: Defence, on: bool) {
+        *self.slot(defence) = on;
+    }
 }
 
 /// Sustained incoming transfers per peer: one per `TRANSFER_REFILL_NS`
@@ -135,11 +199,11 @@ struct Bucket {
 /// Why a request was not believed: the defence and the detail.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
-    pub defence: &'static str,
+    pub defence: Defence,
     pub reason: String,
 }
 
-fn reject(defence: &'static str, reason: String) -> Rejection {
+fn reject(defence: Defence, reason: String) -> Rejection {
     Rejection { defence, reason }
 }
 
@@ -170,16 +234,16 @@ impl Guard {
         let issuer = &env.header.issuer;
         if keys.is_empty() {
             if issuer != from {
-                return Err(reject("signed_claims", format!("peer {from} sent a claim issued by {issuer}")));
+                return Err(reject(Defence::SignedClaims, format!("peer {from} sent a claim issued by {issuer}")));
             }
             return Ok(());
         }
         let Some(key) = keys.get(issuer) else {
-            return Err(reject("signed_claims", format!("issuer {issuer} (via {from}) has no known node key")));
+            return Err(reject(Defence::SignedClaims, format!("issuer {issuer} (via {from}) has no known node key")));
         };
         if !env.verify(key) {
             let what = if env.signature.is_some() { "invalid" } else { "missing" };
-            return Err(reject("signed_claims", format!("{what} signature for issuer {issuer} (via {from})")));
+            return Err(reject(Defence::SignedClaims, format!("{what} signature for issuer {issuer} (via {from})")));
         }
         Ok(())
     }
@@ -202,7 +266,7 @@ impl Guard {
         let h = &env.header;
         if now_unix_ns.saturating_sub(skew_ns) > h.expiry_unix_ns {
             return Err(reject(
-                "replay_window",
+                Defence::ReplayWindow,
                 format!("{} expired at {} (now {now_unix_ns}, skew margin {skew_ns})", env.kind(), h.expiry_unix_ns),
             ));
         }
@@ -211,7 +275,7 @@ impl Guard {
             && h.epoch.major < mark.major
         {
             return Err(reject(
-                "replay_window",
+                Defence::ReplayWindow,
                 format!(
                     "{} from {} about {} at epoch {} below its high-water mark {mark}",
                     env.kind(),
@@ -258,7 +322,7 @@ impl Guard {
         }
         if b.tokens == 0 {
             return Err(reject(
-                "rate_limit",
+                Defence::RateLimit,
                 format!("{kind} from {from} above {burst} burst, one per {} ms", refill / 1_000_000),
             ));
         }
@@ -294,7 +358,8 @@ impl Guard {
         if !d.self_certifying_ids {
             return Ok(());
         }
-        crate::identity::check_agent_key(agent, key).map_err(|e| reject("self_certifying_ids", format!("{what}: {e}")))
+        crate::identity::check_agent_key(agent, key)
+            .map_err(|e| reject(Defence::SelfCertifyingIds, format!("{what}: {e}")))
     }
 
     /// Record a peer's announced view of `agent`. Returns a divergence
@@ -372,25 +437,25 @@ impl Guard {
         match key {
             Some(k) => Self::check_agent_key(d, agent, k, "package")?,
             None if d.self_certifying_ids && crate::identity::agent_id_tag(agent).is_some() => {
-                return Err(reject("self_certifying_ids", format!("package for {agent} carries no agent key")));
+                return Err(reject(Defence::SelfCertifyingIds, format!("package for {agent} carries no agent key")));
             }
             None => {}
         }
         let Some(v) = self.views.get(agent) else { return Ok(()) };
         if d.replay_window && epoch.major < v.highest.major {
             return Err(reject(
-                "replay_window",
+                Defence::ReplayWindow,
                 format!("package at epoch {epoch} but a peer announced {agent} at {}", v.highest),
             ));
         }
         if let (true, Some(why)) = (d.divergence_detection, &v.divergent) {
-            return Err(reject("divergence_detection", format!("{agent} is divergent: {why}")));
+            return Err(reject(Defence::DivergenceDetection, format!("{agent} is divergent: {why}")));
         }
         if let (true, Some(known)) = (d.transfer_identity_checks, &v.agent_key)
             && key != Some(known)
         {
             return Err(reject(
-                "transfer_identity_checks",
+                Defence::TransferIdentityChecks,
                 format!("package for {agent} not signed by its announced agent key"),
             ));
         }
@@ -489,7 +554,7 @@ mod tests {
         let sign = |k: &Keypair, h: &Header| k.sign(&crate::wire::agent_claim_bytes(h, Some(own))).0;
         // The poisoner's key is not the id's: refused outright.
         let e = Guard::check_agent_key(&d, &agent, &poisoner.public(), "announced AgentKey").unwrap_err();
-        assert_eq!(e.defence, "self_certifying_ids", "{e:?}");
+        assert_eq!(e.defence, Defence::SelfCertifyingIds, "{e:?}");
         Guard::check_agent_key(&d, &agent, &owner.public(), "announced AgentKey").unwrap();
         let mut g = Guard::default();
         // Unsigned, or signed by a key that is not the id's: no view at all.
@@ -500,7 +565,7 @@ mod tests {
         assert!(g.views.get(&agent).is_none_or(|v| v.agent_key.is_none() && v.highest == Epoch::default()));
         g.check_package(&d, &agent, Epoch::new(2, 0), Some(&owner.public())).expect("nothing poisoned the view");
         let e = g.check_package(&d, &agent, Epoch::new(9, 0), Some(&poisoner.public())).unwrap_err();
-        assert_eq!(e.defence, "self_certifying_ids");
+        assert_eq!(e.defence, Defence::SelfCertifyingIds);
         // The owner's signed claim sets key and epoch; a later claim signed
         // by the key the view holds counts without repeating the key.
         let h2 = header(2);
@@ -517,7 +582,7 @@ mod tests {
         assert_eq!(g.views[&agent].agent_key, Some(poisoner.public()));
         assert_eq!(
             g.check_package(&off, &agent, Epoch::new(2, 0), Some(&owner.public())).unwrap_err().defence,
-            "replay_window"
+            Defence::ReplayWindow
         );
     }
 
@@ -535,7 +600,10 @@ mod tests {
         assert!(g.record_view(&d, &claim("b", 2, 0, b"x"), own, None, None).is_none());
         assert!(g.record_view(&d, &claim("b", 2, 1, b"y"), own, None, None).is_none());
         assert!(g.record_view(&d, &claim("a", 2, 1, b"z"), own, None, None).is_some());
-        assert_eq!(g.check_package(&d, &agent, Epoch::new(2, 3), None).unwrap_err().defence, "divergence_detection");
-        assert_eq!(g.check_package(&d, &agent, Epoch::new(1, 3), None).unwrap_err().defence, "replay_window");
+        assert_eq!(
+            g.check_package(&d, &agent, Epoch::new(2, 3), None).unwrap_err().defence,
+            Defence::DivergenceDetection
+        );
+        assert_eq!(g.check_package(&d, &agent, Epoch::new(1, 3), None).unwrap_err().defence, Defence::ReplayWindow);
     }
 }

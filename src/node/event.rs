@@ -277,7 +277,7 @@ pub enum Event {
         agent: AgentId,
         peer: NodeId,
         kind: MessageKind,
-        defence: String,
+        defence: super::defence::Defence,
         reason: String,
     },
     /// This node departed from the protocol: a [`super::Conduct`] deed, or

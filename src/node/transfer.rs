@@ -5,7 +5,7 @@
 //! file performs them against the disk, the executor and the outbox.
 
 use super::conduct::{AfterConfirm, Deed};
-use super::defence::{Guard, Rejection};
+use super::defence::{Defence, Guard, Rejection};
 use super::{Node, Outgoing, Pending, Refused, Slot, store};
 use crate::authority::{Authority, AuthorityState, Op, Reason, Role};
 use crate::checkpoint::{Checkpoint, Hash32};
@@ -566,10 +566,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             agent: h.agent.clone(),
             peer: from.clone(),
             kind: env.kind(),
-            defence: r.defence.to_string(),
+            defence: r.defence,
             reason: r.reason.clone(),
         });
-        if env.kind() != MessageKind::AgentTransfer || r.defence == "signed_claims" {
+        if env.kind() != MessageKind::AgentTransfer || r.defence == Defence::SignedClaims {
             return Vec::new();
         }
         let now = self.clock.unix_ns();
@@ -600,7 +600,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 agent: h.agent.clone(),
                 peer: peer.clone(),
                 kind: MessageKind::HeadAnnounce,
-                defence: "divergence_detection".into(),
+                defence: Defence::DivergenceDetection,
                 reason: why,
             });
         }
@@ -651,7 +651,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 agent: h.agent.clone(),
                 peer: peer.clone(),
                 kind: MessageKind::HeadAnnounce,
-                defence: "signed_claims".into(),
+                defence: Defence::SignedClaims,
                 reason: format!("claim of {} at {} is not signed by the agent key", peer_state, h.epoch),
             });
             return;
@@ -786,7 +786,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     agent: agent.clone(),
                     peer: from.clone(),
                     kind: env_kind,
-                    defence: r.defence.to_string(),
+                    defence: r.defence,
                     reason: r.reason.clone(),
                 });
                 let now = self.clock.unix_ns();
@@ -803,8 +803,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 // Name the defence that refused, if one did: the judgement
                 // with that one switch off would not have refused.
                 let blame = [
-                    ("replay_window", migration::JudgeChecks { replay_window: false, ..checks }),
-                    ("transfer_identity_checks", migration::JudgeChecks { identity: false, ..checks }),
+                    (Defence::ReplayWindow, migration::JudgeChecks { replay_window: false, ..checks }),
+                    (Defence::TransferIdentityChecks, migration::JudgeChecks { identity: false, ..checks }),
                 ]
                 .into_iter()
                 .find(|(_, c)| {
@@ -819,7 +819,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                         agent: agent.clone(),
                         peer: from.clone(),
                         kind: MessageKind::AgentTransfer,
-                        defence: defence.into(),
+                        defence,
                         reason: reason.clone(),
                     });
                 }
@@ -856,7 +856,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                                 agent: agent.clone(),
                                 peer: from.clone(),
                                 kind: MessageKind::AgentTransfer,
-                                defence: "metering_check".into(),
+                                defence: Defence::MeteringCheck,
                                 reason: detail.to_string(),
                             });
                         }
