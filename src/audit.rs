@@ -82,15 +82,33 @@ pub enum FindingKind {
     Replay(String),
     /// The tick did not complete on replay, yet the history committed it.
     Outcome(String),
-    State { expected: Hash32, actual: Hash32, first_byte: usize },
-    Kv { expected: Hash32, actual: Hash32, first_byte: usize },
+    State {
+        expected: Hash32,
+        actual: Hash32,
+        first_byte: usize,
+    },
+    Kv {
+        expected: Hash32,
+        actual: Hash32,
+        first_byte: usize,
+    },
     /// A tick's charge (the budget it took, per the history) differs from
     /// its replay's cost plus payments (RE-3).
-    Charge { budget_before: Microcents, budget_after: Microcents, replayed: Microcents },
+    Charge {
+        budget_before: Microcents,
+        budget_after: Microcents,
+        replayed: Microcents,
+    },
     /// The first tick of a link did not start from its parent's budget.
-    BudgetStart { logged: Microcents, parent: Microcents },
+    BudgetStart {
+        logged: Microcents,
+        parent: Microcents,
+    },
     /// A checkpoint names another module than the anchor.
-    Module { expected: Hash32, found: Hash32 },
+    Module {
+        expected: Hash32,
+        found: Hash32,
+    },
 }
 
 /// The first place where history and replay part ways.
@@ -358,7 +376,8 @@ impl<E: Executor> Replayer<'_, E> {
         }
         let at = |tick, kind| Self::finding(link, tick, kind);
         let span = link.ckpt.tick.0 - parent.ckpt.tick.0;
-        let consecutive = log.ticks.iter().enumerate().all(|(i, t)| t.inputs.tick.0 == parent.ckpt.tick.0 + i as u64 + 1);
+        let consecutive =
+            log.ticks.iter().enumerate().all(|(i, t)| t.inputs.tick.0 == parent.ckpt.tick.0 + i as u64 + 1);
         if log.ticks.len() as u64 != span || !consecutive {
             let why = format!(
                 "holds {} ticks for link {}..={} (expected {span} consecutive ticks)",
@@ -404,7 +423,8 @@ impl<E: Executor> Replayer<'_, E> {
                 return Err(at(tick, kind));
             }
         }
-        let (state, kv) = self.exec.snapshot(instance).map_err(|e| at(link.ckpt.tick, FindingKind::Replay(e.to_string())))?;
+        let (state, kv) =
+            self.exec.snapshot(instance).map_err(|e| at(link.ckpt.tick, FindingKind::Replay(e.to_string())))?;
         if state != link.ckpt.state {
             let kind = FindingKind::State {
                 expected: Hash32::of(&link.ckpt.state),

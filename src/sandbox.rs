@@ -396,8 +396,8 @@ impl Sandbox {
         let entries = match recorded {
             None => None,
             Some(bytes) => {
-                let r = EventLog::decode(bytes)
-                    .map_err(|e| ExecError::Divergence(format!("tick {}: {e}", inputs.tick)))?;
+                let r =
+                    EventLog::decode(bytes).map_err(|e| ExecError::Divergence(format!("tick {}: {e}", inputs.tick)))?;
                 if r.tick != inputs.tick {
                     let msg = format!("log is for tick {}, replaying tick {}", r.tick, inputs.tick);
                     return Err(ExecError::Divergence(msg));

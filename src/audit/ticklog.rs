@@ -125,37 +125,37 @@ pub fn seal(link: &LinkBinding, ticks: &[LoggedTick], key: &Keypair) -> Vec<u8> 
 }
 
 fn body(link: &LinkBinding, ticks: &[LoggedTick]) -> Vec<u8> {
-        let logs: usize = ticks.iter().map(|t| t.event_log.len() + 100).sum();
-        let mut out = Vec::with_capacity(128 + logs);
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+    let logs: usize = ticks.iter().map(|t| t.event_log.len() + 100).sum();
+    let mut out = Vec::with_capacity(128 + logs);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
     // An AgentId is validated to at most 64 bytes: its length fits a u8.
     let id = link.agent.as_str().as_bytes();
     out.push(id.len() as u8);
     out.extend_from_slice(id);
-        out.extend_from_slice(&link.parent_tick.0.to_le_bytes());
-        out.extend_from_slice(&link.parent_hash.0);
-        out.extend_from_slice(&link.tick.0.to_le_bytes());
-        out.extend_from_slice(&link.state_hash.0);
-        out.extend_from_slice(&link.budget.0.to_le_bytes());
-        out.extend_from_slice(&(ticks.len() as u32).to_le_bytes());
-        for t in ticks {
-            let i = &t.inputs;
-            out.extend_from_slice(&i.tick.0.to_le_bytes());
-            out.extend_from_slice(&i.now_unix_ns.to_le_bytes());
-            out.extend_from_slice(&i.rand_seed);
-            out.extend_from_slice(&i.budget.0.to_le_bytes());
-            out.extend_from_slice(&i.price_per_second.0.to_le_bytes());
-            out.push(u8::from(i.side_effects_allowed));
-            out.extend_from_slice(&(i.receipts.len() as u32).to_le_bytes());
-            for r in &i.receipts {
-                out.extend_from_slice(&(r.len() as u32).to_le_bytes());
-                out.extend_from_slice(r);
-            }
-            out.extend_from_slice(&(t.event_log.len() as u32).to_le_bytes());
-            out.extend_from_slice(&t.event_log);
+    out.extend_from_slice(&link.parent_tick.0.to_le_bytes());
+    out.extend_from_slice(&link.parent_hash.0);
+    out.extend_from_slice(&link.tick.0.to_le_bytes());
+    out.extend_from_slice(&link.state_hash.0);
+    out.extend_from_slice(&link.budget.0.to_le_bytes());
+    out.extend_from_slice(&(ticks.len() as u32).to_le_bytes());
+    for t in ticks {
+        let i = &t.inputs;
+        out.extend_from_slice(&i.tick.0.to_le_bytes());
+        out.extend_from_slice(&i.now_unix_ns.to_le_bytes());
+        out.extend_from_slice(&i.rand_seed);
+        out.extend_from_slice(&i.budget.0.to_le_bytes());
+        out.extend_from_slice(&i.price_per_second.0.to_le_bytes());
+        out.push(u8::from(i.side_effects_allowed));
+        out.extend_from_slice(&(i.receipts.len() as u32).to_le_bytes());
+        for r in &i.receipts {
+            out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            out.extend_from_slice(r);
         }
-        out
+        out.extend_from_slice(&(t.event_log.len() as u32).to_le_bytes());
+        out.extend_from_slice(&t.event_log);
+    }
+    out
 }
 
 /// A bounds-checked reader; every failure names the field.
