@@ -1170,7 +1170,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 state_hash: Hash32::of(&state),
                 budget: s.budget,
             };
-            store::write_tick_log(&self.disk, key, &link, &s.ticks).map_err(|e| e.to_string())?;
+            store::write_tick_log(&self.disk, key, &link, &s.ticks).map_err(|e| format!("agent {agent}: {e}"))?;
         }
         let body = CheckpointBody {
             budget: s.budget,
