@@ -271,7 +271,7 @@ mod tests {
             rand_seed: [t as u8; 32],
             budget: Microcents(1_000 - t as i64),
             price_per_second: Microcents(7),
-            side_effects_allowed: t % 2 == 0,
+            side_effects_allowed: t.is_multiple_of(2),
             receipts: if t == 2 { vec![b"receipt".to_vec()] } else { Vec::new() },
         };
         TickLog {
