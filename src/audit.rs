@@ -335,6 +335,25 @@ fn kv_of(input: &AuditInput, agent: &AgentId, link: &Link) -> Option<Result<Vec<
     opened.iter().find(|r| r.is_ok()).cloned().or_else(|| opened.into_iter().next())
 }
 
+/// The replayed state must be the checkpoint's.
+fn check_state(link: &Link, state: &[u8]) -> Result<(), Box<Finding>> {
+    if state == link.ckpt.state.as_slice() {
+        return Ok(());
+    }
+    let kind = FindingKind::State {
+        expected: Hash32::of(&link.ckpt.state),
+        actual: Hash32::of(state),
+        first_byte: first_difference(&link.ckpt.state, state),
+    };
+    Err(finding(link, link.ckpt.tick, kind))
+}
+
+/// A finding at `tick` in the link ending at `link`'s checkpoint.
+fn finding(link: &Link, tick: TickNumber, kind: FindingKind) -> Box<Finding> {
+    let (file, source, epoch) = (link.name.clone(), Some(link.source), Some(link.ckpt.epoch));
+    Box::new(Finding { tick, file, source, epoch, kind })
+}
+
 /// Where the replay stands between links.
 struct Replayer<'a, E: Executor> {
     exec: &'a mut E,
@@ -351,18 +370,24 @@ struct Replayer<'a, E: Executor> {
 }
 
 impl<E: Executor> Replayer<'_, E> {
-    fn finding(link: &Link, tick: TickNumber, kind: FindingKind) -> Box<Finding> {
-        let (file, source, epoch) = (link.name.clone(), Some(link.source), Some(link.ckpt.epoch));
-        Box::new(Finding { tick, file, source, epoch, kind })
-    }
-
+    /// Start the one instance at `link`. At the genesis it starts as the
+    /// deploying node's did (no state, no kv: `agent_init` only) and must
+    /// reproduce the genesis state; elsewhere it resumes from the
+    /// checkpoint, as a node restarting or adopting it does.
     fn start_at(&mut self, link: &Link) -> Result<(), Box<Finding>> {
+        let genesis = link.ckpt.prev_hash() == Hash32::ZERO;
         let kv = match kv_of(self.input, &self.agent, link) {
+            _ if genesis => Vec::new(),
             Some(Ok(kv)) => kv,
             _ => std::mem::take(&mut self.kv),
         };
-        let inst = self.exec.start(&self.wasm_hash, &self.input.manifest, &link.ckpt.state, &kv);
-        let inst = inst.map_err(|e| Self::finding(link, link.ckpt.tick, FindingKind::Replay(e.to_string())))?;
+        let state: &[u8] = if genesis { &[] } else { &link.ckpt.state };
+        let failed = |e: ExecError| finding(link, link.ckpt.tick, FindingKind::Replay(e.to_string()));
+        let mut inst = self.exec.start(&self.wasm_hash, &self.input.manifest, state, &kv).map_err(failed)?;
+        if genesis {
+            let (state, _) = self.exec.snapshot(&mut inst).map_err(failed)?;
+            check_state(link, &state)?;
+        }
         self.instance = Some(inst);
         self.restart = false;
         Ok(())
@@ -374,7 +399,7 @@ impl<E: Executor> Replayer<'_, E> {
         if self.restart || self.instance.is_none() {
             self.start_at(parent)?;
         }
-        let at = |tick, kind| Self::finding(link, tick, kind);
+        let at = |tick, kind| finding(link, tick, kind);
         let span = link.ckpt.tick.0 - parent.ckpt.tick.0;
         let consecutive =
             log.ticks.iter().enumerate().all(|(i, t)| t.inputs.tick.0 == parent.ckpt.tick.0 + i as u64 + 1);
@@ -425,14 +450,7 @@ impl<E: Executor> Replayer<'_, E> {
         }
         let (state, kv) =
             self.exec.snapshot(instance).map_err(|e| at(link.ckpt.tick, FindingKind::Replay(e.to_string())))?;
-        if state != link.ckpt.state {
-            let kind = FindingKind::State {
-                expected: Hash32::of(&link.ckpt.state),
-                actual: Hash32::of(&state),
-                first_byte: first_difference(&link.ckpt.state, &state),
-            };
-            return Err(at(link.ckpt.tick, kind));
-        }
+        check_state(link, &state)?;
         if let Some(Ok(sealed)) = kv_of(self.input, &self.agent, link)
             && sealed != kv
         {
@@ -511,7 +529,7 @@ pub fn audit<E: Executor>(
         });
         if link.ckpt.wasm_hash != wasm_hash {
             let kind = FindingKind::Module { expected: wasm_hash, found: link.ckpt.wasm_hash };
-            report.finding = Some(*Replayer::<E>::finding(link, link.ckpt.tick, kind));
+            report.finding = Some(*finding(link, link.ckpt.tick, kind));
             break;
         }
         let candidates = logs.get(&link.ckpt.tick).map(Vec::as_slice).unwrap_or_default();
@@ -539,4 +557,79 @@ pub fn audit<E: Executor>(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::mem::{ManualClock, MemDisk, SeededEntropy};
+    use crate::node::fake::CounterExecutor;
+    use crate::node::{Conduct, Node, NodeConfig};
+    use crate::units::NodeId;
+
+    /// A node that bills one extra microcent on tick 37 (RE-3 broken).
+    struct Overcharge;
+    impl Conduct for Overcharge {
+        fn surcharge(&mut self, _agent: &AgentId, _cost: Microcents) -> (Microcents, Option<String>) {
+            (Microcents(1), Some("surcharge".into()))
+        }
+    }
+
+    /// A history of `ticks` ticks of the counter executor, checkpoint about
+    /// every 10; `lie_from`: the node overcharges from that tick on.
+    fn history(ticks: u64, lie_from: Option<u64>) -> (MemDisk, AgentId) {
+        let agent = AgentId::new("counter").unwrap();
+        let clock = ManualClock::new(1_700_000_000_000_000_000);
+        let disk = MemDisk::new();
+        let mut cfg = NodeConfig::new(NodeId::new("n0").unwrap());
+        cfg.tick_idle_ns = 1_000_000;
+        cfg.checkpoint_interval_ns = 10_000_000;
+        let exec = CounterExecutor::new(Microcents(3));
+        let mut node = Node::open(cfg, disk.clone(), clock.clone(), SeededEntropy::derived(1, "n0"), exec);
+        node.deploy(agent.clone(), b"module".to_vec(), b"{}".to_vec(), Microcents(1_000_000)).unwrap();
+        while node.agent(&agent).unwrap().tick.0 < ticks {
+            if lie_from.is_some_and(|t| node.agent(&agent).unwrap().tick.0 + 1 == t) {
+                node.set_conduct(Box::new(Overcharge));
+            }
+            clock.advance_ns(1_000_000);
+            node.advance();
+        }
+        (disk, agent)
+    }
+
+    fn run(disk: &MemDisk, agent: &AgentId) -> AuditReport {
+        let (files, kv) = load_history(disk, agent, 0).unwrap();
+        let input = AuditInput {
+            agent: agent.clone(),
+            files,
+            kv,
+            wasm: b"module".to_vec(),
+            manifest: b"{}".to_vec(),
+            from: None,
+        };
+        audit(&mut CounterExecutor::new(Microcents(3)), &input, &mut |_| {}).unwrap()
+    }
+
+    #[test]
+    fn an_honest_history_audits_clean_through_the_default_replay() {
+        let (disk, agent) = history(100, None);
+        let r = run(&disk, &agent);
+        assert_eq!(r.finding, None);
+        assert!(r.unlogged.is_empty() && r.from_genesis, "{r:?}");
+        assert_eq!(r.ticks_replayed, r.head_tick.0);
+        assert!(r.head_tick.0 >= 100 && r.audited + 1 == r.links, "{r:?}");
+    }
+
+    /// A node lying about metering (one microcent more than the tick cost,
+    /// RE-3) is caught at the first tick it overcharged, by the budget the
+    /// next tick started from.
+    #[test]
+    fn an_overcharging_node_is_named_at_the_tick() {
+        let (disk, agent) = history(100, Some(37));
+        let f = run(&disk, &agent).finding.expect("the overcharge is found");
+        assert_eq!(f.tick, TickNumber(37), "{f}");
+        let FindingKind::Charge { budget_before, budget_after, replayed } = f.kind else { panic!("{f}") };
+        assert_eq!((budget_before.0 - budget_after.0, replayed), (4, Microcents(3)), "{f}");
+        assert!(f.to_string().contains("charged 4"), "{f}");
+    }
 }
