@@ -212,10 +212,14 @@ fn an_untouched_long_history_audits_clean_from_genesis_and_from_an_anchor() {
     assert!(!out.contains("no log"), "{out}");
     // From an anchor in the middle: fewer ticks, same verdict.
     let (_, tick, _) = middle(&data);
-    let (code, out) = audit(&[hist(&data)], &["--from", &tick.to_string()]);
+    let (code, out) = audit(&[hist(&data)], &["--from", &tick.to_string(), "--progress"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("ticks {tick}..{TICKS} (from an anchor)")), "{out}");
     assert!(out.contains(&format!("{} ticks replayed", TICKS - tick)), "{out}");
+    assert!(
+        out.contains(&format!("\raudit: link 0/{}, tick {tick}, 0 ticks replayed", ckpts.len() - 1 - middle(&data).0)),
+        "{out}"
+    );
 }
 
 /// (a) A stored observation log edited in the middle: an edit without the

@@ -112,12 +112,10 @@ pub fn audit(args: &AuditArgs) -> anyhow::Result<u8> {
     let cfg = SandboxConfig { tick_fuel: args.tick_fuel, pooling_instances: Some(4), ..SandboxConfig::default() };
     let mut sandbox = Sandbox::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     let show = args.progress || std::io::stderr().is_terminal();
-    let mut last = Instant::now();
-    let mut drawn = false;
+    let mut last: Option<Instant> = None;
     let mut progress = |p: &Progress| {
-        if show && last.elapsed() >= PROGRESS_EVERY {
-            last = Instant::now();
-            drawn = true;
+        if show && last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+            last = Some(Instant::now());
             let mut err = std::io::stderr();
             let _ = write!(
                 err,
@@ -128,7 +126,7 @@ pub fn audit(args: &AuditArgs) -> anyhow::Result<u8> {
         }
     };
     let report = audit::audit(&mut sandbox, &input, &mut progress);
-    if drawn {
+    if last.is_some() {
         eprintln!();
     }
     let report = report?;
