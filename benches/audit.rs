@@ -90,7 +90,7 @@ fn end_to_end(wat: &[u8], n: u64) -> (f64, f64) {
     cfg.tick_fast_ns = 1_000_000;
     cfg.checkpoint_interval_ns = 50_000_000;
     let mut node = Node::open(cfg, disk.clone(), clock.clone(), SeededEntropy::derived(1, "bench"), sandbox());
-    node.deploy(agent.clone(), wat.to_vec(), Vec::new(), Microcents(i64::MAX / 4)).expect("deploy");
+    node.deploy(agent.clone(), wat.to_vec(), b"{}".to_vec(), Microcents(i64::MAX / 4)).expect("deploy");
     let t = Instant::now();
     while node.agent(&agent).expect("agent").tick.0 < n {
         clock.advance_ns(1_000_000);
@@ -99,7 +99,7 @@ fn end_to_end(wat: &[u8], n: u64) -> (f64, f64) {
     }
     let node_ns = t.elapsed().as_nanos() as f64 / n as f64;
     let (files, kv) = audit::load_history(&disk, &agent, 0).expect("history");
-    let input = AuditInput { agent, files, kv, wasm: wat.to_vec(), manifest: Vec::new(), from: None };
+    let input = AuditInput { agent, files, kv, wasm: wat.to_vec(), manifest: b"{}".to_vec(), from: None };
     let mut sb = sandbox();
     let t = Instant::now();
     let report = audit::audit(&mut sb, &input, &mut |_| {}).expect("audit");

@@ -556,8 +556,8 @@ impl Sandbox {
             && inst.poisoned.is_some()
             && let Some((state, kv)) = before
         {
-            let manifest = std::mem::take(&mut inst.manifest);
-            *inst = self.start_instance(&inst.wasm_hash, &manifest, &state, &kv)?;
+            let (hash, manifest) = (inst.wasm_hash, inst.manifest.clone());
+            *inst = self.start_instance(&hash, &manifest, &state, &kv)?;
         }
         Ok(ReplayedTick { outcome: report.outcome, cost: report.cost, paid: report.paid })
     }

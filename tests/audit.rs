@@ -24,6 +24,7 @@ use std::process::Command as Process;
 use std::sync::OnceLock;
 
 const OBSERVER: &[u8] = include_bytes!("../agents/observer.wat");
+const BUDGET_EATER: &[u8] = include_bytes!("../agents/budget_eater.wat");
 const MANIFEST: &[u8] = br#"{"capabilities": {"clock": {"version": 1}, "rand": {"version": 1}},
   "migration_policy": {"enabled": true, "max_price_per_second": 0}}"#;
 const MS: u64 = 1_000_000;
@@ -365,4 +366,36 @@ fn a_history_spanning_a_migration_audits_clean() {
     let (code, out) = audit(&[hist(&db)], &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("ticks {handoff}..600 (from an anchor)")), "{out}");
+}
+
+/// A history that ends with the budget: the last tick is cut mid-run (it
+/// cannot buy its fuel), charged what was left, and the final checkpoint
+/// holds the state before it. The replay cuts it the same way, restarts
+/// from the state before it, and agrees.
+#[test]
+fn a_history_ending_in_budget_exhaustion_audits_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_700_000_000_000_000_000);
+    let data = tmp.path().join("n0");
+    let mut cfg = NodeConfig::new(NodeId::new("n0").unwrap());
+    cfg.tick_idle_ns = MS;
+    cfg.tick_fast_ns = MS;
+    cfg.checkpoint_interval_ns = 5 * MS;
+    // ~100 microcents per tick: 1,050 last ten ticks and a cut eleventh.
+    cfg.price_per_second = Microcents(1_000_000);
+    let sandbox = Sandbox::new(SandboxConfig { pooling_instances: Some(4), ..SandboxConfig::default() }).unwrap();
+    let mut n = Node::open(cfg, FsDisk::new(&data), clock.clone(), SeededEntropy::derived(7, "n0"), sandbox);
+    let eater = AgentId::new("budget_eater").unwrap();
+    n.deploy(eater.clone(), BUDGET_EATER.to_vec(), b"{}".to_vec(), Microcents(1_050)).unwrap();
+    for _ in 0..100 {
+        clock.advance_ns(MS);
+        n.advance();
+    }
+    let view = n.agent(&eater).unwrap();
+    assert_eq!(view.budget, Microcents(0), "{view:?}");
+    assert_eq!(view.halted.as_deref(), Some("budget exhausted"), "{view:?}");
+    let (code, out) = audit(&[data.join("history/budget_eater")], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("ticks 0..{} (from genesis)", view.tick)), "{out}");
+    assert!(out.contains("budget 1050 -> 0 microcents"), "{out}");
 }
