@@ -37,7 +37,12 @@ fn agent() -> AgentId {
 }
 
 fn node(dir: &Path, id: &str, clock: &ManualClock) -> RealNode {
+    node_priced(dir, id, clock, NodeConfig::new(NodeId::new(id).unwrap()).price_per_second)
+}
+
+fn node_priced(dir: &Path, id: &str, clock: &ManualClock, price: Microcents) -> RealNode {
     let mut cfg = NodeConfig::new(NodeId::new(id).unwrap());
+    cfg.price_per_second = price;
     cfg.tick_idle_ns = MS;
     cfg.tick_fast_ns = MS;
     // About 50 ticks per link.
@@ -72,6 +77,22 @@ fn exchange(a: &mut RealNode, b: &mut RealNode) {
             b.handle_reply(o.id, Ok(reply));
         }
     }
+}
+
+/// Hand `agent` from `a` to `b`, advancing both until `b` owns it.
+fn migrate(a: &mut RealNode, b: &mut RealNode, clock: &ManualClock, agent: &AgentId) {
+    a.command(Command::Migrate { agent: agent.clone(), to: b.id().clone() }).unwrap();
+    for _ in 0..1000 {
+        if b.agent(agent).is_some_and(|v| v.state == AuthorityState::ActiveOwner) {
+            return;
+        }
+        clock.advance_ns(MS);
+        a.advance();
+        b.advance();
+        exchange(a, b);
+    }
+    let id = b.id().clone();
+    panic!("{id} refused {agent}: {:#?}", b.drain_events().into_iter().map(|e| e.event).collect::<Vec<_>>());
 }
 
 /// The one long history, built once: `<tmp>/n0` (agent `observer`).
@@ -335,19 +356,8 @@ fn a_history_spanning_a_migration_audits_clean() {
     let wasm = igor::sandbox::wasm_binary(OBSERVER).unwrap();
     a.deploy(agent(), wasm, MANIFEST.to_vec(), Microcents(1_000_000)).unwrap();
     run_to(&mut a, &clock, 300);
-    a.command(Command::Migrate { agent: agent(), to: NodeId::new("n1").unwrap() }).unwrap();
-    for _ in 0..1000 {
-        if b.agent(&agent()).is_some_and(|v| v.state == AuthorityState::ActiveOwner) {
-            break;
-        }
-        clock.advance_ns(MS);
-        a.advance();
-        b.advance();
-        exchange(&mut a, &mut b);
-    }
-    let view = b.agent(&agent()).unwrap_or_else(|| panic!("n1 holds the agent: {:#?}", b.drain_events()));
-    assert_eq!(view.state, AuthorityState::ActiveOwner, "{:?}", a.drain_events());
-    let handoff = view.tick.0;
+    migrate(&mut a, &mut b, &clock, &agent());
+    let handoff = b.agent(&agent()).unwrap().tick.0;
     run_to(&mut b, &clock, 600);
     b.command(Command::Shutdown).unwrap();
     a.command(Command::Shutdown).unwrap();
@@ -398,4 +408,46 @@ fn a_history_ending_in_budget_exhaustion_audits_clean() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("ticks 0..{} (from genesis)", view.tick)), "{out}");
     assert!(out.contains("budget 1050 -> 0 microcents"), "{out}");
+}
+
+/// Two hops between nodes of different prices, the second before the
+/// agent's first checkpoint on the middle node: the ticks of that link ran
+/// at the middle node's price, while its parent checkpoint (adopted from
+/// the first node) names the first node's. The target's metering check
+/// replayed them at the parent's price and refused an honest package
+/// ("metering_check: tick 22 started with budget ..."); it now replays at
+/// the price of the handoff checkpoint, as the audit does, and the history
+/// across the three nodes audits clean.
+#[test]
+fn a_second_hop_from_a_node_with_another_price_is_accepted_and_audits_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_700_000_000_000_000_000);
+    let dirs: Vec<PathBuf> = ["a", "b", "c"].iter().map(|n| tmp.path().join(n)).collect();
+    let mut a = node_priced(&dirs[0], "a", &clock, Microcents(1_000));
+    let mut b = node_priced(&dirs[1], "b", &clock, Microcents(1_000_000));
+    let mut c = node_priced(&dirs[2], "c", &clock, Microcents(1_000));
+    let eater = AgentId::new("eater").unwrap();
+    let wasm = igor::sandbox::wasm_binary(BUDGET_EATER).unwrap();
+    a.deploy(eater.clone(), wasm, b"{}".to_vec(), Microcents(1_000_000_000)).unwrap();
+    for _ in 0..20 {
+        clock.advance_ns(MS);
+        a.advance();
+    }
+    migrate(&mut a, &mut b, &clock, &eater);
+    let adopted = b.agent(&eater).unwrap().tick.0;
+    for _ in 0..3 {
+        clock.advance_ns(MS);
+        b.advance();
+    }
+    assert!(b.agent(&eater).unwrap().tick.0 > adopted, "b ticked at its own price");
+    migrate(&mut b, &mut c, &clock, &eater);
+    for _ in 0..20 {
+        clock.advance_ns(MS);
+        c.advance();
+    }
+    c.command(Command::Shutdown).unwrap();
+    let hists: Vec<PathBuf> = dirs.iter().map(|d| d.join("history/eater")).collect();
+    let (code, out) = audit(&hists, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(from genesis)") && !out.contains("no log"), "{out}");
 }

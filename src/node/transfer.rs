@@ -946,7 +946,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 now_unix_ns: t.now_unix_ns,
                 rand_seed: t.rand_seed.as_slice().try_into().map_err(|_| "RandSeed not 32 bytes")?,
                 budget: Microcents(t.budget),
-                price_per_second: prev.price_per_second,
+                // The ticks ran on the source, at the price its handoff
+                // checkpoint names (the parent may come from another node).
+                price_per_second: ckpt.price_per_second,
                 side_effects_allowed: true,
                 receipts: Vec::new(),
             };
