@@ -83,6 +83,16 @@ pub enum ExecError {
     Divergence(String),
 }
 
+/// What a tick replayed in a running instance did ([`Executor::replay_in`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayedTick {
+    pub outcome: TickOutcome,
+    /// Execution charge, as the live tick computed it.
+    pub cost: Microcents,
+    /// Money the recorded `wallet_pay` results sent out.
+    pub paid: Microcents,
+}
+
 /// Runs agents. One executor per node; instances are addressed by handle.
 pub trait Executor {
     /// A live agent instance (wasm store + instance + host state).
@@ -123,4 +133,25 @@ pub trait Executor {
         inputs: &TickInputs,
         event_log: &[u8],
     ) -> Result<(Vec<u8>, Vec<u8>, Microcents), ExecError>;
+
+    /// Re-run one recorded tick *in* a running instance, which then holds
+    /// the state after it (the audit's path: one instance for a whole
+    /// chain, no instantiation per tick). Like the live [`Executor::tick`],
+    /// a tick the budget cut leaves the instance at the state before it.
+    /// This default goes through [`Executor::replay`] and a fresh instance;
+    /// the sandbox overrides it with the fast path.
+    fn replay_in(
+        &mut self,
+        wasm_hash: &Hash32,
+        manifest: &[u8],
+        instance: &mut Self::Instance,
+        inputs: &TickInputs,
+        event_log: &[u8],
+    ) -> Result<ReplayedTick, ExecError> {
+        let (state, kv) = self.snapshot(instance)?;
+        let (state, kv, cost) = self.replay(wasm_hash, manifest, &state, &kv, inputs, event_log)?;
+        *instance = self.start(wasm_hash, manifest, &state, &kv)?;
+        let outcome = TickOutcome::Completed { more_work: false };
+        Ok(ReplayedTick { outcome, cost, paid: Microcents::ZERO })
+    }
 }

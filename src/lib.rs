@@ -20,6 +20,7 @@ pub mod node;
 pub mod p2p;
 pub mod wire;
 
+pub mod audit;
 pub mod eventlog;
 pub mod http;
 pub mod kv;

@@ -16,7 +16,7 @@
 
 use crate::checkpoint::{Hash32, MAX_STATE_BYTES};
 use crate::eventlog::EventLog;
-use crate::executor::{ExecError, Executor, TickInputs, TickOutcome, TickReport};
+use crate::executor::{ExecError, Executor, ReplayedTick, TickInputs, TickOutcome, TickReport};
 use crate::http::{HttpGateway, NoHttp};
 use crate::kv::{Kv, KvLimits};
 use crate::manifest::{CapabilitySet, Manifest};
@@ -353,12 +353,15 @@ impl Sandbox {
         }
     }
 
-    /// Run one tick, live (`recorded = None`) or against a recorded log.
+    /// Run one tick, live (`recorded = None`) or against a recorded log
+    /// (its encoded bytes). The replayed guest must consume the log
+    /// exactly: a missing, extra or reordered entry is a divergence naming
+    /// the tick and the entry index.
     fn run_tick(
         &self,
         inst: &mut Instance,
         inputs: &TickInputs,
-        recorded: Option<EventLog>,
+        recorded: Option<&[u8]>,
     ) -> Result<TickReport, ExecError> {
         let report = |outcome, fuel_used, cost, paid, event_log: Vec<u8>, side_effects| TickReport {
             outcome,
@@ -390,12 +393,19 @@ impl Sandbox {
         let store = &mut inst.store;
         store.set_fuel(fuel_limit).map_err(|e| ExecError::Lifecycle(e.to_string()))?;
         store.set_epoch_deadline(self.cfg.wall_clock_epochs);
-        if let Some(r) = &recorded
-            && r.tick != inputs.tick
-        {
-            return Err(ExecError::Divergence(format!("log is for tick {}, replaying tick {}", r.tick, inputs.tick)));
-        }
-        store.data_mut().tick = Some(TickCtx::new(inputs, fuel_limit, recorded.map(|r| r.entries)));
+        let entries = match recorded {
+            None => None,
+            Some(bytes) => {
+                let r =
+                    EventLog::decode(bytes).map_err(|e| ExecError::Divergence(format!("tick {}: {e}", inputs.tick)))?;
+                if r.tick != inputs.tick {
+                    let msg = format!("log is for tick {}, replaying tick {}", r.tick, inputs.tick);
+                    return Err(ExecError::Divergence(msg));
+                }
+                Some(r.entries)
+            }
+        };
+        store.data_mut().tick = Some(TickCtx::new(inputs, fuel_limit, entries));
         let result = match &inst.tick_fn {
             TickFn::Hint(f) => f.call(&mut *store, ()).map(|v| v != 0),
             TickFn::Plain(f) => f.call(&mut *store, ()).map(|()| false),
@@ -409,6 +419,11 @@ impl Sandbox {
             && let Some(d) = e.downcast_ref::<Diverged>()
         {
             return Err(ExecError::Divergence(d.0.clone()));
+        }
+        if let Some(bytes) = recorded
+            && ctx.unconsumed() > 0
+        {
+            return Err(unconsumed(inputs, bytes, ctx.log.entries.len()));
         }
         let completed = result.is_ok();
         let mut outcome = match result {
@@ -505,20 +520,9 @@ impl Sandbox {
         inputs: &TickInputs,
         event_log: &[u8],
     ) -> Result<ReplayResult, ExecError> {
-        let log =
-            EventLog::decode(event_log).map_err(|e| ExecError::Divergence(format!("tick {}: {e}", inputs.tick)))?;
+        EventLog::decode(event_log).map_err(|e| ExecError::Divergence(format!("tick {}: {e}", inputs.tick)))?;
         let mut inst = self.start_instance(wasm_hash, manifest, state, kv)?;
-        let recorded = log.entries.clone();
-        let report = self.run_tick(&mut inst, inputs, Some(log))?;
-        let used = EventLog::decode(&report.event_log).map(|l| l.entries.len()).unwrap_or(0);
-        if let Some(extra) = recorded.get(used) {
-            let name = membrane::Hostcall::from_id(extra.id).map_or("?", membrane::Hostcall::name);
-            return Err(ExecError::Divergence(format!(
-                "tick {}: entry {used} ({name}): recorded, but the guest made only {used} of the log's {} hostcalls",
-                inputs.tick,
-                recorded.len()
-            )));
-        }
+        let report = self.run_tick(&mut inst, inputs, Some(event_log))?;
         let (state, kv) = match inst.poisoned {
             Some(_) => (state.to_vec(), kv.to_vec()),
             None => self.snapshot_instance(&mut inst)?,
@@ -532,6 +536,49 @@ impl Sandbox {
             kv,
         })
     }
+}
+
+impl Sandbox {
+    /// [`Executor::replay_in`] on a running instance: the recorded tick
+    /// runs in `inst` itself (no instantiation, no state copy), so a chain
+    /// replays at about the live cost per tick. A tick the budget may cut
+    /// starts from a snapshot, exactly as the live [`Executor::tick`] does,
+    /// so the instance ends where the live one did.
+    pub fn replay_in_instance(
+        &mut self,
+        inst: &mut Instance,
+        inputs: &TickInputs,
+        event_log: &[u8],
+    ) -> Result<ReplayedTick, ExecError> {
+        let before = if self.may_be_cut(inst, inputs) { Some(self.snapshot_instance(inst)?) } else { None };
+        let report = self.run_tick(inst, inputs, Some(event_log))?;
+        if report.outcome == TickOutcome::BudgetExhausted
+            && inst.poisoned.is_some()
+            && let Some((state, kv)) = before
+        {
+            let (hash, manifest) = (inst.wasm_hash, inst.manifest.clone());
+            *inst = self.start_instance(&hash, &manifest, &state, &kv)?;
+        }
+        Ok(ReplayedTick { outcome: report.outcome, cost: report.cost, paid: report.paid })
+    }
+
+    /// A tick the budget may cut: it cannot buy a whole tick's fuel.
+    fn may_be_cut(&self, inst: &Instance, inputs: &TickInputs) -> bool {
+        inst.poisoned.is_none()
+            && meter::affordable_fuel(inputs.budget, inputs.price_per_second).is_ok_and(|f| f < self.cfg.tick_fuel)
+    }
+}
+
+/// The divergence of a replayed guest that made fewer hostcalls than its
+/// log records: names the tick and the first entry it left unread.
+fn unconsumed(inputs: &TickInputs, recorded: &[u8], used: usize) -> ExecError {
+    let entries = EventLog::decode(recorded).map(|l| l.entries).unwrap_or_default();
+    let name = entries.get(used).and_then(|e| membrane::Hostcall::from_id(e.id)).map_or("?", membrane::Hostcall::name);
+    ExecError::Divergence(format!(
+        "tick {}: entry {used} ({name}): recorded, but the guest made only {used} of the log's {} hostcalls",
+        inputs.tick,
+        entries.len()
+    ))
 }
 
 impl Executor for Sandbox {
@@ -556,9 +603,7 @@ impl Executor for Sandbox {
         // instance restarts from the state before it and the final
         // checkpoint of spec §3 can be written. At most a few ticks per
         // agent life are budget-bound.
-        let may_be_cut = instance.poisoned.is_none()
-            && meter::affordable_fuel(inputs.budget, inputs.price_per_second).is_ok_and(|f| f < self.cfg.tick_fuel);
-        let before = if may_be_cut { self.snapshot_instance(instance).ok() } else { None };
+        let before = if self.may_be_cut(instance, inputs) { self.snapshot_instance(instance).ok() } else { None };
         let report = self.tick_once(instance, inputs);
         if report.outcome == TickOutcome::BudgetExhausted
             && instance.poisoned.is_some()
@@ -588,6 +633,17 @@ impl Executor for Sandbox {
     ) -> Result<(Vec<u8>, Vec<u8>, Microcents), ExecError> {
         let r = self.replay_tick(wasm_hash, manifest, state, kv, inputs, event_log)?;
         Ok((r.state, r.kv, r.cost))
+    }
+
+    fn replay_in(
+        &mut self,
+        _wasm_hash: &Hash32,
+        _manifest: &[u8],
+        instance: &mut Instance,
+        inputs: &TickInputs,
+        event_log: &[u8],
+    ) -> Result<ReplayedTick, ExecError> {
+        self.replay_in_instance(instance, inputs, event_log)
     }
 }
 

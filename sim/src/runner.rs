@@ -248,6 +248,7 @@ fn apply_damage(disk: &SimDisk, damage: &Storage) {
         disk.list(&dir)
             .unwrap_or_default()
             .into_iter()
+            .filter(|n| n.ends_with(lineage::CHECKPOINT_EXT))
             .rev()
             .map(|n| {
                 let tick = n.split('.').next().and_then(|t| t.parse::<u64>().ok());

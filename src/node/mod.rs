@@ -27,6 +27,7 @@ pub use conduct::{Conduct, Honest};
 pub use defence::Defences;
 pub use event::{Event, NodeEvent};
 
+use crate::audit::ticklog::LinkBinding;
 use crate::authority::{Authority, AuthorityState, Op, Reason, Role};
 use crate::checkpoint::{Checkpoint, CheckpointBody, Hash32};
 use crate::env::{Clock, Disk, Entropy, Now};
@@ -188,12 +189,10 @@ pub struct AgentView {
     pub degraded: Option<(i64, String)>,
 }
 
-/// The last tick, kept so a handoff can ship it for replay.
-#[derive(Clone, Debug)]
-struct TickRecord {
-    inputs: TickInputs,
-    event_log: Vec<u8>,
-}
+/// A tick since the head (its inputs and event log), kept for the
+/// observation log committed with the next checkpoint and for the replay
+/// data a handoff ships.
+type TickRecord = crate::audit::ticklog::LoggedTick;
 
 /// At most this many ticks between two checkpoints: their records are kept
 /// for the replay a target runs (defence `metering_check`), so a commit is
@@ -1203,6 +1202,19 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let key = s.key.as_ref().ok_or("agent key missing")?;
         let sealed = store::seal_kv(key, agent, s.tick, &state, &kv);
         self.disk.write_atomic(&store::kv_path(agent, s.tick), &sealed).map_err(|e| e.to_string())?;
+        // The observation log of the ticks since the parent, written before
+        // the checkpoint (like the kv) so a committed link always has it.
+        if let Some(parent) = s.lineage.head() {
+            let link = LinkBinding {
+                agent: agent.clone(),
+                parent_tick: parent.tick,
+                parent_hash: s.lineage.head_hash(),
+                tick: s.tick,
+                state_hash: Hash32::of(&state),
+                budget: s.budget,
+            };
+            store::write_tick_log(&self.disk, key, &link, &s.ticks).map_err(|e| format!("agent {agent}: {e}"))?;
+        }
         let body = CheckpointBody {
             budget: s.budget,
             price_per_second: self.cfg.price_per_second,

@@ -1,15 +1,21 @@
 //! What a node keeps on disk per agent, next to the lineage's history:
 //! `agents/<agent>/authority.json` (state, role, epoch, lease, last committed
 //! head), `agent.wasm`, `manifest.json`, `agent.key` (0600) and sealed kv
-//! snapshots `kv/<tick:010>.kv`. All writes are atomic ([`Disk`]). A kv
+//! snapshots `kv/<tick:010>.kv`; beside the lineage's checkpoints, the
+//! observation log of each link (`history/<agent>/<tick:010>.ticks`,
+//! [`crate::audit::ticklog`]). All writes are atomic ([`Disk`]). A kv
 //! snapshot is sealed with the agent key over (agent, tick, sha256(kv)), so
-//! it cannot be swapped or altered at rest or in transit unnoticed.
+//! it cannot be swapped or altered at rest or in transit unnoticed; so is
+//! an observation log, over the link it belongs to.
 
+use crate::audit::ticklog::{self, LinkBinding, LoggedTick, TickLog};
 use crate::authority::{AuthorityState, Role};
 use crate::checkpoint::{Checkpoint, Hash32};
 use crate::env::{Disk, DiskError};
+use crate::executor::TickInputs;
 use crate::identity::{Keypair, PublicKey};
-use crate::units::{AgentId, Epoch, TickNumber};
+use crate::units::{AgentId, Epoch, Microcents, TickNumber};
+use crate::wire::{ReplayData, ReplayTick};
 use serde::{Deserialize, Serialize};
 
 pub const AGENTS_DIR: &str = "agents";
@@ -88,6 +94,62 @@ pub fn open_kv(key: &PublicKey, agent: &AgentId, ckpt: &Checkpoint, sealed: &[u8
     crate::kv::open(&name, sealed, agent, ckpt.tick, &Hash32::of(&ckpt.state), key).map_err(|e| e.to_string())
 }
 
+/// Write the observation log of `link` (the ticks since its parent),
+/// signed with the agent key. Retention: one file per committed link, kept
+/// as long as its checkpoint; at most `MAX_TICKS_PER_CHECKPOINT` ticks.
+pub fn write_tick_log(
+    disk: &impl Disk,
+    key: &Keypair,
+    link: &LinkBinding,
+    ticks: &[LoggedTick],
+) -> Result<(), DiskError> {
+    disk.write_atomic(&ticklog::ticks_path(&link.agent, link.tick), &ticklog::seal(link, ticks, key))
+}
+
+/// The observation log a migration target keeps for the link that leads to
+/// the checkpoint it adopted, from the package's replay data: the ticks ran
+/// on the source, under the price its checkpoint names, as owner. `None`
+/// when the data does not describe exactly that link (then the link has no
+/// log on this node; the source's copy may still have one).
+pub fn received_tick_log(agent: &AgentId, ckpt: &Checkpoint, r: &ReplayData) -> Option<TickLog> {
+    let first = ReplayTick {
+        tick: r.tick,
+        now_unix_ns: r.now_unix_ns,
+        rand_seed: r.rand_seed.clone(),
+        budget: r.budget,
+        event_log: r.event_log.clone(),
+    };
+    let parent_tick = r.tick.checked_sub(1)?;
+    let mut ticks = Vec::with_capacity(r.following.len().min(ticklog::MAX_LOGGED_TICKS) + 1);
+    for (i, t) in std::iter::once(&first).chain(&r.following).enumerate() {
+        if ticks.len() >= ticklog::MAX_LOGGED_TICKS || t.tick != parent_tick.checked_add(i as u64 + 1)? {
+            return None;
+        }
+        let inputs = TickInputs {
+            tick: TickNumber(t.tick),
+            now_unix_ns: t.now_unix_ns,
+            rand_seed: t.rand_seed.as_slice().try_into().ok()?,
+            budget: Microcents(t.budget),
+            price_per_second: ckpt.price_per_second,
+            side_effects_allowed: true,
+            receipts: Vec::new(),
+        };
+        ticks.push(LoggedTick { inputs, event_log: t.event_log.clone() });
+    }
+    if ticks.last().map(|t| t.inputs.tick) != Some(ckpt.tick) {
+        return None;
+    }
+    let link = LinkBinding {
+        agent: agent.clone(),
+        parent_tick: TickNumber(parent_tick),
+        parent_hash: ckpt.prev_hash(),
+        tick: ckpt.tick,
+        state_hash: Hash32::of(&ckpt.state),
+        budget: ckpt.budget,
+    };
+    Some(TickLog { link, ticks })
+}
+
 /// Load the agent's key, if this node still holds it.
 pub fn load_key(disk: &impl Disk, agent: &AgentId) -> Option<Keypair> {
     Keypair::load(disk, &crate::lineage::agent_key_path(agent)).ok()
@@ -118,7 +180,6 @@ pub fn read_key_seed(disk: &impl Disk, agent: &AgentId) -> Option<[u8; 32]> {
 mod tests {
     use super::*;
     use crate::checkpoint::CheckpointBody;
-    use crate::units::{Epoch, Microcents};
 
     fn ckpt(key: &Keypair, tick: u64, state: &[u8]) -> Checkpoint {
         CheckpointBody {

@@ -955,7 +955,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 now_unix_ns: t.now_unix_ns,
                 rand_seed: t.rand_seed.as_slice().try_into().map_err(|_| "RandSeed not 32 bytes")?,
                 budget: Microcents(t.budget),
-                price_per_second: prev.price_per_second,
+                // The ticks ran on the source, at the price its handoff
+                // checkpoint names (the parent may come from another node).
+                price_per_second: ckpt.price_per_second,
                 side_effects_allowed: true,
                 receipts: Vec::new(),
             };
@@ -1088,6 +1090,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         self.disk.write_atomic(&store::manifest_path(agent), &pkg.manifest_data).map_err(|e| e.to_string())?;
         let sealed = store::seal_kv(key, agent, ckpt.tick, &ckpt.state, kv);
         self.disk.write_atomic(&store::kv_path(agent, ckpt.tick), &sealed).map_err(|e| e.to_string())?;
+        // The link's observation log travels with the package: keep it
+        // beside the checkpoint, as the source did (`igord audit`).
+        if let Some(log) = pkg.replay_data.as_ref().and_then(|r| store::received_tick_log(agent, ckpt, r)) {
+            let path = crate::audit::ticklog::ticks_path(agent, ckpt.tick);
+            self.disk.write_atomic(&path, &log.seal(key)).map_err(|e| e.to_string())?;
+        }
         let s = self.agents.get_mut(agent).ok_or("slot vanished")?;
         let c = s.lineage.adopt(&self.disk, ckpt.clone()).map_err(|e| e.to_string())?;
         let hash = s.lineage.head_hash();

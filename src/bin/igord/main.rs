@@ -3,6 +3,7 @@
 //! backend: it may touch the filesystem and the clock directly.
 #![allow(clippy::disallowed_methods)]
 
+mod audit;
 mod client;
 mod fault;
 mod inspect;
@@ -37,6 +38,12 @@ enum Command {
     ///
     /// Example: igord verify nodeA/history/counter nodeB/history/counter
     Verify(inspect::VerifyArgs),
+    /// Audit a history by replay: re-run every recorded tick with the agent
+    /// module and check each checkpoint's state and budget and every tick's
+    /// charge. Exits 1 naming the first divergence or tampering.
+    ///
+    /// Example: igord audit nodeA/history/counter nodeB/history/counter
+    Audit(audit::AuditArgs),
     /// Run an agent locally from scratch; Ctrl-C commits a final checkpoint.
     ///
     /// Example: igord run --budget 1 --ticks 10 -v agents/counter.wat
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::inspect(&args),
         Command::Verify(args) => inspect::verify(&args),
+        Command::Audit(args) => audit::audit(&args),
         Command::Run(args) => run::run(args).map(|c| c as u8),
         Command::Resume(args) => run::resume(args).map(|c| c as u8),
         Command::Node(args) => node::node(args).map(|c| c as u8),
