@@ -223,6 +223,21 @@ pub struct ReplayData {
     pub following: Vec<ReplayTick>,
 }
 
+impl ReplayData {
+    /// Every tick it carries, in order: the first (kept flat in the
+    /// message for wire compatibility) then the following ones.
+    pub fn ticks(&self) -> Vec<ReplayTick> {
+        let first = ReplayTick {
+            tick: self.tick,
+            now_unix_ns: self.now_unix_ns,
+            rand_seed: self.rand_seed.clone(),
+            budget: self.budget,
+            event_log: self.event_log.clone(),
+        };
+        std::iter::once(first).chain(self.following.iter().cloned()).collect()
+    }
+}
+
 /// One more tick of a [`ReplayData`]: its inputs and recorded event log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,7 +15,7 @@ use crate::env::{Disk, DiskError};
 use crate::executor::TickInputs;
 use crate::identity::{Keypair, PublicKey};
 use crate::units::{AgentId, Epoch, Microcents, TickNumber};
-use crate::wire::{ReplayData, ReplayTick};
+use crate::wire::ReplayData;
 use serde::{Deserialize, Serialize};
 
 pub const AGENTS_DIR: &str = "agents";
@@ -112,16 +112,12 @@ pub fn write_tick_log(
 /// when the data does not describe exactly that link (then the link has no
 /// log on this node; the source's copy may still have one).
 pub fn received_tick_log(agent: &AgentId, ckpt: &Checkpoint, r: &ReplayData) -> Option<TickLog> {
-    let first = ReplayTick {
-        tick: r.tick,
-        now_unix_ns: r.now_unix_ns,
-        rand_seed: r.rand_seed.clone(),
-        budget: r.budget,
-        event_log: r.event_log.clone(),
-    };
     let parent_tick = r.tick.checked_sub(1)?;
-    let mut ticks = Vec::with_capacity(r.following.len().min(ticklog::MAX_LOGGED_TICKS) + 1);
-    for (i, t) in std::iter::once(&first).chain(&r.following).enumerate() {
+    if r.following.len() >= ticklog::MAX_LOGGED_TICKS {
+        return None;
+    }
+    let mut ticks = Vec::with_capacity(r.following.len() + 1);
+    for (i, t) in r.ticks().iter().enumerate() {
         if ticks.len() >= ticklog::MAX_LOGGED_TICKS || t.tick != parent_tick.checked_add(i as u64 + 1)? {
             return None;
         }

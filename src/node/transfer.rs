@@ -913,14 +913,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if r.following.len() as u64 >= super::MAX_TICKS_PER_CHECKPOINT {
             return Err(format!("replay data holds {} ticks, more than a checkpoint may span", r.following.len() + 1));
         }
-        let first = ReplayTick {
-            tick: r.tick,
-            now_unix_ns: r.now_unix_ns,
-            rand_seed: r.rand_seed.clone(),
-            budget: r.budget,
-            event_log: r.event_log.clone(),
-        };
-        let ticks: Vec<&ReplayTick> = std::iter::once(&first).chain(r.following.iter()).collect();
+        let ticks = r.ticks();
         let consecutive = ticks.iter().enumerate().all(|(i, t)| prev.tick.0.checked_add(i as u64 + 1) == Some(t.tick));
         if !consecutive || ticks.last().map(|t| t.tick) != Some(ckpt.tick.0) || r.budget != prev.budget.0 {
             return Err(format!(
