@@ -216,7 +216,8 @@ impl Network for SimNet {
         }
         let (duplicate, delay) = self.faults.borrow_mut().draw();
         if !delay.is_zero() {
-            let until_ns = crate::clock::sim_now_ns().saturating_add(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX));
+            let until_ns =
+                crate::clock::sim_now_ns().saturating_add(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX));
             self.faults.borrow_mut().timers.push(until_ns);
             let _timer = DelayTimer { faults: self.faults.clone(), until_ns };
             // Simulated time (turmoil virtualises tokio's clock).

