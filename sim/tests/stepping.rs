@@ -8,19 +8,7 @@
 
 use igor_sim::runner::{self, Stepping};
 use igor_sim::scenario::Scenario;
-use std::path::{Path, PathBuf};
-
-fn scenarios(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            scenarios(&p, out);
-        } else if p.extension().is_some_and(|e| e == "ron") {
-            out.push(p);
-        }
-    }
-}
+use std::path::Path;
 
 /// Runs `scenario` both ways; returns (fixed steps, skip steps) or the
 /// first differing trace line.
@@ -38,8 +26,7 @@ fn compare(scenario: &Scenario, base: &Path, seed: u64) -> Result<(u64, u64), St
 #[test]
 fn skip_stepping_gives_the_fixed_trace_for_every_scenario_at_another_seed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
-    let mut files = Vec::new();
-    scenarios(&root, &mut files);
+    let files = igor_sim::scenario::files(&root).unwrap();
     assert!(files.len() > 50, "found {} scenarios", files.len());
     let (mut fixed_steps, mut skip_steps, mut failures) = (0, 0, Vec::new());
     for path in &files {
