@@ -779,7 +779,11 @@ impl<'a> World<'a> {
         if self.stepping == Stepping::Fixed || self.poked || !self.sim.network_idle() {
             return 1;
         }
-        let mut horizon = end_ns.saturating_add(1).min(self.alarm_ns);
+        let mut horizon = end_ns.saturating_add(1);
+        // Once passed, the alarm's condition holds at every later stop.
+        if self.alarm_ns > self.now_ns {
+            horizon = horizon.min(self.alarm_ns);
+        }
         if let Some((&(at, _), _)) = self.scheduled.first_key_value() {
             horizon = horizon.min(at);
         }
