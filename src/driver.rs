@@ -111,6 +111,26 @@ pub async fn run<X, D, C, R, N>(
     R: Entropy,
     N: Network,
 {
+    run_observed(node, net, control, events, &|_| {}).await;
+}
+
+/// [`run`], telling `waits` before every wait the node's monotonic time
+/// (ns) at which the loop wakes by itself (its timer) if nothing else wakes
+/// it first. The simulator uses it to skip simulated time in which no node
+/// has anything to do; it changes nothing in the loop.
+pub async fn run_observed<X, D, C, R, N>(
+    node: &mut Node<X, D, C, R>,
+    net: &N,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    events: &mpsc::UnboundedSender<NodeEvent>,
+    waits: &dyn Fn(u64),
+) where
+    X: Executor,
+    D: Disk,
+    C: Clock,
+    R: Entropy,
+    N: Network,
+{
     let mut requests: Vec<(RequestId, RequestFuture<'_>)> = Vec::new();
     let mut accept: Pin<Box<dyn Future<Output = Option<Incoming>> + '_>> = Box::pin(net.accept());
     let mut next_seq = 0u64;
@@ -123,6 +143,7 @@ pub async fn run<X, D, C, R, N>(
         }
         let now = node.now().mono_ns;
         let wait = deadline.map_or(IDLE_SLEEP, |d| Duration::from_nanos(d.saturating_sub(now)));
+        waits(now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX)));
         // The one adapter loop: it waits (tokio time) for the node's deadline.
         #[allow(clippy::disallowed_methods)]
         let mut sleep = Box::pin(tokio::time::sleep(wait));

@@ -1,25 +1,37 @@
 //! Simulator throughput: simulated seconds per wall-clock second and seeds
 //! per minute for the 5-node, 10-agent, one-hour world with migrations and
-//! faults (`bench-5n-10a-1h.ron`), against a baseline measured in the same
-//! run: the same world with the agents removed (turmoil stepping, idle nodes
-//! and the timeline only). Run: `cargo bench -p igor-sim --bench throughput`
-//! (`-- N` for N seeds, default 3).
+//! faults (`bench-5n-10a-1h.ron`), stepped both ways in the same run:
+//! `Stepping::Fixed` (one turmoil step per `step_ms`, the old runner) and
+//! `Stepping::Skip` (idle stretches crossed in one step, the default). Every
+//! seed's trace must be byte-identical both ways. A baseline measures the
+//! same world with the agents removed (turmoil, idle nodes, the timeline).
+//! Run: `cargo bench -p igor-sim --bench throughput` (`-- N` for N seeds,
+//! default 3).
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time
 
-use igor_sim::runner;
+use igor_sim::runner::{self, Stepping};
 use igor_sim::scenario::Scenario;
 use std::path::Path;
 use std::time::Instant;
 
-fn measure(scenario: &Scenario, base: &Path, seeds: u64) -> (f64, u64) {
+struct Measured {
+    wall_s: f64,
+    events: u64,
+    steps: u64,
+    traces: Vec<String>,
+}
+
+fn measure(scenario: &Scenario, base: &Path, seeds: u64, stepping: Stepping) -> Measured {
     let start = Instant::now();
-    let mut events = 0;
+    let (mut events, mut steps, mut traces) = (0, 0, Vec::new());
     for seed in 0..seeds {
-        let r = runner::run(scenario, base, Some(seed)).expect("benchmark world runs");
+        let r = runner::run_stepping(scenario, base, Some(seed), stepping).expect("benchmark world runs");
         assert!(r.matches_expectation(), "seed {seed}: {}", r.mismatch_reason());
         events += r.events;
+        steps += r.steps;
+        traces.push(r.trace.hash());
     }
-    (start.elapsed().as_secs_f64(), events)
+    Measured { wall_s: start.elapsed().as_secs_f64(), events, steps, traces }
 }
 
 fn main() {
@@ -34,8 +46,10 @@ fn main() {
     idle.expect.ticks.clear();
 
     let sim_s = (world.duration_s * seeds) as f64;
-    let (idle_wall, _) = measure(&idle, &base, seeds);
-    let (wall, events) = measure(&world, &base, seeds);
+    let idle_fixed = measure(&idle, &base, seeds, Stepping::Fixed);
+    let fixed = measure(&world, &base, seeds, Stepping::Fixed);
+    let skip = measure(&world, &base, seeds, Stepping::Skip);
+    assert_eq!(fixed.traces, skip.traces, "skip stepping must give the fixed-stepping traces");
     println!(
         "world: {} ({} nodes, {} agents, {} s simulated, {} timeline actions)",
         world.name,
@@ -44,13 +58,16 @@ fn main() {
         world.duration_s,
         world.timeline.len()
     );
-    println!("seeds: {seeds}");
-    println!("baseline (no agents): {:.0} simulated s per wall s", sim_s / idle_wall);
-    println!(
-        "full world:           {:.0} simulated s per wall s ({:.2}x the baseline's wall time)",
-        sim_s / wall,
-        wall / idle_wall
-    );
-    println!("seeds per minute:     {:.1}", seeds as f64 * 60.0 / wall);
-    println!("events per wall s:    {:.0}", events as f64 / wall);
+    println!("seeds: {seeds} (traces identical both ways: sha256 of seed 0 {})", &skip.traces[0][..16]);
+    println!("baseline (no agents, fixed): {:.0} simulated s per wall s", sim_s / idle_fixed.wall_s);
+    for (name, m) in [("before: Stepping::Fixed", &fixed), ("after:  Stepping::Skip ", &skip)] {
+        println!(
+            "{name}  {:>6.0} simulated s per wall s, {:>5.1} seeds per minute, {:>7} turmoil steps per seed, {:.0} events per wall s",
+            sim_s / m.wall_s,
+            seeds as f64 * 60.0 / m.wall_s,
+            m.steps / seeds,
+            m.events as f64 / m.wall_s
+        );
+    }
+    println!("speed-up (after / before): {:.2}x", fixed.wall_s / skip.wall_s);
 }

@@ -181,6 +181,12 @@ impl Coverage {
     /// Derive marks from one node event. `isolated`: the node is cut off
     /// (partitioned from a peer, or its links are held) right now.
     pub fn observe(&mut self, node: &str, event: &Event, isolated: bool) {
+        self.observe_text(node, event, &event.to_string(), isolated);
+    }
+
+    /// [`Coverage::observe`] with the event's text already formatted (the
+    /// runner formats each event once, for the trace and for this).
+    pub fn observe_text(&mut self, node: &str, event: &Event, text: &str, isolated: bool) {
         match event {
             Event::HandoffStarted { agent, target, .. } => {
                 self.inflight.insert((agent.to_string(), node.to_string(), target.to_string()));
@@ -230,7 +236,6 @@ impl Coverage {
             Event::DivergenceDetected { .. } => self.mark("divergence_detected"),
             _ => {}
         }
-        let text = event.to_string();
         match text.split(' ').next().unwrap_or_default() {
             "misbehaved" => {
                 let behaviour = self.behaviours.get(node).cloned().unwrap_or_else(|| "unnamed".to_string());

@@ -5,7 +5,7 @@
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use igor_sim::coverage::{self, Coverage};
-use igor_sim::runner::{self, RunReport};
+use igor_sim::runner::{self, RunReport, Stepping};
 use igor_sim::scenario::{Scenario, Verdict};
 use igor_sim::{explore, html, minimize, shards};
 use std::collections::BTreeSet;
@@ -45,6 +45,10 @@ enum Command {
         /// Write a self-contained HTML timeline of the run to this file.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Step turmoil one `step_ms` at a time, idle or not (the reference
+        /// stepping: the same trace, slower).
+        #[arg(long)]
+        fixed_stepping: bool,
     },
     /// Swarm mode: per seed, draw the fault families that are on and their
     /// intensities, print the resolved scenario, run it. Reports failing
@@ -106,6 +110,10 @@ enum Command {
         /// verdict, trace hash, wall time, repro command), for `merge`.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Step turmoil one `step_ms` at a time, idle or not (the reference
+        /// stepping: the same traces, slower).
+        #[arg(long)]
+        fixed_stepping: bool,
     },
     /// Combine the `--json` files of sweep shards (run anywhere) into the
     /// sweep's summary table and failure list; names missing shards.
@@ -163,13 +171,17 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { scenario, seed, trace, html } => run(&scenario, seed, trace.as_deref(), html.as_deref()),
+        Command::Run { scenario, seed, trace, html, fixed_stepping } => {
+            run(&scenario, seed, trace.as_deref(), html.as_deref(), stepping(fixed_stepping))
+        }
         Command::Explore { template, seeds, jobs, print, out_dir, allow_gaps, agent, manifest } => {
             let agent = agent.as_deref().map(|w| (w, manifest.as_deref()));
             explore(&template, seeds, jobs, print, out_dir.as_deref(), allow_gaps, agent)
         }
         Command::Minimize { scenario, seed, out } => minimize(&scenario, seed, out.as_deref()),
-        Command::Sweep { path, seeds, jobs, shard, json } => sweep(&path, seeds, jobs, shard, json.as_deref()),
+        Command::Sweep { path, seeds, jobs, shard, json, fixed_stepping } => {
+            sweep(&path, seeds, jobs, shard, json.as_deref(), stepping(fixed_stepping))
+        }
         Command::Merge { files } => merge(&files),
         Command::CheckDeterminism { path, seeds } => check_determinism(&path, seeds),
         Command::Matrix { path, seeds, jobs, out } => igor_sim::matrix::command(&path, seeds, jobs, out.as_deref()),
@@ -184,13 +196,23 @@ fn main() -> ExitCode {
     }
 }
 
+fn stepping(fixed: bool) -> Stepping {
+    if fixed { Stepping::Fixed } else { Stepping::Skip }
+}
+
 fn load(path: &Path) -> anyhow::Result<Scenario> {
     Ok(Scenario::load(path)?)
 }
 
-fn run(path: &Path, seed: Option<u64>, trace_out: Option<&Path>, html_out: Option<&Path>) -> anyhow::Result<bool> {
+fn run(
+    path: &Path,
+    seed: Option<u64>,
+    trace_out: Option<&Path>,
+    html_out: Option<&Path>,
+    stepping: Stepping,
+) -> anyhow::Result<bool> {
     let scenario = load(path)?;
-    let report = runner::run(&scenario, &Scenario::base_dir(path), seed)
+    let report = runner::run_stepping(&scenario, &Scenario::base_dir(path), seed, stepping)
         .with_context(|| format!("scenario file {}", path.display()))?;
     if let Some(out) = trace_out {
         std::fs::write(out, report.trace.text()).with_context(|| format!("writing {}", out.display()))?;
@@ -251,6 +273,7 @@ fn sweep(
     jobs: usize,
     shard: Option<(u64, u64)>,
     json: Option<&Path>,
+    stepping: Stepping,
 ) -> anyhow::Result<bool> {
     let files = scenario_files(path)?;
     // A file that does not load is reported; the others still run, and
@@ -271,7 +294,7 @@ fn sweep(
     let results: Vec<SweepResult> = parallel(&work, jobs, |&(i, seed)| {
         let (file, scenario) = &scenarios[i];
         let started = std::time::Instant::now();
-        let r = runner::run(scenario, &Scenario::base_dir(file), Some(seed));
+        let r = runner::run_stepping(scenario, &Scenario::base_dir(file), Some(seed), stepping);
         let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         (i, seed, r.map_err(|e| format!("{}: {e}", file.display())), wall_ms)
     });

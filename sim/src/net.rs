@@ -53,7 +53,27 @@ pub struct NetCounters {
 pub struct FaultState {
     pub faults: LinkFaults,
     pub counters: NetCounters,
+    /// Simulated times (ns) at which the twin's reordering delays end, one
+    /// per request now waiting in one: timers the runner must not skip
+    /// past (they live in tokio, which the runner cannot see).
+    pub timers: Vec<u64>,
     rng: ChaCha20Rng,
+}
+
+/// A reordering delay in progress: registered in [`FaultState::timers`]
+/// until the request moves on or is dropped (a crash drops it).
+struct DelayTimer {
+    faults: Rc<RefCell<FaultState>>,
+    until_ns: u64,
+}
+
+impl Drop for DelayTimer {
+    fn drop(&mut self) {
+        let mut f = self.faults.borrow_mut();
+        if let Some(i) = f.timers.iter().position(|t| *t == self.until_ns) {
+            f.timers.swap_remove(i);
+        }
+    }
 }
 
 impl FaultState {
@@ -61,6 +81,7 @@ impl FaultState {
         FaultState {
             faults: LinkFaults::default(),
             counters: NetCounters::default(),
+            timers: Vec::new(),
             rng: ChaCha20Rng::from_seed(derive_seed(seed, &format!("net/{node}"))),
         }
     }
@@ -195,6 +216,10 @@ impl Network for SimNet {
         }
         let (duplicate, delay) = self.faults.borrow_mut().draw();
         if !delay.is_zero() {
+            let until_ns =
+                crate::clock::sim_now_ns().saturating_add(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX));
+            self.faults.borrow_mut().timers.push(until_ns);
+            let _timer = DelayTimer { faults: self.faults.clone(), until_ns };
             // Simulated time (turmoil virtualises tokio's clock).
             #[allow(clippy::disallowed_methods)]
             tokio::time::sleep(delay).await;

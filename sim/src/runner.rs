@@ -35,6 +35,22 @@ use tokio::sync::mpsc;
 /// Lines of trace printed before a violation.
 pub const CONTEXT_LINES: usize = 15;
 
+/// How the runner moves turmoil through simulated time. Both give the same
+/// trace for the same scenario and seed (tests/stepping.rs holds them to it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stepping {
+    /// One turmoil step of `step_ms` at a time, always (the reference).
+    Fixed,
+    /// Stretches in which nothing can happen are crossed in one turmoil
+    /// step: no message is in flight, the runner has just done nothing to a
+    /// host, and no node's timer (its driver's deadline, the network twin's
+    /// reordering delays), timeline action, liveness alarm or phase end is
+    /// due before the stretch ends. Scenarios with an adversary step fixed
+    /// (its wire tricks keep timers the runner cannot see).
+    #[default]
+    Skip,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("scenario {scenario}: agent {agent}: cannot read {path}: {reason}")]
@@ -74,6 +90,9 @@ struct HostCtl {
     disk: Rc<DiskFaults>,
     /// SCENARIOS ONLY: the node's attack (its conduct and its interposer).
     adversary: Option<Misbehaviour>,
+    /// When the node's driver wakes by itself next (simulated ns, what it
+    /// last reported before waiting); 0 = not known yet (never skip).
+    wake_ns: Cell<u64>,
 }
 
 /// Every agent's history files on one node's disk: agent → (path, bytes).
@@ -101,6 +120,9 @@ pub struct RunReport {
     pub highest_ticks: BTreeMap<String, Option<u64>>,
     /// Coverage marks this run fired.
     pub coverage: Coverage,
+    /// Turmoil steps the run took (with [`Stepping::Skip`], one step may
+    /// cross many `step_ms`).
+    pub steps: u64,
 }
 
 impl RunReport {
@@ -293,6 +315,7 @@ async fn host_main(
 ) -> turmoil::Result {
     let boot = ctl.boots.get();
     ctl.boots.set(boot + 1);
+    ctl.wake_ns.set(0);
     let disk = SimDisk::with_faults(ctl.disk.clone());
     let damage = std::mem::take(&mut *ctl.damage.borrow_mut());
     if matches!(damage, Storage::CorruptNewest { .. }) {
@@ -323,7 +346,8 @@ async fn host_main(
     *ctl.control.borrow_mut() = Some(tx);
     let mut watchdog = Watchdog::new();
     let stuck = {
-        let drive = driver::run(&mut node, &net, &mut rx, &node_tx);
+        let waits = |at_ns: u64| ctl.wake_ns.set(at_ns);
+        let drive = driver::run_observed(&mut node, &net, &mut rx, &node_tx, &waits);
         let forward = async {
             while let Some(e) = node_rx.recv().await {
                 let stuck = watchdog.observe(&e);
@@ -341,6 +365,8 @@ async fn host_main(
             () = &mut drive => None,
         }
     };
+    // The driver is gone: no timer of its own any more.
+    ctl.wake_ns.set(u64::MAX);
     let stuck = stuck.or_else(|| {
         // The driver returned: forward what it emitted last.
         while let Ok(e) = node_rx.try_recv() {
@@ -466,7 +492,18 @@ fn observation(e: &Event) -> Option<Obs> {
 
 /// Run one scenario with `seed` (or its own) and return the report.
 pub fn run(scenario: &Scenario, base: &Path, seed: Option<u64>) -> Result<RunReport, RunError> {
-    run_configured(scenario, base, seed, &|_| {})
+    run_stepping(scenario, base, seed, Stepping::default())
+}
+
+/// [`run`] with the given [`Stepping`] (the benchmark and the equivalence
+/// test compare both).
+pub fn run_stepping(
+    scenario: &Scenario,
+    base: &Path,
+    seed: Option<u64>,
+    stepping: Stepping,
+) -> Result<RunReport, RunError> {
+    run_inner(scenario, base, seed, &|_| {}, stepping)
 }
 
 /// [`run`] with `tweak` applied to every node's configuration *after* it
@@ -478,6 +515,16 @@ pub fn run_configured(
     base: &Path,
     seed: Option<u64>,
     tweak: &dyn Fn(&mut NodeConfig),
+) -> Result<RunReport, RunError> {
+    run_inner(scenario, base, seed, tweak, Stepping::default())
+}
+
+fn run_inner(
+    scenario: &Scenario,
+    base: &Path,
+    seed: Option<u64>,
+    tweak: &dyn Fn(&mut NodeConfig),
+    stepping: Stepping,
 ) -> Result<RunReport, RunError> {
     let seed = seed.unwrap_or(scenario.seed);
     let agents = load_agents(scenario, base)?;
@@ -496,6 +543,8 @@ pub fn run_configured(
         .build();
     let (events_tx, events_rx) = mpsc::unbounded_channel::<NodeEvent>();
     let mut w = World::new(sim, seed, scenario, events_rx);
+    // An adversary's wire tricks sleep in tokio where the runner cannot see.
+    w.stepping = if scenario.nodes.iter().any(|n| n.adversary.is_some()) { Stepping::Fixed } else { stepping };
     for spec in &scenario.nodes {
         if let Some(m) = &spec.adversary {
             w.coverage.set_behaviour(&spec.name, crate::coverage::behaviour_name(&format!("{m:?}")));
@@ -519,6 +568,7 @@ pub fn run_configured(
             histories: RefCell::new(None),
             disk: Rc::default(),
             adversary: spec.adversary.clone(),
+            wake_ns: Cell::new(0),
         });
         w.ctls.insert(spec.name.clone(), ctl.clone());
         let deploys: Vec<AgentBytes> = agents.iter().filter(|a| a.node == spec.name).cloned().collect();
@@ -562,6 +612,7 @@ pub fn run_configured(
         authority,
         highest_ticks,
         coverage: w.coverage,
+        steps: w.steps,
     };
     report.failures = expectation_failures(&report);
     Ok(report)
@@ -645,6 +696,18 @@ struct World<'a> {
     /// (agent, node) where an operator recovery was refused: the operator
     /// reads the refusal and tries the next candidate, never this node again.
     recover_refused: BTreeSet<(String, String)>,
+    stepping: Stepping,
+    /// `step_ms` in ns: the length of one fixed step.
+    step_ns: u64,
+    /// Turmoil steps taken.
+    steps: u64,
+    /// The runner acted on the world since the last step (an action, a
+    /// hold, a command): the next step must be a plain one, since a host
+    /// may have been woken.
+    poked: bool,
+    /// A simulated time at which the runner itself decides something (the
+    /// liveness phase's settle time): no skip crosses it.
+    alarm_ns: u64,
 }
 
 impl<'a> World<'a> {
@@ -676,6 +739,11 @@ impl<'a> World<'a> {
             adopted: BTreeMap::new(),
             reported: BTreeMap::new(),
             recover_refused: BTreeSet::new(),
+            stepping: Stepping::Fixed,
+            step_ns: scenario.step_ms.saturating_mul(1_000_000).max(1),
+            steps: 0,
+            poked: true,
+            alarm_ns: u64::MAX,
         }
     }
 
@@ -699,17 +767,57 @@ impl<'a> World<'a> {
             if done(self) {
                 break;
             }
-            if let Err(v) = self.step(agents)? {
+            let n = self.idle_steps(end_ns);
+            if let Err(v) = self.step_n(agents, n)? {
                 return Ok(Err(v));
             }
         }
         Ok(Ok(()))
     }
 
+    /// How many `step_ms` the next turmoil step may cross (1 = a plain
+    /// step): with [`Stepping::Skip`], every step before the earliest
+    /// moment anything could happen. Nothing in flight, nothing the runner
+    /// just did, and only stepping stops that land strictly before every
+    /// timer, action, alarm and the phase end (`end_ns`, inclusive): at
+    /// those the plain stepping resumes, exactly where `Fixed` would be.
+    fn idle_steps(&self, end_ns: u64) -> u32 {
+        if self.stepping == Stepping::Fixed || self.poked || !self.sim.network_idle() {
+            return 1;
+        }
+        let mut horizon = end_ns.saturating_add(1);
+        // Once passed, the alarm's condition holds at every later stop.
+        if self.alarm_ns > self.now_ns {
+            horizon = horizon.min(self.alarm_ns);
+        }
+        if let Some((&(at, _), _)) = self.scheduled.first_key_value() {
+            horizon = horizon.min(at);
+        }
+        for (name, ctl) in &self.ctls {
+            if self.down.contains(name) {
+                continue;
+            }
+            horizon = horizon.min(ctl.wake_ns.get());
+            if let Some(t) = ctl.faults.borrow().timers.iter().min() {
+                horizon = horizon.min(*t);
+            }
+        }
+        // Whole steps that end strictly before the horizon.
+        let steps = horizon.saturating_sub(1).saturating_sub(self.now_ns) / self.step_ns;
+        u32::try_from(steps).unwrap_or(u32::MAX).max(1)
+    }
+
     /// One turmoil step, then the events it produced through the checker
     /// and the watchdog's verdict on every host.
     fn step(&mut self, agents: &[AgentBytes]) -> Result<Result<(), Violation>, RunError> {
-        self.sim.step().map_err(|e| RunError::Sim(e.to_string()))?;
+        self.step_n(agents, 1)
+    }
+
+    /// [`Self::step`] across `n` step lengths at once (see `idle_steps`).
+    fn step_n(&mut self, agents: &[AgentBytes], n: u32) -> Result<Result<(), Violation>, RunError> {
+        self.poked = false;
+        self.steps += 1;
+        self.sim.skip(n).map_err(|e| RunError::Sim(e.to_string()))?;
         self.now_ns = u64::try_from(self.sim.elapsed().as_nanos()).unwrap_or(u64::MAX);
         if let Err(v) = self.drain(agents) {
             return Ok(Err(v));
@@ -826,6 +934,7 @@ impl<'a> World<'a> {
                 break;
             }
             let what = entry.remove();
+            self.poked = true;
             match what {
                 Sched::Act(action) => {
                     self.trace.note(format!("{} sim {}", fmt_time(self.now_ns), describe(&action)));
@@ -861,7 +970,8 @@ impl<'a> World<'a> {
         let mut fire = Vec::new();
         while let Ok(e) = self.rx.try_recv() {
             self.events += 1;
-            self.trace.event(e.at_ns, e.node.as_str(), &e.event.to_string());
+            let text = e.event.to_string();
+            self.trace.event(e.at_ns, e.node.as_str(), &text);
             remember_head(&mut self.heads, &e);
             // What each node reports, as an operator reads it (`igord
             // agents`): unfiltered, so a Byzantine holder is seen too.
@@ -882,7 +992,7 @@ impl<'a> World<'a> {
                 _ => {}
             }
             let isolated = self.isolated(e.node.as_str());
-            self.coverage.observe(e.node.as_str(), &e.event, isolated);
+            self.coverage.observe_text(e.node.as_str(), &e.event, &text, isolated);
             match &e.event {
                 Event::AgentHalted { agent, .. } => {
                     self.halted.insert(agent.to_string());
@@ -960,6 +1070,10 @@ impl<'a> World<'a> {
                 self.coverage.mark("disk_write_refused");
             }
             let now = ctl.faults.borrow().counters.clone();
+            // Every step: no allocation when nothing changed.
+            if self.net_seen.get(name).map_or(now == NetCounters::default(), |before| *before == now) {
+                continue;
+            }
             let before = self.net_seen.entry(name.clone()).or_default();
             if now.rejected > before.rejected {
                 let n = now.rejected - before.rejected;
@@ -1016,6 +1130,8 @@ impl<'a> World<'a> {
         self.heal(agents);
         let heal_ns = self.now_ns;
         let deadline = heal_ns.saturating_add(within_ns);
+        // The operator looks for agents to recover from the settle time on.
+        self.alarm_ns = heal_ns + SETTLE_NS;
         self.ticked_since_heal = Some(BTreeSet::new());
         // agent → the node of the operator's last recovery attempt. One
         // recovery that the node accepts is all the operator gets; one the
@@ -1164,6 +1280,7 @@ impl<'a> World<'a> {
     /// crashes, and restart crashed nodes with their disks as they are.
     /// Clock skew stays: a wrong clock is a condition, not an event.
     fn heal(&mut self, agents: &[AgentBytes]) {
+        self.poked = true;
         self.trace.note(format!("{} sim Heal(all)", fmt_time(self.now_ns)));
         for (a, b) in std::mem::take(&mut self.cut) {
             self.sim.repair_oneway(a.as_str(), b.as_str());
@@ -1282,6 +1399,7 @@ fn describe(a: &Action) -> String {
 impl World<'_> {
     /// Apply one action; returns observations for the checker.
     fn apply(&mut self, action: &Action, agents: &[AgentBytes]) -> Vec<(NodeId, Obs)> {
+        self.poked = true;
         let ctl = |n: &str| self.ctls.get(n).expect("scenario validated: node names resolve").clone();
         let send = |n: &str, cmd: Command| {
             if let Some(tx) = ctl(n).control.borrow().as_ref() {
@@ -1314,6 +1432,8 @@ impl World<'_> {
                     self.coverage.mark("restart_with_damaged_disk");
                 }
                 self.down.remove(node);
+                // The new boot reports its own deadline.
+                ctl(node).wake_ns.set(0);
                 *ctl(node).damage.borrow_mut() = storage.clone();
                 self.sim.bounce(node.as_str());
             }
