@@ -587,7 +587,12 @@ mod tests {
         let exec = CounterExecutor::new(Microcents(3));
         let mut node = Node::open(cfg, disk.clone(), clock.clone(), SeededEntropy::derived(1, "n0"), exec);
         node.deploy(agent.clone(), b"module".to_vec(), b"{}".to_vec(), Microcents(1_000_000)).unwrap();
+        // Bounded: a node that stops ticking fails the test, never hangs it
+        // (one tick per step at most; 4x the steps is ample).
+        let mut steps = 0u64;
         while node.agent(&agent).unwrap().tick.0 < ticks {
+            steps += 1;
+            assert!(steps <= ticks.saturating_mul(4) + 100, "the node stopped ticking at {:?}", node.agent(&agent));
             if lie_from.is_some_and(|t| node.agent(&agent).unwrap().tick.0 + 1 == t) {
                 node.set_conduct(Box::new(Overcharge));
             }

@@ -54,7 +54,16 @@ fn node_priced(dir: &Path, id: &str, clock: &ManualClock, price: Microcents) -> 
 /// Advance the clock a millisecond at a time until the node's agent has
 /// run to `tick`.
 fn run_to(n: &mut RealNode, clock: &ManualClock, tick: u64) {
+    // Bounded: a node that stops ticking fails the test instead of hanging it.
+    let start = n.agent(&agent()).unwrap().tick.0;
+    let mut steps = 0u64;
     while n.agent(&agent()).unwrap().tick.0 < tick {
+        steps += 1;
+        assert!(
+            steps <= tick.saturating_sub(start).saturating_mul(4) + 1_000,
+            "the node stopped ticking at {:?}",
+            n.agent(&agent())
+        );
         clock.advance_ns(MS);
         n.advance();
         n.drain_events();
