@@ -1132,6 +1132,10 @@ impl<'a> World<'a> {
         let deadline = heal_ns.saturating_add(within_ns);
         // The operator looks for agents to recover from the settle time on.
         self.alarm_ns = heal_ns + SETTLE_NS;
+        // Only the liveness operator's own refused attempts send it on to
+        // the next node: a refusal of a timeline `Recover` during the fault
+        // window (a live owner elsewhere, say) says nothing about now.
+        self.recover_refused.clear();
         self.ticked_since_heal = Some(BTreeSet::new());
         // agent → the node of the operator's last recovery attempt. One
         // recovery that the node accepts is all the operator gets; one the
