@@ -13,6 +13,9 @@
 #        MUTANTS_OUT        where each module's mutants.out goes (default: $CARGO_TARGET_DIR/mutants-out)
 #        MUTANTS_JOBS       parallel builds (default 1: each build already uses every core)
 #        MUTANTS_TESTS      test targets instead of the fast set, e.g. "--lib --test=protocol_core"
+#        MUTANTS_TIMEOUT    seconds a mutant's tests may take (default 300: cargo-mutants'
+#                           automatic limit, ~5x an idle baseline, turned a loaded machine's
+#                           slow run into a false timeout)
 # Exit:  0 when no module has a missed or timed-out mutant, 1 otherwise.
 #
 # Needs cargo-mutants 27 (`cargo install cargo-mutants --locked`). It works
@@ -52,7 +55,7 @@ for m in "${modules[@]}"; do
     start=$(date +%s)
     # Exit 2 = some mutants missed, 3 = timeouts: reported below, not fatal here.
     rc=0
-    cargo mutants -p igor --file "$file" --jobs "$jobs" --output "$out" "${cargo_args[@]}" || rc=$?
+    cargo mutants -p igor --file "$file" --jobs "$jobs" --timeout "${MUTANTS_TIMEOUT:-300}" --output "$out" "${cargo_args[@]}" || rc=$?
     secs=$(( $(date +%s) - start ))
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ] && [ "$rc" -ne 3 ]; then
         echo "cargo mutants failed on $file (exit $rc): see $out/mutants.out/debug.log" >&2
