@@ -226,7 +226,8 @@ impl Checkpoint {
         Ok(c)
     }
 
-    fn body(&self) -> CheckpointBody {
+    /// The signed fields and state, to re-sign (an edited copy).
+    pub fn body(&self) -> CheckpointBody {
         CheckpointBody {
             budget: self.budget,
             price_per_second: self.price_per_second,

@@ -163,19 +163,6 @@ fn agent_key(data: &Path) -> Keypair {
     Keypair::load(&FsDisk::new(data), &lineage::agent_key_path(&agent())).unwrap()
 }
 
-fn body_of(c: &Checkpoint) -> CheckpointBody {
-    CheckpointBody {
-        budget: c.budget,
-        price_per_second: c.price_per_second,
-        tick: c.tick,
-        wasm_hash: c.wasm_hash,
-        epoch: c.epoch,
-        lease_expiry_ns: c.lease_expiry_ns,
-        prev_hash: c.prev_hash(),
-        state: c.state.clone(),
-    }
-}
-
 fn ticks_path(data: &Path, tick: u64) -> PathBuf {
     hist(data).join(format!("{tick:010}.ticks"))
 }
@@ -193,7 +180,7 @@ fn rewrite_from(data: &Path, k: usize, edit: impl Fn(&mut CheckpointBody)) {
     let mut prev_hash = Hash32::of(&std::fs::read(&ckpts[k - 1].1).unwrap());
     for (tick, path) in &ckpts[k..] {
         let old = Checkpoint::decode(&std::fs::read(path).unwrap()).unwrap();
-        let mut body = body_of(&old);
+        let mut body = Checkpoint::body(&old);
         if *tick == ckpts[k].0 {
             edit(&mut body);
         }

@@ -407,17 +407,7 @@ fn tamper(header: &mut Header, package: &mut AgentPackage, budget_delta: i64, re
     c.budget = Microcents(c.budget.0.saturating_add(budget_delta));
     if resign {
         let seed: [u8; 32] = package.agent_identity.as_deref()?.try_into().ok()?;
-        let body = CheckpointBody {
-            budget: c.budget,
-            price_per_second: c.price_per_second,
-            tick: c.tick,
-            wasm_hash: c.wasm_hash,
-            epoch: c.epoch,
-            lease_expiry_ns: c.lease_expiry_ns,
-            prev_hash: c.prev_hash(),
-            state: c.state.clone(),
-        };
-        c = body.sign(&Keypair::from_seed(seed));
+        c = c.body().sign(&Keypair::from_seed(seed));
     }
     let bytes = c.encode();
     header.head_hash = Hash32::of(&bytes);
