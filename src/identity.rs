@@ -9,6 +9,8 @@ use crate::units::{AgentId, InvalidId, MAX_ID_LEN};
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use std::fmt;
 
+pub mod memo;
+
 /// Multicodec prefix of an Ed25519 public key (varint 0xed).
 const ED25519_MULTICODEC: [u8; 2] = [0xed, 0x01];
 const DID_PREFIX: &str = "did:key:z";
@@ -199,8 +201,15 @@ impl PublicKey {
 
     /// Verify a signature over the concatenation of `parts`.
     pub fn verify_parts(&self, parts: &[&[u8]], sig: &Signature) -> bool {
+        if memo::known_valid(&self.bytes, &sig.0, parts) {
+            return true;
+        }
         let msg = parts.concat();
-        self.key.verify(&msg, &ed25519_dalek::Signature::from_bytes(&sig.0)).is_ok()
+        let ok = self.key.verify(&msg, &ed25519_dalek::Signature::from_bytes(&sig.0)).is_ok();
+        if ok {
+            memo::remember(&self.bytes, &sig.0, parts);
+        }
+        ok
     }
 
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> bool {
@@ -239,7 +248,9 @@ impl Keypair {
     }
 
     pub fn sign(&self, msg: &[u8]) -> Signature {
-        Signature(self.0.sign(msg).to_bytes())
+        let sig = Signature(self.0.sign(msg).to_bytes());
+        memo::remember(self.0.verifying_key().as_bytes(), &sig.0, &[msg]);
+        sig
     }
 
     /// Sign the concatenation of `parts` (avoids building a header++state copy

@@ -1,8 +1,10 @@
 //! Simulator throughput: simulated seconds per wall-clock second and seeds
 //! per minute for the 5-node, 10-agent, one-hour world with migrations and
 //! faults (`bench-5n-10a-1h.ron`), stepped both ways in the same run:
-//! `Stepping::Fixed` (one turmoil step per `step_ms`, the old runner) and
-//! `Stepping::Skip` (idle stretches crossed in one step, the default). Every
+//! `Stepping::Fixed` (one turmoil step per `step_ms` and every signature
+//! verified in full: the old runner) and `Stepping::Skip` (idle stretches
+//! crossed in one step, signature checks answered from the per-thread memo
+//! where this thread made or already checked the signature: the default). Every
 //! seed's trace must be byte-identical both ways. A baseline measures the
 //! same world with the agents removed (turmoil, idle nodes, the timeline).
 //! Run: `cargo bench -p igor-sim --bench throughput` (`-- N` for N seeds,
