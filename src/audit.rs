@@ -19,10 +19,11 @@ pub mod ticklog;
 
 use crate::checkpoint::{Checkpoint, Hash32};
 use crate::env::{Disk, DiskError};
-use crate::executor::{ExecError, Executor, TickOutcome};
+use crate::executor::{ExecError, Executor};
 use crate::lineage::{self, BrokenLink, CHECKPOINT_EXT, RECOVERY_EXT};
 use crate::membrane::first_difference;
 use crate::node::store;
+use crate::replay::{self, DivergenceKind};
 use crate::units::{AgentId, Epoch, Microcents, TickNumber};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -109,6 +110,24 @@ pub enum FindingKind {
         expected: Hash32,
         found: Hash32,
     },
+}
+
+impl From<DivergenceKind> for FindingKind {
+    fn from(d: DivergenceKind) -> Self {
+        match d {
+            DivergenceKind::Shape(why) => FindingKind::Log(why),
+            DivergenceKind::BudgetStart { logged, parent } => FindingKind::BudgetStart { logged, parent },
+            DivergenceKind::Log(why) | DivergenceKind::Exec(why) => FindingKind::Replay(why),
+            DivergenceKind::Outcome(why) => FindingKind::Outcome(why),
+            DivergenceKind::Charge { budget_before, budget_after, replayed, .. } => {
+                FindingKind::Charge { budget_before, budget_after, replayed }
+            }
+            DivergenceKind::State { expected, actual, first_byte } => {
+                FindingKind::State { expected, actual, first_byte }
+            }
+            DivergenceKind::Kv { expected, actual, first_byte } => FindingKind::Kv { expected, actual, first_byte },
+        }
+    }
 }
 
 /// The first place where history and replay part ways.
@@ -399,70 +418,32 @@ impl<E: Executor> Replayer<'_, E> {
         if self.restart || self.instance.is_none() {
             self.start_at(parent)?;
         }
-        let at = |tick, kind| finding(link, tick, kind);
-        let span = link.ckpt.tick.0 - parent.ckpt.tick.0;
-        let consecutive =
-            log.ticks.iter().enumerate().all(|(i, t)| t.inputs.tick.0 == parent.ckpt.tick.0 + i as u64 + 1);
-        if log.ticks.len() as u64 != span || !consecutive {
-            let why = format!(
-                "holds {} ticks for link {}..={} (expected {span} consecutive ticks)",
-                log.ticks.len(),
-                parent.ckpt.tick.0 + 1,
-                link.ckpt.tick
-            );
-            return Err(at(TickNumber(parent.ckpt.tick.0 + 1), FindingKind::Log(why)));
-        }
-        if let Some(first) = log.ticks.first()
-            && first.inputs.budget != parent.ckpt.budget
-        {
-            let kind = FindingKind::BudgetStart { logged: first.inputs.budget, parent: parent.ckpt.budget };
-            return Err(at(first.inputs.tick, kind));
-        }
+        let sealed = match kv_of(self.input, &self.agent, link) {
+            Some(Ok(sealed)) => Some(sealed),
+            _ => None,
+        };
+        let checked = replay::Link {
+            parent_tick: parent.ckpt.tick,
+            parent_budget: parent.ckpt.budget,
+            ticks: &log.ticks,
+            tick: link.ckpt.tick,
+            budget: link.ckpt.budget,
+            state: &link.ckpt.state,
+            kv: sealed.as_deref(),
+        };
+        // Invariant: start_at above either set the instance or returned.
         let instance = self.instance.as_mut().expect("started above");
-        let last = log.ticks.len().saturating_sub(1);
-        for (i, t) in log.ticks.iter().enumerate() {
-            let tick = t.inputs.tick;
-            let r = self.exec.replay_in(&self.wasm_hash, &self.input.manifest, instance, &t.inputs, &t.event_log);
-            let r = r.map_err(|e| {
-                let msg = match e {
-                    ExecError::Divergence(m) => m,
-                    other => other.to_string(),
-                };
-                at(tick, FindingKind::Replay(msg))
-            })?;
-            let fits = match r.outcome {
-                TickOutcome::Completed { .. } => true,
-                TickOutcome::BudgetExhausted => i == last,
-                _ => false,
-            };
-            if !fits {
-                let why = format!("replay ended {:?}, yet the history committed the tick and went on", r.outcome);
-                return Err(at(tick, FindingKind::Outcome(why)));
-            }
-            // RE-3: the budget the next tick (or the checkpoint) starts from
-            // is this tick's budget less its replayed cost and payments.
-            let after = log.ticks.get(i + 1).map_or(link.ckpt.budget, |n| n.inputs.budget);
-            let replayed = Microcents(r.cost.0.saturating_add(r.paid.0));
-            if t.inputs.budget.0.checked_sub(replayed.0) != Some(after.0) {
-                let kind = FindingKind::Charge { budget_before: t.inputs.budget, budget_after: after, replayed };
-                return Err(at(tick, kind));
-            }
-        }
-        let (state, kv) =
-            self.exec.snapshot(instance).map_err(|e| at(link.ckpt.tick, FindingKind::Replay(e.to_string())))?;
-        check_state(link, &state)?;
-        if let Some(Ok(sealed)) = kv_of(self.input, &self.agent, link)
-            && sealed != kv
-        {
-            let kind = FindingKind::Kv {
-                expected: Hash32::of(&sealed),
-                actual: Hash32::of(&kv),
-                first_byte: first_difference(&sealed, &kv),
-            };
-            return Err(at(link.ckpt.tick, kind));
-        }
-        self.kv = kv;
-        Ok(log.ticks.len() as u64)
+        let replayed = replay::check_link(
+            self.exec,
+            &self.wasm_hash,
+            &self.input.manifest,
+            instance,
+            &checked,
+            replay::Charge::Exact,
+        )
+        .map_err(|d| finding(link, d.tick, FindingKind::from(d.kind)))?;
+        self.kv = replayed.kv;
+        Ok(replayed.ticks)
     }
 }
 

@@ -219,7 +219,7 @@ fn divergent_state_names_hashes_and_first_byte() {
     let mut bad = run.records[1].clone();
     bad.cost = Microcents(bad.cost.0 + 1);
     let d = verify_tick(&mut sb, &run.hash, manifest!("observer"), &run.records[0].state_after, &[], &bad).unwrap_err();
-    assert!(matches!(d.kind, DivergenceKind::Cost { .. }), "{d}");
+    assert!(matches!(d.kind, DivergenceKind::Charge { .. }), "{d}");
 }
 
 #[test]

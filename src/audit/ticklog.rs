@@ -54,12 +54,8 @@ pub fn ticks_file_tick(path: &str) -> Option<TickNumber> {
     name.strip_suffix(TICKS_EXT).and_then(|t| t.parse::<u64>().ok()).map(TickNumber)
 }
 
-/// One recorded tick: what went in and what the guest observed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoggedTick {
-    pub inputs: TickInputs,
-    pub event_log: Vec<u8>,
-}
+/// One recorded tick (the one type, owned by [`crate::replay`]).
+pub use crate::replay::LoggedTick;
 
 /// Which link a log belongs to (what its signature binds it to).
 #[derive(Clone, Debug, PartialEq, Eq)]
