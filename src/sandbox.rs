@@ -31,6 +31,12 @@ use wasmtime::{
     StoreLimitsBuilder, Trap, TypedFunc,
 };
 
+mod replay;
+mod restore;
+
+use replay::unconsumed;
+use restore::{lifecycle_call, restore};
+
 /// Default per-agent memory cap (spec §3: 64 MiB = 1024 pages).
 pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 /// Fixed wasm stack: stack-overflow depth must not depend on the host's
@@ -473,114 +479,6 @@ impl Sandbox {
     }
 }
 
-impl Sandbox {
-    /// State bytes (`agent_checkpoint` / `agent_checkpoint_ptr`) and kv
-    /// snapshot. A lying size or pointer is a lifecycle error, never a panic
-    /// or a huge allocation.
-    pub fn snapshot_instance(&self, inst: &mut Instance) -> Result<(Vec<u8>, Vec<u8>), ExecError> {
-        if let Some(why) = &inst.poisoned {
-            return Err(ExecError::Lifecycle(format!("cannot snapshot: instance unusable after {why}")));
-        }
-        let fuel = self.cfg.lifecycle_fuel;
-        let (size_fn, ptr_fn) = (inst.checkpoint_fn.clone(), inst.checkpoint_ptr_fn.clone());
-        let size = lifecycle_call(&mut inst.store, fuel, "agent_checkpoint", |s| size_fn.call(s, ()))?;
-        let ptr = lifecycle_call(&mut inst.store, fuel, "agent_checkpoint_ptr", |s| ptr_fn.call(s, ()))?;
-        let mem_len = inst.memory_bytes();
-        let lie = |why: String| ExecError::Lifecycle(format!("agent_checkpoint: {why}"));
-        let size = usize::try_from(size).map_err(|_| lie(format!("negative size {size}")))?;
-        if size > MAX_STATE_BYTES {
-            return Err(lie(format!("claims {size} bytes of state (limit {MAX_STATE_BYTES})")));
-        }
-        let start = ptr as u32 as usize;
-        let state = match inst.store.data().memory {
-            Some(m) => m.data(&inst.store).get(start..start + size).map(<[u8]>::to_vec),
-            None if size == 0 => Some(Vec::new()),
-            None => None,
-        };
-        let state = state.ok_or_else(|| {
-            lie(format!("claims {size} bytes at {start:#x}, beyond linear memory of {mem_len} bytes"))
-        })?;
-        Ok((state, inst.store.data().kv.encode()))
-    }
-
-    /// Re-run one tick from (`state`, `kv`) against its recorded event log.
-    /// Every hostcall result (clock, rand, log, wallet, price, http, pay,
-    /// kv) comes from the log alone, in order; `inputs` only bound the fuel
-    /// and price the bill (CM-4: a replay against a host that would answer
-    /// differently reproduces the tick). The replayed guest must consume
-    /// the log exactly: a missing, extra or reordered entry is a divergence
-    /// naming the tick and the entry index. A tick that did not complete
-    /// leaves (`state`, `kv`) as they were.
-    pub fn replay_tick(
-        &mut self,
-        wasm_hash: &Hash32,
-        manifest: &[u8],
-        state: &[u8],
-        kv: &[u8],
-        inputs: &TickInputs,
-        event_log: &[u8],
-    ) -> Result<ReplayResult, ExecError> {
-        EventLog::decode(event_log).map_err(|e| ExecError::Divergence(format!("tick {}: {e}", inputs.tick)))?;
-        let mut inst = self.start_instance(wasm_hash, manifest, state, kv)?;
-        let report = self.run_tick(&mut inst, inputs, Some(event_log))?;
-        let (state, kv) = match inst.poisoned {
-            Some(_) => (state.to_vec(), kv.to_vec()),
-            None => self.snapshot_instance(&mut inst)?,
-        };
-        Ok(ReplayResult {
-            outcome: report.outcome,
-            fuel_used: report.fuel_used,
-            cost: report.cost,
-            paid: report.paid,
-            state,
-            kv,
-        })
-    }
-}
-
-impl Sandbox {
-    /// [`Executor::replay_in`] on a running instance: the recorded tick
-    /// runs in `inst` itself (no instantiation, no state copy), so a chain
-    /// replays at about the live cost per tick. A tick the budget may cut
-    /// starts from a snapshot, exactly as the live [`Executor::tick`] does,
-    /// so the instance ends where the live one did.
-    pub fn replay_in_instance(
-        &mut self,
-        inst: &mut Instance,
-        inputs: &TickInputs,
-        event_log: &[u8],
-    ) -> Result<ReplayedTick, ExecError> {
-        let before = if self.may_be_cut(inst, inputs) { Some(self.snapshot_instance(inst)?) } else { None };
-        let report = self.run_tick(inst, inputs, Some(event_log))?;
-        if report.outcome == TickOutcome::BudgetExhausted
-            && inst.poisoned.is_some()
-            && let Some((state, kv)) = before
-        {
-            let (hash, manifest) = (inst.wasm_hash, inst.manifest.clone());
-            *inst = self.start_instance(&hash, &manifest, &state, &kv)?;
-        }
-        Ok(ReplayedTick { outcome: report.outcome, cost: report.cost, paid: report.paid })
-    }
-
-    /// A tick the budget may cut: it cannot buy a whole tick's fuel.
-    fn may_be_cut(&self, inst: &Instance, inputs: &TickInputs) -> bool {
-        inst.poisoned.is_none()
-            && meter::affordable_fuel(inputs.budget, inputs.price_per_second).is_ok_and(|f| f < self.cfg.tick_fuel)
-    }
-}
-
-/// The divergence of a replayed guest that made fewer hostcalls than its
-/// log records: names the tick and the first entry it left unread.
-fn unconsumed(inputs: &TickInputs, recorded: &[u8], used: usize) -> ExecError {
-    let entries = EventLog::decode(recorded).map(|l| l.entries).unwrap_or_default();
-    let name = entries.get(used).and_then(|e| membrane::Hostcall::from_id(e.id)).map_or("?", membrane::Hostcall::name);
-    ExecError::Divergence(format!(
-        "tick {}: entry {used} ({name}): recorded, but the guest made only {used} of the log's {} hostcalls",
-        inputs.tick,
-        entries.len()
-    ))
-}
-
 impl Executor for Sandbox {
     type Instance = Instance;
 
@@ -645,83 +543,6 @@ impl Executor for Sandbox {
     ) -> Result<ReplayedTick, ExecError> {
         self.replay_in_instance(instance, inputs, event_log)
     }
-}
-
-/// Call a lifecycle export with fresh, uncharged fuel; errors name it.
-fn lifecycle_call<R>(
-    store: &mut Store<HostState>,
-    fuel: u64,
-    name: &str,
-    f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
-) -> Result<R, ExecError> {
-    store.set_fuel(fuel).map_err(|e| ExecError::Lifecycle(e.to_string()))?;
-    f(store).map_err(|e| {
-        let why = match e.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => format!("ran out of its {fuel} lifecycle fuel"),
-            Some(t) => format!("trapped: {t}"),
-            None => format!("failed: {}", e.root_cause()),
-        };
-        ExecError::Lifecycle(format!("{name} {why}"))
-    })
-}
-
-/// `malloc(len)`, copy the state in, `agent_resume(ptr, len)`.
-fn restore(
-    store: &mut Store<HostState>,
-    instance: &wasmtime::Instance,
-    fuel: u64,
-    state: &[u8],
-) -> Result<(), ExecError> {
-    let len = i32::try_from(state.len())
-        .map_err(|_| ExecError::Lifecycle(format!("state of {} bytes is too large", state.len())))?;
-    let malloc = instance
-        .get_typed_func::<i32, i32>(&mut *store, "malloc")
-        .map_err(|_| invalid("missing export `malloc` (i32) -> i32, needed to resume from non-empty state"))?;
-    let resume = instance
-        .get_typed_func::<(i32, i32), ()>(&mut *store, "agent_resume")
-        .map_err(|e| invalid(format!("export `agent_resume`: {e}")))?;
-    let ptr = lifecycle_call(store, fuel, "malloc", |s| malloc.call(s, len))?;
-    let mem =
-        store.data().memory.ok_or_else(|| invalid("missing export `memory`, needed to resume from non-empty state"))?;
-    let start = ptr as u32 as usize;
-    let dst = mem.data_mut(&mut *store).get_mut(start..start.saturating_add(state.len())).ok_or_else(|| {
-        ExecError::Lifecycle(format!("malloc returned {start:#x}, no room for {} bytes of state", state.len()))
-    })?;
-    dst.copy_from_slice(state);
-    lifecycle_call(store, fuel, "agent_resume", |s| resume.call(s, (ptr, len)))
-        .map_err(|e| version_mismatch(store, instance, fuel, state).unwrap_or(e))
-}
-
-/// The igor-agent SDK's state header: magic, format, version (u32 LE),
-/// shape fingerprint (u64 LE).
-const SDK_STATE_MAGIC: &[u8; 4] = b"IGAS";
-const SDK_STATE_HEADER: usize = 17;
-
-/// A resume that failed on state from another schema, named: when the
-/// state carries the SDK's header and the agent exports the version and
-/// shape it expects (`igor_state_version`, `igor_state_shape`), and they
-/// differ, say so instead of "unreachable".
-fn version_mismatch(
-    store: &mut Store<HostState>,
-    instance: &wasmtime::Instance,
-    fuel: u64,
-    state: &[u8],
-) -> Option<ExecError> {
-    let header = state.get(..SDK_STATE_HEADER).filter(|h| h.starts_with(SDK_STATE_MAGIC))?;
-    let found_version = u32::from_le_bytes(header[5..9].try_into().ok()?);
-    let found_shape = u64::from_le_bytes(header[9..17].try_into().ok()?);
-    let version = instance.get_typed_func::<(), i32>(&mut *store, "igor_state_version").ok()?;
-    let shape = instance.get_typed_func::<(), i64>(&mut *store, "igor_state_shape").ok()?;
-    let want_version = lifecycle_call(store, fuel, "igor_state_version", |s| version.call(s, ())).ok()? as u32;
-    let want_shape = lifecycle_call(store, fuel, "igor_state_shape", |s| shape.call(s, ())).ok()? as u64;
-    if (found_version, found_shape) == (want_version, want_shape) {
-        return None;
-    }
-    Some(ExecError::Lifecycle(format!(
-        "agent_resume refused the state: state version mismatch (the checkpoint holds version {found_version} \
-         shape {found_shape:016x}, this agent expects version {want_version} shape {want_shape:016x}): its state \
-         type changed"
-    )))
 }
 
 /// Every required export present (spec §1: a missing export is a load error naming it).
