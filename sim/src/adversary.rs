@@ -8,7 +8,7 @@
 //! collateral (detection time, ticks lost, budget drained, A3 bound).
 
 use crate::checker::Obs;
-use crate::runner::RunReport;
+use crate::report::RunReport;
 use crate::scenario::{Expect, NodeSpec, Scenario, Verdict};
 use igor::checkpoint::Hash32;
 use igor::env::derive_seed;
