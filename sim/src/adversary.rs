@@ -7,33 +7,16 @@
 //! still judging everything honest nodes accept from it, and the audit of
 //! collateral (detection time, ticks lost, budget drained, A3 bound).
 
+use crate::byzantine::node_key_seed;
 use crate::checker::Obs;
 use crate::report::RunReport;
 use crate::scenario::{Expect, NodeSpec, Scenario, Verdict};
 use igor::checkpoint::Hash32;
-use igor::env::derive_seed;
 use igor::identity::Keypair;
 use igor::node::defence::Defence;
 use igor::node::{Event, NodeConfig};
 use igor::units::{AgentId, NodeId};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// What an adversary scenario is about (the `attack` field of a scenario).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttackSpec {
-    /// "A2" (Byzantine node), "A3" (economic griefer), "A4" (identity forger).
-    pub class: String,
-    /// The defence this scenario tests (a `Defences` field name, checked
-    /// when the file is read); none when the protocol itself (not a
-    /// switchable defence) beats the attack.
-    #[serde(default)]
-    pub defence: Option<Defence>,
-    /// What must happen with that defence switched off on every node.
-    #[serde(default)]
-    pub off: Option<Expect>,
-}
 
 /// A3 bound: requests of one kind an attacker can make an honest node act
 /// on per simulated minute with `rate_limit` on: the bucket's burst plus its
@@ -53,12 +36,6 @@ pub fn a3_bound_per_minute(kind: &str) -> Option<u64> {
 /// microcents per minute: failed, refused or rejected interactions never
 /// charge the agent (only ticks do, and only on its owner).
 pub const A3_DRAIN_BOUND_PER_MINUTE: i64 = 0;
-
-/// Node key seed of a simulated node: fixed per name, so every node can
-/// know every peer's key (the key directory a real deployment configures).
-pub fn node_key_seed(name: &str) -> [u8; 32] {
-    derive_seed(0, &format!("igor-sim/node-key/{name}"))
-}
 
 /// Apply a node's adversary and defence settings and the key directory.
 pub fn configure(cfg: &mut NodeConfig, spec: &NodeSpec, all: &[NodeSpec]) {
