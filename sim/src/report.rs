@@ -143,7 +143,7 @@ pub(crate) fn write_header(trace: &mut Trace, scenario: &Scenario, seed: u64) {
         scenario.timeline.len(),
         scenario.expect.liveness.as_ref().map(|l| format!("{}ms", l.within_ms)).unwrap_or_else(|| "off".into()),
     ));
-    trace.note(format!("# resolved-scenario sha256 {}", &fingerprint[..32]));
+    trace.note(format!("# resolved-scenario sha256 {}", crate::trace::hex_digest(&fingerprint)));
 }
 
 pub(crate) fn expectation_failures(r: &RunReport) -> Vec<String> {

@@ -16,11 +16,6 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::time::Duration;
 
-pub(super) fn describe(a: &Action) -> String {
-    // The Debug form of a scenario action is stable and readable.
-    format!("{a:?}")
-}
-
 impl World<'_> {
     /// Apply one action; returns observations for the checker.
     pub(super) fn apply(&mut self, action: &Action, agents: &[AgentBytes]) -> Vec<(NodeId, Obs)> {

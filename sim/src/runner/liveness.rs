@@ -5,13 +5,12 @@
 //! LIVENESS, or LOST when the fault model destroyed every honest copy.
 
 use super::RunError;
-use super::actions::describe;
 use super::schema::AgentBytes;
 use super::world::World;
 use crate::checker::{State, Violation};
 use crate::net::LinkFaults;
 use crate::scenario::{Action, Storage};
-use crate::trace::fmt_time;
+use crate::trace::{self, Line, fmt_time};
 use igor::units::{AgentId, NodeId};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,7 +71,7 @@ impl World<'_> {
                     recovered.insert(name.clone(), node.clone());
                     // The simulator has checked no live node holds the agent.
                     let action = Action::Recover { agent: name, node, anchor_tick: None, force: true };
-                    w.trace.note(format!("{} sim liveness {}", fmt_time(w.now_ns), describe(&action)));
+                    w.trace.sim(w.now_ns, trace::action_line("liveness_", &action));
                     // Recover yields no checker observations.
                     let _ = w.apply(&action, agents);
                 }
@@ -197,7 +196,7 @@ impl World<'_> {
     /// Clock skew stays: a wrong clock is a condition, not an event.
     pub(super) fn heal(&mut self, agents: &[AgentBytes]) {
         self.poked = true;
-        self.trace.note(format!("{} sim Heal(all)", fmt_time(self.now_ns)));
+        self.trace.sim(self.now_ns, Line::new("heal_all"));
         for (a, b) in std::mem::take(&mut self.cut) {
             self.sim.repair_oneway(a.as_str(), b.as_str());
         }
@@ -214,7 +213,7 @@ impl World<'_> {
         self.armed.clear();
         for node in self.down.clone() {
             let restart = Action::Restart { node, storage: Storage::Intact };
-            self.trace.note(format!("{} sim {}", fmt_time(self.now_ns), describe(&restart)));
+            self.trace.sim(self.now_ns, trace::action_line("", &restart));
             let _ = self.apply(&restart, agents);
         }
     }

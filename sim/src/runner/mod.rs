@@ -33,7 +33,7 @@ use crate::clock::{ClockFault, SIM_EPOCH_UNIX_NS};
 use crate::net::FaultState;
 use crate::report::{expectation_failures, final_state, write_header};
 use crate::scenario::{Scenario, Step, Storage};
-use crate::trace::fmt_time;
+use crate::trace::{Line, list, text, word};
 use host::{HostCtl, host_main};
 use igor::node::{NodeConfig, NodeEvent};
 use schema::{AgentBytes, load_agents, node_config};
@@ -177,7 +177,12 @@ fn run_inner(
         violation = w.verify_histories(&agents)?.err();
     }
     if let Some(v) = &violation {
-        w.trace.note(format!("{} VIOLATION {v}", fmt_time(v.at_ns)));
+        let line = Line::new("violation")
+            .with("agent", word(v.agent.as_str()))
+            .with("invariant", word(v.invariant))
+            .with("message", text(&v.message))
+            .with("nodes", list(v.nodes.iter().map(|n| word(n.as_str()))));
+        w.trace.sim(v.at_ns, line);
     }
     let mut report = RunReport {
         scenario: scenario.name.clone(),

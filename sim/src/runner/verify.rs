@@ -6,7 +6,7 @@ use super::RunError;
 use super::schema::AgentBytes;
 use super::world::World;
 use crate::checker::{CHAIN, Violation};
-use crate::trace::fmt_time;
+use crate::trace::{self, Line, list, text, word};
 use igor::checkpoint::Hash32;
 use igor::lineage;
 use igor::units::AgentId;
@@ -46,7 +46,8 @@ impl World<'_> {
         for n in &live {
             let ctl = self.ctls[n].clone();
             let Some(histories) = ctl.histories.borrow_mut().take() else {
-                self.trace.note(format!("{} sim verify {n}: host did not stop", fmt_time(self.now_ns)));
+                let line = Line::new("verify").with("node", word(n)).with("result", word("host_did_not_stop"));
+                self.trace.sim(self.now_ns, line);
                 continue;
             };
             for (agent, (entries, records)) in histories {
@@ -70,19 +71,24 @@ impl World<'_> {
                         _ => segments.push(vec![entry]),
                     }
                 }
-                let at = fmt_time(self.now_ns);
-                let mut links = Vec::new();
+                let mut ranges = Vec::new();
+                let mut recoveries = Vec::new();
                 for seg in &segments {
                     match lineage::verify_lineage(seg, &records) {
                         Ok(s) => {
-                            links.push(format!("{}..{}", s.first_tick, s.last_tick));
+                            ranges.push(format!("{}..{}", s.first_tick, s.last_tick));
                             for (tick, anchor) in &s.recoveries {
-                                links.push(format!("recovered at tick {tick} from anchor {}", anchor.short()));
+                                recoveries.push(format!("{tick}:{}", trace::hash(anchor)));
                             }
                         }
                         Err(broken) => {
                             let agent_id = AgentId::new(agent.clone()).map_err(|e| RunError::Sim(e.to_string()))?;
-                            self.trace.note(format!("{at} sim verify {n} {agent}: invalid: {broken}"));
+                            let line = Line::new("verify")
+                                .with("agent", word(&agent))
+                                .with("error", text(&broken.to_string()))
+                                .with("node", word(n))
+                                .with("result", word("invalid"));
+                            self.trace.sim(self.now_ns, line);
                             return Ok(Err(Violation {
                                 invariant: CHAIN,
                                 at_ns: self.now_ns,
@@ -93,7 +99,13 @@ impl World<'_> {
                         }
                     }
                 }
-                self.trace.note(format!("{at} sim verify {n} {agent}: valid, ticks {}", links.join(", ")));
+                let line = Line::new("verify")
+                    .with("agent", word(&agent))
+                    .with("node", word(n))
+                    .with("recoveries", list(recoveries))
+                    .with("result", word("valid"))
+                    .with("ticks", list(ranges));
+                self.trace.sim(self.now_ns, line);
             }
         }
         Ok(Ok(()))

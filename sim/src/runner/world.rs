@@ -4,7 +4,6 @@
 //! schedule entries, and draining node events into the trace, coverage
 //! and checker.
 
-use super::actions::describe;
 use super::host::HostCtl;
 use super::observe::{Heads, boundary_hit, observation, remember_head, state_of};
 use super::schema::AgentBytes;
@@ -14,7 +13,7 @@ use crate::coverage::Coverage;
 use crate::disk::DiskFaultKind;
 use crate::net::NetCounters;
 use crate::scenario::{Action, Boundary, BuggifyFault, Scenario, Storage};
-use crate::trace::{Trace, fmt_time};
+use crate::trace::{self, Line, Trace, int, word};
 use crate::watchdog::STUCK;
 use igor::authority::{AuthorityState, Reason};
 use igor::checkpoint::Hash32;
@@ -241,7 +240,7 @@ impl<'a> World<'a> {
             self.poked = true;
             match what {
                 Sched::Act(action) => {
-                    self.trace.note(format!("{} sim {}", fmt_time(self.now_ns), describe(&action)));
+                    self.trace.sim(self.now_ns, trace::action_line("", &action));
                     self.coverage.action(self.now_ns, &action);
                     for (node, o) in self.apply(&action, agents) {
                         for (node, o) in self.byzantine.action(&node, o) {
@@ -250,18 +249,18 @@ impl<'a> World<'a> {
                     }
                 }
                 Sched::Hold(n) => {
-                    self.trace.note(format!("{} sim Hold(node: {n:?})", fmt_time(self.now_ns)));
+                    self.trace.sim(self.now_ns, Line::new("hold").with("node", word(&n)));
                     self.hold(&n);
                 }
                 Sched::Release(n) => {
-                    self.trace.note(format!("{} sim Release(node: {n:?})", fmt_time(self.now_ns)));
+                    self.trace.sim(self.now_ns, Line::new("release").with("node", word(&n)));
                     self.release(&n);
                 }
                 Sched::DiskHeal(n) => {
                     let faults = &self.ctls.get(&n).expect("scheduled for a scenario node").disk;
                     faults.end(self.now_ns, false);
                     if faults.active.get().is_none() {
-                        self.trace.note(format!("{} sim DiskHeal(node: {n:?})", fmt_time(self.now_ns)));
+                        self.trace.sim(self.now_ns, Line::new("disk_heal").with("node", word(&n)));
                     }
                 }
             }
@@ -274,7 +273,7 @@ impl<'a> World<'a> {
         let mut fire = Vec::new();
         while let Ok(e) = self.rx.try_recv() {
             self.events += 1;
-            let text = e.event.to_string();
+            let text = trace::event(&e.event);
             self.trace.event(e.at_ns, e.node.as_str(), &text);
             remember_head(&mut self.heads, &e);
             // What each node reports, as an operator reads it (`igord
@@ -296,7 +295,7 @@ impl<'a> World<'a> {
                 _ => {}
             }
             let isolated = self.isolated(e.node.as_str());
-            self.coverage.observe_text(e.node.as_str(), &e.event, &text, isolated);
+            self.coverage.observe(e.node.as_str(), &e.event, isolated);
             match &e.event {
                 Event::AgentHalted { agent, .. } => {
                     self.halted.insert(agent.to_string());
@@ -332,7 +331,11 @@ impl<'a> World<'a> {
             if self.down.contains(&node) {
                 continue;
             }
-            self.trace.note(format!("{} sim BUGGIFY {node} {fault:?} at {boundary:?}", fmt_time(self.now_ns)));
+            let line = Line::new("buggify_fired")
+                .with("fault", trace::buggify_fault(fault))
+                .with("node", word(&node))
+                .with("on", trace::boundary(boundary));
+            self.trace.sim(self.now_ns, line);
             let end = self.now_ns.saturating_add(for_ns);
             match fault {
                 BuggifyFault::Crash => {
@@ -370,7 +373,8 @@ impl<'a> World<'a> {
         for (name, ctl) in &self.ctls {
             let refused = ctl.disk.refused.replace(0);
             if refused > 0 {
-                self.trace.note(format!("{} sim disk {name} refused {refused} write(s)", fmt_time(self.now_ns)));
+                let line = Line::new("disk_refused").with("node", word(name)).with("writes", int(refused));
+                self.trace.sim(self.now_ns, line);
                 self.coverage.mark("disk_write_refused");
             }
             let now = ctl.faults.borrow().counters.clone();
@@ -381,7 +385,7 @@ impl<'a> World<'a> {
             let before = self.net_seen.entry(name.clone()).or_default();
             if now.rejected > before.rejected {
                 let n = now.rejected - before.rejected;
-                self.trace.note(format!("{} sim net {name} rejected {n} corrupted frame(s)", fmt_time(self.now_ns)));
+                self.trace.sim(self.now_ns, Line::new("net_rejected").with("frames", int(n)).with("node", word(name)));
                 self.coverage.mark("corrupt_frame_rejected");
             }
             if now.duplicated > before.duplicated {

@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The one name a node may not have: the trace writes the simulator's own
+/// lines (actions, verify, the verdict) as host `sim` (`crate::trace::SIM`).
+pub const RESERVED_NODE: &str = "sim";
+
 /// Upper bound on simulated duration: keeps a typo (hours for seconds) from
 /// turning a run into a day-long job.
 pub const MAX_DURATION_S: u64 = 24 * 3600;

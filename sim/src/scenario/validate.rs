@@ -75,6 +75,10 @@ impl Scenario {
             if !nodes.insert(n.name.as_str()) {
                 return err(format!("nodes[{i}].name"), format!("duplicate node {:?}", n.name));
             }
+            if n.name == RESERVED_NODE {
+                let why = "is the host name of the simulator's own trace lines";
+                return err(format!("nodes[{i}].name"), format!("{RESERVED_NODE:?} {why}"));
+            }
             if n.price_microcents < 0 {
                 return err(format!("nodes[{i}].price_microcents"), format!("{} is negative", n.price_microcents));
             }
@@ -413,6 +417,7 @@ mod tests {
             ("seed: 1,", "seed: 1, network: (latency_ms: (9, 2)),", "network.latency_ms", "(9, 2)"),
             ("seed: 1,", "seed: 1, network: (loss: 1.5),", "network.loss", "1.5"),
             ("[(name: \"a\")]", "[(name: \"a\"), (name: \"a\")]", "nodes[1].name", "\"a\")]"),
+            ("[(name: \"a\")]", "[(name: \"a\"), (name: \"sim\")]", "nodes[1].name", "\"sim\")]"),
             ("[(name: \"a\")]", "[(name: \"a\", price_microcents: -1)]", "nodes[0].price_microcents", "-1)"),
             ("[(name: \"a\")]", "[(name: \"a\", lease_duration_ms: 0)]", "nodes[0].lease_duration_ms", "0)"),
             ("[(name: \"a\")]", "[(name: \"a\", tick_interval_ms: 0)]", "nodes[0].tick_interval_ms", "0)"),
