@@ -118,9 +118,6 @@ pub(crate) fn final_state(
     Ok((authority, highest))
 }
 
-/// Something the runner does at a simulated time: a timeline action, or a
-/// step the runner derived from one (a swizzle's holds, a BUGGIFY restart).
-
 /// The trace header: format, scenario and seed, build (version, git
 /// revision, wasmtime), the resolved options and a fingerprint of the whole
 /// resolved scenario, so a trace says exactly what produced it.

@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use tokio::sync::mpsc;
 
+/// Something the runner does at a simulated time: a timeline action, or a
+/// step the runner derived from one (a swizzle's holds, a BUGGIFY restart).
 #[derive(Clone, Debug)]
 pub(super) enum Sched {
     Act(Action),
