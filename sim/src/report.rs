@@ -101,21 +101,16 @@ impl RunReport {
 /// checker saw them at the end of the fault window.
 pub(crate) type FinalState = (BTreeMap<(String, String), String>, BTreeMap<String, Option<u64>>);
 
-pub(crate) fn final_state(
-    checker: &Checker,
-    scenario: &Scenario,
-    agents: &[AgentId],
-) -> Result<FinalState, crate::runner::RunError> {
+pub(crate) fn final_state(checker: &Checker, nodes: &[NodeId], agents: &[AgentId]) -> FinalState {
     let mut authority = BTreeMap::new();
-    for spec in &scenario.nodes {
-        let node = NodeId::new(spec.name.clone()).map_err(|e| crate::runner::RunError::Sim(e.to_string()))?;
+    for node in nodes {
         for a in agents {
-            let state = checker.authority(&node, a).map(State::name).unwrap_or("ABSENT");
-            authority.insert((spec.name.clone(), a.to_string()), state.to_string());
+            let state = checker.authority(node, a).map(State::name).unwrap_or("ABSENT");
+            authority.insert((node.to_string(), a.to_string()), state.to_string());
         }
     }
     let highest = agents.iter().map(|a| (a.to_string(), checker.highest_tick(a))).collect();
-    Ok((authority, highest))
+    (authority, highest)
 }
 
 /// The trace header: format, scenario and seed, build (version, git

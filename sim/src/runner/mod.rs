@@ -36,6 +36,7 @@ use crate::scenario::{Scenario, Step, Storage};
 use crate::trace::{Line, list, text, word};
 use host::{HostCtl, host_main};
 use igor::node::{NodeConfig, NodeEvent};
+use igor::units::{AgentId, NodeId};
 use schema::{AgentBytes, load_agents, node_config};
 use std::cell::{Cell, RefCell};
 use std::path::Path;
@@ -164,8 +165,9 @@ fn run_inner(
 
     // Safety: the fault window is the scenario's duration.
     let mut violation = w.run_until(duration_ns, &agents, |_| false)?.err();
-    let (authority, highest_ticks) =
-        final_state(&w.checker, scenario, &agents.iter().map(|a| a.id.clone()).collect::<Vec<_>>())?;
+    let nodes: Vec<NodeId> = w.ctls.values().map(|c| c.name.clone()).collect();
+    let ids: Vec<AgentId> = agents.iter().map(|a| a.id.clone()).collect();
+    let (authority, highest_ticks) = final_state(&w.checker, &nodes, &ids);
     // Then liveness: heal everything and ask every agent to tick again.
     if violation.is_none()
         && let Some(within) = liveness_ns

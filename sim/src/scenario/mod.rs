@@ -8,8 +8,10 @@
 //! matrix and the audit all read) and small accessors on them. Reading,
 //! validating and locating a field in the text is `validate`.
 
+mod template;
 mod validate;
 
+pub use template::{EXTRA_FAMILIES, ExploreSpec, FAMILIES};
 pub use validate::{files, locate};
 
 use igor::node::defence::Defence;
@@ -55,10 +57,10 @@ pub struct Scenario {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<AttackSpec>,
     /// Explore templates only: the families `igor-sim explore` draws and
-    /// the pools it draws from (see `explore::ExploreSpec`). Resolved
+    /// the pools it draws from (see [`ExploreSpec`]). Resolved
     /// scenarios drop it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub explore: Option<crate::explore::ExploreSpec>,
+    pub explore: Option<ExploreSpec>,
 }
 
 /// The agent key the simulator gives a self-certifying agent id
@@ -392,7 +394,7 @@ pub struct Liveness {
     pub recovery: bool,
 }
 
-/// Serde default `true` (also for `explore::ExploreSpec`).
+/// Serde default `true` (also for [`ExploreSpec`]).
 pub(crate) fn yes() -> bool {
     true
 }
