@@ -7,33 +7,16 @@
 //! still judging everything honest nodes accept from it, and the audit of
 //! collateral (detection time, ticks lost, budget drained, A3 bound).
 
+use crate::byzantine::node_key_seed;
 use crate::checker::Obs;
-use crate::runner::RunReport;
+use crate::report::RunReport;
 use crate::scenario::{Expect, NodeSpec, Scenario, Verdict};
 use igor::checkpoint::Hash32;
-use igor::env::derive_seed;
 use igor::identity::Keypair;
 use igor::node::defence::Defence;
 use igor::node::{Event, NodeConfig};
 use igor::units::{AgentId, NodeId};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// What an adversary scenario is about (the `attack` field of a scenario).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttackSpec {
-    /// "A2" (Byzantine node), "A3" (economic griefer), "A4" (identity forger).
-    pub class: String,
-    /// The defence this scenario tests (a `Defences` field name, checked
-    /// when the file is read); none when the protocol itself (not a
-    /// switchable defence) beats the attack.
-    #[serde(default)]
-    pub defence: Option<Defence>,
-    /// What must happen with that defence switched off on every node.
-    #[serde(default)]
-    pub off: Option<Expect>,
-}
 
 /// A3 bound: requests of one kind an attacker can make an honest node act
 /// on per simulated minute with `rate_limit` on: the bucket's burst plus its
@@ -53,12 +36,6 @@ pub fn a3_bound_per_minute(kind: &str) -> Option<u64> {
 /// microcents per minute: failed, refused or rejected interactions never
 /// charge the agent (only ticks do, and only on its owner).
 pub const A3_DRAIN_BOUND_PER_MINUTE: i64 = 0;
-
-/// Node key seed of a simulated node: fixed per name, so every node can
-/// know every peer's key (the key directory a real deployment configures).
-pub fn node_key_seed(name: &str) -> [u8; 32] {
-    derive_seed(0, &format!("igor-sim/node-key/{name}"))
-}
 
 /// Apply a node's adversary and defence settings and the key directory.
 pub fn configure(cfg: &mut NodeConfig, spec: &NodeSpec, all: &[NodeSpec]) {
@@ -221,11 +198,8 @@ pub struct Collateral {
     pub admitted_per_minute: BTreeMap<String, u64>,
 }
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split(' ').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// Audit a run's trace. Lines look like `000012.345 node kind k=v …`.
+/// Audit a run's trace. Lines look like `000012.345 node kind k=v …`
+/// (read with [`crate::trace::parse`], which unquotes values).
 pub fn collateral(r: &RunReport) -> Collateral {
     let mut c = Collateral::default();
     let mut byz: BTreeSet<String> = BTreeSet::new();
@@ -236,35 +210,33 @@ pub fn collateral(r: &RunReport) -> Collateral {
     let mut uncommitted: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut pending_cost: BTreeMap<(String, String), i64> = BTreeMap::new();
     for line in r.trace.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(t), Some(node), Some(rest)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let Ok(at) = t.parse::<f64>() else { continue };
-        let kind = rest.split(' ').next().unwrap_or("");
-        let num = |k: &str| field(rest, k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-        let key = (node.to_string(), field(rest, "agent").unwrap_or("").to_string());
-        match kind {
+        let Some(l) = crate::trace::parse(line) else { continue };
+        let (node, at) = (l.host.as_str(), l.at_ns as f64 / 1e9);
+        let num = |k: &str| l.int(k).unwrap_or(0);
+        let key = (node.to_string(), l.get("agent").unwrap_or("").to_string());
+        match l.kind.as_str() {
             "misbehaved" => {
                 byz.insert(node.to_string());
-                if field(rest, "act").is_some_and(|a| a.trim_start_matches('"').starts_with("bounces")) {
+                if l.get("act").is_some_and(|a| a.starts_with("bounces")) {
                     churn.insert(node.to_string());
                 }
                 c.attack_at_s.get_or_insert(at);
             }
             "claim_rejected" | "divergence_detected" if c.attack_at_s.is_some() && c.detected_at_s.is_none() => {
                 c.detected_at_s = Some(at);
-                c.detected_by = Some(field(rest, "defence").unwrap_or("divergence_detection").to_string());
+                c.detected_by = Some(l.get("defence").unwrap_or("divergence_detection").to_string());
             }
-            "authority_changed" if !byz.contains(node) && field(rest, "to") == Some("RECOVERY_REQUIRED") => {
+            "authority_changed" if !byz.contains(node) && l.get("to") == Some("RECOVERY_REQUIRED") => {
                 // EI-2: work since the last checkpoint is discarded.
                 c.ticks_lost += uncommitted.remove(&key).unwrap_or(0);
                 if c.attack_at_s.is_some() && c.detected_at_s.is_none() {
                     c.detected_at_s = Some(at);
-                    c.detected_by = Some(format!("pause ({})", field(rest, "reason").unwrap_or("?")));
+                    c.detected_by = Some(format!("pause ({})", l.get("reason").unwrap_or("?")));
                 }
             }
             "message_received" if !byz.contains(node) || churn.contains(node) => {
-                let kind = field(rest, "kind").unwrap_or("?");
-                if let Some(peer) = field(rest, "peer").filter(|p| byz.contains(*p))
+                let kind = l.get("kind").unwrap_or("?");
+                if let Some(peer) = l.get("peer").filter(|p| byz.contains(*p))
                     && a3_bound_per_minute(kind).is_some()
                 {
                     *admitted.entry((peer.to_string(), kind.to_string())).or_default() += 1;

@@ -36,6 +36,12 @@ use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// Node key seed of a simulated node: fixed per name, so every node can
+/// know every peer's key (the key directory a real deployment configures).
+pub fn node_key_seed(name: &str) -> [u8; 32] {
+    derive_seed(0, &format!("igor-sim/node-key/{name}"))
+}
+
 /// How a `BounceAgent` griefer's `misbehaved` act begins. Its handoffs
 /// are real ones, by the protocol's rules: a simulator keeps judging its
 /// authority claims like an honest host's (only its intent is hostile).
@@ -297,7 +303,7 @@ impl Interposer {
     ) -> Interposer {
         use Misbehaviour::*;
         let Some(m) = m.filter(|m| ByzantineConduct::new(m).is_none()) else { return Interposer { inner, wire: None } };
-        let key = Keypair::from_seed(crate::adversary::node_key_seed(cfg.node_id.as_str()));
+        let key = Keypair::from_seed(node_key_seed(cfg.node_id.as_str()));
         let rng = ChaCha20Rng::from_seed(derive_seed(seed, &format!("adversary/{}/boot/{boot}", cfg.node_id)));
         let wire = Rc::new(RefCell::new(WireState {
             m: m.clone(),

@@ -146,8 +146,8 @@ pub const OPTIONAL_MARKS: &[(&str, &str)] = &[
 /// Adversary marks (A2–A4) are named at run time: `adversary_<behaviour>`
 /// each time a node configured with that misbehaviour reports acting it out
 /// (`misbehaved`), and `defence_<name>` each time a defence rejects a claim
-/// (`claim_rejected defence=<name>`). Read from the event text, so this
-/// module needs none of the adversary types.
+/// (`claim_rejected defence=<name>`). Read from the events themselves (not
+/// their trace text), so this module needs none of the adversary types.
 pub const ADVERSARY_PREFIX: &str = "adversary_";
 pub const DEFENCE_PREFIX: &str = "defence_";
 
@@ -181,12 +181,6 @@ impl Coverage {
     /// Derive marks from one node event. `isolated`: the node is cut off
     /// (partitioned from a peer, or its links are held) right now.
     pub fn observe(&mut self, node: &str, event: &Event, isolated: bool) {
-        self.observe_text(node, event, &event.to_string(), isolated);
-    }
-
-    /// [`Coverage::observe`] with the event's text already formatted (the
-    /// runner formats each event once, for the trace and for this).
-    pub fn observe_text(&mut self, node: &str, event: &Event, text: &str, isolated: bool) {
         match event {
             Event::HandoffStarted { agent, target, .. } => {
                 self.inflight.insert((agent.to_string(), node.to_string(), target.to_string()));
@@ -236,15 +230,12 @@ impl Coverage {
             Event::DivergenceDetected { .. } => self.mark("divergence_detected"),
             _ => {}
         }
-        match text.split(' ').next().unwrap_or_default() {
-            "misbehaved" => {
+        match event {
+            Event::Misbehaved { .. } => {
                 let behaviour = self.behaviours.get(node).cloned().unwrap_or_else(|| "unnamed".to_string());
                 self.mark(&format!("{ADVERSARY_PREFIX}{behaviour}"));
             }
-            "claim_rejected" => {
-                let defence = text.split(' ').find_map(|kv| kv.strip_prefix("defence=")).unwrap_or("unnamed");
-                self.mark(&format!("{DEFENCE_PREFIX}{}", defence.trim_matches('"')));
-            }
+            Event::ClaimRejected { defence, .. } => self.mark(&format!("{DEFENCE_PREFIX}{}", defence.name())),
             _ => {}
         }
     }

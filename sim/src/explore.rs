@@ -6,42 +6,16 @@
 //! never reshuffles the others. The resolved scenario is plain RON: running
 //! it with `igor-sim run` reproduces the run exactly.
 
-use crate::byzantine::Misbehaviour;
 use crate::coverage;
 use crate::disk::DiskFaultKind;
-use crate::scenario::{Action, AgentSpec, Boundary, BuggifyFault, Scenario, Step, Storage, Verdict};
+use crate::scenario::{Action, Boundary, BuggifyFault, Scenario, Step, Storage, Verdict};
+pub use crate::scenario::{EXTRA_FAMILIES, ExploreSpec, FAMILIES};
 use igor::env::derive_seed;
 use igor::lease::LeaseConfig;
 use igor::migration::MigrationConfig;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-
-/// The fault families, in the order they are drawn and documented.
-pub const FAMILIES: &[&str] = &[
-    "latency",
-    "loss",
-    "duplication",
-    "reordering",
-    "corruption",
-    "partitions",
-    "crashes",
-    "disk",
-    "clock",
-    "pause",
-    "swizzle",
-    "buggify",
-    "migrations",
-];
-
-/// The wider families a template can ask for (`explore: (families: [...])`),
-/// drawn after the A1 ones, each from its own RNG. `hostile`, `budget` and
-/// `adversary` change the scenario's configuration (agents, budgets, a
-/// node's misbehaviour); the others add timeline actions. Marks per family:
-/// `coverage::FAMILY_MARKS`.
-pub const EXTRA_FAMILIES: &[&str] =
-    &["hostile", "budget", "adversary", "recover", "chains", "double_migration", "wipe", "diskfault"];
 
 /// The clock bound S of spec §5 at the default settings: any two nodes'
 /// wall clocks differ by at most this much. Lease and package safety need
@@ -65,76 +39,6 @@ pub fn clock_bound_ns(s: &Scenario) -> u64 {
         .min()
         .unwrap_or(default_grace);
     CLOCK_BOUND_NS.min(margin).min(grace.saturating_sub(margin).saturating_sub(1))
-}
-
-/// What an explore template asks for beyond the A1 families: the `explore`
-/// field of a template scenario. Resolved scenarios drop it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExploreSpec {
-    /// Draw the A1 families ([`FAMILIES`]) too.
-    #[serde(default = "crate::scenario::yes")]
-    pub a1: bool,
-    /// Wider families to draw, from [`EXTRA_FAMILIES`].
-    #[serde(default)]
-    pub families: Vec<String>,
-    /// Agents the `hostile` family deploys (one per seed that draws it, on
-    /// a node it draws; the entry's `node` is the default). Add an agent
-    /// here to put it in the draw.
-    #[serde(default)]
-    pub hostile_agents: Vec<AgentSpec>,
-    /// The `budget` family gives one agent a budget in this range
-    /// (microcents): low enough to run out within the run.
-    #[serde(default = "default_low_budget")]
-    pub low_budget_microcents: (i64, i64),
-    /// (node, misbehaviour) pairs; the `adversary` family configures one.
-    /// Defences stay on, so the expected verdict stays Pass.
-    #[serde(default)]
-    pub adversaries: Vec<(String, Misbehaviour)>,
-    /// DELIBERATELY OUTSIDE the clock bound S: the `clock` family draws
-    /// ±2 s skews and far jumps (a suspended VM), as explore did before S
-    /// was stated. Such runs may lose safety (spec §5): a violation there
-    /// is the price of the broken assumption, reported, not a node bug.
-    #[serde(default)]
-    pub clock_beyond_bound: bool,
-}
-
-fn default_low_budget() -> (i64, i64) {
-    (5, 40)
-}
-
-impl ExploreSpec {
-    /// Names resolve against the template's nodes and agents.
-    pub fn validate(&self, nodes: &BTreeSet<&str>, agents: &BTreeSet<&str>) -> Result<(), String> {
-        for f in &self.families {
-            if !EXTRA_FAMILIES.contains(&f.as_str()) {
-                return Err(format!("explore.families: unknown family {f:?} (known: {})", EXTRA_FAMILIES.join(", ")));
-            }
-        }
-        let mut seen = BTreeSet::new();
-        for a in &self.hostile_agents {
-            igor::units::AgentId::new(a.name.clone()).map_err(|e| format!("explore.hostile_agents: {e}"))?;
-            if agents.contains(a.name.as_str()) || !seen.insert(a.name.as_str()) {
-                return Err(format!("explore.hostile_agents: agent {:?} is defined twice", a.name));
-            }
-            if !nodes.contains(a.node.as_str()) {
-                return Err(format!("explore.hostile_agents[{}].node: unknown node {:?}", a.name, a.node));
-            }
-            if a.budget_microcents < 0 {
-                return Err(format!("explore.hostile_agents[{}].budget_microcents: negative", a.name));
-            }
-        }
-        let (lo, hi) = self.low_budget_microcents;
-        if lo < 0 || lo > hi {
-            return Err(format!("explore.low_budget_microcents: ({lo}, {hi}) is not a range of budgets"));
-        }
-        for (n, _) in &self.adversaries {
-            if !nodes.contains(n.as_str()) {
-                return Err(format!("explore.adversaries: unknown node {n:?}"));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The marks a seed range of `template` must fire: the A1 marks when the

@@ -5,6 +5,7 @@
 //! faults as shaded spans; the violation as a red line. Every mark has an
 //! SVG `<title>`, which browsers show on hover.
 
+use crate::trace::{self, Parsed, SIM};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -15,31 +16,18 @@ const LEFT: f64 = 90.0;
 const PX_PER_S: f64 = 24.0;
 const MAX_WIDTH: f64 = 30_000.0;
 
-/// One parsed trace line.
+/// One trace line read back ([`trace::parse`]), with its time in seconds
+/// and the raw text after the time for tooltips.
 struct Line<'a> {
     t: f64,
-    who: &'a str,
+    p: Parsed,
     rest: &'a str,
 }
 
 fn parse(line: &str) -> Option<Line<'_>> {
-    let (t, rest) = line.split_once(' ')?;
-    let (s, ms) = t.split_once('.')?;
-    let t = s.parse::<f64>().ok()? + ms.parse::<f64>().ok()? / 1000.0;
-    let (who, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-    Some(Line { t, who, rest })
-}
-
-/// `key=value` from an event line (values without spaces only).
-fn field<'a>(rest: &'a str, key: &str) -> Option<&'a str> {
-    rest.split(' ').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// Quoted `name: "value"` from a simulator action's Debug text.
-fn arg<'a>(rest: &'a str, name: &str) -> Option<&'a str> {
-    let at = rest.find(&format!("{name}: \""))? + name.len() + 3;
-    let end = rest[at..].find('"')?;
-    Some(&rest[at..at + end])
+    let p = trace::parse(line)?;
+    let rest = line.split_once(' ')?.1;
+    Some(Line { t: p.at_ns as f64 / 1e9, p, rest })
 }
 
 fn esc(s: &str) -> String {
@@ -82,8 +70,8 @@ pub fn render(trace: &crate::trace::Trace, title: &str) -> String {
     let mut authority: BTreeMap<(usize, String), (f64, String)> = BTreeMap::new();
     let mut adopted: BTreeMap<(String, String), f64> = BTreeMap::new();
     for l in &parsed {
-        if let (Some(&i), Some(h)) = (lane.get(l.who), field(l.rest, "hash"))
-            && l.rest.starts_with("checkpoint_adopted")
+        if let (Some(&i), Some(h)) = (lane.get(l.p.host.as_str()), l.p.get("hash"))
+            && l.p.kind == "checkpoint_adopted"
         {
             adopted.entry((nodes[i].clone(), h.to_string())).or_insert(l.t);
         }
@@ -101,7 +89,7 @@ pub fn render(trace: &crate::trace::Trace, title: &str) -> String {
     };
     let mut violation = String::new();
     for l in &parsed {
-        if l.who == "VIOLATION" {
+        if l.p.host == SIM && l.p.kind == "violation" {
             let _ = write!(
                 violation,
                 r#"<g class="violation"><line x1="{0:.1}" y1="{1}" x2="{0:.1}" y2="{2:.1}"/><text x="{0:.1}" y="{3}">VIOLATION</text><title>{4}</title></g>"#,
@@ -113,14 +101,13 @@ pub fn render(trace: &crate::trace::Trace, title: &str) -> String {
             );
             continue;
         }
-        if l.who == "sim" {
+        if l.p.host == SIM {
             sim_action(l, &lane, &mut open_faults, &mut faults, &fault_rect);
             continue;
         }
-        let Some(&i) = lane.get(l.who) else { continue };
-        let kind = l.rest.split(' ').next().unwrap_or_default();
-        let tip = esc(&format!("{:.3}s {} {}", l.t, l.who, l.rest));
-        match kind {
+        let Some(&i) = lane.get(l.p.host.as_str()) else { continue };
+        let tip = esc(&format!("{:.3}s {}", l.t, l.rest));
+        match l.p.kind.as_str() {
             "tick_finished" => {
                 let _ = write!(
                     marks,
@@ -138,15 +125,15 @@ pub fn render(trace: &crate::trace::Trace, title: &str) -> String {
                 );
             }
             "authority_changed" => {
-                let agent = field(l.rest, "agent").unwrap_or("?").to_string();
-                let to = field(l.rest, "to").unwrap_or("?").to_string();
+                let agent = l.p.get("agent").unwrap_or("?").to_string();
+                let to = l.p.get("to").unwrap_or("?").to_string();
                 if let Some((from_t, state)) = authority.insert((i, agent.clone()), (l.t, to)) {
                     band(&mut bands, x(from_t), x(l.t), y(i), &agent, &state);
                 }
             }
             "package_sent" => {
-                let target = field(l.rest, "target").unwrap_or_default();
-                let hash = field(l.rest, "hash").unwrap_or_default();
+                let target = l.p.get("target").unwrap_or_default();
+                let hash = l.p.get("hash").unwrap_or_default();
                 if let Some(&j) = lane.get(target) {
                     let (arrived, class) = match adopted.get(&(target.to_string(), hash.to_string())) {
                         Some(t) => (*t, "arrow"),
@@ -251,7 +238,7 @@ fn band(out: &mut String, x1: f64, x2: f64, y: f64, agent: &str, state: &str) {
     );
 }
 
-/// Open and close fault spans from a simulator action line.
+/// Open and close fault spans from a simulator line (`sim <kind> k=v ...`).
 fn sim_action(
     l: &Line<'_>,
     lane: &BTreeMap<&str, usize>,
@@ -259,7 +246,8 @@ fn sim_action(
     out: &mut String,
     rect: &impl Fn(&mut String, usize, f64, f64, &str),
 ) {
-    let kind = l.rest.split([' ', '(', '{']).next().unwrap_or_default();
+    let kind = l.p.kind.as_str();
+    let arg = |key: &str| l.p.get(key);
     let what = format!("{:.3}s {}", l.t, l.rest);
     let mut start = |n: Option<&str>, key: String| {
         if let Some(&i) = n.and_then(|n| lane.get(n)) {
@@ -267,29 +255,24 @@ fn sim_action(
         }
     };
     match kind {
-        "Crash" => start(arg(l.rest, "node"), "crash".into()),
-        "Partition" => {
-            let (a, b) = (arg(l.rest, "a"), arg(l.rest, "b"));
+        "crash" => start(arg("node"), "crash".into()),
+        "partition" => {
+            let (a, b) = (arg("a"), arg("b"));
             start(a, format!("cut {}", b.unwrap_or_default()));
             start(b, format!("cut {}", a.unwrap_or_default()));
         }
-        "PartitionOneway" => start(arg(l.rest, "from"), format!("cut {}", arg(l.rest, "to").unwrap_or_default())),
-        "Hold" => start(arg(l.rest, "node"), "hold".into()),
-        "Pause" => {
-            if let (Some(&i), Some(ms)) = (
-                arg(l.rest, "node").and_then(|n| lane.get(n)),
-                l.rest.split("ms: ").nth(1).and_then(|v| v.trim_end_matches([' ', '}']).parse::<f64>().ok()),
-            ) {
-                rect(out, i, l.t, l.t + ms / 1000.0, &what);
+        "partition_oneway" => start(arg("from"), format!("cut {}", arg("to").unwrap_or_default())),
+        "hold" => start(arg("node"), "hold".into()),
+        "pause" => {
+            if let (Some(&i), Some(ms)) = (arg("node").and_then(|n| lane.get(n)), l.p.int("ms")) {
+                rect(out, i, l.t, l.t + ms as f64 / 1000.0, &what);
             }
         }
-        // `BUGGIFY <node> <Crash|Isolate> at <boundary>`
-        "BUGGIFY" => {
-            let mut words = l.rest.split(' ').skip(1);
-            let (node, fault) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-            if fault == "Crash" {
+        "buggify_fired" => {
+            let node = arg("node").unwrap_or_default();
+            if arg("fault") == Some("crash") {
                 start(Some(node), "crash".into());
-            } else {
+            } else if arg("fault") == Some("isolate") {
                 let others: Vec<&str> = lane.keys().copied().filter(|o| *o != node).collect();
                 for o in others {
                     start(Some(node), format!("cut {o}"));
@@ -307,8 +290,8 @@ fn sim_action(
         }
     };
     match kind {
-        "Restart" => close(arg(l.rest, "node"), "crash"),
-        "Heal" if l.rest.starts_with("Heal(all)") => {
+        "restart" => close(arg("node"), "crash"),
+        "heal_all" => {
             let keys: Vec<(usize, String)> = open.keys().cloned().collect();
             for (i, key) in keys {
                 if let Some((from, w)) = open.remove(&(i, key)) {
@@ -316,13 +299,13 @@ fn sim_action(
                 }
             }
         }
-        "Heal" => {
-            let (a, b) = (arg(l.rest, "a"), arg(l.rest, "b"));
+        "heal" => {
+            let (a, b) = (arg("a"), arg("b"));
             close(a, &format!("cut {}", b.unwrap_or_default()));
             close(b, &format!("cut {}", a.unwrap_or_default()));
         }
-        "HealOneway" => close(arg(l.rest, "from"), &format!("cut {}", arg(l.rest, "to").unwrap_or_default())),
-        "Release" => close(arg(l.rest, "node"), "hold"),
+        "heal_oneway" => close(arg("from"), &format!("cut {}", arg("to").unwrap_or_default())),
+        "release" => close(arg("node"), "hold"),
         _ => {}
     }
 }
@@ -330,4 +313,46 @@ fn sim_action(
 /// Counts of the page's main elements, for tests and scripts.
 pub fn count(page: &str, class: &str) -> usize {
     page.matches(&format!("class=\"{class}\"")).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Trace;
+
+    /// The page reads the v3 dialect: fault spans from `sim` lines (a crash
+    /// to its restart, a partition to its heal, an isolating BUGGIFY to the
+    /// heal of everything), the verdict from `sim violation`, a migration
+    /// arrow from `package_sent` to the matching `checkpoint_adopted`. A
+    /// BUGGIFY disk fault cuts no link (the old reader drew it as an
+    /// isolation: every fault but a crash was one).
+    #[test]
+    fn the_timeline_reads_v3_simulator_and_event_lines() {
+        let mut t = Trace::new();
+        t.note(
+            "# options duration_s=5 step_ms=10 latency_ms=1..5 loss=0 nodes=a,b agents=counter timeline=2 liveness=off",
+        );
+        let lines = [
+            "000001.000 sim crash node=a",
+            "000002.000 sim restart node=a storage=intact",
+            "000002.500 sim partition a=a b=b",
+            "000003.000 sim heal a=a b=b",
+            "000003.100 sim buggify_fired fault=disk_full node=b on=checkpoint_committed",
+            "000003.200 sim buggify_fired fault=isolate node=b on=package_adopted",
+            "000003.300 a package_sent agent=counter attempt=1 budget=5 expiry_ns=1 hash=2e4bdfbc051c target=b tick=5",
+            "000003.400 b checkpoint_adopted agent=counter budget=5 epoch=2.0 from=a hash=2e4bdfbc051c prev_hash=000000000000 tick=5",
+            "000003.500 a authority_changed agent=counter epoch=1.0 from=- reason=deployed to=ACTIVE_OWNER",
+            "000004.000 sim heal_all",
+            "000004.500 sim violation agent=counter invariant=EI-5 message=\"two nodes hold authority\" nodes=a,b",
+        ];
+        for l in lines {
+            t.note(l);
+        }
+        let page = render(&t, "probe");
+        // crash a; cut a-b both ways; isolate b: cut b-a and a-b again.
+        assert_eq!(count(&page, "fault"), 1 + 2 + 2, "{page}");
+        assert_eq!(count(&page, "arrow"), 1, "delivered migration arrow");
+        assert_eq!(page.matches("class=\"violation\"").count(), 1);
+        assert!(page.contains("data-state=\"ACTIVE_OWNER\""));
+    }
 }

@@ -14,6 +14,7 @@ pub mod html;
 pub mod matrix;
 pub mod minimize;
 pub mod net;
+pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod shards;

@@ -1,13 +1,26 @@
-//! The canonical trace: one line per event, `<time> <node> <event>`, with
-//! simulated time only (no wall clock, no ports, no addresses), so the same
-//! seed gives the same bytes on every machine. Its SHA-256 is the run's
-//! fingerprint for determinism checks.
+//! The canonical trace: one line per event, simulated time only (no wall
+//! clock, no ports, no addresses), so the same seed gives the same bytes on
+//! every machine. Its SHA-256 is the run's fingerprint for determinism
+//! checks.
+//!
+//! This module is the ONE place that formats trace lines (dialect v3,
+//! `docs/trace-format.md`): every line is `<time> <host> <kind> key=value
+//! ...` with keys sorted, and every value is written by one function per
+//! value type below ([`int`], [`flag`], [`word`], [`text`], [`hash`],
+//! [`epoch`], [`list`], [`opt`], ...). Node events ([`event`]) and
+//! simulator actions ([`action`]), in `trace/events.rs`, and the
+//! simulator's own lines ([`Line`]) all go through them, and [`parse`]
+//! reads a line back for every tool that reads traces (the adversary
+//! audit, the HTML timeline, tests).
 
+use igor::checkpoint::Hash32;
+use igor::units::Epoch;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 /// Version of the trace format; bump when the header or line shape changes.
-pub const TRACE_FORMAT: u32 = 2;
+pub const TRACE_FORMAT: u32 = 3;
 
 /// Git revision of the simulator build: `IGOR_GIT_REV` at build time, else
 /// `git rev-parse` in the source tree at run time, else "unknown". Only the
@@ -60,8 +73,15 @@ impl Trace {
         self.lines.push(text.into());
     }
 
-    pub fn event(&mut self, at_ns: u64, node: &str, text: &str) {
-        self.lines.push(format!("{} {node} {text}", fmt_time(at_ns)));
+    /// A line of host `host` (a node's name, or [`SIM`]): `text` is the
+    /// `<kind> key=value ...` part, from [`event`], [`action`] or [`Line`].
+    pub fn event(&mut self, at_ns: u64, host: &str, text: &str) {
+        self.lines.push(format!("{} {host} {text}", fmt_time(at_ns)));
+    }
+
+    /// A line of the simulator itself (host [`SIM`]).
+    pub fn sim(&mut self, at_ns: u64, line: Line) {
+        self.event(at_ns, SIM, &line.to_string());
     }
 
     pub fn lines(&self) -> &[String] {
@@ -93,20 +113,221 @@ impl Trace {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The host name of the simulator's own lines (actions, verify, verdict).
+/// Scenario validation keeps nodes from being called this.
+pub const SIM: &str = crate::scenario::RESERVED_NODE;
 
-    #[test]
-    fn time_is_fixed_width_and_trace_diff_finds_first_line() {
-        assert_eq!(fmt_time(12_345_678_901), "000012.345");
-        let mut a = Trace::new();
-        a.event(0, "a", "x");
-        a.event(1_000_000, "a", "y");
-        let mut b = a.clone();
-        assert_eq!(a.first_difference(&b), None);
-        b.note("extra");
-        assert_eq!(a.first_difference(&b), Some((3, String::new(), "extra".into())));
-        assert_ne!(a.hash(), b.hash());
+/// The value written for "none" (an absent option, an empty list).
+pub const NONE: &str = "-";
+
+/// Hex digits a hash keeps in a trace: 48 bits, enough to tell apart every
+/// checkpoint of a run (a collision among a few thousand needs ~2^24), and
+/// short enough that a hash change does not rewrap every line.
+pub const HASH_HEX: usize = 12;
+
+// ---- values: one function per value type ----
+
+/// An integer (ticks, budgets, counts, nanoseconds).
+pub fn int(v: impl Into<i128>) -> String {
+    v.into().to_string()
+}
+
+/// A decimal (probabilities), Rust's shortest round-trip form (`0.5`, `1`).
+pub fn float(v: f64) -> String {
+    v.to_string()
+}
+
+/// `true` or `false`.
+pub fn flag(v: bool) -> String {
+    v.to_string()
+}
+
+/// Whether `s` can be written without quotes: non-empty, only
+/// `[A-Za-z0-9_.:/-]`, and not the none marker `-` itself.
+fn is_bare(s: &str) -> bool {
+    !s.is_empty() && s != NONE && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.:/-".contains(c))
+}
+
+/// A name from a closed set or an id (node, agent, state, reason, kind).
+/// Written like [`text`]: an id that is not a bare word gets quotes.
+pub fn word(s: &str) -> String {
+    text(s)
+}
+
+/// Free text: bare if it is a bare word, else in double quotes with `"`,
+/// `\` and control characters escaped as in JSON (`\"`, `\\`, `\n`,
+/// `\u001b`). The one quoting rule of the trace.
+pub fn text(s: &str) -> String {
+    if is_bare(s) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A checkpoint or content hash: its first [`HASH_HEX`] hex digits.
+pub fn hash(h: &Hash32) -> String {
+    hex_digest(&h.to_hex())
+}
+
+/// A hex digest given as text (a SHA-256 fingerprint): its first
+/// [`HASH_HEX`] digits.
+pub fn hex_digest(hex: &str) -> String {
+    hex.chars().take(HASH_HEX).collect()
+}
+
+/// An epoch, `major.generation`.
+pub fn epoch(e: Epoch) -> String {
+    e.to_string()
+}
+
+/// A list: items joined by `,` (items are bare words), [`NONE`] if empty.
+pub fn list(items: impl IntoIterator<Item = String>) -> String {
+    let items: Vec<String> = items.into_iter().collect();
+    if items.is_empty() { NONE.to_string() } else { items.join(",") }
+}
+
+/// An option: the value, or [`NONE`].
+pub fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
+    v.map_or_else(|| NONE.to_string(), f)
+}
+
+/// A name in PascalCase (a Rust variant name) as a snake_case word.
+fn snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---- lines ----
+
+/// One line's `<kind> key=value ...` part. Keys are kept sorted (a map),
+/// so the order never depends on the emitter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    kind: String,
+    fields: BTreeMap<&'static str, String>,
+}
+
+impl Line {
+    pub fn new(kind: &str) -> Self {
+        Line { kind: kind.to_string(), fields: BTreeMap::new() }
+    }
+
+    /// Add `key=value`; `value` comes from one of the value functions.
+    pub fn with(mut self, key: &'static str, value: String) -> Self {
+        let before = self.fields.insert(key, value);
+        debug_assert!(before.is_none(), "key {key} written twice on a {} line", self.kind);
+        self
     }
 }
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.kind)?;
+        for (k, v) in &self.fields {
+            write!(f, " {k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One trace line read back: time (ns, ms precision), host, kind, and the
+/// fields with quoted values unquoted (`None`: the value was [`NONE`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub at_ns: u64,
+    pub host: String,
+    pub kind: String,
+    pub fields: BTreeMap<String, Option<String>>,
+}
+
+impl Parsed {
+    /// The value of `key`, if present and not [`NONE`].
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key)?.as_deref()
+    }
+
+    /// The value of `key` as an integer.
+    pub fn int(&self, key: &str) -> Option<i64> {
+        self.get(key)?.parse().ok()
+    }
+}
+
+/// Read a trace line (`None` for header lines and anything else that is
+/// not `<time> <host> <kind> ...`). A quoted value is unescaped; a bare `-`
+/// is `None` (a quoted `"-"` is the text `-`).
+pub fn parse(line: &str) -> Option<Parsed> {
+    let (t, rest) = line.split_once(' ')?;
+    let (s, ms) = t.split_once('.')?;
+    let at_ns = s.parse::<u64>().ok()?.checked_mul(1_000_000_000)?.checked_add(ms.parse::<u64>().ok()? * 1_000_000)?;
+    let (host, rest) = rest.split_once(' ')?;
+    let (kind, mut rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let mut fields = BTreeMap::new();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+            let (v, after) = unquote(quoted)?;
+            (Some(v), after)
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            let v = &after[..end];
+            ((v != NONE).then(|| v.to_string()), &after[end..])
+        };
+        fields.insert(key.to_string(), value);
+        rest = after.strip_prefix(' ').unwrap_or(after);
+    }
+    Some(Parsed { at_ns, host: host.to_string(), kind: kind.to_string(), fields })
+}
+
+/// The inverse of [`text`]'s escaping: `s` starts after the opening quote;
+/// returns the value and what follows the closing quote.
+fn unquote(s: &str) -> Option<(String, &str)> {
+    let mut out = String::new();
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, &s[i + 1..])),
+            '\\' => match chars.next()?.1 {
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hex: String = (0..4).filter_map(|_| chars.next().map(|(_, c)| c)).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+mod events;
+#[cfg(test)]
+mod tests;
+
+pub use events::{action, action_line, boundary, buggify_fault, event};

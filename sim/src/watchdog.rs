@@ -125,7 +125,10 @@ impl Watchdog {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.ring.iter().map(|e| format!("{} {} {}", crate::trace::fmt_time(e.at_ns), e.node, e.event)).collect()
+        self.ring
+            .iter()
+            .map(|e| format!("{} {} {}", crate::trace::fmt_time(e.at_ns), e.node, crate::trace::event(&e.event)))
+            .collect()
     }
 }
 

@@ -249,14 +249,12 @@ fn sentinel_pays_each_intent_once_with_its_key_as_memo() {
 
 /// (tick, paid) of every tick_finished line for `agent` in a trace.
 fn paying_ticks(trace: &igor_sim::trace::Trace, agent: &str) -> Vec<(u64, u64)> {
-    let field = |l: &str, k: &str| -> Option<u64> {
-        l.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse().ok())
-    };
     trace
         .lines()
         .iter()
-        .filter(|l| l.contains(" tick_finished ") && l.contains(&format!("agent={agent} ")))
-        .filter_map(|l| Some((field(l, "tick=")?, field(l, "paid=")?)))
+        .filter_map(|l| igor_sim::trace::parse(l))
+        .filter(|l| l.kind == "tick_finished" && l.get("agent") == Some(agent))
+        .filter_map(|l| Some((u64::try_from(l.int("tick")?).ok()?, u64::try_from(l.int("paid")?).ok()?)))
         .filter(|(_, paid)| *paid > 0)
         .collect()
 }
