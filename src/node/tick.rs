@@ -1,0 +1,342 @@
+//! The tick loop: what [`Node::advance`] runs when the clock reaches a
+//! deadline (handoff timers, lease renewal or expiry, ticks, checkpoints),
+//! the next deadline, and the commit of a checkpoint.
+//!
+//! Invariants enforced here: EI-1 (only ACTIVE_OWNER under a live lease
+//! ticks), CM-5 (side effects only as ACTIVE_OWNER), RE-3/RE-4 (the budget
+//! is conserved and never rises: what a tick charges and pays is taken from
+//! it, capped by it), RE-1 (a checkpoint is written whole, after its kv and
+//! tick log), EI-6 (a checkpoint that cannot be written pauses the agent).
+
+use super::operator::unsafe_recoverable;
+use super::*;
+
+impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
+    /// Run everything due at the clock's current time (handoff timers, lease
+    /// renewal or expiry, ticks, checkpoints) and return the next deadline
+    /// on the node's monotonic clock (`None`: nothing scheduled). Call it
+    /// again no later than that deadline.
+    pub fn advance(&mut self) -> Option<u64> {
+        if self.stopped {
+            return None;
+        }
+        let now = self.clock.now();
+        let due: Vec<_> = self.timers.range(..=(now.mono_ns, u64::MAX)).map(|(k, v)| (*k, v.clone())).collect();
+        for (key, (agent, timer)) in due {
+            self.timers.remove(&key);
+            self.feed_handoff(&agent, migration::Input::Timer(timer));
+        }
+        self.expire_recoveries(now.mono_ns);
+        for agent in self.agent_ids() {
+            self.check_lease(&agent);
+            self.maybe_tick(&agent);
+            self.maybe_checkpoint(&agent);
+        }
+        self.act_out(now.mono_ns);
+        self.next_deadline()
+    }
+
+    /// The next instant (monotonic ns) at which [`Node::advance`] has work.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.stopped {
+            return None;
+        }
+        let now = self.clock.now();
+        let mut next = self.timers.keys().next().map(|(at, _)| *at);
+        let mut consider = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
+        if let Some(t) = self.next_recovery_deadline() {
+            consider(t);
+        }
+        if let Some(t) = self.conduct.next_ns() {
+            consider(t);
+        }
+        for s in self.agents.values() {
+            if s.authority.state() != AuthorityState::ActiveOwner {
+                if self.cfg.unsafe_self_recover_on_lease_expiry
+                    && unsafe_recoverable(s.authority.state(), s.authority.role())
+                {
+                    let change = s.lease.next_change(&self.cfg.lease, now.unix_ns);
+                    consider(now.mono_ns.saturating_add(change.saturating_sub(now.unix_ns).max(0) as u64));
+                }
+                continue;
+            }
+            let change = s.lease.next_change(&self.cfg.lease, now.unix_ns);
+            consider(now.mono_ns.saturating_add(change.saturating_sub(now.unix_ns).max(0) as u64));
+            if s.ticking && s.halted.is_none() && s.instance.is_some() && s.degraded.is_none() {
+                consider(s.next_tick_ns);
+            }
+            if s.ticks_since_checkpoint > 0 {
+                consider(s.last_checkpoint_ns.saturating_add(self.cfg.checkpoint_interval_ns));
+            }
+        }
+        next
+    }
+
+    fn check_lease(&mut self, agent: &AgentId) {
+        let now = self.clock.now();
+        let Some(s) = self.agents.get_mut(agent) else { return };
+        if s.authority.state() != AuthorityState::ActiveOwner {
+            // UNSAFE, scenarios only: the original also took authority back
+            // when a source in doubt saw its lease run out, which allows two
+            // tickers once the target has assumed. Off by default.
+            let lapsed = s.lease.status(&self.cfg.lease, now.unix_ns) == LeaseStatus::Lapsed;
+            if self.cfg.unsafe_self_recover_on_lease_expiry
+                && lapsed
+                && unsafe_recoverable(s.authority.state(), s.authority.role())
+            {
+                self.unsafe_self_recover(agent);
+            }
+            return;
+        }
+        match s.lease.status(&self.cfg.lease, now.unix_ns) {
+            LeaseStatus::Valid => {}
+            LeaseStatus::RenewDue | LeaseStatus::InGrace => {
+                let before = (s.authority.clone(), s.lease);
+                let epoch = s.authority.renew();
+                s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
+                let expiry_ns = s.lease.expiry_unix_ns;
+                if let Err(e) = self.persist(agent) {
+                    // Renewal exists only once durable.
+                    if let Some(s) = self.agents.get_mut(agent) {
+                        (s.authority, s.lease) = before;
+                    }
+                    self.fault(Some(agent), format!("lease renewal not persisted: {e}"));
+                    return;
+                }
+                self.emit(Event::LeaseRenewed { agent: agent.clone(), epoch, expiry_ns });
+                self.announce(agent);
+            }
+            LeaseStatus::Lapsed => {
+                if self.cfg.unsafe_self_recover_on_lease_expiry {
+                    self.unsafe_self_recover(agent);
+                } else {
+                    self.fall_to_recovery(agent, Reason::LeaseExpired);
+                }
+            }
+        }
+    }
+
+    fn maybe_tick(&mut self, agent: &AgentId) {
+        let now = self.clock.now();
+        let lease_cfg = self.cfg.lease;
+        let Some(s) = self.agents.get_mut(agent) else { return };
+        // EI-1: only ACTIVE_OWNER under a live lease ticks.
+        let may = s.authority.permits(Op::Tick) && s.lease.status(&lease_cfg, now.unix_ns).allows_ticking();
+        let paused = s.degraded.is_some();
+        if !may || paused || !s.ticking || s.halted.is_some() || s.instance.is_none() || s.next_tick_ns > now.mono_ns {
+            return;
+        }
+        let mut rand_seed = [0u8; 32];
+        self.entropy.fill(&mut rand_seed);
+        let inputs = TickInputs {
+            tick: TickNumber(s.tick.0 + 1),
+            now_unix_ns: now.unix_ns,
+            rand_seed,
+            budget: s.budget,
+            price_per_second: self.cfg.price_per_second,
+            // CM-5: side effects only as ACTIVE_OWNER.
+            side_effects_allowed: s.authority.permits(Op::SideEffects),
+            receipts: Vec::new(),
+        };
+        let (epoch, base) = (s.authority.epoch(), s.lineage.head_hash());
+        let start = Event::TickStarted { agent: agent.clone(), tick: inputs.tick, epoch, budget: s.budget, base };
+        self.emit(start);
+        let Some(s) = self.agents.get_mut(agent) else { return };
+        let Some(instance) = s.instance.as_mut() else { return };
+        let report = self.exec.tick(instance, &inputs);
+        // The executor promises cost + paid <= budget; enforce it (RE-3,
+        // budget never negative) rather than trust it.
+        let cost = report.cost.max(Microcents::ZERO).min(s.budget);
+        let left = Microcents(s.budget.0 - cost.0);
+        let paid = report.paid.max(Microcents::ZERO).min(left);
+        let overcharged = cost != report.cost || paid != report.paid;
+        s.budget = Microcents(left.0 - paid.0);
+        s.tick = inputs.tick;
+        s.charged = Microcents(s.charged.0.saturating_add(cost.0));
+        // The conduct's surcharge (honestly none), capped by the budget.
+        let (lie, act) = self.conduct.surcharge(agent, cost);
+        let lie = lie.0.min(s.budget.0).max(0);
+        s.budget = Microcents(s.budget.0 - lie);
+        s.charged = Microcents(s.charged.0.saturating_add(lie));
+        s.paid = Microcents(s.paid.0.saturating_add(paid.0));
+        s.ticks_since_checkpoint += 1;
+        // Bounded: a commit is forced at MAX_TICKS_PER_CHECKPOINT.
+        s.ticks.push(TickRecord { inputs: inputs.clone(), event_log: report.event_log.clone() });
+        s.acted_since_checkpoint |= acted_outside(&report.event_log);
+        let more_work = matches!(report.outcome, TickOutcome::Completed { more_work: true });
+        s.next_tick_ns =
+            now.mono_ns.saturating_add(if more_work { self.cfg.tick_fast_ns } else { self.cfg.tick_idle_ns });
+        let budget = s.budget;
+        let side_effects_allowed = inputs.side_effects_allowed;
+        if overcharged {
+            self.fault(
+                Some(agent),
+                format!("executor charged {} + {} against {}", report.cost, report.paid, inputs.budget),
+            );
+        }
+        if lie > 0
+            && let Some(act) = act
+        {
+            self.emit(Event::Misbehaved { agent: Some(agent.clone()), act });
+        }
+        self.emit(Event::TickFinished {
+            agent: agent.clone(),
+            tick: inputs.tick,
+            epoch,
+            cost,
+            paid,
+            budget,
+            outcome: format!("{:?}", report.outcome),
+            side_effects: report.side_effects,
+            side_effects_allowed,
+        });
+        let tick = inputs.tick;
+        match &report.outcome {
+            TickOutcome::Completed { .. } if budget > Microcents::ZERO => {}
+            // Spec §3: budget exhausted: stop ticking, save a final
+            // checkpoint (the sandbox restarts a tick the budget cut from
+            // the state before it, so the instance can be snapshotted).
+            TickOutcome::Completed { .. } | TickOutcome::BudgetExhausted => {
+                if let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
+                    self.fault(Some(agent), format!("final checkpoint: {e}"));
+                }
+                self.halt(agent, "budget exhausted".to_string());
+            }
+            TickOutcome::Trapped { message } => {
+                let why = format!("trapped in tick {tick}: {message}");
+                self.discard_instance(agent, &why);
+            }
+            TickOutcome::OutOfFuel => {
+                let why = format!("ran out of fuel in tick {tick}");
+                self.discard_instance(agent, &why);
+            }
+            // Not deterministic: the node's own fault, never committed.
+            TickOutcome::WallClockTimeout => {
+                self.discard_instance(agent, "wall-clock safety net fired");
+            }
+        }
+    }
+
+    fn maybe_checkpoint(&mut self, agent: &AgentId) {
+        let now = self.clock.mono_ns();
+        let Some(s) = self.agents.get(agent) else { return };
+        let interval = now.saturating_sub(s.last_checkpoint_ns) >= self.cfg.checkpoint_interval_ns;
+        let full = s.ticks_since_checkpoint >= MAX_TICKS_PER_CHECKPOINT;
+        // A retry after a failed write waits its interval, even after an act.
+        let acted = s.acted_since_checkpoint && s.degraded.is_none();
+        let due = s.ticks_since_checkpoint > 0 && (interval || full || acted) && s.authority.permits(Op::NewCheckpoint);
+        if due && let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
+            // Retry one interval later, never at once: a commit that keeps
+            // failing must not keep the deadline in the past (livelock).
+            // EI-6: meanwhile the agent pauses instead of ticking unpersisted.
+            let unix = self.clock.unix_ns();
+            let Some(s) = self.agents.get_mut(agent) else { return };
+            s.last_checkpoint_ns = now;
+            if s.degraded.is_none() {
+                s.degraded = Some((unix, e.clone()));
+                self.emit(Event::PersistFailing { agent: agent.clone(), since_unix_ns: unix, error: e.clone() });
+                self.fault(Some(agent), format!("checkpoint: {e}"));
+            }
+        }
+    }
+
+    /// Commit the running state as the next link. With nothing new since
+    /// the head (and not genesis), the head itself is the answer.
+    pub(super) fn commit(
+        &mut self,
+        agent: &AgentId,
+        op: Op,
+        handoff: bool,
+        genesis: bool,
+    ) -> Result<(TickNumber, Hash32), String> {
+        let now = self.clock.now();
+        let Some(s) = self.agents.get_mut(agent) else { return Err(format!("unknown agent {agent}")) };
+        if !s.authority.permits(op) {
+            return Err(format!("{} does not permit {op:?}", s.authority.state()));
+        }
+        if !genesis
+            && s.ticks_since_checkpoint == 0
+            && let Some(c) = s.lineage.head()
+        {
+            return Ok((c.tick, s.lineage.head_hash()));
+        }
+        let instance = s.instance.as_mut().ok_or("no running instance")?;
+        let (state, kv) = self.exec.snapshot(instance).map_err(|e| e.to_string())?;
+        let key = s.key.as_ref().ok_or("agent key missing")?;
+        let sealed = store::seal_kv(key, agent, s.tick, &state, &kv);
+        self.disk.write_atomic(&store::kv_path(agent, s.tick), &sealed).map_err(|e| e.to_string())?;
+        // The observation log of the ticks since the parent, written before
+        // the checkpoint (like the kv) so a committed link always has it.
+        if let Some(parent) = s.lineage.head() {
+            let link = LinkBinding {
+                agent: agent.clone(),
+                parent_tick: parent.tick,
+                parent_hash: s.lineage.head_hash(),
+                tick: s.tick,
+                state_hash: Hash32::of(&state),
+                budget: s.budget,
+            };
+            store::write_tick_log(&self.disk, key, &link, &s.ticks).map_err(|e| format!("agent {agent}: {e}"))?;
+        }
+        let body = CheckpointBody {
+            budget: s.budget,
+            price_per_second: self.cfg.price_per_second,
+            tick: s.tick,
+            wasm_hash: s.wasm_hash,
+            epoch: s.authority.epoch(),
+            lease_expiry_ns: s.lease.expiry_unix_ns,
+            prev_hash: Hash32::ZERO,
+            state,
+        };
+        let prev_hash = s.lineage.head_hash();
+        let base_tick = s.lineage.head().map(|c| c.tick);
+        let c: Checkpoint = s.lineage.commit(&self.disk, body, key).map_err(|e| e.to_string())?;
+        let hash = s.lineage.head_hash();
+        // The records of the ticks that led here from the parent.
+        let ticks = std::mem::take(&mut s.ticks);
+        // Every tick since the head pushes a record, and whatever resets the
+        // count (a commit, a rewind, a restart's fresh slot) clears them too.
+        debug_assert_eq!(ticks.len() as u64, s.ticks_since_checkpoint, "one record per tick since the head");
+        s.head_ticks = base_tick.map(|base_tick| TickRecords { base_tick, ticks });
+        let event = Event::CheckpointCommitted {
+            agent: agent.clone(),
+            tick: c.tick,
+            epoch: c.epoch,
+            hash,
+            prev_hash,
+            budget: c.budget,
+            charged: s.charged,
+            paid: s.paid,
+            lease_expiry_ns: c.lease_expiry_ns,
+            handoff,
+        };
+        s.charged = Microcents::ZERO;
+        s.paid = Microcents::ZERO;
+        s.ticks_since_checkpoint = 0;
+        s.acted_since_checkpoint = false;
+        s.last_checkpoint_ns = now.mono_ns;
+        let restored = s.degraded.take().is_some();
+        self.emit(event);
+        if restored {
+            self.emit(Event::PersistRestored { agent: agent.clone() });
+        }
+        if let Err(e) = self.persist(agent) {
+            // The lineage is ahead of the record: harmless on restart.
+            self.fault(Some(agent), format!("persist head: {e}"));
+        }
+        Ok((c.tick, hash))
+    }
+}
+
+/// Whether a tick's event log shows a call that reached outside the agent
+/// (an http request or a payment): such a tick is checkpointed before the
+/// next, so a crash re-runs at most the one tick that acted (the SDK's
+/// effect log then finds its intent in flight). kv writes are state, rolled
+/// back with it, and need no early commit. The log is the executor's own
+/// (the sandbox's encoding; test executors write other bytes, no calls).
+fn acted_outside(event_log: &[u8]) -> bool {
+    use crate::membrane::Hostcall;
+    crate::eventlog::EventLog::decode(event_log).is_ok_and(|log| {
+        log.entries.iter().any(|e| matches!(Hostcall::from_id(e.id), Some(Hostcall::HttpRequest | Hostcall::WalletPay)))
+    })
+}
