@@ -9,6 +9,7 @@
 //! forbidden transition: pause in RECOVERY_REQUIRED and wait for the
 //! operator), RE-8 (lifecycle order: transitions go through `Authority`).
 
+use super::tick::CommitKind;
 use super::*;
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
@@ -16,8 +17,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     /// never persisted). Returns `Err` with the reason if the transition was
     /// forbidden (the agent is then RECOVERY_REQUIRED) or could not be made
     /// durable.
-    pub(super) fn set_state(&mut self, agent: &AgentId, to: AuthorityState, reason: Reason) -> Result<(), String> {
-        let Some(s) = self.agents.get_mut(agent) else { return Err(format!("unknown agent {agent}")) };
+    pub(super) fn set_state(&mut self, agent: &AgentId, to: AuthorityState, reason: Reason) -> Result<(), NodeError> {
+        let Some(s) = self.agents.get_mut(agent) else {
+            return Err(NodeError::violation(agent, format!("unknown agent {agent}")));
+        };
         let from = s.authority.state();
         let result = s.authority.transition(to, reason.clone());
         let epoch = s.authority.epoch();
@@ -53,7 +56,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             return Err(e);
         }
         match violation {
-            Some(v) => Err(v.to_string()),
+            Some(v) => Err(NodeError::violation(agent, v.to_string())),
             None => Ok(()),
         }
     }
@@ -105,18 +108,20 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     }
 
     /// (Re)start the instance from the newest committed checkpoint (EI-2).
-    pub(super) fn start_instance(&mut self, agent: &AgentId) -> Result<(), String> {
-        let wasm = self.disk.read(&store::wasm_path(agent)).map_err(|e| e.to_string())?;
-        let s = self.agents.get_mut(agent).ok_or("unknown agent")?;
-        let head = s.lineage.head().ok_or("no checkpoint to start from")?.clone();
-        let key = s.key.as_ref().ok_or("agent key missing")?.public();
-        let sealed = self.disk.read(&store::kv_path(agent, head.tick)).map_err(|e| e.to_string())?;
-        let kv = store::open_kv(&key, agent, &head, &sealed)?;
-        let hash = self.exec.prepare(&wasm, &s.manifest).map_err(|e| e.to_string())?;
+    pub(super) fn start_instance(&mut self, agent: &AgentId) -> Result<(), NodeError> {
+        let wasm = self.disk.read(&store::wasm_path(agent)).map_err(|e| NodeError::disk(agent, e))?;
+        let s = self.agents.get_mut(agent).ok_or_else(|| NodeError::violation(agent, "unknown agent"))?;
+        let head = s.lineage.head().ok_or_else(|| NodeError::violation(agent, "no checkpoint to start from"))?.clone();
+        let key =
+            s.key.as_ref().ok_or_else(|| NodeError::disk(agent, DiskFault::Missing("agent key missing")))?.public();
+        let sealed = self.disk.read(&store::kv_path(agent, head.tick)).map_err(|e| NodeError::disk(agent, e))?;
+        let kv = store::open_kv_typed(&key, agent, &head, &sealed).map_err(|e| NodeError::disk(agent, e))?;
+        let hash = self.exec.prepare(&wasm, &s.manifest).map_err(|e| NodeError::guest(agent, e))?;
         if hash != head.wasm_hash {
-            return Err(format!("module hash {} differs from checkpoint's {}", hash.short(), head.wasm_hash.short()));
+            let why = format!("module hash {} differs from checkpoint's {}", hash.short(), head.wasm_hash.short());
+            return Err(NodeError::guest(agent, why));
         }
-        let instance = self.exec.start(&hash, &s.manifest, &head.state, &kv).map_err(|e| e.to_string())?;
+        let instance = self.exec.start(&hash, &s.manifest, &head.state, &kv).map_err(|e| NodeError::guest(agent, e))?;
         let now = self.clock.now();
         s.instance = Some(instance);
         s.wasm_hash = hash;
@@ -189,34 +194,36 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         budget: Microcents,
     ) -> Result<(), Refused> {
         if self.stopped {
-            return Err(self.refuse("deploy", Some(&agent), "node is shut down".into()));
+            return Err(self.refuse("deploy", Some(&agent), NodeError::operator(Some(&agent), "node is shut down")));
         }
         if self.agents.contains_key(&agent) || self.disk.exists(&store::authority_path(&agent)) {
-            return Err(self.refuse("deploy", Some(&agent), "agent already known on this node".into()));
+            let why = NodeError::operator(Some(&agent), "agent already known on this node");
+            return Err(self.refuse("deploy", Some(&agent), why));
         }
         if budget.is_negative() {
-            return Err(self.refuse("deploy", Some(&agent), format!("negative budget {budget}")));
+            let why = NodeError::operator(Some(&agent), format!("negative budget {budget}"));
+            return Err(self.refuse("deploy", Some(&agent), why));
         }
         if let Err(e) = migration::migration_policy(&manifest) {
-            return Err(self.refuse("deploy", Some(&agent), e));
+            return Err(self.refuse("deploy", Some(&agent), NodeError::guest(&agent, e)));
         }
         let hash = match self.exec.prepare(&wasm, &manifest) {
             Ok(h) => h,
-            Err(e) => return Err(self.refuse("deploy", Some(&agent), e.to_string())),
+            Err(e) => return Err(self.refuse("deploy", Some(&agent), NodeError::guest(&agent, e))),
         };
         // Drawn here, after every check, as before keys could be given:
         // a refused deploy draws nothing (simulator traces stay put).
         let key = key.unwrap_or_else(|| Keypair::generate(&mut self.entropy));
         if let Err(r) = defence::Guard::check_agent_key(&self.cfg.defences, &agent, &key.public(), "deploy key") {
-            return Err(self.refuse("deploy", Some(&agent), r.reason));
+            return Err(self.refuse("deploy", Some(&agent), NodeError::operator(Some(&agent), r.reason)));
         }
         let stored = key
             .save(&self.disk, &lineage::agent_key_path(&agent))
-            .map_err(|e| e.to_string())
-            .and_then(|_| self.disk.write_atomic(&store::wasm_path(&agent), &wasm).map_err(|e| e.to_string()))
-            .and_then(|_| self.disk.write_atomic(&store::manifest_path(&agent), &manifest).map_err(|e| e.to_string()));
+            .map_err(DiskFault::from)
+            .and_then(|_| self.disk.write_atomic(&store::wasm_path(&agent), &wasm).map_err(DiskFault::from))
+            .and_then(|_| self.disk.write_atomic(&store::manifest_path(&agent), &manifest).map_err(DiskFault::from));
         if let Err(e) = stored {
-            return Err(self.refuse("deploy", Some(&agent), format!("disk: {e}")));
+            return Err(self.refuse("deploy", Some(&agent), NodeError::disk_in(&agent, "disk", e)));
         }
         let now = self.clock.now();
         let mut slot = Slot::new(Authority::genesis(), Lineage::new(agent.clone()), now);
@@ -227,7 +234,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         slot.budget = budget;
         let instance = match self.exec.start(&hash, &slot.manifest, &[], &[]) {
             Ok(i) => i,
-            Err(e) => return Err(self.refuse("deploy", Some(&agent), e.to_string())),
+            Err(e) => return Err(self.refuse("deploy", Some(&agent), NodeError::guest(&agent, e))),
         };
         slot.instance = Some(instance);
         self.agents.insert(agent.clone(), slot);
@@ -240,7 +247,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             epoch,
             reason: Reason::Deployed,
         });
-        let genesis = self.persist(&agent).and_then(|_| self.commit(&agent, Op::NewCheckpoint, false, true));
+        let genesis = self.persist(&agent).and_then(|_| self.commit(&agent, CommitKind::Genesis));
         if let Err(e) = genesis {
             self.fault(Some(&agent), format!("genesis: {e}"));
             self.fall_to_recovery(&agent, Reason::Fault);

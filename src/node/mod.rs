@@ -25,6 +25,7 @@
 
 pub mod conduct;
 pub mod defence;
+mod error;
 pub mod event;
 pub mod fake;
 mod lifecycle;
@@ -40,6 +41,7 @@ mod tick;
 
 pub use conduct::{Conduct, Honest};
 pub use defence::Defences;
+pub use error::{DiskFault, NodeError, PeerFault};
 pub use event::{Event, NodeEvent};
 
 use crate::audit::ticklog::LinkBinding;
@@ -116,7 +118,7 @@ impl NodeConfig {
     /// the clock bound of spec §5 (`max_clock_skew` S below the lease grace)
     /// must hold for leases and package expiry to be safe. The message names
     /// the field and its value.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), NodeError> {
         let positive = [
             ("tick_idle_ns", self.tick_idle_ns),
             ("tick_fast_ns", self.tick_fast_ns),
@@ -125,22 +127,32 @@ impl NodeConfig {
             ("migration.package_ttl_ns", self.migration.package_ttl_ns),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{field} must be > 0 (0 would make the node due again at the same instant forever)"));
+            return Err(NodeError::operator(
+                None,
+                format!("{field} must be > 0 (0 would make the node due again at the same instant forever)"),
+            ));
         }
         if self.lease.renew_before_ns >= self.lease.duration_ns {
-            return Err(format!(
-                "lease.renew_before_ns {} must be below lease.duration_ns {} (a renewal must leave the lease valid)",
-                self.lease.renew_before_ns, self.lease.duration_ns
+            return Err(NodeError::operator(
+                None,
+                format!(
+                    "lease.renew_before_ns {} must be below lease.duration_ns {} (a renewal must leave the lease \
+                     valid)",
+                    self.lease.renew_before_ns, self.lease.duration_ns
+                ),
             ));
         }
         if self.migration.max_clock_skew_ns >= self.lease.grace_ns {
-            return Err(format!(
-                "migration.max_clock_skew_ns {} must be below lease.grace_ns {} (spec §5 clock bound S < grace)",
-                self.migration.max_clock_skew_ns, self.lease.grace_ns
+            return Err(NodeError::operator(
+                None,
+                format!(
+                    "migration.max_clock_skew_ns {} must be below lease.grace_ns {} (spec §5 clock bound S < grace)",
+                    self.migration.max_clock_skew_ns, self.lease.grace_ns
+                ),
             ));
         }
         if self.price_per_second.is_negative() {
-            return Err(format!("price_per_second {} is negative", self.price_per_second));
+            return Err(NodeError::operator(None, format!("price_per_second {} is negative", self.price_per_second)));
         }
         Ok(())
     }
@@ -182,7 +194,7 @@ pub struct Outgoing {
 pub struct Refused {
     pub command: &'static str,
     pub agent: Option<AgentId>,
-    pub reason: String,
+    pub reason: NodeError,
 }
 
 /// A snapshot of one agent as the node sees it (for the simulator and tests).
@@ -508,17 +520,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         self.emit(Event::FaultObserved { agent: agent.cloned(), fault });
     }
 
-    fn refuse(&mut self, command: &'static str, agent: Option<&AgentId>, reason: String) -> Refused {
+    fn refuse(&mut self, command: &'static str, agent: Option<&AgentId>, reason: NodeError) -> Refused {
         self.emit(Event::CommandRefused {
             command: command.to_string(),
             agent: agent.cloned(),
-            reason: reason.clone(),
+            reason: reason.to_string(),
         });
         Refused { command, agent: agent.cloned(), reason }
     }
 
-    fn persist(&mut self, agent: &AgentId) -> Result<(), String> {
+    fn persist(&mut self, agent: &AgentId) -> Result<(), NodeError> {
         let Some(s) = self.agents.get(agent) else { return Ok(()) };
-        store::write_record(&self.disk, agent, &s.record()).map_err(|e| e.to_string())
+        store::write_record(&self.disk, agent, &s.record()).map_err(|e| NodeError::disk(agent, e))
     }
 }

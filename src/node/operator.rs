@@ -8,6 +8,7 @@
 //! unsafe flag deliberately breaks EI-1 so a scenario can show the checker
 //! catching two tickers; it is off by default.
 
+use super::tick::CommitKind;
 use super::*;
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
@@ -23,7 +24,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     let owned = self.agents.get(&agent).is_some_and(|s| s.authority.permits(Op::NewCheckpoint));
                     if dirty
                         && owned
-                        && let Err(e) = self.commit(&agent, Op::NewCheckpoint, false, false)
+                        && let Err(e) = self.commit(&agent, CommitKind::Routine)
                     {
                         self.fault(Some(&agent), format!("final checkpoint: {e}"));
                     }
@@ -37,14 +38,15 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     fn retire(&mut self, agent: AgentId) -> Result<(), Refused> {
         let Some(s) = self.agents.get(&agent) else {
-            return Err(self.refuse("retire", Some(&agent), "unknown agent".into()));
+            return Err(self.refuse("retire", Some(&agent), NodeError::operator(Some(&agent), "unknown agent")));
         };
         if self.handoffs.contains_key(&agent) || !s.authority.permits(Op::NewCheckpoint) {
             let state = s.authority.state();
-            return Err(self.refuse("retire", Some(&agent), format!("agent is {state}")));
+            let why = NodeError::operator(Some(&agent), format!("agent is {state}"));
+            return Err(self.refuse("retire", Some(&agent), why));
         }
         if s.ticks_since_checkpoint > 0
-            && let Err(e) = self.commit(&agent, Op::NewCheckpoint, false, false)
+            && let Err(e) = self.commit(&agent, CommitKind::Routine)
         {
             return Err(self.refuse("retire", Some(&agent), e));
         }

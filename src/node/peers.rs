@@ -116,7 +116,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
         let now = self.clock.unix_ns();
         self.guard.remember_refusal(&h.issuer, h.nonce, h.expiry_unix_ns, now, &r.reason);
-        let reason = format!("{}: {}", r.defence, r.reason);
+        let reason = NodeError::peer(from, &h.agent, PeerFault::Defence { defence: r.defence, reason: r.reason });
         self.refuse_transfer(from, &h.clone(), reason)
     }
 

@@ -9,6 +9,7 @@
 //! doubt), spec §6 (one handoff of an agent at a time).
 
 use super::conduct::{AfterConfirm, Deed};
+use super::tick::CommitKind;
 use super::*;
 use crate::env::NetError;
 use crate::migration::{Action, Input, Outcome, ReplyView, SendFailure};
@@ -18,29 +19,35 @@ use std::collections::VecDeque;
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     pub(super) fn start_handoff(&mut self, agent: AgentId, to: NodeId) -> Result<(), Refused> {
         if self.stopped {
-            return Err(self.refuse("migrate", Some(&agent), "node is shut down".into()));
+            return Err(self.refuse("migrate", Some(&agent), NodeError::operator(Some(&agent), "node is shut down")));
         }
         if to == self.cfg.node_id {
-            return Err(self.refuse("migrate", Some(&agent), "target is this node".into()));
+            return Err(self.refuse("migrate", Some(&agent), NodeError::operator(Some(&agent), "target is this node")));
         }
         let Some(s) = self.agents.get(&agent) else {
-            return Err(self.refuse("migrate", Some(&agent), "unknown agent".into()));
+            return Err(self.refuse("migrate", Some(&agent), NodeError::operator(Some(&agent), "unknown agent")));
         };
         // Spec §6: a second migration while one is in flight is refused.
         if self.handoffs.contains_key(&agent) {
-            return Err(self.refuse("migrate", Some(&agent), "a handoff of this agent is already in flight".into()));
+            let why = NodeError::operator(Some(&agent), "a handoff of this agent is already in flight");
+            return Err(self.refuse("migrate", Some(&agent), why));
         }
         if !s.authority.permits(Op::StartHandoff) {
             let st = s.authority.state();
-            return Err(self.refuse("migrate", Some(&agent), format!("{st} does not permit start_handoff")));
+            let why = NodeError::operator(Some(&agent), format!("{st} does not permit start_handoff"));
+            return Err(self.refuse("migrate", Some(&agent), why));
         }
         if s.instance.is_none() {
-            return Err(self.refuse("migrate", Some(&agent), "agent has no running instance".into()));
+            let why = NodeError::operator(Some(&agent), "agent has no running instance");
+            return Err(self.refuse("migrate", Some(&agent), why));
         }
         match migration::migration_policy(&s.manifest) {
             Ok(p) if p.enabled => {}
-            Ok(_) => return Err(self.refuse("migrate", Some(&agent), "migration_policy.enabled is false".into())),
-            Err(e) => return Err(self.refuse("migrate", Some(&agent), e)),
+            Ok(_) => {
+                let why = NodeError::guest(&agent, "migration_policy.enabled is false");
+                return Err(self.refuse("migrate", Some(&agent), why));
+            }
+            Err(e) => return Err(self.refuse("migrate", Some(&agent), NodeError::guest(&agent, e))),
         }
         let epoch = s.authority.epoch();
         let (m, actions) = SourceHandoff::start(agent.clone(), to.clone(), epoch, self.cfg.migration);
@@ -93,12 +100,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     Err(e) if self.agents.get(agent).is_some_and(|s| s.authority.state() == to) => {
                         // Forbidden-but-applied is impossible; applied but not
                         // durable: only the relinquish matters before sending.
-                        (to == AuthorityState::HandoffPending).then_some(Input::PersistFailed { error: e })
+                        (to == AuthorityState::HandoffPending).then_some(Input::PersistFailed { error: e.to_string() })
                     }
                     Err(e) => {
                         // EI-7: a violation ends the handoff in doubt.
                         if let Some(m) = self.end_handoff(agent) {
-                            self.finish_event(agent, &m.target, Role::Source, Outcome::Ambiguous(e));
+                            self.finish_event(agent, &m.target, Role::Source, Outcome::Ambiguous(e.to_string()));
                         }
                         return;
                     }
@@ -117,15 +124,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     }
                     None
                 }
-                Action::SealCheckpoint => Some(match self.commit(agent, Op::SealHandoff, true, false) {
+                Action::SealCheckpoint => Some(match self.commit(agent, CommitKind::HandoffSeal) {
                     Ok((tick, hash)) => Input::Sealed { tick, hash },
-                    Err(error) => Input::SealFailed { error },
+                    Err(e) => Input::SealFailed { error: e.to_string() },
                 }),
                 Action::SendPackage { attempt, nonce, expiry_unix_ns } => {
                     match self.send_package(agent, attempt, nonce, expiry_unix_ns) {
                         Ok(()) => None,
                         // Built locally and never handed to the transport.
-                        Err(error) => Some(Input::SendFailed { attempt, failure: SendFailure::TooLarge, error }),
+                        Err(e) => {
+                            Some(Input::SendFailed { attempt, failure: SendFailure::TooLarge, error: e.to_string() })
+                        }
                     }
                 }
                 Action::StartTimer { timer, at_mono_ns } => {
@@ -189,14 +198,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         self.emit(Event::LocalCopyDeleted { agent: agent.clone() });
     }
 
-    fn send_package(&mut self, agent: &AgentId, attempt: u32, nonce: u64, expiry: i64) -> Result<(), String> {
-        let target = self.handoffs.get(agent).map(|m| m.target.clone()).ok_or("no handoff in flight")?;
-        let s = self.agents.get(agent).ok_or("unknown agent")?;
-        let head = s.lineage.head().ok_or("no sealed checkpoint")?.clone();
+    fn send_package(&mut self, agent: &AgentId, attempt: u32, nonce: u64, expiry: i64) -> Result<(), NodeError> {
+        let violation = |what: &str| NodeError::violation(agent, what);
+        let target =
+            self.handoffs.get(agent).map(|m| m.target.clone()).ok_or_else(|| violation("no handoff in flight"))?;
+        let s = self.agents.get(agent).ok_or_else(|| violation("unknown agent"))?;
+        let head = s.lineage.head().ok_or_else(|| violation("no sealed checkpoint"))?.clone();
         let hash = s.lineage.head_hash();
-        let wasm = self.disk.read(&store::wasm_path(agent)).map_err(|e| e.to_string())?;
-        let kv = self.disk.read(&store::kv_path(agent, head.tick)).map_err(|e| e.to_string())?;
-        let seed = store::read_key_seed(&self.disk, agent).ok_or("agent key unreadable")?;
+        let wasm = self.disk.read(&store::wasm_path(agent)).map_err(|e| NodeError::disk(agent, e))?;
+        let kv = self.disk.read(&store::kv_path(agent, head.tick)).map_err(|e| NodeError::disk(agent, e))?;
+        let seed = store::read_key_seed(&self.disk, agent)
+            .ok_or_else(|| NodeError::disk(agent, DiskFault::Missing("agent key unreadable")))?;
         // Every tick from the head's parent to the head, when this run saw
         // them all (defence `metering_check` on the target).
         let replay_data = s.head_ticks.as_ref().filter(|r| r.ticks.last().is_some_and(|t| t.inputs.tick == head.tick));

@@ -12,6 +12,7 @@
 
 use super::defence::Defence;
 use super::*;
+use crate::env::DiskError;
 use crate::migration::{Judgement, LocalView, Outcome, PackageFacts};
 use crate::wire::{AgentPackage, AgentStarted, AgentTransfer, Body, Envelope, Header, MessageKind, ReplayData};
 
@@ -21,7 +22,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let pkg = t.package;
         let ckpt = match Checkpoint::decode(&pkg.checkpoint) {
             Ok(c) => c,
-            Err(e) => return self.refuse_transfer(from, h, format!("checkpoint: {e}")),
+            Err(e) => return self.refuse_transfer(from, h, NodeError::peer(from, &agent, format!("checkpoint: {e}"))),
         };
         let seed: Option<[u8; 32]> = pkg.agent_identity.as_deref().and_then(|s| s.try_into().ok());
         let key = seed.map(Keypair::from_seed);
@@ -49,7 +50,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let judgement = migration::judge_package_with(local.as_ref(), &facts, clock, checks);
         if judgement != Judgement::AlreadyAccepted {
             if let Some(reason) = self.guard.sticky_refusal(&h.issuer, h.nonce) {
-                return self.refuse_transfer(from, h, format!("refused before: {reason}"));
+                let why = NodeError::peer(from, &agent, format!("refused before: {reason}"));
+                return self.refuse_transfer(from, h, why);
             }
             let env_kind = MessageKind::AgentTransfer;
             if let Err(r) = self.guard.check_package(&d, &agent, h.epoch, ckpt.agent_key()) {
@@ -63,7 +65,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 });
                 let now = self.clock.unix_ns();
                 self.guard.remember_refusal(&h.issuer, h.nonce, h.expiry_unix_ns, now, &r.reason);
-                return self.refuse_transfer(from, h, format!("{}: {}", r.defence, r.reason));
+                let why = NodeError::peer(from, &agent, PeerFault::Defence { defence: r.defence, reason: r.reason });
+                return self.refuse_transfer(from, h, why);
             }
         }
         match judgement {
@@ -92,10 +95,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                         peer: from.clone(),
                         kind: MessageKind::AgentTransfer,
                         defence,
-                        reason: reason.clone(),
+                        reason: reason.to_string(),
                     });
                 }
-                self.refuse_transfer(from, h, reason)
+                self.refuse_transfer(from, h, NodeError::peer(from, &agent, reason))
             }
             Judgement::Conflict { reason, detail } => {
                 if reason == Reason::Divergence {
@@ -116,23 +119,25 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 // Not a clean refusal: once this node is RECOVERY_REQUIRED a
                 // duplicate of the package could be accepted, so the source
                 // must not resume. Claim at least the package's epoch.
-                self.refuse_transfer_in_doubt(from, h, detail)
+                self.refuse_transfer_in_doubt(from, h, NodeError::peer(from, &agent, detail))
             }
             Judgement::Accept => {
                 // Checked by judge_package: the identity is present.
-                let Some(key) = key else { return self.refuse_transfer(from, h, "AgentIdentity missing".into()) };
+                let Some(key) = key else {
+                    return self.refuse_transfer(from, h, NodeError::peer(from, &agent, "AgentIdentity missing"));
+                };
                 match self.check_with_executor(&agent, &pkg, &ckpt, &key) {
-                    Err(reason) => {
-                        if let Some(detail) = reason.strip_prefix("metering_check: ") {
+                    Err(fault) => {
+                        if let PeerFault::Defence { defence: Defence::MeteringCheck, reason } = &fault {
                             self.emit(Event::ClaimRejected {
                                 agent: agent.clone(),
                                 peer: from.clone(),
                                 kind: MessageKind::AgentTransfer,
                                 defence: Defence::MeteringCheck,
-                                reason: detail.to_string(),
+                                reason: reason.clone(),
                             });
                         }
-                        self.refuse_transfer(from, h, reason)
+                        self.refuse_transfer(from, h, NodeError::peer(from, &agent, fault))
                     }
                     Ok((hash, kv)) => self.assume(from, h, pkg, ckpt, key, hash, kv),
                 }
@@ -161,7 +166,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         pkg: &AgentPackage,
         ckpt: &Checkpoint,
         key: &Keypair,
-    ) -> Result<(Hash32, Vec<u8>), String> {
+    ) -> Result<(Hash32, Vec<u8>), PeerFault> {
         migration::check_price_policy(&pkg.manifest_data, self.cfg.price_per_second)?;
         let hash = self.exec.prepare(&pkg.wasm_binary, &pkg.manifest_data).map_err(|e| e.to_string())?;
         ckpt.check_wasm(&hash).map_err(|e| e.to_string())?;
@@ -185,8 +190,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         ckpt: &Checkpoint,
         hash: &Hash32,
         kv: &[u8],
-    ) -> Result<(), String> {
-        let prev = Checkpoint::parse(&r.prev_checkpoint, Some(hash)).map_err(|e| format!("replay base: {e}"))?;
+    ) -> Result<(), PeerFault> {
+        let prev = Checkpoint::parse(&r.prev_checkpoint, Some(hash))
+            .map_err(|e| PeerFault::Package(format!("replay base: {e}")))?;
         if Hash32::of(&r.prev_checkpoint) != ckpt.prev_hash() {
             return Err("signature chain broken: replay base is not the checkpoint's parent".into());
         }
@@ -196,12 +202,15 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         // Bounded before any work: an honest source commits at least every
         // MAX_TICKS_PER_CHECKPOINT ticks.
         if r.following.len() as u64 >= super::MAX_TICKS_PER_CHECKPOINT {
-            return Err(format!("replay data holds {} ticks, more than a checkpoint may span", r.following.len() + 1));
+            return Err(PeerFault::Package(format!(
+                "replay data holds {} ticks, more than a checkpoint may span",
+                r.following.len() + 1
+            )));
         }
         let ticks = r.ticks();
         let consecutive = ticks.iter().enumerate().all(|(i, t)| prev.tick.0.checked_add(i as u64 + 1) == Some(t.tick));
         if !consecutive || ticks.last().map(|t| t.tick) != Some(ckpt.tick.0) || r.budget != prev.budget.0 {
-            return Err(format!(
+            return Err(PeerFault::Package(format!(
                 "replay data names ticks {}..={} from budget {}, inconsistent with the chain (parent tick {}, \
                  checkpoint tick {})",
                 r.tick,
@@ -209,7 +218,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 r.budget,
                 prev.tick,
                 ckpt.tick
-            ));
+            )));
         }
         let key = prev.agent_key().copied().ok_or("replay base unsigned")?;
         let mut kv_now = store::open_kv(&key, agent, &prev, &r.prev_kv)?;
@@ -222,11 +231,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let mut available = prev.budget.0;
         for t in &ticks {
             if t.budget > available || t.budget < available.saturating_sub(allowance) {
-                return Err(format!(
-                    "metering_check: tick {} started with budget {}, the ticks before it left {available} \
+                return Err(metering(format!(
+                    "tick {} started with budget {}, the ticks before it left {available} \
                      (payment allowance {allowance})",
                     t.tick, t.budget
-                ));
+                )));
             }
             let inputs = TickInputs {
                 tick: TickNumber(t.tick),
@@ -242,26 +251,26 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             let (next, next_kv, cost) = self
                 .exec
                 .replay(hash, &pkg.manifest_data, &state, &kv_now, &inputs, &t.event_log)
-                .map_err(|e| format!("metering_check: replay of tick {}: {e}", t.tick))?;
+                .map_err(|e| metering(format!("replay of tick {}: {e}", t.tick)))?;
             if cost.0 < 0 || cost.0 > t.budget {
-                return Err(format!("metering_check: tick {} replays at cost {}, budget {}", t.tick, cost.0, t.budget));
+                return Err(metering(format!("tick {} replays at cost {}, budget {}", t.tick, cost.0, t.budget)));
             }
             (state, kv_now) = (next, next_kv);
             available = t.budget - cost.0;
         }
         let spent = prev.budget.0 - ckpt.budget.0;
         if state != ckpt.state || kv_now != kv {
-            return Err(format!(
-                "metering_check: replay of ticks {}..={} diverged from the package's checkpoint",
+            return Err(metering(format!(
+                "replay of ticks {}..={} diverged from the package's checkpoint",
                 r.tick, ckpt.tick
-            ));
+            )));
         }
         if ckpt.budget.0 > available || ckpt.budget.0 < available.saturating_sub(allowance) {
-            return Err(format!(
-                "metering_check: ticks {}..={} charged {spent}, their replay leaves budget {available}, the \
+            return Err(metering(format!(
+                "ticks {}..={} charged {spent}, their replay leaves budget {available}, the \
                  checkpoint says {} (payment allowance {allowance})",
                 r.tick, ckpt.tick, ckpt.budget
-            ));
+            )));
         }
         Ok(())
     }
@@ -308,10 +317,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         });
         let result = self.store_and_adopt(&agent, from, &pkg, &ckpt, &key, &kv);
         let result = result.and_then(|()| {
-            let s = self.agents.get_mut(&agent).ok_or("slot vanished")?;
+            let s = self.agents.get_mut(&agent).ok_or_else(|| NodeError::violation(&agent, "slot vanished"))?;
             debug_assert!(s.authority.permits(Op::AcceptHandoff), "only a pending target accepts");
             let before = s.authority.clone();
-            let t = s.authority.assume().map_err(|v| v.to_string())?;
+            let t = s.authority.assume().map_err(|v| NodeError::violation(&agent, v.to_string()))?;
             s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
             s.key = Some(key);
             if let Err(e) = self.persist(&agent) {
@@ -326,7 +335,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             Ok(t) => t,
             Err(e) => {
                 self.fall_to_recovery(&agent, Reason::Fault);
-                return self.refuse_transfer_in_doubt(from, h, format!("target could not store the agent: {e}"));
+                return self.refuse_transfer_in_doubt(from, h, e.context("target could not store the agent"));
             }
         };
         self.emit(Event::AuthorityChanged {
@@ -361,21 +370,22 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         ckpt: &Checkpoint,
         key: &Keypair,
         kv: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
+        let disk = |e: DiskError| NodeError::disk(agent, e);
         self.persist(agent)?;
-        key.save(&self.disk, &lineage::agent_key_path(agent)).map_err(|e| e.to_string())?;
-        self.disk.write_atomic(&store::wasm_path(agent), &pkg.wasm_binary).map_err(|e| e.to_string())?;
-        self.disk.write_atomic(&store::manifest_path(agent), &pkg.manifest_data).map_err(|e| e.to_string())?;
+        key.save(&self.disk, &lineage::agent_key_path(agent)).map_err(|e| NodeError::disk(agent, e))?;
+        self.disk.write_atomic(&store::wasm_path(agent), &pkg.wasm_binary).map_err(disk)?;
+        self.disk.write_atomic(&store::manifest_path(agent), &pkg.manifest_data).map_err(disk)?;
         let sealed = store::seal_kv(key, agent, ckpt.tick, &ckpt.state, kv);
-        self.disk.write_atomic(&store::kv_path(agent, ckpt.tick), &sealed).map_err(|e| e.to_string())?;
+        self.disk.write_atomic(&store::kv_path(agent, ckpt.tick), &sealed).map_err(disk)?;
         // The link's observation log travels with the package: keep it
         // beside the checkpoint, as the source did (`igord audit`).
         if let Some(log) = pkg.replay_data.as_ref().and_then(|r| store::received_tick_log(agent, ckpt, r)) {
             let path = crate::audit::ticklog::ticks_path(agent, ckpt.tick);
-            self.disk.write_atomic(&path, &log.seal(key)).map_err(|e| e.to_string())?;
+            self.disk.write_atomic(&path, &log.seal(key)).map_err(disk)?;
         }
-        let s = self.agents.get_mut(agent).ok_or("slot vanished")?;
-        let c = s.lineage.adopt(&self.disk, ckpt.clone()).map_err(|e| e.to_string())?;
+        let s = self.agents.get_mut(agent).ok_or_else(|| NodeError::violation(agent, "slot vanished"))?;
+        let c = s.lineage.adopt(&self.disk, ckpt.clone()).map_err(|e| NodeError::lineage(agent, e))?;
         let hash = s.lineage.head_hash();
         self.emit(Event::CheckpointAdopted {
             agent: agent.clone(),
@@ -389,11 +399,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         Ok(())
     }
 
-    pub(super) fn refuse_transfer(&mut self, from: &NodeId, h: &Header, reason: String) -> Vec<u8> {
+    pub(super) fn refuse_transfer(&mut self, from: &NodeId, h: &Header, reason: NodeError) -> Vec<u8> {
         self.refusal(from, h, reason, false)
     }
 
-    fn refuse_transfer_in_doubt(&mut self, from: &NodeId, h: &Header, reason: String) -> Vec<u8> {
+    fn refuse_transfer_in_doubt(&mut self, from: &NodeId, h: &Header, reason: NodeError) -> Vec<u8> {
         self.refusal(from, h, reason, true)
     }
 
@@ -401,7 +411,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     /// expired) only if it is sticky: every copy of this package would be
     /// refused too. Otherwise the reply claims at least the package's epoch,
     /// which the source reads as a conflict (ambiguous).
-    fn refusal(&mut self, from: &NodeId, h: &Header, reason: String, in_doubt: bool) -> Vec<u8> {
+    fn refusal(&mut self, from: &NodeId, h: &Header, reason: NodeError, in_doubt: bool) -> Vec<u8> {
+        let reason = reason.to_string();
         let (budget, tick, hash) = (Microcents::ZERO, h.head_tick, h.head_hash);
         self.emit(Event::MigrationFinished {
             agent: h.agent.clone(),
@@ -425,4 +436,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
         self.reply_bytes(Envelope::new(header, Body::AgentStarted(body)))
     }
+}
+
+/// A `metering_check` refusal (the replay of the package's ticks does not
+/// bear out its budget or state).
+fn metering(reason: String) -> PeerFault {
+    PeerFault::Defence { defence: Defence::MeteringCheck, reason }
 }

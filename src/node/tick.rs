@@ -11,6 +11,35 @@
 use super::operator::unsafe_recoverable;
 use super::*;
 
+/// What a checkpoint commit is for: it decides the authority operation that
+/// must be permitted and whether an empty commit (no tick since the head)
+/// may answer with the head itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CommitKind {
+    /// The ticks since the head, as owner: the interval, the tick limit, an
+    /// act outside, a final checkpoint (budget exhausted, retire, shutdown).
+    /// Nothing new since the head: the head is the answer.
+    Routine,
+    /// The source seals the checkpoint a handoff ships (HANDOFF_INITIATED
+    /// permits it; the event marks it `handoff`). Nothing new since the
+    /// head: the head is the package.
+    HandoffSeal,
+    /// Deploy: the first link (tick 0, no parent), written even though
+    /// nothing has ticked.
+    Genesis,
+}
+
+impl CommitKind {
+    /// The authority operation this commit needs (EI-1/CM-5: only the
+    /// holder commits; a seal only in HANDOFF_INITIATED).
+    fn op(self) -> Op {
+        match self {
+            CommitKind::Routine | CommitKind::Genesis => Op::NewCheckpoint,
+            CommitKind::HandoffSeal => Op::SealHandoff,
+        }
+    }
+}
+
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     /// Run everything due at the clock's current time (handoff timers, lease
     /// renewal or expiry, ticks, checkpoints) and return the next deadline
@@ -197,7 +226,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             // checkpoint (the sandbox restarts a tick the budget cut from
             // the state before it, so the instance can be snapshotted).
             TickOutcome::Completed { .. } | TickOutcome::BudgetExhausted => {
-                if let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
+                if let Err(e) = self.commit(agent, CommitKind::Routine) {
                     self.fault(Some(agent), format!("final checkpoint: {e}"));
                 }
                 self.halt(agent, "budget exhausted".to_string());
@@ -225,7 +254,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         // A retry after a failed write waits its interval, even after an act.
         let acted = s.acted_since_checkpoint && s.degraded.is_none();
         let due = s.ticks_since_checkpoint > 0 && (interval || full || acted) && s.authority.permits(Op::NewCheckpoint);
-        if due && let Err(e) = self.commit(agent, Op::NewCheckpoint, false, false) {
+        if due && let Err(e) = self.commit(agent, CommitKind::Routine) {
             // Retry one interval later, never at once: a commit that keeps
             // failing must not keep the deadline in the past (livelock).
             // EI-6: meanwhile the agent pauses instead of ticking unpersisted.
@@ -233,8 +262,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             let Some(s) = self.agents.get_mut(agent) else { return };
             s.last_checkpoint_ns = now;
             if s.degraded.is_none() {
-                s.degraded = Some((unix, e.clone()));
-                self.emit(Event::PersistFailing { agent: agent.clone(), since_unix_ns: unix, error: e.clone() });
+                s.degraded = Some((unix, e.to_string()));
+                self.emit(Event::PersistFailing { agent: agent.clone(), since_unix_ns: unix, error: e.to_string() });
                 self.fault(Some(agent), format!("checkpoint: {e}"));
             }
         }
@@ -242,29 +271,26 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     /// Commit the running state as the next link. With nothing new since
     /// the head (and not genesis), the head itself is the answer.
-    pub(super) fn commit(
-        &mut self,
-        agent: &AgentId,
-        op: Op,
-        handoff: bool,
-        genesis: bool,
-    ) -> Result<(TickNumber, Hash32), String> {
+    pub(super) fn commit(&mut self, agent: &AgentId, kind: CommitKind) -> Result<(TickNumber, Hash32), NodeError> {
         let now = self.clock.now();
-        let Some(s) = self.agents.get_mut(agent) else { return Err(format!("unknown agent {agent}")) };
+        let op = kind.op();
+        let Some(s) = self.agents.get_mut(agent) else {
+            return Err(NodeError::violation(agent, format!("unknown agent {agent}")));
+        };
         if !s.authority.permits(op) {
-            return Err(format!("{} does not permit {op:?}", s.authority.state()));
+            return Err(NodeError::violation(agent, format!("{} does not permit {op:?}", s.authority.state())));
         }
-        if !genesis
+        if kind != CommitKind::Genesis
             && s.ticks_since_checkpoint == 0
             && let Some(c) = s.lineage.head()
         {
             return Ok((c.tick, s.lineage.head_hash()));
         }
-        let instance = s.instance.as_mut().ok_or("no running instance")?;
-        let (state, kv) = self.exec.snapshot(instance).map_err(|e| e.to_string())?;
-        let key = s.key.as_ref().ok_or("agent key missing")?;
+        let instance = s.instance.as_mut().ok_or_else(|| NodeError::violation(agent, "no running instance"))?;
+        let (state, kv) = self.exec.snapshot(instance).map_err(|e| NodeError::guest(agent, e))?;
+        let key = s.key.as_ref().ok_or_else(|| NodeError::disk(agent, DiskFault::Missing("agent key missing")))?;
         let sealed = store::seal_kv(key, agent, s.tick, &state, &kv);
-        self.disk.write_atomic(&store::kv_path(agent, s.tick), &sealed).map_err(|e| e.to_string())?;
+        self.disk.write_atomic(&store::kv_path(agent, s.tick), &sealed).map_err(|e| NodeError::disk(agent, e))?;
         // The observation log of the ticks since the parent, written before
         // the checkpoint (like the kv) so a committed link always has it.
         if let Some(parent) = s.lineage.head() {
@@ -276,7 +302,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 state_hash: Hash32::of(&state),
                 budget: s.budget,
             };
-            store::write_tick_log(&self.disk, key, &link, &s.ticks).map_err(|e| format!("agent {agent}: {e}"))?;
+            store::write_tick_log(&self.disk, key, &link, &s.ticks)
+                .map_err(|e| NodeError::disk_in(agent, format!("agent {agent}"), e))?;
         }
         let body = CheckpointBody {
             budget: s.budget,
@@ -290,7 +317,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         };
         let prev_hash = s.lineage.head_hash();
         let base_tick = s.lineage.head().map(|c| c.tick);
-        let c: Checkpoint = s.lineage.commit(&self.disk, body, key).map_err(|e| e.to_string())?;
+        let c: Checkpoint = s.lineage.commit(&self.disk, body, key).map_err(|e| NodeError::lineage(agent, e))?;
         let hash = s.lineage.head_hash();
         // The records of the ticks that led here from the parent.
         let ticks = std::mem::take(&mut s.ticks);
@@ -308,7 +335,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             charged: s.charged,
             paid: s.paid,
             lease_expiry_ns: c.lease_expiry_ns,
-            handoff,
+            handoff: kind == CommitKind::HandoffSeal,
         };
         s.charged = Microcents::ZERO;
         s.paid = Microcents::ZERO;
