@@ -22,12 +22,16 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             return Err(NodeError::violation(agent, format!("unknown agent {agent}")));
         };
         let from = s.authority.state();
+        let epoch_before = s.authority.epoch();
         let result = s.authority.transition(to, reason.clone());
         let epoch = s.authority.epoch();
+        // The epoch never decreases on a node (spec §5: epochs order
+        // authority; a transition keeps it, only assume/recover/renew raise).
+        debug_assert!(epoch >= epoch_before, "epoch fell from {epoch_before} to {epoch} on {from} -> {to}");
         if result.is_ok() && to == AuthorityState::HandoffPending && reason == Reason::Relinquished {
             // The target assumes at (major + 1): a recovery anywhere that
             // asks this node must stay above it, even after it retires.
-            s.highest_major_seen = s.highest_major_seen.max(epoch.major.saturating_add(1));
+            s.highest_major_seen = s.highest_major_seen.max(epoch.next_major_bound());
         }
         let now_state = s.authority.state();
         if now_state == AuthorityState::RecoveryRequired {

@@ -246,6 +246,14 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             Ok(t) => t,
             Err(v) => return Err(self.refuse("recover", Some(&agent), NodeError::violation(&agent, v.to_string()))),
         };
+        // Spec §5 / EI-1 per epoch: the recovered major must be above every
+        // major this node has seen or any peer reported. Only at the end of
+        // the range (a proven claim can name any major) is none left.
+        if t.epoch.major <= highest {
+            (s.authority, s.lease) = before;
+            let why = format!("no epoch major above {highest} is left to recover under");
+            return Err(self.refuse("recover", Some(&agent), NodeError::violation(&agent, why)));
+        }
         s.lease = lease;
         s.highest_major_seen = t.epoch.major;
         let reanchored = self.record_recovery(&agent, anchor_tick, anchor, t.epoch);

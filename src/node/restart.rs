@@ -43,7 +43,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if rec.state == AuthorityState::HandoffPending && rec.role == Role::Source {
             // Relinquished: the target may have assumed at (major + 1)
             // (records written before `set_state` raised it themselves).
-            slot.highest_major_seen = slot.highest_major_seen.max(rec.epoch.major.saturating_add(1));
+            slot.highest_major_seen = slot.highest_major_seen.max(rec.epoch.next_major_bound());
         }
         slot.key = store::load_key(&self.disk, &agent);
         slot.manifest = self.disk.read(&store::manifest_path(&agent)).unwrap_or_default();

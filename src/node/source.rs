@@ -163,7 +163,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                             // The target may have assumed at (major + 1):
                             // a recovery here cannot rule out a live owner
                             // until the target proves otherwise (spec §5).
-                            let maybe = Epoch::new(s.authority.epoch().major.saturating_add(1), 0);
+                            let maybe = Epoch::new(s.authority.epoch().next_major_bound(), 0);
                             s.live_elsewhere = Some((m.target.clone(), maybe));
                         }
                         self.finish_event(agent, &m.target, Role::Source, outcome);

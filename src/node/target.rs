@@ -14,6 +14,7 @@ use super::defence::Defence;
 use super::*;
 use crate::env::DiskError;
 use crate::migration::{Judgement, LocalView, Outcome, PackageFacts};
+use crate::units::MoneyOverflow;
 use crate::wire::{AgentPackage, AgentStarted, AgentTransfer, Body, Envelope, Header, MessageKind, ReplayData};
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
@@ -208,7 +209,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             )));
         }
         let ticks = r.ticks();
-        let consecutive = ticks.iter().enumerate().all(|(i, t)| prev.tick.0.checked_add(i as u64 + 1) == Some(t.tick));
+        let consecutive =
+            ticks.iter().enumerate().all(|(i, t)| prev.tick.checked_add(i as u64 + 1) == Some(TickNumber(t.tick)));
         if !consecutive || ticks.last().map(|t| t.tick) != Some(ckpt.tick.0) || r.budget != prev.budget.0 {
             return Err(PeerFault::Package(format!(
                 "replay data names ticks {}..={} from budget {}, inconsistent with the chain (parent tick {}, \
@@ -228,13 +230,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         // may pay in one tick on top (payments are settled, not re-run): a
         // node lying about metering, or editing the budget, is caught here.
         let allowance = migration::payment_allowance(&pkg.manifest_data);
-        let mut available = prev.budget.0;
+        // The lowest budget the next tick may start with: what the ticks
+        // before it left, less one tick's payments (none is negative: a
+        // lower bound past the range admits nothing below it anyway).
+        let floor = |available: Microcents| available.checked_sub(Microcents(allowance)).map_or(i64::MIN, |m| m.0);
+        let money = |e: MoneyOverflow| PeerFault::Package(format!("replay data: {e}"));
+        let mut available = prev.budget;
         for t in &ticks {
-            if t.budget > available || t.budget < available.saturating_sub(allowance) {
+            if t.budget > available.0 || t.budget < floor(available) {
                 return Err(metering(format!(
-                    "tick {} started with budget {}, the ticks before it left {available} \
-                     (payment allowance {allowance})",
-                    t.tick, t.budget
+                    "tick {} started with budget {}, the ticks before it left {} (payment allowance {allowance})",
+                    t.tick, t.budget, available.0
                 )));
             }
             let inputs = TickInputs {
@@ -252,24 +258,25 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 .exec
                 .replay(hash, &pkg.manifest_data, &state, &kv_now, &inputs, &t.event_log)
                 .map_err(|e| metering(format!("replay of tick {}: {e}", t.tick)))?;
-            if cost.0 < 0 || cost.0 > t.budget {
+            if cost.is_negative() || cost > Microcents(t.budget) {
                 return Err(metering(format!("tick {} replays at cost {}, budget {}", t.tick, cost.0, t.budget)));
             }
             (state, kv_now) = (next, next_kv);
-            available = t.budget - cost.0;
+            // RE-3: 0 <= cost <= the tick's budget (checked just above).
+            available = Microcents(t.budget).checked_sub(cost).map_err(money)?;
         }
-        let spent = prev.budget.0 - ckpt.budget.0;
+        let spent = prev.budget.checked_sub(ckpt.budget).map_err(money)?.0;
         if state != ckpt.state || kv_now != kv {
             return Err(metering(format!(
                 "replay of ticks {}..={} diverged from the package's checkpoint",
                 r.tick, ckpt.tick
             )));
         }
-        if ckpt.budget.0 > available || ckpt.budget.0 < available.saturating_sub(allowance) {
+        if ckpt.budget > available || ckpt.budget.0 < floor(available) {
             return Err(metering(format!(
-                "ticks {}..={} charged {spent}, their replay leaves budget {available}, the \
-                 checkpoint says {} (payment allowance {allowance})",
-                r.tick, ckpt.tick, ckpt.budget
+                "ticks {}..={} charged {spent}, their replay leaves budget {}, the checkpoint says {} (payment \
+                 allowance {allowance})",
+                r.tick, ckpt.tick, available.0, ckpt.budget
             )));
         }
         Ok(())
@@ -304,7 +311,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             None => Lineage::open(&self.disk, &agent).unwrap_or_else(|_| Lineage::new(agent.clone())),
         };
         let mut slot: Slot<X::Instance> = Slot::new(Authority::incoming(h.epoch), lineage, now);
-        slot.highest_major_seen = h.epoch.major.saturating_add(1);
+        slot.highest_major_seen = h.epoch.next_major_bound();
         slot.manifest = pkg.manifest_data.clone();
         slot.wasm_hash = hash;
         self.agents.insert(agent.clone(), slot);
@@ -321,6 +328,14 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             debug_assert!(s.authority.permits(Op::AcceptHandoff), "only a pending target accepts");
             let before = s.authority.clone();
             let t = s.authority.assume().map_err(|v| NodeError::violation(&agent, v.to_string()))?;
+            // EI-5: the target takes authority under an epoch above the
+            // package's, so the source's claim is superseded everywhere. A
+            // package at the last major leaves none (its signer chose it).
+            if t.epoch <= h.epoch {
+                s.authority = before;
+                let why = format!("package epoch {} leaves no newer epoch to assume", h.epoch);
+                return Err(NodeError::peer(from, &agent, why));
+            }
             s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
             s.key = Some(key);
             if let Err(e) = self.persist(&agent) {

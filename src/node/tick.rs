@@ -122,6 +122,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             LeaseStatus::RenewDue | LeaseStatus::InGrace => {
                 let before = (s.authority.clone(), s.lease);
                 let epoch = s.authority.renew();
+                // A renewal raises the generation: the epoch only grows.
+                debug_assert!(epoch > before.0.epoch(), "renewal from {} to {epoch}", before.0.epoch());
                 s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
                 let expiry_ns = s.lease.expiry_unix_ns;
                 if let Err(e) = self.persist(agent) {
@@ -155,10 +157,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if !may || paused || !s.ticking || s.halted.is_some() || s.instance.is_none() || s.next_tick_ns > now.mono_ns {
             return;
         }
+        // Tick numbers increase by one per tick: the end of the range stops
+        // the agent rather than wrap to a tick it already ran.
+        let Some(tick) = s.tick.next() else {
+            let last = s.tick;
+            self.halt(agent, format!("tick number {last} is the last one"));
+            return;
+        };
         let mut rand_seed = [0u8; 32];
         self.entropy.fill(&mut rand_seed);
         let inputs = TickInputs {
-            tick: TickNumber(s.tick.0 + 1),
+            tick,
             now_unix_ns: now.unix_ns,
             rand_seed,
             budget: s.budget,
@@ -175,19 +184,36 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let report = self.exec.tick(instance, &inputs);
         // The executor promises cost + paid <= budget; enforce it (RE-3,
         // budget never negative) rather than trust it.
-        let cost = report.cost.max(Microcents::ZERO).min(s.budget);
-        let left = Microcents(s.budget.0 - cost.0);
-        let paid = report.paid.max(Microcents::ZERO).min(left);
-        let overcharged = cost != report.cost || paid != report.paid;
-        s.budget = Microcents(left.0 - paid.0);
-        s.tick = inputs.tick;
-        s.charged = Microcents(s.charged.0.saturating_add(cost.0));
+        let settled = settle(s.budget, report.cost, report.paid);
         // The conduct's surcharge (honestly none), capped by the budget.
-        let (lie, act) = self.conduct.surcharge(agent, cost);
-        let lie = lie.0.min(s.budget.0).max(0);
-        s.budget = Microcents(s.budget.0 - lie);
-        s.charged = Microcents(s.charged.0.saturating_add(lie));
-        s.paid = Microcents(s.paid.0.saturating_add(paid.0));
+        let (lie, act) = self.conduct.surcharge(agent, settled.cost);
+        let lie = lie.clamp_to(settled.left);
+        let money = settled.left.checked_sub(lie).and_then(|budget| {
+            let charged = s.charged.checked_add(settled.cost)?.checked_add(lie)?;
+            Ok((budget, charged, s.paid.checked_add(settled.paid)?))
+        });
+        let Ok((budget, charged, paid_total)) = money else {
+            // RE-3 bounds what is charged and paid since the head by the
+            // head's budget, so this cannot overflow; if our own accounting
+            // ever breaks, stop the agent rather than commit wrapped money.
+            self.discard_instance(agent, &format!("money arithmetic overflow in tick {tick}"));
+            return;
+        };
+        let (cost, paid) = (settled.cost, settled.paid);
+        let overcharged = cost != report.cost || paid != report.paid;
+        // RE-4: the budget never rises across a tick.
+        debug_assert!(budget <= inputs.budget, "RE-4: tick {tick} raised the budget {} to {budget}", inputs.budget);
+        // RE-3: what left the budget is exactly what this tick charged
+        // (cost and surcharge) and paid, to the microcent.
+        debug_assert_eq!(
+            inputs.budget.checked_sub(budget).ok(),
+            cost.checked_add(lie).and_then(|c| c.checked_add(paid)).ok(),
+            "RE-3: tick {tick} moved money it did not charge or pay"
+        );
+        s.budget = budget;
+        s.tick = tick;
+        s.charged = charged;
+        s.paid = paid_total;
         s.ticks_since_checkpoint += 1;
         // Bounded: a commit is forced at MAX_TICKS_PER_CHECKPOINT.
         s.ticks.push(TickRecord { inputs: inputs.clone(), event_log: report.event_log.clone() });
@@ -203,7 +229,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 format!("executor charged {} + {} against {}", report.cost, report.paid, inputs.budget),
             );
         }
-        if lie > 0
+        if lie > Microcents::ZERO
             && let Some(act) = act
         {
             self.emit(Event::Misbehaved { agent: Some(agent.clone()), act });
@@ -317,8 +343,30 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         };
         let prev_hash = s.lineage.head_hash();
         let base_tick = s.lineage.head().map(|c| c.tick);
+        let base_budget = s.lineage.head().map(|c| c.budget);
         let c: Checkpoint = s.lineage.commit(&self.disk, body, key).map_err(|e| NodeError::lineage(agent, e))?;
         let hash = s.lineage.head_hash();
+        // EI-3: the new link's parent is the head it was committed on.
+        debug_assert_eq!(c.prev_hash(), prev_hash, "EI-3: commit of tick {} is not on the head", c.tick);
+        if let (Some(base_tick), Some(base_budget)) = (base_tick, base_budget) {
+            // Tick numbers increase by one per tick: the link spans exactly
+            // the ticks run since its parent.
+            debug_assert_eq!(
+                base_tick.checked_add(s.ticks_since_checkpoint),
+                Some(c.tick),
+                "tick {} committed on parent tick {base_tick} after {} tick(s)",
+                c.tick,
+                s.ticks_since_checkpoint
+            );
+            // RE-3 per link: the parent's budget is the child's plus
+            // everything charged and paid in between, to the microcent.
+            debug_assert_eq!(
+                base_budget.checked_sub(c.budget).ok(),
+                s.charged.checked_add(s.paid).ok(),
+                "RE-3: link {base_tick}->{} loses money it did not charge or pay",
+                c.tick
+            );
+        }
         // The records of the ticks that led here from the parent.
         let ticks = std::mem::take(&mut s.ticks);
         // Every tick since the head pushes a record, and whatever resets the
@@ -355,6 +403,35 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     }
 }
 
+/// The money one tick takes from its budget, before any surcharge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Settled {
+    /// The executor's cost, clamped to `0..=budget`.
+    cost: Microcents,
+    /// Its payments, clamped to `0..=budget - cost`.
+    paid: Microcents,
+    /// What is left: `budget - cost - paid`.
+    left: Microcents,
+}
+
+/// RE-3/RE-4: take a tick's `cost`, then its payments `paid`, from
+/// `budget`, each clamped to what is left: a tick never drives the budget
+/// negative and never gives money back, whatever the executor reports.
+fn settle(budget: Microcents, cost: Microcents, paid: Microcents) -> Settled {
+    // RE-3: a running budget is never negative (deploy refuses one, and
+    // checkpoint decoding refuses one in a package or on disk).
+    debug_assert!(!budget.is_negative(), "RE-3: running budget {budget} is negative");
+    let cost = cost.clamp_to(budget);
+    // 0 <= cost <= budget and 0 <= paid <= left: neither subtraction can
+    // leave the range, so the fallback is never taken.
+    let left = budget.checked_sub(cost).unwrap_or(Microcents::ZERO);
+    let paid = paid.clamp_to(left);
+    let left = left.checked_sub(paid).unwrap_or(Microcents::ZERO);
+    // RE-4: nothing is given back.
+    debug_assert!(left <= budget.max(Microcents::ZERO), "RE-4: {left} left of {budget}");
+    Settled { cost, paid, left }
+}
+
 /// Whether a tick's event log shows a call that reached outside the agent
 /// (an http request or a payment): such a tick is checkpointed before the
 /// next, so a crash re-runs at most the one tick that acted (the SDK's
@@ -366,4 +443,31 @@ fn acted_outside(event_log: &[u8]) -> bool {
     crate::eventlog::EventLog::decode(event_log).is_ok_and(|log| {
         log.entries.iter().any(|e| matches!(Hostcall::from_id(e.id), Some(Hostcall::HttpRequest | Hostcall::WalletPay)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RE-3/RE-4: whatever the executor reports, a tick takes no more than
+    /// the budget, gives nothing back, and what it takes is exactly the
+    /// cost and payments it settles.
+    #[test]
+    fn settle_clamps_cost_then_payments_to_what_is_left() {
+        let m = Microcents;
+        let cases = [
+            // (budget, reported cost, reported paid) -> (cost, paid, left)
+            ((m(100), m(30), m(20)), (m(30), m(20), m(50))),
+            ((m(100), m(130), m(20)), (m(100), m(0), m(0))),
+            ((m(100), m(30), m(90)), (m(30), m(70), m(0))),
+            ((m(100), m(-5), m(-7)), (m(0), m(0), m(100))),
+            ((m(0), m(1), m(1)), (m(0), m(0), m(0))),
+            ((m(i64::MAX), m(i64::MAX), m(i64::MAX)), (m(i64::MAX), m(0), m(0))),
+        ];
+        for ((budget, cost, paid), (want_cost, want_paid, want_left)) in cases {
+            let s = settle(budget, cost, paid);
+            assert_eq!((s.cost, s.paid, s.left), (want_cost, want_paid, want_left), "{budget} {cost} {paid}");
+            assert_eq!(budget.checked_sub(s.left), s.cost.checked_add(s.paid), "RE-3 for {budget} {cost} {paid}");
+        }
+    }
 }
