@@ -110,11 +110,6 @@ impl TickNumber {
     pub fn checked_add(self, n: u64) -> Option<TickNumber> {
         self.0.checked_add(n).map(TickNumber)
     }
-
-    /// How many ticks `self` is after `earlier`; `None` if it is before.
-    pub fn checked_since(self, earlier: TickNumber) -> Option<u64> {
-        self.0.checked_sub(earlier.0)
-    }
 }
 
 impl fmt::Display for TickNumber {
@@ -218,8 +213,6 @@ mod tests {
         assert_eq!(TickNumber(7).next(), Some(TickNumber(8)));
         assert_eq!(TickNumber(u64::MAX).next(), None);
         assert_eq!(TickNumber(7).checked_add(3), Some(TickNumber(10)));
-        assert_eq!(TickNumber(10).checked_since(TickNumber(7)), Some(3));
-        assert_eq!(TickNumber(7).checked_since(TickNumber(10)), None);
         assert_eq!(Epoch::new(3, 9).next_major(), Some(Epoch::new(4, 0)));
         assert_eq!(Epoch::new(u64::MAX, 0).next_major(), None);
     }

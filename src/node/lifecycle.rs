@@ -251,7 +251,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             epoch,
             reason: Reason::Deployed,
         });
-        let genesis = self.persist(&agent).and_then(|_| self.commit(&agent, CommitKind::Genesis));
+        let genesis = self.persist(&agent).and_then(|_| self.commit(&agent, CommitKind::Genesis, now));
         if let Err(e) = genesis {
             self.fault(Some(&agent), format!("genesis: {e}"));
             self.fall_to_recovery(&agent, Reason::Fault);

@@ -24,7 +24,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     let owned = self.agents.get(&agent).is_some_and(|s| s.authority.permits(Op::NewCheckpoint));
                     if dirty
                         && owned
-                        && let Err(e) = self.commit(&agent, CommitKind::Routine)
+                        && let Err(e) = self.commit(&agent, CommitKind::Routine, self.clock.now())
                     {
                         self.fault(Some(&agent), format!("final checkpoint: {e}"));
                     }
@@ -46,7 +46,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             return Err(self.refuse("retire", Some(&agent), why));
         }
         if s.ticks_since_checkpoint > 0
-            && let Err(e) = self.commit(&agent, CommitKind::Routine)
+            && let Err(e) = self.commit(&agent, CommitKind::Routine, self.clock.now())
         {
             return Err(self.refuse("retire", Some(&agent), e));
         }

@@ -85,7 +85,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             Pending::Transfer { agent, attempt, target } => {
                 let input = self.transfer_reply_input(&agent, &target, attempt, result);
                 let epoch = self.agents.get(&agent).map(|s| s.authority.epoch()).unwrap_or_default();
-                if !self.feed_handoff(&agent, input) {
+                if !self.feed_handoff(&agent, input, self.clock.now()) {
                     self.stale(&agent, &target, MessageKind::AgentStarted, epoch);
                 }
             }

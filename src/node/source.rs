@@ -53,25 +53,25 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let (m, actions) = SourceHandoff::start(agent.clone(), to.clone(), epoch, self.cfg.migration);
         self.handoffs.insert(agent.clone(), m);
         self.emit(Event::HandoffStarted { agent: agent.clone(), target: to, epoch });
-        self.run_actions(&agent, actions);
+        self.run_actions(&agent, actions, self.clock.now());
         Ok(())
     }
 
     /// Feed one input to the agent's handoff machine and perform the result.
     /// An input the machine ignores is stale and counted.
-    pub(super) fn feed_handoff(&mut self, agent: &AgentId, input: Input) -> bool {
-        let now = self.clock.now();
+    pub(super) fn feed_handoff(&mut self, agent: &AgentId, input: Input, now: Now) -> bool {
         let rand = self.entropy.next_u64();
         let Some(m) = self.handoffs.get_mut(agent) else { return false };
         let actions = m.handle(now, rand, input);
         if actions.is_empty() {
             return false;
         }
-        self.run_actions(agent, actions);
+        self.run_actions(agent, actions, now);
         true
     }
 
-    fn run_actions(&mut self, agent: &AgentId, actions: Vec<Action>) {
+    /// Perform the machine's actions at `now`, feeding it what they yield.
+    fn run_actions(&mut self, agent: &AgentId, actions: Vec<Action>, now: Now) {
         let mut queue: VecDeque<Action> = actions.into();
         // The conduct decides what a confirmed handoff leaves here (EI-4:
         // honestly, nothing).
@@ -117,14 +117,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     None
                 }
                 Action::ResumeTicking => {
-                    let now = self.clock.mono_ns();
                     if let Some(s) = self.agents.get_mut(agent) {
                         s.ticking = s.halted.is_none() && s.instance.is_some();
-                        s.next_tick_ns = now;
+                        s.next_tick_ns = now.mono_ns;
                     }
                     None
                 }
-                Action::SealCheckpoint => Some(match self.commit(agent, CommitKind::HandoffSeal) {
+                Action::SealCheckpoint => Some(match self.commit(agent, CommitKind::HandoffSeal, now) {
                     Ok((tick, hash)) => Input::Sealed { tick, hash },
                     Err(e) => Input::SealFailed { error: e.to_string() },
                 }),
@@ -172,7 +171,6 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 }
             };
             if let Some(input) = feed {
-                let now = self.clock.now();
                 let rand = self.entropy.next_u64();
                 let Some(m) = self.handoffs.get_mut(agent) else { return };
                 queue = m.handle(now, rand, input).into();

@@ -53,13 +53,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let due: Vec<_> = self.timers.range(..=(now.mono_ns, u64::MAX)).map(|(k, v)| (*k, v.clone())).collect();
         for (key, (agent, timer)) in due {
             self.timers.remove(&key);
-            self.feed_handoff(&agent, migration::Input::Timer(timer));
+            self.feed_handoff(&agent, migration::Input::Timer(timer), now);
         }
         self.expire_recoveries(now.mono_ns);
         for agent in self.agent_ids() {
-            self.check_lease(&agent);
-            self.maybe_tick(&agent);
-            self.maybe_checkpoint(&agent);
+            // Each agent's steps run at one instant, read here: on a real
+            // clock time passes while the agents before it tick, and its
+            // lease is judged at the instant it is considered (EI-1).
+            let now = self.clock.now();
+            self.check_lease(&agent, now);
+            self.maybe_tick(&agent, now);
+            self.maybe_checkpoint(&agent, now);
         }
         self.act_out(now.mono_ns);
         self.next_deadline()
@@ -101,8 +105,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         next
     }
 
-    fn check_lease(&mut self, agent: &AgentId) {
-        let now = self.clock.now();
+    fn check_lease(&mut self, agent: &AgentId, now: Now) {
         let Some(s) = self.agents.get_mut(agent) else { return };
         if s.authority.state() != AuthorityState::ActiveOwner {
             // UNSAFE, scenarios only: the original also took authority back
@@ -147,8 +150,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
     }
 
-    fn maybe_tick(&mut self, agent: &AgentId) {
-        let now = self.clock.now();
+    fn maybe_tick(&mut self, agent: &AgentId, now: Now) {
         let lease_cfg = self.cfg.lease;
         let Some(s) = self.agents.get_mut(agent) else { return };
         // EI-1: only ACTIVE_OWNER under a live lease ticks.
@@ -252,7 +254,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             // checkpoint (the sandbox restarts a tick the budget cut from
             // the state before it, so the instance can be snapshotted).
             TickOutcome::Completed { .. } | TickOutcome::BudgetExhausted => {
-                if let Err(e) = self.commit(agent, CommitKind::Routine) {
+                if let Err(e) = self.commit(agent, CommitKind::Routine, now) {
                     self.fault(Some(agent), format!("final checkpoint: {e}"));
                 }
                 self.halt(agent, "budget exhausted".to_string());
@@ -272,19 +274,19 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         }
     }
 
-    fn maybe_checkpoint(&mut self, agent: &AgentId) {
-        let now = self.clock.mono_ns();
+    fn maybe_checkpoint(&mut self, agent: &AgentId, at: Now) {
+        let now = at.mono_ns;
         let Some(s) = self.agents.get(agent) else { return };
         let interval = now.saturating_sub(s.last_checkpoint_ns) >= self.cfg.checkpoint_interval_ns;
         let full = s.ticks_since_checkpoint >= MAX_TICKS_PER_CHECKPOINT;
         // A retry after a failed write waits its interval, even after an act.
         let acted = s.acted_since_checkpoint && s.degraded.is_none();
         let due = s.ticks_since_checkpoint > 0 && (interval || full || acted) && s.authority.permits(Op::NewCheckpoint);
-        if due && let Err(e) = self.commit(agent, CommitKind::Routine) {
+        if due && let Err(e) = self.commit(agent, CommitKind::Routine, at) {
             // Retry one interval later, never at once: a commit that keeps
             // failing must not keep the deadline in the past (livelock).
             // EI-6: meanwhile the agent pauses instead of ticking unpersisted.
-            let unix = self.clock.unix_ns();
+            let unix = at.unix_ns;
             let Some(s) = self.agents.get_mut(agent) else { return };
             s.last_checkpoint_ns = now;
             if s.degraded.is_none() {
@@ -297,8 +299,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
 
     /// Commit the running state as the next link. With nothing new since
     /// the head (and not genesis), the head itself is the answer.
-    pub(super) fn commit(&mut self, agent: &AgentId, kind: CommitKind) -> Result<(TickNumber, Hash32), NodeError> {
-        let now = self.clock.now();
+    pub(super) fn commit(
+        &mut self,
+        agent: &AgentId,
+        kind: CommitKind,
+        now: Now,
+    ) -> Result<(TickNumber, Hash32), NodeError> {
         let op = kind.op();
         let Some(s) = self.agents.get_mut(agent) else {
             return Err(NodeError::violation(agent, format!("unknown agent {agent}")));
