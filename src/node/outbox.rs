@@ -21,6 +21,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if self.stopped {
             return Vec::new();
         }
+        // The request is judged at one instant (freshness, rate, package
+        // expiry, the lease a target grants).
+        let now = self.clock.now();
         let env = match Envelope::decode(body) {
             Ok(env) => env,
             Err(e) => {
@@ -32,14 +35,14 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             self.fault(Some(&env.header.agent), format!("request from {from} is addressed to {}", env.header.audience));
             return Vec::new();
         }
-        let copy = match self.admit(from, &env) {
+        let copy = match self.admit(from, &env, now) {
             Ok(copy) => copy,
-            Err(r) => return self.claim_rejected(from, &env, r),
+            Err(r) => return self.claim_rejected(from, &env, r, now),
         };
         self.received(&env);
         let header = env.header;
         match env.body {
-            Body::AgentTransfer(t) => self.accept_transfer(from, &header, *t),
+            Body::AgentTransfer(t) => self.accept_transfer(from, &header, *t, now),
             Body::HeadAnnounce(a) => {
                 let key = a.agent_key.as_deref().and_then(|k| <[u8; 32]>::try_from(k).ok());
                 let key = key.and_then(|k| PublicKey::from_bytes(k).ok());
@@ -50,7 +53,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     && let Err(r) = Guard::check_agent_key(&self.cfg.defences, &header.agent, k, "announced AgentKey")
                 {
                     let env = Envelope::new(header, Body::HeadAnnounce(a));
-                    return self.claim_rejected(from, &env, r);
+                    return self.claim_rejected(from, &env, r, now);
                 }
                 if a.state == AuthorityState::RecoveryRequired {
                     self.recovery_contested(&header.agent, from);

@@ -89,19 +89,19 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     /// The defences every request passes before it is believed: the claim's
     /// signature and issuer, the per-peer rate, freshness.
     /// `Ok(true)`: a copy of a request seen before.
-    pub(super) fn admit(&mut self, from: &NodeId, env: &Envelope) -> Result<bool, Rejection> {
+    pub(super) fn admit(&mut self, from: &NodeId, env: &Envelope, now: Now) -> Result<bool, Rejection> {
         let d = self.cfg.defences;
         Guard::check_claim(&d, &self.cfg.peer_keys, from, env)?;
-        self.guard.check_rate(&d, from, env.kind(), self.clock.mono_ns())?;
+        self.guard.check_rate(&d, from, env.kind(), now.mono_ns)?;
         // Expiry tolerates the protocol's clock-skew margin.
         let skew = i64::try_from(self.cfg.migration.max_clock_skew_ns).unwrap_or(i64::MAX);
-        self.guard.check_fresh(&d, env, self.clock.unix_ns(), skew)
+        self.guard.check_fresh(&d, env, now.unix_ns, skew)
     }
 
     /// Report a request a defence did not believe. A transfer gets a clean,
     /// sticky refusal (the source may resume: every copy is refused too);
     /// anything else gets no answer.
-    pub(super) fn claim_rejected(&mut self, from: &NodeId, env: &Envelope, r: Rejection) -> Vec<u8> {
+    pub(super) fn claim_rejected(&mut self, from: &NodeId, env: &Envelope, r: Rejection, now: Now) -> Vec<u8> {
         self.guard.rejected += 1;
         let h = &env.header;
         self.emit(Event::ClaimRejected {
@@ -114,8 +114,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if env.kind() != MessageKind::AgentTransfer || r.defence == Defence::SignedClaims {
             return Vec::new();
         }
-        let now = self.clock.unix_ns();
-        self.guard.remember_refusal(&h.issuer, h.nonce, h.expiry_unix_ns, now, &r.reason);
+        self.guard.remember_refusal(&h.issuer, h.nonce, h.expiry_unix_ns, now.unix_ns, &r.reason);
         let reason = NodeError::peer(from, &h.agent, PeerFault::Defence { defence: r.defence, reason: r.reason });
         self.refuse_transfer(from, &h.clone(), reason)
     }

@@ -18,7 +18,7 @@ use crate::units::MoneyOverflow;
 use crate::wire::{AgentPackage, AgentStarted, AgentTransfer, Body, Envelope, Header, MessageKind, ReplayData};
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
-    pub(super) fn accept_transfer(&mut self, from: &NodeId, h: &Header, t: AgentTransfer) -> Vec<u8> {
+    pub(super) fn accept_transfer(&mut self, from: &NodeId, h: &Header, t: AgentTransfer, now: Now) -> Vec<u8> {
         let agent = h.agent.clone();
         let pkg = t.package;
         let ckpt = match Checkpoint::decode(&pkg.checkpoint) {
@@ -40,7 +40,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             identity: key.as_ref().map(|k| k.public()),
             issued_unix_ns: h.issued_unix_ns,
         };
-        let clock = migration::JudgeClock { now_unix_ns: self.clock.unix_ns(), started_unix_ns: self.started_unix_ns };
+        let clock = migration::JudgeClock { now_unix_ns: now.unix_ns, started_unix_ns: self.started_unix_ns };
         let local = self.local_view(&agent, &ckpt, facts.checkpoint_hash);
         let d = self.cfg.defences;
         let checks = migration::JudgeChecks {
@@ -64,8 +64,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                     defence: r.defence,
                     reason: r.reason.clone(),
                 });
-                let now = self.clock.unix_ns();
-                self.guard.remember_refusal(&h.issuer, h.nonce, h.expiry_unix_ns, now, &r.reason);
+                self.guard.remember_refusal(&h.issuer, h.nonce, h.expiry_unix_ns, now.unix_ns, &r.reason);
                 let why = NodeError::peer(from, &agent, PeerFault::Defence { defence: r.defence, reason: r.reason });
                 return self.refuse_transfer(from, h, why);
             }
@@ -140,7 +139,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                         }
                         self.refuse_transfer(from, h, NodeError::peer(from, &agent, fault))
                     }
-                    Ok((hash, kv)) => self.assume(from, h, pkg, ckpt, key, hash, kv),
+                    Ok((hash, kv)) => self.assume(from, h, pkg, ckpt, key, hash, kv, now),
                 }
             }
         }
@@ -298,9 +297,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         key: Keypair,
         hash: Hash32,
         kv: Vec<u8>,
+        now: Now,
     ) -> Vec<u8> {
         let agent = h.agent.clone();
-        let now = self.clock.now();
         // Spec §5: a RETIRED record is terminal for its epoch; a returning
         // agent arrives as a fresh incoming handoff (the old record is
         // archived, not transitioned). Judgement lets no other local state
