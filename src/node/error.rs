@@ -25,7 +25,7 @@ pub enum NodeError {
     /// A peer sent something this node does not accept: a package that
     /// fails the judgement, a defence or the executor's checks.
     #[error("{fault}")]
-    Peer { peer: NodeId, agent: AgentId, fault: PeerFault },
+    Peer { peer: NodeId, agent: AgentId, fault: Box<PeerFault> },
     /// The agent's module or manifest: the executor could not prepare,
     /// start or snapshot it, or it is not the module its checkpoint names.
     #[error("{detail}")]
@@ -33,7 +33,7 @@ pub enum NodeError {
     /// Storage failed: `context` names what was being written or read when
     /// the message names more than the path.
     #[error("{}{source}", context.as_ref().map(|c| format!("{c}: ")).unwrap_or_default())]
-    Disk { agent: Option<AgentId>, context: Option<String>, source: DiskFault },
+    Disk { agent: Option<AgentId>, context: Option<String>, source: Box<DiskFault> },
     /// This node's own invariant does not hold (a forbidden transition, a
     /// state an operation's caller should have ruled out): a bug, or a
     /// state a fault left behind; the agent is stopped, never guessed on.
@@ -81,7 +81,7 @@ pub enum DiskFault {
 
 impl NodeError {
     pub fn peer(peer: &NodeId, agent: &AgentId, fault: impl Into<PeerFault>) -> Self {
-        NodeError::Peer { peer: peer.clone(), agent: agent.clone(), fault: fault.into() }
+        NodeError::Peer { peer: peer.clone(), agent: agent.clone(), fault: Box::new(fault.into()) }
     }
 
     pub fn guest(agent: &AgentId, detail: impl ToString) -> Self {
@@ -89,12 +89,12 @@ impl NodeError {
     }
 
     pub fn disk(agent: &AgentId, source: impl Into<DiskFault>) -> Self {
-        NodeError::Disk { agent: Some(agent.clone()), context: None, source: source.into() }
+        NodeError::Disk { agent: Some(agent.clone()), context: None, source: Box::new(source.into()) }
     }
 
     /// A disk error whose message names what was being done.
     pub fn disk_in(agent: &AgentId, context: impl Into<String>, source: impl Into<DiskFault>) -> Self {
-        NodeError::Disk { agent: Some(agent.clone()), context: Some(context.into()), source: source.into() }
+        NodeError::Disk { agent: Some(agent.clone()), context: Some(context.into()), source: Box::new(source.into()) }
     }
 
     pub fn violation(agent: &AgentId, detail: impl Into<String>) -> Self {
@@ -119,7 +119,7 @@ impl NodeError {
     pub fn context(self, what: &str) -> Self {
         match self {
             NodeError::Peer { peer, agent, fault } => {
-                NodeError::Peer { peer, agent, fault: PeerFault::Package(format!("{what}: {fault}")) }
+                NodeError::Peer { peer, agent, fault: Box::new(PeerFault::Package(format!("{what}: {fault}"))) }
             }
             NodeError::Guest { agent, detail } => NodeError::Guest { agent, detail: format!("{what}: {detail}") },
             NodeError::Disk { agent, context, source } => {
@@ -180,7 +180,7 @@ mod tests {
             e.to_string(),
             "target could not store the agent: recovery record r: write agents/a/authority.json: disk full"
         );
-        assert!(matches!(e, NodeError::Disk { source: DiskFault::Disk(ref d), .. } if *d == io), "{e:?}");
+        assert!(matches!(&e, NodeError::Disk { source, .. } if **source == DiskFault::Disk(io.clone())), "{e:?}");
         let v = NodeError::violation(&agent(), "no running instance").context("final checkpoint");
         assert_eq!(v.to_string(), "final checkpoint: no running instance");
         assert!(matches!(v, NodeError::Violation { .. }));
