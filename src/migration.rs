@@ -6,6 +6,10 @@
 //! a pure judgement ([`judge_package`], [`check_price_policy`]). Nothing
 //! here reads a clock, touches a disk or socket, or draws randomness: see
 //! the imports.
+//!
+//! Length: ~665 lines of code (both sides of the protocol share their
+//! types and are checked together by the mutation tests) and ~340 of unit
+//! tests; over 600 only with the tests.
 
 use crate::authority::{AuthorityState, Reason};
 use crate::checkpoint::{Checkpoint, Hash32};
