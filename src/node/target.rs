@@ -126,6 +126,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 let Some(key) = key else {
                     return self.refuse_transfer(from, h, NodeError::peer(from, &agent, "AgentIdentity missing"));
                 };
+                // EI-5: the target assumes at (major + 1, 0), above the
+                // package. A package at the last major (its signer chose it)
+                // leaves none: refused cleanly, before anything changes here.
+                if h.epoch.next_major().is_none() {
+                    let why = format!("package epoch {} leaves no newer epoch to assume", h.epoch);
+                    return self.refuse_transfer(from, h, NodeError::peer(from, &agent, why));
+                }
                 match self.check_with_executor(&agent, &pkg, &ckpt, &key) {
                     Err(fault) => {
                         if let PeerFault::Defence { defence: Defence::MeteringCheck, reason } = &fault {
@@ -328,13 +335,9 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             let before = s.authority.clone();
             let t = s.authority.assume().map_err(|v| NodeError::violation(&agent, v.to_string()))?;
             // EI-5: the target takes authority under an epoch above the
-            // package's, so the source's claim is superseded everywhere. A
-            // package at the last major leaves none (its signer chose it).
-            if t.epoch <= h.epoch {
-                s.authority = before;
-                let why = format!("package epoch {} leaves no newer epoch to assume", h.epoch);
-                return Err(NodeError::peer(from, &agent, why));
-            }
+            // package's (a package at the last major was refused before),
+            // so the source's claim is superseded everywhere.
+            debug_assert!(t.epoch > h.epoch, "assumed at {} from a package at {}", t.epoch, h.epoch);
             s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
             s.key = Some(key);
             if let Err(e) = self.persist(&agent) {
