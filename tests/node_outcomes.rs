@@ -917,3 +917,46 @@ fn a_package_at_the_last_major_is_refused_cleanly() {
     assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner), "stays on the source");
     c.check().unwrap();
 }
+
+/// Spec §5, EI-1 per epoch: a recovery takes a major above every major
+/// seen. When a proven claim (signed with the agent key) names the last
+/// major, none is left, and even a forced recovery is refused. Before, the
+/// recovery's `major + 1` saturated and it took the very epoch the peer had
+/// proved it owns.
+#[test]
+fn a_recovery_with_no_major_left_is_refused_even_when_forced() {
+    let mut c = running(3);
+    let seed = igor::node::store::read_key_seed(&c.disks[0], &agent()).unwrap();
+    let key = Keypair::from_seed(seed);
+    let h = Header {
+        issuer: c.ids[2].clone(),
+        audience: c.ids[0].clone(),
+        agent: agent(),
+        epoch: Epoch::new(u64::MAX, 0),
+        head_tick: TickNumber(99),
+        head_hash: Hash32::of(b"a head elsewhere"),
+        nonce: 77,
+        issued_unix_ns: 0,
+        expiry_unix_ns: i64::MAX,
+    };
+    let state = AuthorityState::ActiveOwner;
+    let agent_signature = Some(key.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
+    let agent_key = Some(key.public().as_bytes().to_vec());
+    let claim = Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state, agent_key, agent_signature })).encode();
+    let n2 = c.ids[2].clone();
+    c.node(0).handle_request(&n2, &claim);
+    c.pump();
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired), "superseded: {}", c.trace_tail(10));
+    let head = c.node(0).agent(&agent()).unwrap().head_hash;
+    c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: true }).unwrap();
+    c.pump();
+    c.settle();
+    let refused = c.events.iter().any(|e| {
+        e.node == c.ids[0]
+            && matches!(&e.event, Event::CommandRefused { command, reason, .. }
+                if command == "recover" && reason.contains("no epoch major above"))
+    });
+    assert!(refused, "{}", c.trace_tail(12));
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired), "nothing recovered");
+    assert!(c.tickers().is_empty());
+}
