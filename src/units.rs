@@ -46,6 +46,12 @@ impl Microcents {
     pub fn is_negative(self) -> bool {
         self.0 < 0
     }
+
+    /// `self` clamped to `0..=cap` (a charge can take no more than what is
+    /// left, and never gives money back). A negative `cap` gives zero.
+    pub fn clamp_to(self, cap: Microcents) -> Microcents {
+        self.min(cap).max(Microcents::ZERO)
+    }
 }
 
 impl fmt::Display for Microcents {
@@ -68,6 +74,21 @@ impl Epoch {
     }
 }
 
+impl Epoch {
+    /// The first epoch of the next major (a handoff's target assumes at
+    /// it); `None` at the end of the range, which no honest history reaches.
+    pub fn next_major(self) -> Option<Epoch> {
+        self.major.checked_add(1).map(|major| Epoch::new(major, 0))
+    }
+
+    /// The major a handoff's target takes, as a bound a recovery must stay
+    /// above: `major + 1`, or the last major at the end of the range (where
+    /// no newer epoch can be taken at all, so the bound stays sound).
+    pub fn next_major_bound(self) -> u64 {
+        self.next_major().map_or(u64::MAX, |e| e.major)
+    }
+}
+
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.major, self.generation)
@@ -78,6 +99,18 @@ impl fmt::Display for Epoch {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TickNumber(pub u64);
+
+impl TickNumber {
+    /// The tick after this one; `None` at the end of the range.
+    pub fn next(self) -> Option<TickNumber> {
+        self.checked_add(1)
+    }
+
+    /// `n` ticks after this one; `None` past the end of the range.
+    pub fn checked_add(self, n: u64) -> Option<TickNumber> {
+        self.0.checked_add(n).map(TickNumber)
+    }
+}
 
 impl fmt::Display for TickNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -173,6 +206,23 @@ mod tests {
         assert!(Microcents(i64::MIN).checked_sub(Microcents(1)).is_err());
         assert_eq!(Microcents::from_units(3).unwrap(), Microcents(3_000_000));
         assert!(Microcents::from_units(i64::MAX).is_err());
+    }
+
+    #[test]
+    fn ticks_and_epochs_never_wrap() {
+        assert_eq!(TickNumber(7).next(), Some(TickNumber(8)));
+        assert_eq!(TickNumber(u64::MAX).next(), None);
+        assert_eq!(TickNumber(7).checked_add(3), Some(TickNumber(10)));
+        assert_eq!(Epoch::new(3, 9).next_major(), Some(Epoch::new(4, 0)));
+        assert_eq!(Epoch::new(u64::MAX, 0).next_major(), None);
+    }
+
+    #[test]
+    fn a_charge_is_clamped_to_what_is_left_and_never_negative() {
+        assert_eq!(Microcents(5).clamp_to(Microcents(3)), Microcents(3));
+        assert_eq!(Microcents(2).clamp_to(Microcents(3)), Microcents(2));
+        assert_eq!(Microcents(-2).clamp_to(Microcents(3)), Microcents::ZERO);
+        assert_eq!(Microcents(2).clamp_to(Microcents(-3)), Microcents::ZERO);
     }
 
     #[test]

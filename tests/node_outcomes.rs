@@ -233,7 +233,8 @@ fn second_migration_while_in_flight_is_refused() {
     migrate(&mut c, 0, 1);
     let to = c.ids[2].clone();
     let err = c.node(0).command(Command::Migrate { agent: agent(), to }).unwrap_err();
-    assert!(err.reason.contains("already in flight"), "{err}");
+    assert!(err.reason.to_string().contains("already in flight"), "{err}");
+    assert!(matches!(err.reason, igor::node::NodeError::Operator { .. }), "the operator's request: {err:?}");
     c.pump();
     assert!(c.events.iter().any(|e| matches!(e.event, Event::CommandRefused { .. })));
     c.settle();
@@ -633,7 +634,7 @@ fn a_recovery_with_a_silent_peer_is_refused_unless_forced() {
     let head = c.node(0).agent(&agent()).unwrap().head_hash;
     c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: false }).unwrap();
     let again = c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: false });
-    assert!(again.is_err_and(|r| r.reason.contains("already asking")), "one recovery at a time");
+    assert!(again.is_err_and(|r| r.reason.to_string().contains("already asking")), "one recovery at a time");
     c.pump();
     c.requests.clear(); // n1 never hears the question
     c.advance(4 * S);
@@ -841,4 +842,121 @@ fn a_self_certifying_agent_whose_local_key_is_not_its_own_does_not_tick_after_re
         matches!(&e.event, Event::FaultObserved { fault, .. } if fault.contains("agent key file") && fault.contains(id.as_str()))
     });
     assert!(fault, "{}", c.trace_tail(10));
+}
+
+/// Typed faults (issue 13): a refused command names its culprit by type,
+/// and its text is what the trace's `command_refused` says. A retire the
+/// disk fails names the disk (with the path it could not write); a
+/// command this node cannot carry out now names the operator's request.
+#[test]
+fn a_refused_command_names_its_culprit() {
+    fn every_tick(cfg: &mut NodeConfig) {
+        cfg.checkpoint_interval_ns = 1; // the head is always fresh: retire commits nothing
+    }
+    let mut c = Cluster::new(1, 4, every_tick);
+    c.deploy(0, 1_000_000);
+    c.advance(3 * S);
+    let stranger = igor::units::AgentId::new("nobody").unwrap();
+    let unknown = c.node(0).command(Command::Retire { agent: stranger }).unwrap_err();
+    assert!(matches!(unknown.reason, igor::node::NodeError::Operator { .. }), "{unknown:?}");
+    assert_eq!(unknown.reason.to_string(), "unknown agent");
+    // The RETIRED record's write dies: the retire is refused, by the disk.
+    c.disks[0].interrupt_next_write("authority.json", WriteStep::Rename);
+    let refused = c.node(0).command(Command::Retire { agent: agent() }).unwrap_err();
+    let igor::node::NodeError::Disk { source, .. } = &refused.reason else { panic!("{refused:?}") };
+    assert!(matches!(**source, igor::node::DiskFault::Store(_)), "the authority record's write failed: {refused:?}");
+    assert!(refused.reason.to_string().contains("authority.json"), "{refused}");
+}
+
+/// EI-5: a target takes authority at (major + 1, 0) of the package's
+/// epoch. A package at the last major (signed with the agent's own key, as
+/// a node that held the agent can make one) leaves no newer epoch: it is
+/// refused cleanly and the source keeps the agent. Before, the target's
+/// `major + 1` saturated and it assumed at the package's own epoch.
+#[test]
+fn a_package_at_the_last_major_is_refused_cleanly() {
+    use igor::checkpoint::{Checkpoint, CheckpointBody};
+    fn every_tick(cfg: &mut NodeConfig) {
+        cfg.checkpoint_interval_ns = 1;
+    }
+    let mut c = Cluster::new(2, 12, every_tick);
+    c.deploy(0, 1_000_000);
+    c.advance(3 * S);
+    migrate(&mut c, 0, 1);
+    let k = transfer_index(&c);
+    let env = Envelope::decode(&c.requests[k].body).unwrap();
+    let Body::AgentTransfer(mut t) = env.body else { unreachable!() };
+    let seed: [u8; 32] = t.package.agent_identity.clone().unwrap().try_into().unwrap();
+    let ckpt = Checkpoint::decode(&t.package.checkpoint).unwrap();
+    let last = Epoch::new(u64::MAX, 0);
+    let body = CheckpointBody {
+        budget: ckpt.budget,
+        price_per_second: ckpt.price_per_second,
+        tick: ckpt.tick,
+        wasm_hash: ckpt.wasm_hash,
+        epoch: last,
+        lease_expiry_ns: ckpt.lease_expiry_ns,
+        prev_hash: ckpt.prev_hash(),
+        state: ckpt.state.clone(),
+    };
+    let bytes = body.sign(&Keypair::from_seed(seed)).encode();
+    t.package.checkpoint = bytes.clone();
+    t.package.replay_data = None;
+    let mut h = env.header;
+    (h.epoch, h.head_hash) = (last, Hash32::of(&bytes));
+    c.requests[k].body = Envelope::new(h, Body::AgentTransfer(t)).encode();
+    c.settle();
+    assert_eq!(c.state(1), None, "the target took nothing: {}", c.trace_tail(10));
+    let refused = c.events.iter().any(|e| {
+        e.node == c.ids[1]
+            && matches!(&e.event, Event::MigrationFinished { outcome: Outcome::Refused(r), .. }
+                if r.contains("leaves no newer epoch"))
+    });
+    assert!(refused, "{}", c.trace_tail(10));
+    c.advance(6 * S);
+    assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner), "stays on the source");
+    c.check().unwrap();
+}
+
+/// Spec §5, EI-1 per epoch: a recovery takes a major above every major
+/// seen. When a proven claim (signed with the agent key) names the last
+/// major, none is left, and even a forced recovery is refused. Before, the
+/// recovery's `major + 1` saturated and it took the very epoch the peer had
+/// proved it owns.
+#[test]
+fn a_recovery_with_no_major_left_is_refused_even_when_forced() {
+    let mut c = running(3);
+    let seed = igor::node::store::read_key_seed(&c.disks[0], &agent()).unwrap();
+    let key = Keypair::from_seed(seed);
+    let h = Header {
+        issuer: c.ids[2].clone(),
+        audience: c.ids[0].clone(),
+        agent: agent(),
+        epoch: Epoch::new(u64::MAX, 0),
+        head_tick: TickNumber(99),
+        head_hash: Hash32::of(b"a head elsewhere"),
+        nonce: 77,
+        issued_unix_ns: 0,
+        expiry_unix_ns: i64::MAX,
+    };
+    let state = AuthorityState::ActiveOwner;
+    let agent_signature = Some(key.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
+    let agent_key = Some(key.public().as_bytes().to_vec());
+    let claim = Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state, agent_key, agent_signature })).encode();
+    let n2 = c.ids[2].clone();
+    c.node(0).handle_request(&n2, &claim);
+    c.pump();
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired), "superseded: {}", c.trace_tail(10));
+    let head = c.node(0).agent(&agent()).unwrap().head_hash;
+    c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: true }).unwrap();
+    c.pump();
+    c.settle();
+    let refused = c.events.iter().any(|e| {
+        e.node == c.ids[0]
+            && matches!(&e.event, Event::CommandRefused { command, reason, .. }
+                if command == "recover" && reason.contains("no epoch major above"))
+    });
+    assert!(refused, "{}", c.trace_tail(12));
+    assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired), "nothing recovered");
+    assert!(c.tickers().is_empty());
 }

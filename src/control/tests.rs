@@ -141,7 +141,11 @@ fn each_request_is_answered_by_its_own_result() {
         first_reply(&deploy(Microcents(7)), &ok),
         Ok(Reply::Deployed { agent: a.clone(), wasm_hash: Hash32::ZERO, budget: Microcents(7) })
     );
-    let refused = Refused { command: "deploy", agent: Some(a.clone()), reason: "agent already known".into() };
+    let refused = Refused {
+        command: "deploy",
+        agent: Some(a.clone()),
+        reason: crate::node::NodeError::operator(Some(&a), "agent already known"),
+    };
     let no = answer(Err(refused), vec![], 4);
     assert!(matches!(first_reply(&deploy(Microcents(9)), &no), Ok(Reply::Error { .. })));
 

@@ -11,7 +11,7 @@
 //! its ordinary operations and reports it as [`Event::Misbehaved`], so the
 //! trace names every departure where it happens.
 
-use super::{AgentView, Node};
+use super::{AgentView, Node, NodeError};
 use crate::authority::{Authority, AuthorityState, Role};
 use crate::checkpoint::Checkpoint;
 use crate::env::{Clock, Disk, Entropy};
@@ -133,15 +133,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     }
 
     /// ACTIVE_OWNER of `agent` at `epoch`, ticking `from` (or the head).
-    fn own(&mut self, agent: &AgentId, from: Option<Box<Checkpoint>>, epoch: Epoch) -> Result<(), String> {
+    fn own(&mut self, agent: &AgentId, from: Option<Box<Checkpoint>>, epoch: Epoch) -> Result<(), NodeError> {
         let now = self.clock.now();
         let restart = from.is_some();
         if let Some(c) = from {
             let mut lineage = Lineage::new(agent.clone());
-            lineage.adopt(&self.disk, *c).map_err(|e| e.to_string())?;
-            self.agents.get_mut(agent).ok_or(format!("{agent} not known here"))?.lineage = lineage;
+            lineage.adopt(&self.disk, *c).map_err(|e| NodeError::lineage(agent, e))?;
+            let unknown = || NodeError::violation(agent, format!("{agent} not known here"));
+            self.agents.get_mut(agent).ok_or_else(unknown)?.lineage = lineage;
         }
-        let s = self.agents.get_mut(agent).ok_or(format!("{agent} not known here"))?;
+        let unknown = || NodeError::violation(agent, format!("{agent} not known here"));
+        let s = self.agents.get_mut(agent).ok_or_else(unknown)?;
         s.authority = Authority::restore(AuthorityState::ActiveOwner, Role::Source, epoch);
         s.lease = Lease::grant(&self.cfg.lease, now.unix_ns);
         if restart {

@@ -7,6 +7,9 @@
 //! announced views of every agent (hosted here or not), sticky refusals and
 //! per-peer token buckets. Pure data and decisions: time comes in as
 //! arguments, effects go out as results (`docs/threat-model.md`).
+//!
+//! Length: ~465 lines of code and ~145 of unit tests; over 600 only with
+//! the tests, which stay beside the one data structure they exercise.
 
 use crate::authority::AuthorityState;
 use crate::checkpoint::Hash32;

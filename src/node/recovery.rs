@@ -57,7 +57,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     pub(super) fn recover(&mut self, agent: AgentId, anchor: Hash32, force: bool) -> Result<(), Refused> {
         if self.recoveries.contains_key(&agent) {
             let why = "a recovery of this agent is already asking its peers".to_string();
-            return Err(self.refuse("recover", Some(&agent), why));
+            return Err(self.refuse("recover", Some(&agent), NodeError::operator(Some(&agent), why)));
         }
         self.recovery_preconditions(&agent, anchor)?;
         let peers: BTreeSet<NodeId> = self.cfg.peers.iter().filter(|p| **p != self.cfg.node_id).cloned().collect();
@@ -85,11 +85,12 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     /// anchor its newest checkpoint, the agent key at hand.
     fn recovery_preconditions(&mut self, agent: &AgentId, anchor: Hash32) -> Result<(), Refused> {
         let Some(s) = self.agents.get(agent) else {
-            return Err(self.refuse("recover", Some(agent), "unknown agent".into()));
+            return Err(self.refuse("recover", Some(agent), NodeError::operator(Some(agent), "unknown agent")));
         };
         if s.authority.state() != AuthorityState::RecoveryRequired {
             let st = s.authority.state();
-            return Err(self.refuse("recover", Some(agent), format!("agent is {st}, not RECOVERY_REQUIRED")));
+            let why = NodeError::operator(Some(agent), format!("agent is {st}, not RECOVERY_REQUIRED"));
+            return Err(self.refuse("recover", Some(agent), why));
         }
         let head = s.lineage.head_hash();
         if head != anchor || s.lineage.head().is_none() {
@@ -98,10 +99,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 anchor.short(),
                 head.short()
             );
-            return Err(self.refuse("recover", Some(agent), why));
+            return Err(self.refuse("recover", Some(agent), NodeError::operator(Some(agent), why)));
         }
         if s.key.is_none() {
-            return Err(self.refuse("recover", Some(agent), "this node no longer holds the agent key".into()));
+            let why = NodeError::operator(Some(agent), "this node no longer holds the agent key");
+            return Err(self.refuse("recover", Some(agent), why));
         }
         Ok(())
     }
@@ -176,7 +178,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 names.join(", ")
             );
             if !q.force {
-                let _ = self.refuse("recover", Some(agent), why);
+                let _ = self.refuse("recover", Some(agent), NodeError::operator(Some(agent), why));
                 return;
             }
             self.fault(Some(agent), format!("forced recovery: {why}"));
@@ -197,7 +199,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         silent: &BTreeSet<NodeId>,
     ) -> Result<(), Refused> {
         let Some(s) = self.agents.get(&agent) else {
-            return Err(self.refuse("recover", Some(&agent), "unknown agent".into()));
+            return Err(self.refuse("recover", Some(&agent), NodeError::operator(Some(&agent), "unknown agent")));
         };
         // Spec §5: recovery refuses when it cannot rule out a live owner.
         let mut doubts = Vec::new();
@@ -219,7 +221,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if !doubts.is_empty() {
             let why = doubts.join("; ");
             if !force {
-                return Err(self.refuse("recover", Some(&agent), why));
+                return Err(self.refuse("recover", Some(&agent), NodeError::operator(Some(&agent), why)));
             }
             self.fault(Some(&agent), format!("forced recovery: {why}"));
         }
@@ -242,8 +244,16 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let highest = s.highest_major_seen.max(anchor_major).max(reported_major).saturating_add(skip);
         let t = match s.authority.recover(Reason::Recovery, highest) {
             Ok(t) => t,
-            Err(v) => return Err(self.refuse("recover", Some(&agent), v.to_string())),
+            Err(v) => return Err(self.refuse("recover", Some(&agent), NodeError::violation(&agent, v.to_string()))),
         };
+        // Spec §5 / EI-1 per epoch: the recovered major must be above every
+        // major this node has seen or any peer reported. Only at the end of
+        // the range (a proven claim can name any major) is none left.
+        if t.epoch.major <= highest {
+            (s.authority, s.lease) = before;
+            let why = format!("no epoch major above {highest} is left to recover under");
+            return Err(self.refuse("recover", Some(&agent), NodeError::violation(&agent, why)));
+        }
         s.lease = lease;
         s.highest_major_seen = t.epoch.major;
         let reanchored = self.record_recovery(&agent, anchor_tick, anchor, t.epoch);
@@ -283,25 +293,30 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         anchor_tick: TickNumber,
         anchor: Hash32,
         epoch: Epoch,
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
         let recorded = store::read_record(&self.disk, agent).ok().and_then(|r| r.head_tick.zip(r.head_hash));
-        let Some(s) = self.agents.get_mut(agent) else { return Err("unknown agent".into()) };
+        let Some(s) = self.agents.get_mut(agent) else { return Err(NodeError::violation(agent, "unknown agent")) };
         let damaged: Vec<String> = s.lineage.damaged().iter().map(|(p, _)| p.clone()).collect();
         let newest_damaged =
             damaged.iter().filter_map(|p| lineage::history_tick(p).map(|t| (t, format!("damaged {p}")))).max();
         let abandoned = recorded.into_iter().chain(newest_damaged).filter(|(t, _)| *t > anchor_tick).max();
-        let key = s.key.as_ref().ok_or("agent key missing")?;
+        let key = s.key.as_ref().ok_or_else(|| NodeError::disk(agent, DiskFault::Missing("agent key missing")))?;
         let record =
             RecoveryRecord { agent: agent.clone(), anchor_tick, anchor, epoch, abandoned, signature: String::new() };
         let record = record.sign(key);
         let path = lineage::recovery_path(agent, anchor_tick, epoch.major);
-        self.disk.write_atomic(&path, &record.encode()).map_err(|e| format!("recovery record {path}: {e}"))?;
+        self.disk
+            .write_atomic(&path, &record.encode())
+            .map_err(|e| NodeError::disk_in(agent, format!("recovery record {path}"), e))?;
         for path in damaged {
             if let Ok(bytes) = self.disk.read(&path) {
                 let aside = format!("{path}{}", lineage::ABANDONED_SUFFIX);
-                self.disk.write_atomic(&aside, &bytes).map_err(|e| format!("moving {path} aside: {e}"))?;
+                self.disk
+                    .write_atomic(&aside, &bytes)
+                    .map_err(|e| NodeError::disk_in(agent, format!("moving {path} aside"), e))?;
             }
-            store::remove_if_present(&self.disk, &path).map_err(|e| format!("moving {path} aside: {e}"))?;
+            store::remove_if_present(&self.disk, &path)
+                .map_err(|e| NodeError::disk_in(agent, format!("moving {path} aside"), e))?;
         }
         if let Some(s) = self.agents.get_mut(agent) {
             s.lineage.forget_damaged();

@@ -90,8 +90,18 @@ pub fn seal_kv(key: &Keypair, agent: &AgentId, tick: TickNumber, state: &[u8], k
 /// Check a sealed kv snapshot against the agent key and the checkpoint it
 /// must belong to (tick and state), and return the kv bytes.
 pub fn open_kv(key: &PublicKey, agent: &AgentId, ckpt: &Checkpoint, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    open_kv_typed(key, agent, ckpt, sealed).map_err(|e| e.to_string())
+}
+
+/// [`open_kv`] with the typed error (the node's own callers).
+pub fn open_kv_typed(
+    key: &PublicKey,
+    agent: &AgentId,
+    ckpt: &Checkpoint,
+    sealed: &[u8],
+) -> Result<Vec<u8>, crate::kv::KvError> {
     let name = kv_path(agent, ckpt.tick);
-    crate::kv::open(&name, sealed, agent, ckpt.tick, &Hash32::of(&ckpt.state), key).map_err(|e| e.to_string())
+    crate::kv::open(&name, sealed, agent, ckpt.tick, &Hash32::of(&ckpt.state), key)
 }
 
 /// Write the observation log of `link` (the ticks since its parent),
