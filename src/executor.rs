@@ -50,6 +50,65 @@ impl TickOutcome {
     pub fn is_live(&self) -> bool {
         matches!(self, TickOutcome::Completed { .. })
     }
+
+    /// What the tick `tick` ending this way, with `left` in the budget,
+    /// means for the agent: the one rule the node and `igord run` follow.
+    /// A completed tick that spent the last microcent ends the agent like
+    /// an exhausted one (spec §3: stop, commit a final checkpoint); a trap,
+    /// running out of fuel or the wall-clock net is a fault: the tick is
+    /// never committed and the agent stops.
+    pub fn end(&self, tick: TickNumber, left: Microcents) -> TickEnd {
+        match self {
+            TickOutcome::Completed { more_work } if left > Microcents::ZERO => TickEnd::Go { more_work: *more_work },
+            TickOutcome::Completed { .. } | TickOutcome::BudgetExhausted => TickEnd::Exhausted,
+            TickOutcome::Trapped { message } => TickEnd::Fault(format!("trapped in tick {tick}: {message}")),
+            TickOutcome::OutOfFuel => TickEnd::Fault(format!("ran out of fuel in tick {tick}")),
+            // Not deterministic: the node's own fault, never committed.
+            TickOutcome::WallClockTimeout => TickEnd::Fault("wall-clock safety net fired".to_string()),
+        }
+    }
+}
+
+/// What a tick's outcome means for the agent ([`TickOutcome::end`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TickEnd {
+    /// Tick again (`more_work`: soon).
+    Go { more_work: bool },
+    /// The budget is spent: commit a final checkpoint (this tick included)
+    /// and stop.
+    Exhausted,
+    /// The tick failed: it is not committed, and the agent stops.
+    Fault(String),
+}
+
+/// The money one tick takes from its budget ([`settle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// The executor's cost, clamped to `0..=budget`.
+    pub cost: Microcents,
+    /// Its payments, clamped to `0..=budget - cost`.
+    pub paid: Microcents,
+    /// What is left: `budget - cost - paid`.
+    pub left: Microcents,
+}
+
+/// RE-3/RE-4: take a tick's `cost`, then its payments `paid`, from
+/// `budget`, each clamped to what is left: a tick never drives the budget
+/// negative and never gives money back, whatever the executor reports.
+/// The one settlement the node and `igord run` use.
+pub fn settle(budget: Microcents, cost: Microcents, paid: Microcents) -> Settled {
+    // RE-3: a running budget is never negative (deploy refuses one, and
+    // checkpoint decoding refuses one in a package or on disk).
+    debug_assert!(!budget.is_negative(), "RE-3: running budget {budget} is negative");
+    let cost = cost.clamp_to(budget);
+    // 0 <= cost <= budget and 0 <= paid <= left: neither subtraction can
+    // leave the range, so the fallback is never taken.
+    let left = budget.checked_sub(cost).unwrap_or(Microcents::ZERO);
+    let paid = paid.clamp_to(left);
+    let left = left.checked_sub(paid).unwrap_or(Microcents::ZERO);
+    // RE-4: nothing is given back.
+    debug_assert!(left <= budget.max(Microcents::ZERO), "RE-4: {left} left of {budget}");
+    Settled { cost, paid, left }
 }
 
 /// What one tick did. `cost + paid` never exceeds the budget it was given.
@@ -153,5 +212,32 @@ pub trait Executor {
         *instance = self.start(wasm_hash, manifest, &state, &kv)?;
         let outcome = TickOutcome::Completed { more_work: false };
         Ok(ReplayedTick { outcome, cost, paid: Microcents::ZERO })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RE-3/RE-4: whatever the executor reports, a tick takes no more than
+    /// the budget, gives nothing back, and what it takes is exactly the
+    /// cost and payments it settles.
+    #[test]
+    fn settle_clamps_cost_then_payments_to_what_is_left() {
+        let m = Microcents;
+        let cases = [
+            // (budget, reported cost, reported paid) -> (cost, paid, left)
+            ((m(100), m(30), m(20)), (m(30), m(20), m(50))),
+            ((m(100), m(130), m(20)), (m(100), m(0), m(0))),
+            ((m(100), m(30), m(90)), (m(30), m(70), m(0))),
+            ((m(100), m(-5), m(-7)), (m(0), m(0), m(100))),
+            ((m(0), m(1), m(1)), (m(0), m(0), m(0))),
+            ((m(i64::MAX), m(i64::MAX), m(i64::MAX)), (m(i64::MAX), m(0), m(0))),
+        ];
+        for ((budget, cost, paid), (want_cost, want_paid, want_left)) in cases {
+            let s = settle(budget, cost, paid);
+            assert_eq!((s.cost, s.paid, s.left), (want_cost, want_paid, want_left), "{budget} {cost} {paid}");
+            assert_eq!(budget.checked_sub(s.left), s.cost.checked_add(s.paid), "RE-3 for {budget} {cost} {paid}");
+        }
     }
 }

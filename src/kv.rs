@@ -195,6 +195,12 @@ impl Kv {
 
 /// Where the sealed kv snapshot of `agent` at `tick` lives.
 pub fn kv_path(agent: &AgentId, tick: TickNumber) -> String {
+    format!("agents/{agent}/kv/{:010}.kv", tick.0)
+}
+
+/// Where `igord run` kept kv snapshots before it shared the node's layout
+/// (read by `igord resume` when [`kv_path`] has none).
+pub fn legacy_kv_path(agent: &AgentId, tick: TickNumber) -> String {
     format!("kv/{agent}/{:010}.kv", tick.0)
 }
 
@@ -280,7 +286,9 @@ pub fn persist(
     Ok(())
 }
 
-/// Read and verify the snapshot of the checkpoint at `tick`.
+/// Read and verify the snapshot of the checkpoint at `tick` (at
+/// [`kv_path`], or for a history `igord run` wrote before it shared the
+/// node's layout, at [`legacy_kv_path`]).
 pub fn load(
     disk: &impl Disk,
     agent: &AgentId,
@@ -288,8 +296,14 @@ pub fn load(
     state_hash: &Hash32,
     agent_key: &PublicKey,
 ) -> Result<Vec<u8>, KvError> {
-    let path = kv_path(agent, tick);
-    let sealed = disk.read(&path)?;
+    let mut path = kv_path(agent, tick);
+    let sealed = match disk.read(&path) {
+        Err(DiskError::NotFound { .. }) if disk.read(&legacy_kv_path(agent, tick)).is_ok() => {
+            path = legacy_kv_path(agent, tick);
+            disk.read(&path)?
+        }
+        r => r?,
+    };
     open(&path, &sealed, agent, tick, state_hash, agent_key)
 }
 

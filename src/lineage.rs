@@ -29,6 +29,9 @@ pub fn recovery_path(agent: &AgentId, anchor_tick: TickNumber, major: u64) -> St
     format!("history/{agent}/{:010}-e{major}{RECOVERY_EXT}", anchor_tick.0)
 }
 
+mod link;
+pub use link::CommitError;
+
 pub fn history_dir(agent: &AgentId) -> String {
     format!("history/{agent}")
 }

@@ -103,6 +103,13 @@ fn run_ctrl_c_resume_keeps_did_and_history_verifies() {
 
     let out = verify(&history);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // `igord run` commits like the node (kv sealed, each link's observation
+    // log, then the checkpoint), so its history audits by replay: every
+    // tick of the run and of the resume is re-run and matches.
+    let out = igord().arg("audit").arg(&history).arg("--wasm").arg(agent("counter.wat")).output().unwrap();
+    let audit_text = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{audit_text}");
+    assert!(audit_text.contains(&format!("{} ticks replayed", stopped_at + 3)), "{audit_text}");
 
     // Resuming an older link would fork the chain: refused.
     let old = checkpoints(&history)[0].clone();
@@ -143,6 +150,16 @@ fn hostile_agents_fail_typed_and_leave_a_valid_history() {
         if !checkpoints(&history).is_empty() {
             let v = verify(&history);
             assert_eq!(v.status.code(), Some(0), "{file}: {}", text(&v));
+            // The failed tick is never committed (the node's rule): what
+            // the history holds replays exactly.
+            let mut audit = igord();
+            audit.arg("audit").arg(&history).arg("--wasm").arg(agent(file));
+            let manifest = agent(&file.replace(".wat", ".manifest.json"));
+            if Path::new(&manifest).exists() {
+                audit.arg("--manifest").arg(manifest);
+            }
+            let a = audit.output().unwrap();
+            assert_eq!(a.status.code(), Some(0), "{file}: {}", text(&a));
         }
     }
     let out =

@@ -44,7 +44,6 @@ pub use defence::Defences;
 pub use error::{DiskFault, NodeError, PeerFault};
 pub use event::{Event, NodeEvent};
 
-use crate::audit::ticklog::LinkBinding;
 use crate::authority::{Authority, AuthorityState, Op, Reason, Role};
 use crate::checkpoint::{Checkpoint, CheckpointBody, Hash32};
 use crate::env::{Clock, Disk, Entropy, Now};

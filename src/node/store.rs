@@ -35,9 +35,7 @@ pub fn manifest_path(agent: &AgentId) -> String {
 pub fn kv_dir(agent: &AgentId) -> String {
     format!("{AGENTS_DIR}/{agent}/kv")
 }
-pub fn kv_path(agent: &AgentId, tick: TickNumber) -> String {
-    format!("{AGENTS_DIR}/{agent}/kv/{:010}.kv", tick.0)
-}
+pub use crate::kv::kv_path;
 
 /// The durable authority record of one agent on one node. `HANDOFF_INITIATED`
 /// is never written: until the source relinquishes, the record says

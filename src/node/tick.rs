@@ -10,6 +10,8 @@
 
 use super::operator::unsafe_recoverable;
 use super::*;
+use crate::executor::{TickEnd, settle};
+use crate::lineage::CommitError;
 
 /// What a checkpoint commit is for: it decides the authority operation that
 /// must be permitted and whether an empty commit (no tick since the head)
@@ -248,29 +250,19 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             side_effects_allowed,
         });
         let tick = inputs.tick;
-        match &report.outcome {
-            TickOutcome::Completed { .. } if budget > Microcents::ZERO => {}
+        // The one rule for what an outcome means (shared with `igord run`).
+        match report.outcome.end(tick, budget) {
+            TickEnd::Go { .. } => {}
             // Spec §3: budget exhausted: stop ticking, save a final
             // checkpoint (the sandbox restarts a tick the budget cut from
             // the state before it, so the instance can be snapshotted).
-            TickOutcome::Completed { .. } | TickOutcome::BudgetExhausted => {
+            TickEnd::Exhausted => {
                 if let Err(e) = self.commit(agent, CommitKind::Routine, now) {
                     self.fault(Some(agent), format!("final checkpoint: {e}"));
                 }
                 self.halt(agent, "budget exhausted".to_string());
             }
-            TickOutcome::Trapped { message } => {
-                let why = format!("trapped in tick {tick}: {message}");
-                self.discard_instance(agent, &why);
-            }
-            TickOutcome::OutOfFuel => {
-                let why = format!("ran out of fuel in tick {tick}");
-                self.discard_instance(agent, &why);
-            }
-            // Not deterministic: the node's own fault, never committed.
-            TickOutcome::WallClockTimeout => {
-                self.discard_instance(agent, "wall-clock safety net fired");
-            }
+            TickEnd::Fault(why) => self.discard_instance(agent, &why),
         }
     }
 
@@ -321,22 +313,6 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let instance = s.instance.as_mut().ok_or_else(|| NodeError::violation(agent, "no running instance"))?;
         let (state, kv) = self.exec.snapshot(instance).map_err(|e| NodeError::guest(agent, e))?;
         let key = s.key.as_ref().ok_or_else(|| NodeError::disk(agent, DiskFault::Missing("agent key missing")))?;
-        let sealed = store::seal_kv(key, agent, s.tick, &state, &kv);
-        self.disk.write_atomic(&store::kv_path(agent, s.tick), &sealed).map_err(|e| NodeError::disk(agent, e))?;
-        // The observation log of the ticks since the parent, written before
-        // the checkpoint (like the kv) so a committed link always has it.
-        if let Some(parent) = s.lineage.head() {
-            let link = LinkBinding {
-                agent: agent.clone(),
-                parent_tick: parent.tick,
-                parent_hash: s.lineage.head_hash(),
-                tick: s.tick,
-                state_hash: Hash32::of(&state),
-                budget: s.budget,
-            };
-            store::write_tick_log(&self.disk, key, &link, &s.ticks)
-                .map_err(|e| NodeError::disk_in(agent, format!("agent {agent}"), e))?;
-        }
         let body = CheckpointBody {
             budget: s.budget,
             price_per_second: self.cfg.price_per_second,
@@ -350,7 +326,13 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let prev_hash = s.lineage.head_hash();
         let base_tick = s.lineage.head().map(|c| c.tick);
         let base_budget = s.lineage.head().map(|c| c.budget);
-        let c: Checkpoint = s.lineage.commit(&self.disk, body, key).map_err(|e| NodeError::lineage(agent, e))?;
+        // The one commit path (kv sealed, then the observation log of the
+        // ticks since the parent, then the checkpoint), shared with `igord run`.
+        let c: Checkpoint = s.lineage.commit_link(&self.disk, body, &kv, &s.ticks, key).map_err(|e| match e {
+            CommitError::Kv { source, .. } => NodeError::disk(agent, source),
+            CommitError::Log { source, .. } => NodeError::disk_in(agent, format!("agent {agent}"), source),
+            CommitError::Lineage(e) => NodeError::lineage(agent, e),
+        })?;
         let hash = s.lineage.head_hash();
         // EI-3: the new link's parent is the head it was committed on.
         debug_assert_eq!(c.prev_hash(), prev_hash, "EI-3: commit of tick {} is not on the head", c.tick);
@@ -409,35 +391,6 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     }
 }
 
-/// The money one tick takes from its budget, before any surcharge.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Settled {
-    /// The executor's cost, clamped to `0..=budget`.
-    cost: Microcents,
-    /// Its payments, clamped to `0..=budget - cost`.
-    paid: Microcents,
-    /// What is left: `budget - cost - paid`.
-    left: Microcents,
-}
-
-/// RE-3/RE-4: take a tick's `cost`, then its payments `paid`, from
-/// `budget`, each clamped to what is left: a tick never drives the budget
-/// negative and never gives money back, whatever the executor reports.
-fn settle(budget: Microcents, cost: Microcents, paid: Microcents) -> Settled {
-    // RE-3: a running budget is never negative (deploy refuses one, and
-    // checkpoint decoding refuses one in a package or on disk).
-    debug_assert!(!budget.is_negative(), "RE-3: running budget {budget} is negative");
-    let cost = cost.clamp_to(budget);
-    // 0 <= cost <= budget and 0 <= paid <= left: neither subtraction can
-    // leave the range, so the fallback is never taken.
-    let left = budget.checked_sub(cost).unwrap_or(Microcents::ZERO);
-    let paid = paid.clamp_to(left);
-    let left = left.checked_sub(paid).unwrap_or(Microcents::ZERO);
-    // RE-4: nothing is given back.
-    debug_assert!(left <= budget.max(Microcents::ZERO), "RE-4: {left} left of {budget}");
-    Settled { cost, paid, left }
-}
-
 /// Whether a tick's event log shows a call that reached outside the agent
 /// (an http request or a payment): such a tick is checkpointed before the
 /// next, so a crash re-runs at most the one tick that acted (the SDK's
@@ -449,31 +402,4 @@ fn acted_outside(event_log: &[u8]) -> bool {
     crate::eventlog::EventLog::decode(event_log).is_ok_and(|log| {
         log.entries.iter().any(|e| matches!(Hostcall::from_id(e.id), Some(Hostcall::HttpRequest | Hostcall::WalletPay)))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// RE-3/RE-4: whatever the executor reports, a tick takes no more than
-    /// the budget, gives nothing back, and what it takes is exactly the
-    /// cost and payments it settles.
-    #[test]
-    fn settle_clamps_cost_then_payments_to_what_is_left() {
-        let m = Microcents;
-        let cases = [
-            // (budget, reported cost, reported paid) -> (cost, paid, left)
-            ((m(100), m(30), m(20)), (m(30), m(20), m(50))),
-            ((m(100), m(130), m(20)), (m(100), m(0), m(0))),
-            ((m(100), m(30), m(90)), (m(30), m(70), m(0))),
-            ((m(100), m(-5), m(-7)), (m(0), m(0), m(100))),
-            ((m(0), m(1), m(1)), (m(0), m(0), m(0))),
-            ((m(i64::MAX), m(i64::MAX), m(i64::MAX)), (m(i64::MAX), m(0), m(0))),
-        ];
-        for ((budget, cost, paid), (want_cost, want_paid, want_left)) in cases {
-            let s = settle(budget, cost, paid);
-            assert_eq!((s.cost, s.paid, s.left), (want_cost, want_paid, want_left), "{budget} {cost} {paid}");
-            assert_eq!(budget.checked_sub(s.left), s.cost.checked_add(s.paid), "RE-3 for {budget} {cost} {paid}");
-        }
-    }
 }

@@ -12,12 +12,13 @@ use clap::Args;
 use igor::checkpoint::{Checkpoint, CheckpointBody, Hash32};
 use igor::env::real::{FsDisk, OsEntropy, SystemClock};
 use igor::env::{Clock, Entropy};
-use igor::executor::{Executor, TickInputs, TickOutcome};
+use igor::executor::{Executor, TickEnd, TickInputs, settle};
 use igor::identity::Keypair;
 use igor::kv;
 use igor::lineage::{self, Lineage};
 use igor::manifest::{Capability, Manifest};
 use igor::receipt::ReceiptBody;
+use igor::replay::LoggedTick;
 use igor::sandbox::{Instance, Sandbox, SandboxConfig, WallClockNet, wasm_binary};
 use igor::units::{AgentId, Epoch, Microcents, NodeId, TickNumber};
 use std::path::{Path, PathBuf};
@@ -135,7 +136,6 @@ struct Session {
     sandbox: Sandbox,
     _net: WallClockNet,
     wasm_hash: Hash32,
-    has_kv: bool,
     inst: Instance,
     lineage: Lineage,
     epoch: Epoch,
@@ -148,6 +148,8 @@ struct Session {
     /// Ticks and cost since the last checkpoint (for its receipt).
     since: Option<TickNumber>,
     since_cost: Microcents,
+    /// The ticks since the head, for the next link's observation log.
+    ticks: Vec<LoggedTick>,
     ticks_run: u64,
     total_cost: Microcents,
     total_paid: Microcents,
@@ -182,7 +184,6 @@ struct Parts {
     inst: Instance,
     lineage: Lineage,
     wasm_hash: Hash32,
-    has_kv: bool,
     verbose: bool,
 }
 
@@ -201,7 +202,6 @@ impl Session {
             sandbox: parts.sandbox,
             _net: net,
             wasm_hash: parts.wasm_hash,
-            has_kv: parts.has_kv,
             inst: parts.inst,
             lineage: parts.lineage,
             epoch: at.epoch,
@@ -212,6 +212,7 @@ impl Session {
             receipts: Vec::new(),
             since: None,
             since_cost: Microcents::ZERO,
+            ticks: Vec::new(),
             ticks_run: 0,
             total_cost: Microcents::ZERO,
             total_paid: Microcents::ZERO,
@@ -230,9 +231,6 @@ impl Session {
             return Ok(());
         }
         let (state, kv_bytes) = self.good.clone();
-        if self.has_kv {
-            kv::persist(&self.disk, &self.agent, self.tick, &Hash32::of(&state), &kv_bytes, &self.key)?;
-        }
         let body = CheckpointBody {
             budget: self.budget,
             price_per_second: self.price,
@@ -243,7 +241,11 @@ impl Session {
             prev_hash: Hash32::ZERO,
             state,
         };
-        self.lineage.commit(&self.disk, body, &self.key)?;
+        // The node's commit path: kv sealed, the observation log of the
+        // ticks since the head, then the checkpoint (so `igord audit`
+        // replays a local run like a node's history).
+        self.lineage.commit_link(&self.disk, body, &kv_bytes, &self.ticks, &self.key)?;
+        self.ticks.clear();
         if let Some(first) = self.since.take() {
             let receipt = ReceiptBody {
                 agent: self.agent.clone(),
@@ -283,17 +285,15 @@ impl Session {
             receipts: self.receipts.clone(),
         };
         let r = self.sandbox.tick(&mut self.inst, &inputs);
-        self.tick = tick;
-        self.ticks_run += 1;
-        self.since.get_or_insert(tick);
-        self.budget = self.budget.checked_sub(r.cost)?.checked_sub(r.paid)?;
-        self.since_cost = self.since_cost.checked_add(r.cost)?;
-        self.total_cost = self.total_cost.checked_add(r.cost)?;
-        self.total_paid = self.total_paid.checked_add(r.paid)?;
+        // The node's rules: one settlement (RE-3/RE-4) and one meaning per
+        // outcome. A failed tick is never committed: budget, tick and log
+        // stay at the last completed tick, which the final commit keeps.
+        let settled = settle(self.budget, r.cost, r.paid);
+        let end = r.outcome.end(tick, settled.left);
         if self.verbose {
             println!(
                 "tick {tick}: {:?}, fuel {}, cost {}, paid {}, budget {}",
-                r.outcome, r.fuel_used, r.cost, r.paid, self.budget
+                r.outcome, r.fuel_used, settled.cost, settled.paid, settled.left
             );
             let (lines, dropped) = self.inst.take_logs();
             for l in lines {
@@ -303,21 +303,30 @@ impl Session {
                 println!("  log: {dropped} messages dropped (per-tick cap)");
             }
         }
-        // Keep the state of every completed tick: a later fault commits it.
-        if self.inst.poisoned().is_none() {
-            match self.sandbox.snapshot(&mut self.inst) {
-                Ok(s) => self.good = s,
-                Err(e) => return Ok((Some(Stop::Fault(format!("tick {tick}: {e}"))), false)),
-            }
-        }
-        let stop = match r.outcome {
-            TickOutcome::Completed { more_work } => return Ok((None, more_work)),
-            TickOutcome::BudgetExhausted => Stop::BudgetExhausted,
-            TickOutcome::OutOfFuel => Stop::Fault(format!("tick {tick}: out of fuel ({} fuel limit)", r.fuel_used)),
-            TickOutcome::Trapped { message } => Stop::Fault(format!("tick {tick}: trapped: {message}")),
-            TickOutcome::WallClockTimeout => Stop::Fault(format!("tick {tick}: wall-clock safety net fired")),
+        let more_work = match end {
+            TickEnd::Fault(why) => return Ok((Some(Stop::Fault(why)), false)),
+            TickEnd::Go { more_work } => more_work,
+            TickEnd::Exhausted => false,
         };
-        Ok((Some(stop), false))
+        self.tick = tick;
+        self.ticks_run += 1;
+        self.since.get_or_insert(tick);
+        self.budget = settled.left;
+        self.since_cost = self.since_cost.checked_add(settled.cost)?;
+        self.total_cost = self.total_cost.checked_add(settled.cost)?;
+        self.total_paid = self.total_paid.checked_add(settled.paid)?;
+        self.ticks.push(LoggedTick { inputs, event_log: r.event_log });
+        // Keep the state of every completed tick: the next commit takes it
+        // (an exhausted tick restarts from the state before it, so its
+        // instance can be snapshotted too).
+        match self.sandbox.snapshot(&mut self.inst) {
+            Ok(s) => self.good = s,
+            Err(e) => return Ok((Some(Stop::Fault(format!("tick {tick}: {e}"))), false)),
+        }
+        if end == TickEnd::Exhausted {
+            return Ok((Some(Stop::BudgetExhausted), false));
+        }
+        Ok((None, more_work))
     }
 
     fn run_loop(&mut self, opts: &LoopArgs, stop_flag: &AtomicBool) -> anyhow::Result<Stop> {
@@ -421,7 +430,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     if args.price < 0 {
         bail!("--price must not be negative");
     }
-    let (wasm, manifest_bytes, manifest) = match load(&args.opts, &args.wasm)? {
+    let (wasm, manifest_bytes, _) = match load(&args.opts, &args.wasm)? {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };
@@ -454,17 +463,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     println!("agent {agent} {}", key.did());
     println!("wasm sha256 {hash}, budget {budget}, price {} per second", Microcents(args.price));
-    let parts = Parts {
-        disk,
-        agent,
-        key,
-        sandbox,
-        inst,
-        lineage,
-        wasm_hash: hash,
-        has_kv: manifest.has(Capability::Kv),
-        verbose: args.opts.verbose,
-    };
+    let parts = Parts { disk, agent, key, sandbox, inst, lineage, wasm_hash: hash, verbose: args.opts.verbose };
     let at = Position { epoch: Epoch::new(1, 0), price: Microcents(args.price), budget, tick: TickNumber(0), good };
     let mut session = Session::open(parts, at)?;
     // Genesis: tick 0 is the state right after agent_init.
@@ -541,17 +540,7 @@ pub fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
     };
     println!("agent {agent} {} resumed at tick {}", key.did(), ckpt.tick);
     println!("wasm sha256 {hash}, budget {}, price {} per second", ckpt.budget, ckpt.price_per_second);
-    let parts = Parts {
-        disk,
-        agent,
-        key,
-        sandbox,
-        inst,
-        lineage,
-        wasm_hash: hash,
-        has_kv: manifest.has(Capability::Kv),
-        verbose: args.opts.verbose,
-    };
+    let parts = Parts { disk, agent, key, sandbox, inst, lineage, wasm_hash: hash, verbose: args.opts.verbose };
     let at = Position {
         epoch: ckpt.epoch,
         price: ckpt.price_per_second,
