@@ -102,18 +102,6 @@ pub fn open_kv_typed(
     crate::kv::open(&name, sealed, agent, ckpt.tick, &Hash32::of(&ckpt.state), key)
 }
 
-/// Write the observation log of `link` (the ticks since its parent),
-/// signed with the agent key. Retention: one file per committed link, kept
-/// as long as its checkpoint; at most `MAX_TICKS_PER_CHECKPOINT` ticks.
-pub fn write_tick_log(
-    disk: &impl Disk,
-    key: &Keypair,
-    link: &LinkBinding,
-    ticks: &[LoggedTick],
-) -> Result<(), DiskError> {
-    disk.write_atomic(&ticklog::ticks_path(&link.agent, link.tick), &ticklog::seal(link, ticks, key))
-}
-
 /// The observation log a migration target keeps for the link that leads to
 /// the checkpoint it adopted, from the package's replay data: the ticks ran
 /// on the source, under the price its checkpoint names, as owner. `None`

@@ -14,7 +14,7 @@ use super::defence::Defence;
 use super::*;
 use crate::env::DiskError;
 use crate::migration::{Judgement, LocalView, Outcome, PackageFacts};
-use crate::units::MoneyOverflow;
+use crate::replay::{self, DivergenceKind, LoggedTick};
 use crate::wire::{AgentPackage, AgentStarted, AgentTransfer, Body, Envelope, Header, MessageKind, ReplayData};
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
@@ -214,77 +214,52 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 r.following.len() + 1
             )));
         }
-        let ticks = r.ticks();
-        let consecutive =
-            ticks.iter().enumerate().all(|(i, t)| prev.tick.checked_add(i as u64 + 1) == Some(TickNumber(t.tick)));
-        if !consecutive || ticks.last().map(|t| t.tick) != Some(ckpt.tick.0) || r.budget != prev.budget.0 {
-            return Err(PeerFault::Package(format!(
-                "replay data names ticks {}..={} from budget {}, inconsistent with the chain (parent tick {}, \
-                 checkpoint tick {})",
-                r.tick,
-                ticks.last().map_or(r.tick, |t| t.tick),
-                r.budget,
-                prev.tick,
-                ckpt.tick
-            )));
-        }
         let key = prev.agent_key().copied().ok_or("replay base unsigned")?;
-        let mut kv_now = store::open_kv(&key, agent, &prev, &r.prev_kv)?;
-        let mut state = prev.state.clone();
-        // Defence `metering_check`: every tick is re-run from the parent.
-        // Each may charge its re-run cost and no more than what the agent
-        // may pay in one tick on top (payments are settled, not re-run): a
-        // node lying about metering, or editing the budget, is caught here.
-        let allowance = migration::payment_allowance(&pkg.manifest_data);
-        // The lowest budget the next tick may start with: what the ticks
-        // before it left, less one tick's payments (none is negative: a
-        // lower bound past the range admits nothing below it anyway).
-        let floor = |available: Microcents| available.checked_sub(Microcents(allowance)).map_or(i64::MIN, |m| m.0);
-        let money = |e: MoneyOverflow| PeerFault::Package(format!("replay data: {e}"));
-        let mut available = prev.budget;
-        for t in &ticks {
-            if t.budget > available.0 || t.budget < floor(available) {
-                return Err(metering(format!(
-                    "tick {} started with budget {}, the ticks before it left {} (payment allowance {allowance})",
-                    t.tick, t.budget, available.0
-                )));
-            }
+        let kv_before = store::open_kv(&key, agent, &prev, &r.prev_kv)?;
+        // The ticks ran on the source, at the price its handoff checkpoint
+        // names (the parent may come from another node).
+        let mut ticks = Vec::with_capacity(r.following.len() + 1);
+        for t in r.ticks() {
             let inputs = TickInputs {
                 tick: TickNumber(t.tick),
                 now_unix_ns: t.now_unix_ns,
                 rand_seed: t.rand_seed.as_slice().try_into().map_err(|_| "RandSeed not 32 bytes")?,
                 budget: Microcents(t.budget),
-                // The ticks ran on the source, at the price its handoff
-                // checkpoint names (the parent may come from another node).
                 price_per_second: ckpt.price_per_second,
                 side_effects_allowed: true,
                 receipts: Vec::new(),
             };
-            let (next, next_kv, cost) = self
-                .exec
-                .replay(hash, &pkg.manifest_data, &state, &kv_now, &inputs, &t.event_log)
-                .map_err(|e| metering(format!("replay of tick {}: {e}", t.tick)))?;
-            if cost.is_negative() || cost > Microcents(t.budget) {
-                return Err(metering(format!("tick {} replays at cost {}, budget {}", t.tick, cost.0, t.budget)));
+            ticks.push(LoggedTick { inputs, event_log: t.event_log });
+        }
+        // Defence `metering_check`: every tick is re-run from the parent,
+        // by the one replay check (`replay::check_link`, the audit's).
+        // Each may charge its re-run cost and no more than what the agent
+        // may pay in one tick on top (payments are settled, not re-run): a
+        // node lying about metering, or editing the budget, is caught here.
+        let allowance = Microcents(migration::payment_allowance(&pkg.manifest_data));
+        let mut instance = self
+            .exec
+            .start(hash, &pkg.manifest_data, &prev.state, &kv_before)
+            .map_err(|e| metering(format!("replay base: {e}")))?;
+        let link = replay::Link {
+            parent_tick: prev.tick,
+            parent_budget: prev.budget,
+            ticks: &ticks,
+            tick: ckpt.tick,
+            budget: ckpt.budget,
+            state: &ckpt.state,
+            kv: Some(kv),
+        };
+        let charge = replay::Charge::UpTo(allowance);
+        replay::check_link(&mut self.exec, hash, &pkg.manifest_data, &mut instance, &link, charge).map_err(|d| {
+            match d.kind {
+                // Not the link the checkpoint closes: a malformed package.
+                DivergenceKind::Shape(_) | DivergenceKind::BudgetStart { .. } => {
+                    PeerFault::Package(format!("replay data inconsistent with the chain: {d}"))
+                }
+                _ => metering(d.to_string()),
             }
-            (state, kv_now) = (next, next_kv);
-            // RE-3: 0 <= cost <= the tick's budget (checked just above).
-            available = Microcents(t.budget).checked_sub(cost).map_err(money)?;
-        }
-        let spent = prev.budget.checked_sub(ckpt.budget).map_err(money)?.0;
-        if state != ckpt.state || kv_now != kv {
-            return Err(metering(format!(
-                "replay of ticks {}..={} diverged from the package's checkpoint",
-                r.tick, ckpt.tick
-            )));
-        }
-        if ckpt.budget > available || ckpt.budget.0 < floor(available) {
-            return Err(metering(format!(
-                "ticks {}..={} charged {spent}, their replay leaves budget {}, the checkpoint says {} (payment \
-                 allowance {allowance})",
-                r.tick, ckpt.tick, available.0, ckpt.budget
-            )));
-        }
+        })?;
         Ok(())
     }
 
