@@ -28,8 +28,10 @@ pub struct TickInputs {
     pub receipts: Vec<Vec<u8>>,
 }
 
-/// How a tick ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How a tick ended. Events carry it as is (snake_case in JSON), so no
+/// reader ever parses its `Debug` text.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TickOutcome {
     /// `agent_tick` returned; `more_work` is its non-zero fast-path hint.
     Completed { more_work: bool },

@@ -127,6 +127,26 @@ pub enum Misbehaviour {
     BounceAgent { to: String, every_ms: u64 },
 }
 
+impl Misbehaviour {
+    /// The behaviour's name (its variant), as coverage marks and reports
+    /// name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Misbehaviour::KeepCopyAfterHandoff { .. } => "KeepCopyAfterHandoff",
+            Misbehaviour::Overcharge { .. } => "Overcharge",
+            Misbehaviour::TamperPackage { .. } => "TamperPackage",
+            Misbehaviour::RefuseConfirm => "RefuseConfirm",
+            Misbehaviour::ReplayOwnPackage { .. } => "ReplayOwnPackage",
+            Misbehaviour::ForgeTransfer { .. } => "ForgeTransfer",
+            Misbehaviour::ForgeAnnounce { .. } => "ForgeAnnounce",
+            Misbehaviour::PoisonView { .. } => "PoisonView",
+            Misbehaviour::ReplayAnnounce { .. } => "ReplayAnnounce",
+            Misbehaviour::RestoreOldCheckpoint { .. } => "RestoreOldCheckpoint",
+            Misbehaviour::BounceAgent { .. } => "BounceAgent",
+        }
+    }
+}
+
 const MS: u64 = 1_000_000;
 
 /// The deviations of a [`Misbehaviour`] that need the node's state.

@@ -327,12 +327,6 @@ impl Coverage {
     }
 }
 
-/// The mark name of a misbehaviour from its Debug text
-/// (`Overcharge { factor: 2 }` → `Overcharge`).
-pub fn behaviour_name(debug: &str) -> &str {
-    debug.split([' ', '{', '(']).next().unwrap_or_default()
-}
-
 /// The adversary marks a set of scenarios must fire: one per configured
 /// misbehaviour (variant names, as given to [`Coverage::set_behaviour`]).
 pub fn adversary_required(behaviours: &BTreeSet<String>) -> Vec<String> {

@@ -76,8 +76,7 @@ pub fn required_marks(template: &Scenario) -> Vec<String> {
     for f in &spec.families {
         out.extend(coverage::family_marks(f).iter().map(|(m, _)| m.to_string()));
         if f == "adversary" {
-            let names: BTreeSet<String> =
-                spec.adversaries.iter().map(|(_, m)| coverage::behaviour_name(&format!("{m:?}")).to_string()).collect();
+            let names: BTreeSet<String> = spec.adversaries.iter().map(|(_, m)| m.name().to_string()).collect();
             out.extend(coverage::adversary_required(&names));
         }
     }

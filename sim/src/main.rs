@@ -343,7 +343,7 @@ fn sweep(
     let behaviours: BTreeSet<String> = scenarios
         .iter()
         .flat_map(|(_, s)| s.nodes.iter().filter_map(|n| n.adversary.as_ref()))
-        .map(|m| coverage::behaviour_name(&format!("{m:?}")).to_string())
+        .map(|m| m.name().to_string())
         .collect();
     let adversary = coverage::adversary_required(&behaviours);
     let mut required: Vec<&str> = coverage::a1_required().collect();

@@ -205,22 +205,6 @@ pub fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
     v.map_or_else(|| NONE.to_string(), f)
 }
 
-/// A name in PascalCase (a Rust variant name) as a snake_case word.
-fn snake(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 // ---- lines ----
 
 /// One line's `<kind> key=value ...` part. Keys are kept sorted (a map),

@@ -47,7 +47,7 @@ fn the_board_follows_an_agent_through_a_handoff() {
         cost: Microcents(3),
         paid: Microcents::ZERO,
         budget: Microcents(97),
-        outcome: "Completed".into(),
+        outcome: crate::executor::TickOutcome::Completed { more_work: false },
         side_effects: 0,
         side_effects_allowed: true,
     }));

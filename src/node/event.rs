@@ -7,6 +7,7 @@
 
 use crate::authority::{AuthorityState, Reason, Role};
 use crate::checkpoint::Hash32;
+use crate::executor::TickOutcome;
 use crate::migration::Outcome;
 use crate::units::{AgentId, Epoch, Microcents, NodeId, TickNumber};
 use crate::wire::MessageKind;
@@ -99,7 +100,7 @@ pub enum Event {
         paid: Microcents,
         /// Budget after the tick (RE-4: never rises).
         budget: Microcents,
-        outcome: String,
+        outcome: TickOutcome,
         /// CM-5: side-effect hostcalls attempted, and whether allowed.
         side_effects: u32,
         side_effects_allowed: bool,

@@ -78,7 +78,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         match rec.state {
             Retired | RecoveryRequired => return None,
             HandoffInitiated | HandoffPending => {
-                return Some((Reason::RestartInDoubt, format!("{} ({:?}) when the node stopped", rec.state, rec.role)));
+                return Some((
+                    Reason::RestartInDoubt,
+                    format!("{} (as {}) when the node stopped", rec.state, role_word(rec.role)),
+                ));
             }
             ActiveOwner => {}
         }
@@ -96,7 +99,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         if stale {
             return Some((
                 Reason::RestartInDoubt,
-                format!("stale checkpoint: record names head {:?}, disk has {:?}", rec.head_tick, head_tick),
+                format!(
+                    "stale checkpoint: record names head tick {}, disk has {}",
+                    tick_word(rec.head_tick),
+                    tick_word(head_tick)
+                ),
             ));
         }
         if slot.key.is_none() || !self.disk.exists(&store::wasm_path(agent)) {
@@ -131,4 +138,18 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         };
         self.emit(e);
     }
+}
+
+/// A role in a message: `source` or `target` (no Rust `Debug` in texts
+/// that reach traces and operators).
+fn role_word(role: Role) -> &'static str {
+    match role {
+        Role::Source => "source",
+        Role::Target => "target",
+    }
+}
+
+/// A head tick in a message, `none` for no head.
+fn tick_word(tick: Option<TickNumber>) -> String {
+    tick.map_or_else(|| "none".to_string(), |t| t.to_string())
 }

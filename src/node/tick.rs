@@ -245,7 +245,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             cost,
             paid,
             budget,
-            outcome: format!("{:?}", report.outcome),
+            outcome: report.outcome.clone(),
             side_effects: report.side_effects,
             side_effects_allowed,
         });

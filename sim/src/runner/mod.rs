@@ -138,7 +138,7 @@ fn run_inner(
     w.stepping = if scenario.nodes.iter().any(|n| n.adversary.is_some()) { Stepping::Fixed } else { stepping };
     for spec in &scenario.nodes {
         if let Some(m) = &spec.adversary {
-            w.coverage.set_behaviour(&spec.name, crate::coverage::behaviour_name(&format!("{m:?}")));
+            w.coverage.set_behaviour(&spec.name, m.name());
         }
     }
     // Hosts are registered in the scenario's order: each registration draws

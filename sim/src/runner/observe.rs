@@ -6,6 +6,7 @@ use crate::checker::{Obs, State};
 use crate::scenario::Boundary;
 use igor::authority::AuthorityState;
 use igor::checkpoint::Hash32;
+use igor::executor::TickOutcome;
 use igor::node::{Event, NodeEvent};
 use std::collections::BTreeMap;
 
@@ -42,8 +43,7 @@ pub(super) fn observation(e: &Event) -> Option<Obs> {
                 cost: cost.0,
                 paid: paid.0,
                 side_effects: if *side_effects_allowed { 0 } else { *side_effects },
-                // The node prints the executor's outcome with `{:?}`.
-                exhausted: outcome == "BudgetExhausted",
+                exhausted: *outcome == TickOutcome::BudgetExhausted,
             }
         }
         Event::CheckpointCommitted { agent, tick, hash, prev_hash, budget, charged, paid, handoff, .. } => {

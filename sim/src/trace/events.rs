@@ -1,10 +1,11 @@
 //! Node events and simulator actions as trace lines (`<kind> key=value
 //! ...`), written only with the value functions of the parent module.
 
-use super::{Line, NONE, epoch, flag, float, hash, int, list, opt, snake, text, word};
+use super::{Line, NONE, epoch, flag, float, hash, int, list, opt, text, word};
 use crate::disk::DiskFaultKind;
 use crate::scenario::{Action, Boundary, BuggifyFault, Storage};
 use igor::authority::Role;
+use igor::executor::TickOutcome;
 use igor::migration::Outcome;
 use igor::node::Event;
 
@@ -31,54 +32,19 @@ fn migration_outcome(line: Line, o: &Outcome) -> Line {
     line.with("outcome", word(kind)).with("detail", opt(detail, |d| text(d)))
 }
 
-/// A tick outcome flattened: the node reports the executor's outcome as
-/// its Rust `Debug` text (`Completed { more_work: false }`, `Trapped {
-/// message: "..." }`); the trace writes the variant as a snake_case word
-/// under `outcome` and its field under `more_work` / `detail` ([`NONE`]
-/// when the variant has none). Text this does not recognise is kept,
-/// quoted, under `outcome` (a library change to a structured outcome
-/// would remove this translation).
-pub(super) fn tick_outcome(line: Line, debug: &str) -> Line {
-    let (outcome, more_work, detail) = if let Some(rest) = debug.strip_prefix("Completed { more_work: ") {
-        match rest.strip_suffix(" }") {
-            Some(b @ ("true" | "false")) => (word("completed"), b.to_string(), NONE.to_string()),
-            _ => (text(debug), NONE.to_string(), NONE.to_string()),
-        }
-    } else if let Some(msg) = debug.strip_prefix("Trapped { message: \"").and_then(|m| m.strip_suffix("\" }")) {
-        (word("trapped"), NONE.to_string(), text(&unescape_debug(msg)))
-    } else if !debug.is_empty() && debug.chars().all(|c| c.is_ascii_alphanumeric()) {
-        (word(&snake(debug)), NONE.to_string(), NONE.to_string())
-    } else {
-        (text(debug), NONE.to_string(), NONE.to_string())
+/// A tick outcome flattened: the variant as a snake_case word under
+/// `outcome`, its field under `more_work` / `detail` ([`NONE`] when the
+/// variant has none).
+pub(super) fn tick_outcome(line: Line, o: &TickOutcome) -> Line {
+    let none = || NONE.to_string();
+    let (outcome, more_work, detail) = match o {
+        TickOutcome::Completed { more_work } => ("completed", flag(*more_work), none()),
+        TickOutcome::OutOfFuel => ("out_of_fuel", none(), none()),
+        TickOutcome::Trapped { message } => ("trapped", none(), text(message)),
+        TickOutcome::WallClockTimeout => ("wall_clock_timeout", none(), none()),
+        TickOutcome::BudgetExhausted => ("budget_exhausted", none(), none()),
     };
-    line.with("outcome", outcome).with("more_work", more_work).with("detail", detail)
-}
-
-/// Undo Rust's `Debug` escaping of a string (`\"`, `\\`, `\n`, `\u{..}`).
-fn unescape_debug(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('t') => out.push('\t'),
-            Some('0') => out.push('\0'),
-            Some('u') => {
-                let code: String = chars.by_ref().skip(1).take_while(|c| *c != '}').collect();
-                if let Some(c) = u32::from_str_radix(&code, 16).ok().and_then(char::from_u32) {
-                    out.push(c);
-                }
-            }
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
+    line.with("outcome", word(outcome)).with("more_work", more_work).with("detail", detail)
 }
 
 /// A node event as `<kind> key=value ...`: the kind and keys are the
