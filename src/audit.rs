@@ -78,56 +78,11 @@ pub enum FindingKind {
     /// An observation log that is unreadable, signed by another key, or
     /// bound to this link's parent but to another state or budget.
     Log(String),
-    /// The replayed guest did not consume its log as recorded, or the tick
-    /// could not run.
-    Replay(String),
-    /// The tick did not complete on replay, yet the history committed it.
-    Outcome(String),
-    State {
-        expected: Hash32,
-        actual: Hash32,
-        first_byte: usize,
-    },
-    Kv {
-        expected: Hash32,
-        actual: Hash32,
-        first_byte: usize,
-    },
-    /// A tick's charge (the budget it took, per the history) differs from
-    /// its replay's cost plus payments (RE-3).
-    Charge {
-        budget_before: Microcents,
-        budget_after: Microcents,
-        replayed: Microcents,
-    },
-    /// The first tick of a link did not start from its parent's budget.
-    BudgetStart {
-        logged: Microcents,
-        parent: Microcents,
-    },
+    /// The replay check ([`replay::check_link`]) found the link different
+    /// from its recorded ticks: the one typed divergence.
+    Replay(DivergenceKind),
     /// A checkpoint names another module than the anchor.
-    Module {
-        expected: Hash32,
-        found: Hash32,
-    },
-}
-
-impl From<DivergenceKind> for FindingKind {
-    fn from(d: DivergenceKind) -> Self {
-        match d {
-            DivergenceKind::Shape(why) => FindingKind::Log(why),
-            DivergenceKind::BudgetStart { logged, parent } => FindingKind::BudgetStart { logged, parent },
-            DivergenceKind::Log(why) | DivergenceKind::Exec(why) => FindingKind::Replay(why),
-            DivergenceKind::Outcome(why) => FindingKind::Outcome(why),
-            DivergenceKind::Charge { budget_before, budget_after, replayed, .. } => {
-                FindingKind::Charge { budget_before, budget_after, replayed }
-            }
-            DivergenceKind::State { expected, actual, first_byte } => {
-                FindingKind::State { expected, actual, first_byte }
-            }
-            DivergenceKind::Kv { expected, actual, first_byte } => FindingKind::Kv { expected, actual, first_byte },
-        }
-    }
+    Module { expected: Hash32, found: Hash32 },
 }
 
 /// The first place where history and replay part ways.
@@ -148,31 +103,13 @@ impl fmt::Display for Finding {
         write!(f, "tick {}: ", self.tick)?;
         match &self.kind {
             FindingKind::Chain(b) => write!(f, "chain broken: {b}")?,
-            FindingKind::Log(why) => write!(f, "observation log rejected: {why}")?,
-            FindingKind::Replay(why) => write!(f, "replay diverged: {why}")?,
-            FindingKind::Outcome(why) => write!(f, "{why}")?,
-            FindingKind::State { expected, actual, first_byte } => write!(
-                f,
-                "state differs: checkpoint {}…, replay {}…, first differing byte {first_byte}",
-                expected.short(),
-                actual.short()
-            )?,
-            FindingKind::Kv { expected, actual, first_byte } => write!(
-                f,
-                "kv differs: sealed snapshot {}…, replay {}…, first differing byte {first_byte}",
-                expected.short(),
-                actual.short()
-            )?,
-            FindingKind::Charge { budget_before, budget_after, replayed } => write!(
-                f,
-                "charged {} (budget {} -> {}), its replay costs {replayed}",
-                Microcents(budget_before.0.saturating_sub(budget_after.0)),
-                budget_before,
-                budget_after
-            )?,
-            FindingKind::BudgetStart { logged, parent } => {
-                write!(f, "starts from budget {logged}, its parent checkpoint holds {parent}")?
+            FindingKind::Log(why) | FindingKind::Replay(DivergenceKind::Shape(why)) => {
+                write!(f, "observation log rejected: {why}")?
             }
+            FindingKind::Replay(DivergenceKind::Log(why) | DivergenceKind::Exec(why)) => {
+                write!(f, "replay diverged: {why}")?
+            }
+            FindingKind::Replay(d) => write!(f, "{d}")?,
             FindingKind::Module { expected, found } => {
                 write!(f, "checkpoint names module {}…, the chain runs {}…", found.short(), expected.short())?
             }
@@ -359,11 +296,11 @@ fn check_state(link: &Link, state: &[u8]) -> Result<(), Box<Finding>> {
     if state == link.ckpt.state.as_slice() {
         return Ok(());
     }
-    let kind = FindingKind::State {
+    let kind = FindingKind::Replay(DivergenceKind::State {
         expected: Hash32::of(&link.ckpt.state),
         actual: Hash32::of(state),
         first_byte: first_difference(&link.ckpt.state, state),
-    };
+    });
     Err(finding(link, link.ckpt.tick, kind))
 }
 
@@ -401,7 +338,8 @@ impl<E: Executor> Replayer<'_, E> {
             _ => std::mem::take(&mut self.kv),
         };
         let state: &[u8] = if genesis { &[] } else { &link.ckpt.state };
-        let failed = |e: ExecError| finding(link, link.ckpt.tick, FindingKind::Replay(e.to_string()));
+        let failed =
+            |e: ExecError| finding(link, link.ckpt.tick, FindingKind::Replay(DivergenceKind::Exec(e.to_string())));
         let mut inst = self.exec.start(&self.wasm_hash, &self.input.manifest, state, &kv).map_err(failed)?;
         if genesis {
             let (state, _) = self.exec.snapshot(&mut inst).map_err(failed)?;
@@ -441,7 +379,7 @@ impl<E: Executor> Replayer<'_, E> {
             &checked,
             replay::Charge::Exact,
         )
-        .map_err(|d| finding(link, d.tick, FindingKind::from(d.kind)))?;
+        .map_err(|d| finding(link, d.tick, FindingKind::Replay(d.kind)))?;
         self.kv = replayed.kv;
         Ok(replayed.ticks)
     }

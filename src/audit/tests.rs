@@ -66,7 +66,9 @@ fn an_overcharging_node_is_named_at_the_tick() {
     let (disk, agent) = history(100, Some(37));
     let f = run(&disk, &agent).finding.expect("the overcharge is found");
     assert_eq!(f.tick, TickNumber(37), "{f}");
-    let FindingKind::Charge { budget_before, budget_after, replayed } = f.kind else { panic!("{f}") };
+    let FindingKind::Replay(DivergenceKind::Charge { budget_before, budget_after, replayed, .. }) = f.kind else {
+        panic!("{f}")
+    };
     assert_eq!((budget_before.0 - budget_after.0, replayed), (4, Microcents(3)), "{f}");
     assert!(f.to_string().contains("charged 4"), "{f}");
 }
