@@ -313,3 +313,107 @@ pub fn verify_chain<E: Executor>(
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::fake::CounterExecutor;
+
+    /// A counter link from `parent_tick` (count `parent_tick`, budget
+    /// `budget`) with one tick per entry of `budgets` (each tick's starting
+    /// budget as recorded), closed by a checkpoint of `count` and `end`.
+    struct Case {
+        exec: CounterExecutor,
+        hash: Hash32,
+        ticks: Vec<LoggedTick>,
+    }
+
+    fn case(parent_tick: u64, budgets: &[i64]) -> Case {
+        let mut exec = CounterExecutor::new(Microcents(3));
+        let hash = exec.prepare(b"counter", b"{}").unwrap();
+        let ticks = budgets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| LoggedTick {
+                inputs: TickInputs {
+                    tick: TickNumber(parent_tick + 1 + i as u64),
+                    now_unix_ns: 0,
+                    rand_seed: [0; 32],
+                    budget: Microcents(*b),
+                    price_per_second: Microcents(1),
+                    side_effects_allowed: true,
+                    receipts: Vec::new(),
+                },
+                event_log: Vec::new(),
+            })
+            .collect();
+        Case { exec, hash, ticks }
+    }
+
+    fn check(c: &mut Case, parent: (u64, i64), end: (u64, i64), count: u64, charge: Charge) -> Result<u64, Divergence> {
+        let mut inst = c.exec.start(&c.hash, b"{}", &parent.0.to_le_bytes(), &[]).unwrap();
+        let state = count.to_le_bytes();
+        let link = Link {
+            parent_tick: TickNumber(parent.0),
+            parent_budget: Microcents(parent.1),
+            ticks: &c.ticks,
+            tick: TickNumber(end.0),
+            budget: Microcents(end.1),
+            state: &state,
+            kv: Some(&[]),
+        };
+        check_link(&mut c.exec, &c.hash, b"{}", &mut inst, &link, charge).map(|r| r.ticks)
+    }
+
+    #[test]
+    fn an_honest_link_replays_and_every_lie_is_named_at_its_tick() {
+        let mut c = case(4, &[100, 97, 94]);
+        assert_eq!(check(&mut c, (4, 100), (7, 91), 7, Charge::Exact), Ok(3));
+        assert_eq!(check(&mut c, (4, 100), (7, 91), 7, Charge::UpTo(Microcents(2))), Ok(3));
+
+        // RE-3: the checkpoint took 1 more than the last tick's cost.
+        let d = check(&mut c, (4, 100), (7, 90), 7, Charge::Exact).unwrap_err();
+        let want = DivergenceKind::Charge {
+            budget_before: Microcents(94),
+            budget_after: Microcents(90),
+            replayed: Microcents(3),
+            allowance: Microcents::ZERO,
+        };
+        assert_eq!((d.tick, d.kind), (TickNumber(7), want));
+        // Within a payment allowance it stands; beyond it, it does not.
+        assert_eq!(check(&mut c, (4, 100), (7, 89), 7, Charge::UpTo(Microcents(2))), Ok(3));
+        let d = check(&mut c, (4, 100), (7, 88), 7, Charge::UpTo(Microcents(2))).unwrap_err();
+        assert!(matches!(d.kind, DivergenceKind::Charge { .. }) && d.tick == TickNumber(7), "{d}");
+        // Charging less than the replayed cost is a lie too (budget kept).
+        let d = check(&mut c, (4, 100), (7, 92), 7, Charge::UpTo(Microcents(2))).unwrap_err();
+        assert!(matches!(d.kind, DivergenceKind::Charge { .. }), "{d}");
+
+        // The state the checkpoint claims is not the replay's.
+        let d = check(&mut c, (4, 100), (7, 91), 8, Charge::Exact).unwrap_err();
+        assert!(matches!(d.kind, DivergenceKind::State { first_byte: 0, .. }) && d.tick == TickNumber(7), "{d}");
+    }
+
+    #[test]
+    fn ticks_that_are_not_the_links_are_refused_before_any_replay() {
+        // A middle tick's recorded budget is not what the one before left.
+        let mut c = case(4, &[100, 96, 93]);
+        let d = check(&mut c, (4, 100), (7, 90), 7, Charge::Exact).unwrap_err();
+        assert!(matches!(d.kind, DivergenceKind::Charge { .. }) && d.tick == TickNumber(5), "{d}");
+        // The first tick does not start from the parent's budget.
+        let mut c = case(4, &[99, 96]);
+        let d = check(&mut c, (4, 100), (6, 93), 6, Charge::Exact).unwrap_err();
+        let want = DivergenceKind::BudgetStart { logged: Microcents(99), parent: Microcents(100) };
+        assert_eq!((d.tick, d.kind), (TickNumber(5), want));
+        // Too few ticks for the span, or a parent after the checkpoint.
+        let mut c = case(4, &[100, 97]);
+        let d = check(&mut c, (4, 100), (7, 91), 7, Charge::Exact).unwrap_err();
+        assert!(matches!(d.kind, DivergenceKind::Shape(_)) && d.tick == TickNumber(5), "{d}");
+        let d = check(&mut c, (9, 100), (7, 91), 7, Charge::Exact).unwrap_err();
+        assert!(matches!(d.kind, DivergenceKind::Shape(_)), "{d}");
+        // Ticks that skip a number.
+        let mut c = case(4, &[100, 97]);
+        c.ticks[1].inputs.tick = TickNumber(7);
+        let d = check(&mut c, (4, 100), (6, 94), 6, Charge::Exact).unwrap_err();
+        assert!(matches!(d.kind, DivergenceKind::Shape(_)), "{d}");
+    }
+}
