@@ -643,16 +643,6 @@ pub fn migration_policy(manifest: &[u8]) -> Result<MigrationPolicy, String> {
     crate::manifest::Manifest::parse(manifest).map(|m| m.migration).map_err(|e| format!("manifest: {e}"))
 }
 
-/// Payments one tick may make beyond its metered cost, microcents: the
-/// manifest's `x402.options.max_payment_microcents` if the agent holds the
-/// payment capability, else 0. The metering check by replay sees the cost
-/// but not the payments (they are settled, never re-run), so a checkpoint
-/// may charge at most this much more than its replayed tick cost.
-pub fn payment_allowance(manifest: &[u8]) -> i64 {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(manifest) else { return 0 };
-    v.pointer("/capabilities/x402/options/max_payment_microcents").and_then(|m| m.as_i64()).unwrap_or(0).max(0)
-}
-
 /// Target-side price check: may this agent move to a node charging `price`?
 pub fn check_price_policy(manifest: &[u8], price: Microcents) -> Result<(), String> {
     let p = migration_policy(manifest)?;
@@ -778,10 +768,6 @@ mod tests {
         assert!(check_price_policy(br#"{"migration_policy":{"enabled":false}}"#, Microcents(0)).is_err());
         assert!(check_price_policy(b"{}", Microcents(i64::MAX)).is_ok());
         assert!(check_price_policy(b"not json", Microcents(0)).is_err());
-        let payer = br#"{"capabilities":{"x402":{"version":1,"options":{"max_payment_microcents":100}}}}"#;
-        assert_eq!(payment_allowance(payer), 100);
-        assert_eq!(payment_allowance(b"{}"), 0);
-        assert_eq!(payment_allowance(b"nope"), 0);
     }
 }
 

@@ -6,12 +6,13 @@
 //! the first differing byte.
 //!
 //! [`check_link`] is the check; its callers differ only in where the ticks
-//! come from and how payments are held to the charge ([`Charge`]):
-//! `igor::audit` (a whole lineage from its observation logs, payments
-//! replayed: [`Charge::Exact`]), a migration target's `metering_check`
-//! (the package's replay data, payments not in it: [`Charge::UpTo`]) and
-//! [`verify_tick`] / [`verify_chain`] (one tick at a time, for tests of an
-//! executor). One instance replays a whole link ([`Executor::replay_in`]).
+//! come from: `igor::audit` (a whole lineage from its observation logs)
+//! and a migration target's `metering_check` (the package's replay data)
+//! both hold every tick to its replayed cost plus the payments its log
+//! records ([`Charge::Exact`]); [`verify_tick`] / [`verify_chain`] (one
+//! tick at a time, for tests of an executor, whose records leave payments
+//! out) hold it to the cost alone. One instance replays a whole link
+//! ([`Executor::replay_in`]).
 
 use crate::checkpoint::Hash32;
 use crate::executor::{ExecError, Executor, TickInputs, TickOutcome};
@@ -45,9 +46,8 @@ pub enum Charge {
     /// Payments are replayed from the log's recorded results: every tick
     /// takes exactly its replayed cost plus payments.
     Exact,
-    /// Payments are not in the data (a migration's replay data): a tick
-    /// takes at least its replayed cost and at most this much more (the
-    /// agent's per-tick payment allowance).
+    /// Payments are not in the data: a tick takes at least its replayed
+    /// cost and at most this much more.
     UpTo(Microcents),
 }
 
@@ -127,7 +127,7 @@ impl fmt::Display for DivergenceKind {
                     Microcents(charged)
                 )?;
                 if allowance.0 > 0 {
-                    write!(f, " (payment allowance {allowance})")?;
+                    write!(f, " (allowance {allowance})")?;
                 }
                 Ok(())
             }
@@ -380,7 +380,7 @@ mod tests {
             allowance: Microcents::ZERO,
         };
         assert_eq!((d.tick, d.kind), (TickNumber(7), want));
-        // Within a payment allowance it stands; beyond it, it does not.
+        // Within an allowance it stands; beyond it, it does not.
         assert_eq!(check(&mut c, (4, 100), (7, 89), 7, Charge::UpTo(Microcents(2))), Ok(3));
         let d = check(&mut c, (4, 100), (7, 88), 7, Charge::UpTo(Microcents(2))).unwrap_err();
         assert!(matches!(d.kind, DivergenceKind::Charge { .. }) && d.tick == TickNumber(7), "{d}");

@@ -15,7 +15,7 @@ use igor::identity::Keypair;
 use igor::migration::{
     Action, HandoffTimer, Input, JudgeChecks, JudgeClock, Judgement, LocalView, MigrationConfig, Outcome, PackageFacts,
     ReplyView, SendFailure, SourceHandoff, SourceState, check_price_policy, judge_package, judge_package_with,
-    migration_policy, payment_allowance,
+    migration_policy,
 };
 use igor::units::{AgentId, Epoch, Microcents, NodeId, TickNumber};
 
@@ -467,16 +467,6 @@ fn price_cap_boundary_and_no_cap() {
         Err("migration disabled by the agent's migration_policy".into())
     );
     assert!(check_price_policy(b"not json", Microcents(0)).is_err());
-}
-
-#[test]
-fn payment_allowance_reads_the_declared_cap() {
-    let payer = |v: &str| format!(r#"{{"capabilities":{{"x402":{{"options":{{"max_payment_microcents":{v}}}}}}}}}"#);
-    assert_eq!(payment_allowance(payer("250").as_bytes()), 250);
-    assert_eq!(payment_allowance(payer("-3").as_bytes()), 0);
-    assert_eq!(payment_allowance(payer("\"7\"").as_bytes()), 0);
-    assert_eq!(payment_allowance(b"{}"), 0);
-    assert_eq!(payment_allowance(b"]"), 0);
 }
 
 // ---- the target's judgement of a package ----

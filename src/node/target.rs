@@ -232,11 +232,10 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             ticks.push(LoggedTick { inputs, event_log: t.event_log });
         }
         // Defence `metering_check`: every tick is re-run from the parent,
-        // by the one replay check (`replay::check_link`, the audit's).
-        // Each may charge its re-run cost and no more than what the agent
-        // may pay in one tick on top (payments are settled, not re-run): a
-        // node lying about metering, or editing the budget, is caught here.
-        let allowance = Microcents(migration::payment_allowance(&pkg.manifest_data));
+        // by the one replay check (`replay::check_link`, the audit's), and
+        // must charge exactly its replayed cost plus the payments its log
+        // records (RE-3): a node lying about metering, or editing the
+        // budget, is caught here.
         let mut instance = self
             .exec
             .start(hash, &pkg.manifest_data, &prev.state, &kv_before)
@@ -250,7 +249,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             state: &ckpt.state,
             kv: Some(kv),
         };
-        let charge = replay::Charge::UpTo(allowance);
+        let charge = replay::Charge::Exact;
         replay::check_link(&mut self.exec, hash, &pkg.manifest_data, &mut instance, &link, charge).map_err(|d| {
             match d.kind {
                 // Not the link the checkpoint closes: a malformed package.
