@@ -13,8 +13,6 @@
 //! reads a line back for every tool that reads traces (the adversary
 //! audit, the HTML timeline, tests).
 
-use igor::checkpoint::Hash32;
-use igor::units::Epoch;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -117,126 +115,11 @@ impl Trace {
 /// Scenario validation keeps nodes from being called this.
 pub const SIM: &str = crate::scenario::RESERVED_NODE;
 
-/// The value written for "none" (an absent option, an empty list).
-pub const NONE: &str = "-";
-
-/// Hex digits a hash keeps in a trace: 48 bits, enough to tell apart every
-/// checkpoint of a run (a collision among a few thousand needs ~2^24), and
-/// short enough that a hash change does not rewrap every line.
-pub const HASH_HEX: usize = 12;
-
-// ---- values: one function per value type ----
-
-/// An integer (ticks, budgets, counts, nanoseconds).
-pub fn int(v: impl Into<i128>) -> String {
-    v.into().to_string()
-}
-
-/// A decimal (probabilities), Rust's shortest round-trip form (`0.5`, `1`).
-pub fn float(v: f64) -> String {
-    v.to_string()
-}
-
-/// `true` or `false`.
-pub fn flag(v: bool) -> String {
-    v.to_string()
-}
-
-/// Whether `s` can be written without quotes: non-empty, only
-/// `[A-Za-z0-9_.:/-]`, and not the none marker `-` itself.
-fn is_bare(s: &str) -> bool {
-    !s.is_empty() && s != NONE && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.:/-".contains(c))
-}
-
-/// A name from a closed set or an id (node, agent, state, reason, kind).
-/// Written like [`text`]: an id that is not a bare word gets quotes.
-pub fn word(s: &str) -> String {
-    text(s)
-}
-
-/// Free text: bare if it is a bare word, else in double quotes with `"`,
-/// `\` and control characters escaped as in JSON (`\"`, `\\`, `\n`,
-/// `\u001b`). The one quoting rule of the trace.
-pub fn text(s: &str) -> String {
-    if is_bare(s) {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A checkpoint or content hash: its first [`HASH_HEX`] hex digits.
-pub fn hash(h: &Hash32) -> String {
-    hex_digest(&h.to_hex())
-}
-
-/// A hex digest given as text (a SHA-256 fingerprint): its first
-/// [`HASH_HEX`] digits.
-pub fn hex_digest(hex: &str) -> String {
-    hex.chars().take(HASH_HEX).collect()
-}
-
-/// An epoch, `major.generation`.
-pub fn epoch(e: Epoch) -> String {
-    e.to_string()
-}
-
-/// A list: items joined by `,` (items are bare words), [`NONE`] if empty.
-pub fn list(items: impl IntoIterator<Item = String>) -> String {
-    let items: Vec<String> = items.into_iter().collect();
-    if items.is_empty() { NONE.to_string() } else { items.join(",") }
-}
-
-/// An option: the value, or [`NONE`].
-pub fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
-    v.map_or_else(|| NONE.to_string(), f)
-}
-
-// ---- lines ----
-
-/// One line's `<kind> key=value ...` part. Keys are kept sorted (a map),
-/// so the order never depends on the emitter.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Line {
-    kind: String,
-    fields: BTreeMap<&'static str, String>,
-}
-
-impl Line {
-    pub fn new(kind: &str) -> Self {
-        Line { kind: kind.to_string(), fields: BTreeMap::new() }
-    }
-
-    /// Add `key=value`; `value` comes from one of the value functions.
-    pub fn with(mut self, key: &'static str, value: String) -> Self {
-        let before = self.fields.insert(key, value);
-        debug_assert!(before.is_none(), "key {key} written twice on a {} line", self.kind);
-        self
-    }
-}
-
-impl std::fmt::Display for Line {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.kind)?;
-        for (k, v) in &self.fields {
-            write!(f, " {k}={v}")?;
-        }
-        Ok(())
-    }
-}
+/// The value functions and [`Line`] are the library's (one dialect for
+/// node events and simulator lines): `igor::node::event::text`.
+pub use igor::node::event::text::{
+    HASH_HEX, Line, NONE, epoch, flag, float, hash, hex_digest, int, list, opt, text, word,
+};
 
 /// One trace line read back: time (ns, ms precision), host, kind, and the
 /// fields with quoted values unquoted (`None`: the value was [`NONE`]).

@@ -7,6 +7,8 @@
 
 use crate::authority::{AuthorityState, Reason, Role};
 use crate::checkpoint::Hash32;
+pub mod text;
+
 use crate::executor::TickOutcome;
 use crate::migration::Outcome;
 use crate::units::{AgentId, Epoch, Microcents, NodeId, TickNumber};
@@ -323,36 +325,11 @@ impl Event {
     }
 }
 
-fn write_value(f: &mut fmt::Formatter<'_>, v: &serde_json::Value) -> fmt::Result {
-    match v {
-        serde_json::Value::String(s)
-            if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c)) =>
-        {
-            f.write_str(s)
-        }
-        other => write!(f, "{other}"),
-    }
-}
-
 impl fmt::Display for Event {
+    /// The one text form (`text::event_line`): what traces and the node's
+    /// event log print.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v = serde_json::to_value(self).map_err(|_| fmt::Error)?;
-        match v {
-            serde_json::Value::String(tag) => f.write_str(&tag),
-            serde_json::Value::Object(map) => {
-                for (tag, fields) in map {
-                    f.write_str(&tag)?;
-                    if let serde_json::Value::Object(fields) = fields {
-                        for (k, v) in fields {
-                            write!(f, " {k}=")?;
-                            write_value(f, &v)?;
-                        }
-                    }
-                }
-                Ok(())
-            }
-            other => write!(f, "{other}"),
-        }
+        write!(f, "{}", text::event_line(self))
     }
 }
 
@@ -387,6 +364,6 @@ mod tests {
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<NodeEvent>(&json).unwrap(), e);
         let f = Event::FaultObserved { agent: None, fault: "disk full".into() };
-        assert_eq!(f.to_string(), "fault_observed agent=null fault=\"disk full\"");
+        assert_eq!(f.to_string(), "fault_observed agent=- fault=\"disk full\"");
     }
 }
