@@ -206,6 +206,37 @@ fn every_flipped_log_byte_is_a_divergence_at_that_tick() {
     }
 }
 
+/// A recorded payment the manifest forbids is a forged entry: the live
+/// call refuses a recipient off the list (-3) or an amount over the cap
+/// (-4) before paying, so a log that says it paid one lies, and replay
+/// (the audit's and a migration target's metering check) must not count
+/// it as money the agent spent. Here the payer's honest log (10 to
+/// "alice") is replayed under manifests that would have refused it.
+#[test]
+fn a_recorded_payment_the_manifest_forbids_is_a_divergence() {
+    let mut sb = sandbox();
+    let mut run = start(&mut sb, agent!("payer"), manifest!("payer"), 10_000_000);
+    run.ticks(&mut sb, 3);
+    let (before, after) = (&run.records[1], &run.records[2]);
+    verify_tick(&mut sb, &run.hash, manifest!("payer"), &before.state_after, &before.kv_after, after).unwrap();
+    let payer = |recipients: &str, cap: i64| {
+        format!(
+            r#"{{"capabilities":{{"x402":{{"version":1,"options":{{"allowed_recipients":[{recipients}],"max_payment_microcents":{cap}}}}},"wallet":{{"version":1}}}}}}"#
+        )
+    };
+    for (why, manifest) in
+        [("recipient off the list", payer(r#""bob""#, 100)), ("over the cap", payer(r#""alice""#, 5))]
+    {
+        let d = verify_tick(&mut sb, &run.hash, manifest.as_bytes(), &before.state_after, &before.kv_after, after)
+            .expect_err(why);
+        assert!(matches!(d.kind, DivergenceKind::Log(_)) && d.tick == TickNumber(3), "{why}: {d}");
+        assert!(d.to_string().contains("wallet_pay"), "{why}: {d}");
+    }
+    // No cap (0) and the recipient listed: the payment stands.
+    let uncapped = payer(r#""alice""#, 0);
+    verify_tick(&mut sb, &run.hash, uncapped.as_bytes(), &before.state_after, &before.kv_after, after).unwrap();
+}
+
 #[test]
 fn divergent_state_names_hashes_and_first_byte() {
     let mut sb = sandbox();

@@ -2,6 +2,7 @@
 //! `wallet_pay`, and the payment gateway the node settles through.
 
 use super::*;
+use crate::manifest::PaymentPolicy;
 
 /// One payment request from `wallet_pay`, after every check passed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,11 +125,11 @@ pub(super) fn wallet_pay(
             if !permitted {
                 return Err(-3);
             }
-            let policy = policy.as_ref().ok_or(-3)?;
-            if !policy.allowed_recipients.iter().any(|r| *r == recipient.to_ascii_lowercase()) {
+            let p = policy.as_ref().ok_or(-3)?;
+            if !recipient_allowed(p, &recipient) {
                 return Err(-3);
             }
-            if policy.max_payment_microcents > 0 && amount > policy.max_payment_microcents {
+            if !within_cap(p, amount) {
                 return Err(-4);
             }
             if !buf_ok {
@@ -158,15 +159,19 @@ pub(super) fn wallet_pay(
             }
             Ok(code)
         }
-        // A payment the guest could not have asked for, or that the tick's
-        // budget cannot cover, is a forged entry: paid never exceeds the
-        // budget (RE-3), whatever the log says.
+        // A payment the guest could not have asked for, that the manifest
+        // forbids (no x402 policy, a recipient off its list, more than its
+        // per-payment cap), that the node's authority forbids (CM-5), or
+        // that the tick's budget cannot cover, is a forged entry: the live
+        // call would have refused it before paying, so a log that says it
+        // paid lies (RE-3), whatever it says.
         Some((1, receipt))
             if receipt.len() <= MAX_PAY_RECEIPT_BYTES
                 && buf_ok
                 && amount > 0
-                && recipient.is_ok()
+                && permitted
                 && memo.is_ok()
+                && recipient.as_ref().is_ok_and(|r| policy_allows(policy.as_ref(), r, amount))
                 && amount <= t.budget.0.saturating_sub(t.paid.0) =>
         {
             t.paid = Microcents(t.paid.0.saturating_add(amount));
@@ -177,4 +182,20 @@ pub(super) fn wallet_pay(
         Some((2, [])) => Ok(-6),
         _ => Err(t.inconsistent(Hostcall::WalletPay, "recorded outcome is malformed or not payable")),
     }
+}
+
+/// The manifest lists the recipient (compared in lowercase).
+fn recipient_allowed(policy: &PaymentPolicy, recipient: &str) -> bool {
+    policy.allowed_recipients.iter().any(|r| *r == recipient.to_ascii_lowercase())
+}
+
+/// The amount is within the manifest's per-payment cap (0: no cap).
+fn within_cap(policy: &PaymentPolicy, amount: i64) -> bool {
+    policy.max_payment_microcents <= 0 || amount <= policy.max_payment_microcents
+}
+
+/// What the manifest alone decides about a payment: one rule for the live
+/// call and for a recorded payment on replay.
+fn policy_allows(policy: Option<&PaymentPolicy>, recipient: &str, amount: i64) -> bool {
+    policy.is_some_and(|p| recipient_allowed(p, recipient) && within_cap(p, amount))
 }
