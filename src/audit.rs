@@ -285,7 +285,10 @@ fn log_for(logs: &[&HistoryFile], parent: &Link, link: &Link) -> Result<Option<T
 fn kv_of(input: &AuditInput, agent: &AgentId, link: &Link) -> Option<Result<Vec<u8>, String>> {
     let key = link.ckpt.agent_key()?;
     let mut found = input.kv.iter().filter(|f| kv_tick(&f.name) == Some(link.ckpt.tick));
-    let opened = found.by_ref().map(|f| store::open_kv(key, agent, &link.ckpt, &f.bytes)).collect::<Vec<_>>();
+    let opened = found
+        .by_ref()
+        .map(|f| store::open_kv(key, agent, &link.ckpt, &f.bytes).map_err(|e| e.to_string()))
+        .collect::<Vec<_>>();
     // Several nodes may hold a snapshot of the same tick: any that opens
     // for this checkpoint (the seal binds its state) is the one.
     opened.iter().find(|r| r.is_ok()).cloned().or_else(|| opened.into_iter().next())

@@ -124,6 +124,31 @@ fn run_ctrl_c_resume_keeps_did_and_history_verifies() {
     assert!(text(&out).contains("not the head"), "{}", text(&out));
 }
 
+/// A fast run with a long checkpoint interval still commits at least every
+/// `MAX_TICKS_PER_CHECKPOINT` ticks (like the node), so each link's
+/// observation log stays within the bound the audit enforces and the whole
+/// history replays.
+#[test]
+fn a_fast_run_commits_within_the_log_bound_and_audits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = igord()
+        .args(["run", "--tick-ms", "0", "--fast-tick-ms", "0", "--checkpoint-ms", "600000", "--ticks", "2500"])
+        .arg("--checkpoint-dir")
+        .arg(&data)
+        .arg(agent("counter.wat"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let history = data.join("history/counter");
+    let ticks: Vec<u64> = checkpoints(&history).iter().map(|p| tick_of(p)).collect();
+    assert_eq!(ticks, [0, 1024, 2048, 2500], "links of at most 1,024 ticks");
+    let a = igord().arg("audit").arg(&history).arg("--wasm").arg(agent("counter.wat")).output().unwrap();
+    let t = text(&a);
+    assert_eq!(a.status.code(), Some(0), "{t}");
+    assert!(t.contains("2500 ticks replayed"), "{t}");
+}
+
 #[test]
 fn hostile_agents_fail_typed_and_leave_a_valid_history() {
     let tmp = tempfile::tempdir().unwrap();
@@ -134,6 +159,9 @@ fn hostile_agents_fail_typed_and_leave_a_valid_history() {
         ("hostile_membomb.wat", "unreachable"),
         ("hostile_hugelog.wat", "out of fuel"),
         ("hostile_liar.wat", "agent_checkpoint"),
+        // Snapshots fail only after tick 3: tick 4 completed, but its state
+        // cannot be taken, so it is a fault and never committed.
+        ("hostile_late_liar.wat", "agent_checkpoint"),
     ];
     for (file, expect) in cases {
         let out = igord()

@@ -119,7 +119,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         let key =
             s.key.as_ref().ok_or_else(|| NodeError::disk(agent, DiskFault::Missing("agent key missing")))?.public();
         let sealed = self.disk.read(&store::kv_path(agent, head.tick)).map_err(|e| NodeError::disk(agent, e))?;
-        let kv = store::open_kv_typed(&key, agent, &head, &sealed).map_err(|e| NodeError::disk(agent, e))?;
+        let kv = store::open_kv(&key, agent, &head, &sealed).map_err(|e| NodeError::disk(agent, e))?;
         let hash = self.exec.prepare(&wasm, &s.manifest).map_err(|e| NodeError::guest(agent, e))?;
         if hash != head.wasm_hash {
             let why = format!("module hash {} differs from checkpoint's {}", hash.short(), head.wasm_hash.short());

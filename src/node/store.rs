@@ -87,12 +87,7 @@ pub fn seal_kv(key: &Keypair, agent: &AgentId, tick: TickNumber, state: &[u8], k
 
 /// Check a sealed kv snapshot against the agent key and the checkpoint it
 /// must belong to (tick and state), and return the kv bytes.
-pub fn open_kv(key: &PublicKey, agent: &AgentId, ckpt: &Checkpoint, sealed: &[u8]) -> Result<Vec<u8>, String> {
-    open_kv_typed(key, agent, ckpt, sealed).map_err(|e| e.to_string())
-}
-
-/// [`open_kv`] with the typed error (the node's own callers).
-pub fn open_kv_typed(
+pub fn open_kv(
     key: &PublicKey,
     agent: &AgentId,
     ckpt: &Checkpoint,
@@ -199,6 +194,7 @@ mod tests {
         assert_eq!(open_kv(&key.public(), &agent, &own, &sealed).unwrap(), b"kv bytes");
         let fork = ckpt(&key, 5, b"state B");
         let e = open_kv(&key.public(), &agent, &fork, &sealed).unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("bound to state") && e.contains("kv-user"), "{e}");
         assert!(open_kv(&key.public(), &agent, &ckpt(&key, 6, b"state A"), &sealed).is_err(), "another tick");
         let other = Keypair::from_seed([4; 32]).public();

@@ -179,7 +179,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         ckpt.check_wasm(&hash).map_err(|e| e.to_string())?;
         let public = key.public();
         let kv = match &pkg.kv {
-            Some(sealed) => store::open_kv(&public, agent, ckpt, sealed)?,
+            Some(sealed) => store::open_kv(&public, agent, ckpt, sealed).map_err(|e| e.to_string())?,
             None => Vec::new(),
         };
         let metering = self.cfg.defences.metering_check;
@@ -215,7 +215,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             )));
         }
         let key = prev.agent_key().copied().ok_or("replay base unsigned")?;
-        let kv_before = store::open_kv(&key, agent, &prev, &r.prev_kv)?;
+        let kv_before = store::open_kv(&key, agent, &prev, &r.prev_kv).map_err(|e| e.to_string())?;
         // The ticks ran on the source, at the price its handoff checkpoint
         // names (the parent may come from another node).
         let mut ticks = Vec::with_capacity(r.following.len() + 1);

@@ -44,16 +44,20 @@ fn values_have_one_quoting_rule_and_parse_reads_them_back() {
     assert_eq!(opt(None::<u64>, int), NONE);
     assert_eq!(list(Vec::new()), NONE);
     assert_eq!(list(["a".to_string(), "b".to_string()]), "a,b");
-    let odd = ["budget exhausted", "-", "", "say \"hi\"\\\n\u{1}µ¢ k=v"];
+    // DEL, a C1 control (CSI, which some terminals obey), NEL and the
+    // Unicode line and paragraph separators never appear raw: a peer's
+    // text cannot split a line or drive a terminal.
+    assert_eq!(text("x\u{7f}\u{9b}\u{85}\u{2028}\u{2029}y"), "\"x\\u007f\\u009b\\u0085\\u2028\\u2029y\"");
+    let odd = ["budget exhausted", "-", "", "say \"hi\"\\\n\u{1}µ¢ k=v", "\u{9b}2J\u{2028}"];
     let mut line = Line::new("probe").with("n", int(-5)).with("none", opt(None::<u64>, int));
-    for (k, v) in ["a", "b", "c", "d"].into_iter().zip(odd) {
+    for (k, v) in ["a", "b", "c", "d", "e"].into_iter().zip(odd) {
         line = line.with(k, text(v));
     }
     let mut t = Trace::new();
     t.sim(1_500_000_000, line);
     let p = parse(&t.lines()[0]).expect("a trace line parses");
     assert_eq!((p.at_ns, p.host.as_str(), p.kind.as_str()), (1_500_000_000, SIM, "probe"));
-    for (k, v) in ["a", "b", "c", "d"].into_iter().zip(odd) {
+    for (k, v) in ["a", "b", "c", "d", "e"].into_iter().zip(odd) {
         assert_eq!(p.fields[k].as_deref(), Some(v), "{k}");
     }
     assert_eq!((p.int("n"), p.get("none"), p.get("b")), (Some(-5), None, Some("-")));

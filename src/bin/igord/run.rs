@@ -308,6 +308,15 @@ impl Session {
             TickEnd::Go { more_work } => more_work,
             TickEnd::Exhausted => false,
         };
+        // The tick counts only once its state is taken (an exhausted tick
+        // restarts from the state before it, so its instance can be
+        // snapshotted too): a state that cannot be taken makes the tick a
+        // fault, and nothing of it (tick, budget, log) is committed.
+        let good = match self.sandbox.snapshot(&mut self.inst) {
+            Ok(s) => s,
+            Err(e) => return Ok((Some(Stop::Fault(format!("tick {tick}: {e}"))), false)),
+        };
+        self.good = good;
         self.tick = tick;
         self.ticks_run += 1;
         self.since.get_or_insert(tick);
@@ -316,13 +325,6 @@ impl Session {
         self.total_cost = self.total_cost.checked_add(settled.cost)?;
         self.total_paid = self.total_paid.checked_add(settled.paid)?;
         self.ticks.push(LoggedTick { inputs, event_log: r.event_log });
-        // Keep the state of every completed tick: the next commit takes it
-        // (an exhausted tick restarts from the state before it, so its
-        // instance can be snapshotted too).
-        match self.sandbox.snapshot(&mut self.inst) {
-            Ok(s) => self.good = s,
-            Err(e) => return Ok((Some(Stop::Fault(format!("tick {tick}: {e}"))), false)),
-        }
         if end == TickEnd::Exhausted {
             return Ok((Some(Stop::BudgetExhausted), false));
         }
@@ -348,7 +350,11 @@ impl Session {
             if let Some(stop) = stop {
                 return Ok(stop);
             }
-            if clock.mono_ns() - last_ckpt >= opts.checkpoint_ms * 1_000_000 {
+            // Like the node: a link holds at most MAX_TICKS_PER_CHECKPOINT
+            // ticks (the observation log's bound, which the audit enforces),
+            // whatever the interval.
+            let full = self.ticks.len() as u64 >= igor::node::MAX_TICKS_PER_CHECKPOINT;
+            if full || clock.mono_ns() - last_ckpt >= opts.checkpoint_ms * 1_000_000 {
                 self.commit()?;
                 last_ckpt = clock.mono_ns();
             }

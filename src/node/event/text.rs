@@ -52,7 +52,9 @@ pub fn word(s: &str) -> String {
 
 /// Free text: bare if it is a bare word, else in double quotes with `"`,
 /// `\` and control characters escaped as in JSON (`\"`, `\\`, `\n`,
-/// `\u001b`). The one quoting rule of the trace.
+/// `\u001b`; every control character, DEL and C1 included, and the
+/// Unicode line and paragraph separators: a peer's text never splits a
+/// line or reaches a terminal raw). The one quoting rule of the trace.
 pub fn text(s: &str) -> String {
     if is_bare(s) {
         return s.to_string();
@@ -66,7 +68,9 @@ pub fn text(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)))
+            }
             c => out.push(c),
         }
     }
