@@ -379,11 +379,17 @@ mod tests {
             replayed: Microcents(3),
             allowance: Microcents::ZERO,
         };
+        assert_eq!(
+            d.to_string(),
+            "replay diverged at tick 7: charged 4µ¢ (budget 94µ¢ -> 90µ¢), its replay costs 3µ¢",
+            "an exact charge names no allowance"
+        );
         assert_eq!((d.tick, d.kind), (TickNumber(7), want));
         // Within an allowance it stands; beyond it, it does not.
         assert_eq!(check(&mut c, (4, 100), (7, 89), 7, Charge::UpTo(Microcents(2))), Ok(3));
         let d = check(&mut c, (4, 100), (7, 88), 7, Charge::UpTo(Microcents(2))).unwrap_err();
         assert!(matches!(d.kind, DivergenceKind::Charge { .. }) && d.tick == TickNumber(7), "{d}");
+        assert!(d.to_string().ends_with("its replay costs 3µ¢ (allowance 2µ¢)"), "{d}");
         // Charging less than the replayed cost is a lie too (budget kept).
         let d = check(&mut c, (4, 100), (7, 92), 7, Charge::UpTo(Microcents(2))).unwrap_err();
         assert!(matches!(d.kind, DivergenceKind::Charge { .. }), "{d}");
