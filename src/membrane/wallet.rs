@@ -161,15 +161,15 @@ pub(super) fn wallet_pay(
         }
         // A payment the guest could not have asked for, that the manifest
         // forbids (no x402 policy, a recipient off its list, more than its
-        // per-payment cap), that the node's authority forbids (CM-5), or
-        // that the tick's budget cannot cover, is a forged entry: the live
-        // call would have refused it before paying, so a log that says it
-        // paid lies (RE-3), whatever it says.
+        // per-payment cap), or that the tick's budget cannot cover, is a
+        // forged entry: the live call would have refused it before paying,
+        // so a log that says it paid lies (RE-3), whatever it says. (Whether
+        // side effects were allowed is an input, not the manifest: replay
+        // takes that outcome from the log, CM-4.)
         Some((1, receipt))
             if receipt.len() <= MAX_PAY_RECEIPT_BYTES
                 && buf_ok
                 && amount > 0
-                && permitted
                 && memo.is_ok()
                 && recipient.as_ref().is_ok_and(|r| policy_allows(policy.as_ref(), r, amount))
                 && amount <= t.budget.0.saturating_sub(t.paid.0) =>
