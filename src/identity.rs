@@ -174,7 +174,7 @@ impl fmt::Debug for PublicKey {
 
 impl PublicKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, IdentityError> {
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| IdentityError::BadPublicKey)?;
+        let key = memo::decode_key(&bytes).map_err(|_| IdentityError::BadPublicKey)?;
         Ok(PublicKey { bytes, key })
     }
 

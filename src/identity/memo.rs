@@ -21,7 +21,14 @@
 //! (the order of entries never matters, only memory). Capacity 0, the
 //! default, turns it off entirely: the real node verifies signatures made
 //! by other processes, which a memo would never hit.
+//!
+//! Beside it, under the same switch, a memo of decoded public keys: turning
+//! 32 bytes into a curve point is a square root (~5 µs) and the simulator
+//! decodes the same few node and agent keys at every checkpoint read and
+//! every message. Only keys that decoded are kept, so an invalid key is
+//! refused by the real decoder every time; at most [`KEY_CAPACITY`] keys.
 
+use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -35,8 +42,13 @@ struct Memo {
     hits: u64,
 }
 
+/// Decoded keys kept at most (a world has a few dozen node and agent keys;
+/// an adversary minting keys only empties this small map more often).
+pub const KEY_CAPACITY: usize = 256;
+
 thread_local! {
     static MEMO: RefCell<Memo> = const { RefCell::new(Memo { capacity: 0, entries: BTreeMap::new(), hits: 0 }) };
+    static KEYS: RefCell<BTreeMap<[u8; 32], VerifyingKey>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// Size this thread's memo (0 turns it off and empties it). The simulator
@@ -49,6 +61,29 @@ pub fn set_capacity(capacity: usize) {
             m.entries.clear();
         }
     });
+    if capacity == 0 {
+        KEYS.with(|k| k.borrow_mut().clear());
+    }
+}
+
+/// Decode a public key, from the memo when it is on and the key was decoded
+/// on this thread before. Errors are never remembered.
+pub(super) fn decode_key(bytes: &[u8; 32]) -> Result<VerifyingKey, ed25519_dalek::SignatureError> {
+    if !enabled() {
+        return VerifyingKey::from_bytes(bytes);
+    }
+    if let Some(key) = KEYS.with(|k| k.borrow().get(bytes).copied()) {
+        return Ok(key);
+    }
+    let key = VerifyingKey::from_bytes(bytes)?;
+    KEYS.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() >= KEY_CAPACITY {
+            k.clear();
+        }
+        k.insert(*bytes, key);
+    });
+    Ok(key)
 }
 
 /// Verifications this thread answered from the memo so far (for tests and
@@ -110,7 +145,32 @@ pub(super) fn known_valid(public: &[u8; 32], sig: &[u8; 64], parts: &[&[u8]]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::{Keypair, Signature};
+    use crate::identity::{Keypair, PublicKey, Signature};
+
+    #[test]
+    fn decoded_keys_are_remembered_bounded_and_a_bad_key_is_refused_every_time() {
+        let a = Keypair::from_seed([5; 32]).public();
+        // A y coordinate with no point on the curve (the decoder refuses it).
+        let bad = (0u8..=255)
+            .map(|b| [b; 32])
+            .find(|k| VerifyingKey::from_bytes(k).is_err())
+            .expect("some constant byte string is not a point");
+        set_capacity(8);
+        assert_eq!(PublicKey::from_bytes(*a.as_bytes()).expect("valid"), a);
+        assert_eq!(PublicKey::from_bytes(*a.as_bytes()).expect("valid, from the memo"), a);
+        assert!(KEYS.with(|k| k.borrow().contains_key(a.as_bytes())));
+        for _ in 0..2 {
+            assert!(PublicKey::from_bytes(bad).is_err(), "an invalid key is refused, never remembered");
+        }
+        assert!(!KEYS.with(|k| k.borrow().contains_key(&bad)));
+        for i in 0..(KEY_CAPACITY as u32 + 10) {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            let k = Keypair::from_seed(seed).public();
+            assert_eq!(PublicKey::from_bytes(*k.as_bytes()).expect("valid"), k);
+            assert!(KEYS.with(|k| k.borrow().len()) <= KEY_CAPACITY, "bounded");
+        }
+    }
 
     fn len() -> usize {
         MEMO.with(|m| m.borrow().entries.len())
@@ -160,6 +220,7 @@ mod tests {
         }
         set_capacity(0);
         assert_eq!(len(), 0, "turning it off empties it");
+        assert_eq!(KEYS.with(|k| k.borrow().len()), 0, "and empties the decoded keys");
         assert!(a.public().verify(b"envelope", &sig), "off: the real check answers");
     }
 }
