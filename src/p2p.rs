@@ -29,13 +29,25 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/igor/migrate/1.0.0");
 /// limits (`wire::MAX_MESSAGE_BYTES`) apply after this; this bound only stops
 /// a peer from making us buffer without end.
 pub const MAX_FRAME_BYTES: usize = crate::wire::MAX_MESSAGE_BYTES;
-/// All frames being read at once, over every connection and stream, may
-/// declare at most this many bytes together: one largest frame plus 16 MiB
-/// for ordinary traffic beside it. A frame whose declared length exceeds
-/// what is left is refused before its body is read (the stream is reset),
-/// so inbound buffering is bounded by this number however many peers,
+/// Frames over this many bytes are *large* (packages): each reserves its
+/// declared length up front from [`LARGE_FRAME_LANE`]. Frames up to it are
+/// *ordinary* and draw from [`ORDINARY_FRAME_LANE`] as their bytes arrive.
+pub const SMALL_FRAME_BYTES: usize = 1024 * 1024;
+/// Large frames being read at once declare at most this many bytes
+/// together: one largest frame. A large request that does not fit is read
+/// and dropped and answered [`BUSY`].
+pub const LARGE_FRAME_LANE: usize = MAX_FRAME_BYTES;
+/// Ordinary frames being read at once hold at most this many received
+/// bytes together; large frames never use it, so no declared length can
+/// crowd out announcements, acknowledgements and small packages.
+pub const ORDINARY_FRAME_LANE: usize = 16 * 1024 * 1024;
+/// An ordinary frame's body must arrive within this time of its length
+/// prefix (1 MiB in 10 s is 100 KiB/s): a sender that trickles holds its
+/// bytes of the ordinary lane this long at most.
+pub const SMALL_FRAME_DEADLINE: Duration = Duration::from_secs(10);
+/// Both lanes: the inbound buffering bound however many peers,
 /// connections and streams send at once.
-pub const INBOUND_FRAME_BUDGET: usize = MAX_FRAME_BYTES + 16 * 1024 * 1024;
+pub const INBOUND_FRAME_BUDGET: usize = LARGE_FRAME_LANE + ORDINARY_FRAME_LANE;
 /// Transport safety net. Protocol deadlines live in the state machines and
 /// are much shorter; this only reclaims streams of a vanished peer (and it
 /// bounds how long a slow sender holds its share of the frame budget).
@@ -360,7 +372,7 @@ impl Network for P2pNetwork {
 // No peer ever gets credit for a yamux frame above rust-yamux's frame limit.
 const _: () = assert!(YAMUX_MAX_STREAMS * YAMUX_STREAM_WINDOW <= YAMUX_CONNECTION_WINDOW);
 const _: () = assert!(YAMUX_MAX_STREAM_WINDOW <= YAMUX_MAX_FRAME);
-const _: () = assert!(INBOUND_FRAME_BUDGET >= MAX_FRAME_BYTES);
+const _: () = assert!(LARGE_FRAME_LANE >= MAX_FRAME_BYTES && SMALL_FRAME_BYTES <= ORDINARY_FRAME_LANE);
 
 #[cfg(test)]
 mod tests;

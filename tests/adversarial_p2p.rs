@@ -530,8 +530,9 @@ fn concurrent_control_requests_are_each_answered_and_the_agent_ticks_on() {
     assert_history_verifies(&dir, "after the control storm");
 }
 
-/// While another peer holds most of the inbound frame budget (a 240 MiB
-/// frame declared and never sent), an honest 32 MiB request is read and
+/// While another peer holds the large-frame lane of the inbound budget (a
+/// largest frame declared and never sent, and a 16 MiB one beside it), an
+/// honest 32 MiB request is read and
 /// dropped, and its sender gets `Unreachable` (provably not delivered: a
 /// handoff retries or stays on the source) instead of `Lost` (which would
 /// make a handoff ambiguous and pause the agent). A small request still
@@ -553,9 +554,16 @@ fn a_request_over_the_budget_is_refused_as_not_delivered() {
         });
         let a = P2pNetwork::start(key(1), listen, std::slice::from_ref(&b_addr)).await.unwrap();
         let b_id = b.local_id().clone();
-        let hog = raw::Frame { declared_len: 240 * 1024 * 1024, hang: true, ..Default::default() };
+        // Found 6 (an outside tester): the largest frame and 16 MiB beside
+        // it, both declared and never sent, took the whole shared budget, and
+        // every request was answered busy. Large frames now have a lane of
+        // their own, and ordinary frames hold only bytes that arrived.
+        let max = u32::try_from(igor::p2p::MAX_FRAME_BYTES).unwrap();
+        let hogs = [max, 16 * 1024 * 1024]
+            .map(|declared_len| raw::Frame { declared_len, hang: true, ..Default::default() })
+            .to_vec();
         let mut attacker = raw::Peer::new(key(3), &b_addr, Duration::from_secs(60));
-        let held = tokio::spawn(async move { attacker.send_all(vec![hog]).await });
+        let held = tokio::spawn(async move { attacker.send_all(hogs).await });
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         let big = vec![b'{'; 32 * 1024 * 1024];
@@ -566,6 +574,9 @@ fn a_request_over_the_budget_is_refused_as_not_delivered() {
         }
         let small = tokio::time::timeout(Duration::from_secs(20), a.request(&b_id, b"hi".to_vec())).await.unwrap();
         assert_eq!(small.unwrap(), b"got 2 bytes");
+        let package = vec![b'{'; 300 * 1024];
+        let res = tokio::time::timeout(Duration::from_secs(20), a.request(&b_id, package)).await.unwrap();
+        assert_eq!(res.unwrap(), b"got 307200 bytes", "a small package passes while both hogs are held");
         held.abort();
     });
 }
