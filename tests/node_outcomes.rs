@@ -411,7 +411,7 @@ fn claim(
         head_hash: hash,
         nonce: NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         issued_unix_ns: 0,
-        expiry_unix_ns: i64::MAX,
+        expiry_unix_ns: soon(c),
     };
     let state = AuthorityState::ActiveOwner;
     let agent_signature = agent_key.map(|k| k.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
@@ -700,7 +700,7 @@ fn poisoned_claim(c: &Cluster, agent: &igor::units::AgentId, key: Option<&Keypai
         head_hash: Hash32::of(b"poisoned head"),
         nonce,
         issued_unix_ns: 0,
-        expiry_unix_ns: i64::MAX,
+        expiry_unix_ns: soon(c),
     };
     let state = AuthorityState::ActiveOwner;
     let agent_signature = key.map(|k| k.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
@@ -937,7 +937,7 @@ fn a_recovery_with_no_major_left_is_refused_even_when_forced() {
         head_hash: Hash32::of(b"a head elsewhere"),
         nonce: 77,
         issued_unix_ns: 0,
-        expiry_unix_ns: i64::MAX,
+        expiry_unix_ns: soon(&c),
     };
     let state = AuthorityState::ActiveOwner;
     let agent_signature = Some(key.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
@@ -959,4 +959,10 @@ fn a_recovery_with_no_major_left_is_refused_even_when_forced() {
     assert!(refused, "{}", c.trace_tail(12));
     assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired), "nothing recovered");
     assert!(c.tickers().is_empty());
+}
+
+/// An expiry an honest sender could give a message now (one second ahead:
+/// a node refuses expiries past its package TTL plus the skew margin).
+fn soon(c: &Cluster) -> i64 {
+    igor::env::Clock::unix_ns(&c.clock) + 1_000_000_000
 }

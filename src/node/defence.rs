@@ -177,6 +177,13 @@ pub const MAX_NONCES: usize = 4096;
 pub const MAX_STICKY: usize = 1024;
 /// Agents whose peer view is kept (hosted or not).
 pub const MAX_VIEWS: usize = 4096;
+/// Epoch high-water marks kept, one per (issuer, agent): bounds memory.
+/// When full, a new pair gets no mark (the expiry horizon and the nonce
+/// window still refuse copies); a pair already marked keeps rising.
+pub const MAX_MARKS: usize = 4096;
+/// Token buckets kept, one per (peer, kind); when full, buckets that have
+/// refilled (the same as no bucket) are dropped first.
+pub const MAX_BUCKETS: usize = 4096;
 
 /// What peers announced about one agent.
 #[derive(Clone, Debug, Default)]
@@ -255,13 +262,21 @@ impl Guard {
     /// `Ok(true)`: a copy of a message seen before (the network duplicates
     /// messages): the caller answers it without acting on it again (a
     /// transfer's judgement is idempotent by itself).
-    /// `skew_ns`: the clock-skew margin the protocol tolerates past expiry.
+    /// `skew_ns`: the clock-skew margin the protocol tolerates past expiry;
+    /// `horizon_ns`: the longest lifetime an honest sender gives a message.
+    /// A nonce is remembered until its message expires, but never past
+    /// `now + skew + horizon`: found by an outside tester, messages expiring
+    /// at `i64::MAX` filled the nonce window for good, so later copies went
+    /// unrecognised. (Such messages are not refused: a node whose clock
+    /// jumped ahead sends them honestly, and its recovery queries must be
+    /// answered, `a1/lease-expiry-partition`.)
     pub fn check_fresh(
         &mut self,
         d: &Defences,
         env: &Envelope,
         now_unix_ns: i64,
         skew_ns: i64,
+        horizon_ns: i64,
     ) -> Result<bool, Rejection> {
         if !d.replay_window {
             return Ok(false);
@@ -294,10 +309,14 @@ impl Guard {
         }
         self.nonces.retain(|_, exp| *exp >= now_unix_ns);
         if self.nonces.len() < MAX_NONCES {
-            self.nonces.insert(nonce, h.expiry_unix_ns);
+            let latest = now_unix_ns.saturating_add(skew_ns).saturating_add(horizon_ns);
+            self.nonces.insert(nonce, h.expiry_unix_ns.min(latest));
         }
-        let mark = self.marks.entry(key).or_default();
-        *mark = (*mark).max(h.epoch);
+        if let Some(mark) = self.marks.get_mut(&key) {
+            *mark = (*mark).max(h.epoch);
+        } else if self.marks.len() < MAX_MARKS {
+            self.marks.insert(key, h.epoch);
+        }
         Ok(false)
     }
 
@@ -317,7 +336,24 @@ impl Guard {
             MessageKind::HeadAnnounce => (ANNOUNCE_BURST, ANNOUNCE_REFILL_NS),
             _ => return Ok(()),
         };
-        let b = self.buckets.entry((from.clone(), kind)).or_insert(Bucket { tokens: burst, at_ns: now_mono_ns });
+        let key = (from.clone(), kind);
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_BUCKETS {
+            // A bucket that has refilled is the same as none.
+            self.buckets.retain(|(_, k), b| {
+                let (burst, refill) = match k {
+                    MessageKind::AgentTransfer => (TRANSFER_BURST, TRANSFER_REFILL_NS),
+                    _ => (ANNOUNCE_BURST, ANNOUNCE_REFILL_NS),
+                };
+                b.tokens.saturating_add(now_mono_ns.saturating_sub(b.at_ns) / refill) < burst
+            });
+            if self.buckets.len() >= MAX_BUCKETS {
+                return Err(reject(
+                    Defence::RateLimit,
+                    format!("{kind} from {from}: {MAX_BUCKETS} peers already limited"),
+                ));
+            }
+        }
+        let b = self.buckets.entry(key).or_insert(Bucket { tokens: burst, at_ns: now_mono_ns });
         let earned = now_mono_ns.saturating_sub(b.at_ns) / refill;
         if earned > 0 {
             b.tokens = (b.tokens + earned).min(burst);
@@ -503,12 +539,55 @@ mod tests {
     fn replay_window_refuses_expired_duplicate_and_below_mark() {
         let d = Defences::default();
         let mut g = Guard::default();
-        assert!(!g.check_fresh(&d, &announce("a", 2, 1, 100), 50, 0).unwrap());
-        assert!(g.check_fresh(&d, &announce("a", 2, 1, 100), 60, 0).unwrap(), "a copy is recognised");
-        assert!(g.check_fresh(&d, &announce("a", 1, 2, 100), 60, 0).is_err(), "below the mark");
-        assert!(g.check_fresh(&d, &announce("a", 3, 3, 100), 101, 0).is_err(), "expired");
+        assert!(!g.check_fresh(&d, &announce("a", 2, 1, 100), 50, 0, 100).unwrap());
+        assert!(g.check_fresh(&d, &announce("a", 2, 1, 100), 60, 0, 100).unwrap(), "a copy is recognised");
+        assert!(g.check_fresh(&d, &announce("a", 1, 2, 100), 60, 0, 100).is_err(), "below the mark");
+        assert!(g.check_fresh(&d, &announce("a", 3, 3, 100), 101, 0, 100).is_err(), "expired");
         let off = Defences { replay_window: false, ..d };
-        g.check_fresh(&off, &announce("a", 1, 1, 0), 60, 0).unwrap();
+        g.check_fresh(&off, &announce("a", 1, 1, 0), 60, 0, 100).unwrap();
+    }
+
+    /// Found by an outside tester: unsigned messages (an `igord` without a
+    /// key directory admits any issuer that is its own transport peer), each
+    /// about a new agent and expiring at `i64::MAX`, grew the marks without
+    /// bound (RSS 16 → 58 MB after 140k) and filled the nonce window for
+    /// good. Now a nonce is kept no longer than an honest message lives, and
+    /// the marks and buckets are bounded.
+    #[test]
+    fn far_future_expiry_is_forgotten_at_the_horizon_and_marks_and_buckets_stay_bounded() {
+        let d = Defences::default();
+        let mut g = Guard::default();
+        for i in 0..(MAX_NONCES as u64) {
+            let env = announce(&format!("agent{i}"), 1, i, i64::MAX);
+            assert!(!g.check_fresh(&d, &env, 50, 10, 100).unwrap());
+        }
+        assert_eq!(g.nonces.len(), MAX_NONCES, "the window is full");
+        assert!(
+            g.check_fresh(&d, &announce("agent7", 1, 7, i64::MAX), 160, 10, 100).unwrap(),
+            "a copy, at the horizon"
+        );
+        // Past now + skew + horizon, the window has room again: a new
+        // message is remembered, and so its copy is recognised.
+        assert!(!g.check_fresh(&d, &announce("late", 1, 99_999, 500), 161, 10, 100).unwrap());
+        assert!(g.check_fresh(&d, &announce("late", 1, 99_999, 500), 162, 10, 100).unwrap(), "a copy");
+        assert!(g.nonces.len() <= 2, "{} nonces left", g.nonces.len());
+        for i in 0..(MAX_MARKS as u64 + 100) {
+            let env = announce(&format!("agent{i}"), 1, 1_000_000 + i, 400);
+            g.check_fresh(&d, &env, 200, 10, 100).unwrap();
+            assert!(g.marks.len() <= MAX_MARKS && g.nonces.len() <= MAX_NONCES);
+        }
+        let from = NodeId::new("peer").unwrap();
+        for i in 0..(MAX_BUCKETS as u64 + 100) {
+            let from = NodeId::new(format!("peer{i}")).unwrap();
+            let _ = g.check_rate(&d, &from, MessageKind::HeadAnnounce, 0);
+            assert!(g.buckets.len() <= MAX_BUCKETS);
+        }
+        // Every bucket has used one token of its burst: none is dropped yet,
+        // so a new peer is refused rather than growing the map.
+        assert!(g.check_rate(&d, &from, MessageKind::HeadAnnounce, 0).is_err());
+        // Once they have refilled they are the same as none and make room.
+        g.check_rate(&d, &from, MessageKind::HeadAnnounce, ANNOUNCE_REFILL_NS).unwrap();
+        assert_eq!(g.buckets.len(), 1);
     }
 
     #[test]

@@ -35,6 +35,17 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             self.fault(Some(&env.header.agent), format!("request from {from} is addressed to {}", env.header.audience));
             return Vec::new();
         }
+        // Reply kinds sent as requests are dropped before any defence
+        // remembers anything about them (nonce, mark, bucket): found by an
+        // outside tester, a flood of unsigned `HeadAck` requests, each about
+        // a new agent, grew the node's memory without bound.
+        if matches!(env.body, Body::AgentStarted(_) | Body::HeadAck(_)) {
+            self.fault(
+                Some(&env.header.agent),
+                format!("{} from {from} is a reply, not a request", env_kind(&env.header)),
+            );
+            return Vec::new();
+        }
         let copy = match self.admit(from, &env, now) {
             Ok(copy) => copy,
             Err(r) => return self.claim_rejected(from, &env, r, now),
@@ -69,10 +80,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 let ack = HeadAck { state, agent_signature, highest_major };
                 self.reply_bytes(Envelope::new(reply, Body::HeadAck(ack)))
             }
-            Body::AgentStarted(_) | Body::HeadAck(_) => {
-                self.fault(Some(&header.agent), format!("{} from {from} is a reply, not a request", env_kind(&header)));
-                Vec::new()
-            }
+            // Refused above, before admission.
+            Body::AgentStarted(_) | Body::HeadAck(_) => Vec::new(),
         }
     }
 

@@ -95,7 +95,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         self.guard.check_rate(&d, from, env.kind(), now.mono_ns)?;
         // Expiry tolerates the protocol's clock-skew margin.
         let skew = i64::try_from(self.cfg.migration.max_clock_skew_ns).unwrap_or(i64::MAX);
-        self.guard.check_fresh(&d, env, now.unix_ns, skew)
+        // The longest lifetime this node's own messages get (packages and
+        // announcements: the package TTL; recovery queries: their window).
+        let horizon = self.cfg.migration.package_ttl_ns.max(super::recovery::RECOVERY_QUERY_NS);
+        let horizon = i64::try_from(horizon).unwrap_or(i64::MAX);
+        self.guard.check_fresh(&d, env, now.unix_ns, skew, horizon)
     }
 
     /// Report a request a defence did not believe. A transfer gets a clean,
