@@ -94,7 +94,9 @@ impl FaultState {
     fn draw(&mut self) -> (bool, Duration) {
         let dup = self.faults.duplicate > 0.0 && self.unit() < self.faults.duplicate;
         let (lo, hi) = self.faults.extra_delay_ms;
-        let delay = uniform_inclusive(self.rng.next_u64(), lo, hi);
+        // Draws nothing without a range (the fault stream of a run without
+        // reordering stays what it was).
+        let delay = if hi > lo { uniform_inclusive(self.rng.next_u64(), lo, hi) } else { lo };
         if dup {
             self.counters.duplicated += 1;
         }
