@@ -94,7 +94,9 @@ impl FaultState {
     fn draw(&mut self) -> (bool, Duration) {
         let dup = self.faults.duplicate > 0.0 && self.unit() < self.faults.duplicate;
         let (lo, hi) = self.faults.extra_delay_ms;
-        let delay = if hi > lo { lo + self.rng.next_u64() % (hi - lo + 1) } else { lo };
+        // Draws nothing without a range (the fault stream of a run without
+        // reordering stays what it was).
+        let delay = if hi > lo { uniform_inclusive(self.rng.next_u64(), lo, hi) } else { lo };
         if dup {
             self.counters.duplicated += 1;
         }
@@ -109,6 +111,22 @@ impl FaultState {
         }
         self.counters.corrupted += 1;
         Some((self.rng.next_u64() % (len as u64 * 8)) as usize)
+    }
+}
+
+/// A draw `r` mapped into `lo..=hi` (just `lo` when `hi <= lo`). No pair of
+/// u64 bounds may panic: `0..=u64::MAX` has 2^64 values, one more than a u64
+/// holds, so `hi - lo + 1` would wrap to 0 and `%` divide by it; that range
+/// takes `r` as it is (a scenario's `Reorder` may name any u64).
+fn uniform_inclusive(r: u64, lo: u64, hi: u64) -> u64 {
+    if hi <= lo {
+        return lo;
+    }
+    match (hi - lo).checked_add(1) {
+        // lo + (r % span) <= lo + (hi - lo) = hi: no overflow.
+        Some(span) => lo + r % span,
+        // hi - lo == u64::MAX only for lo == 0, hi == u64::MAX.
+        None => r,
     }
 }
 
@@ -242,5 +260,39 @@ impl Network for SimNet {
 
     async fn accept(&self) -> Option<Incoming> {
         self.inbox.lock().await.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Reorder` with any u64 bound draws a delay instead of panicking
+    /// (the whole-u64 range used to divide by `hi - lo + 1 == 0`).
+    #[test]
+    fn draw_never_panics_on_extreme_delay_bounds() {
+        let bounds = [(0, u64::MAX), (1, u64::MAX), (0, u64::MAX - 1), (u64::MAX, u64::MAX), (u64::MAX, 0), (5, 5)];
+        for (lo, hi) in bounds {
+            let mut f = FaultState::new(7, "a");
+            f.faults.extra_delay_ms = (lo, hi);
+            for _ in 0..64 {
+                let (_, d) = f.draw();
+                let ms = u64::try_from(d.as_millis()).expect("built from a u64 of millis");
+                assert!(ms >= lo.min(hi) && ms <= hi.max(lo), "delay {ms} outside {lo}..={hi}");
+            }
+        }
+    }
+
+    #[test]
+    fn uniform_inclusive_stays_in_range_and_reaches_both_ends() {
+        assert_eq!(uniform_inclusive(u64::MAX, 0, u64::MAX), u64::MAX);
+        assert_eq!(uniform_inclusive(0, 0, u64::MAX), 0);
+        // 1..=u64::MAX spans u64::MAX values: r = u64::MAX - 1 reaches the top.
+        assert_eq!(uniform_inclusive(u64::MAX - 1, 1, u64::MAX), u64::MAX);
+        assert_eq!(uniform_inclusive(u64::MAX, 1, u64::MAX), 1);
+        assert_eq!(uniform_inclusive(3, 10, 12), 10);
+        assert_eq!(uniform_inclusive(5, 10, 12), 12);
+        assert_eq!(uniform_inclusive(9, 4, 4), 4);
+        assert_eq!(uniform_inclusive(9, 8, 2), 8);
     }
 }

@@ -12,6 +12,11 @@
 use super::tick::CommitKind;
 use super::*;
 
+/// Why an agent with no budget left stopped: the reason of every budget
+/// halt (tick.rs halts a tick that crossed zero with the same words, and
+/// the simulator's observer reads the prefix as "for budget").
+const BUDGET_EXHAUSTED: &str = "budget exhausted";
+
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     /// Apply a transition, report it and persist it (HANDOFF_INITIATED is
     /// never persisted). Returns `Err` with the reason if the transition was
@@ -132,12 +137,24 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         s.rewind_to_head();
         s.last_checkpoint_ns = now.mono_ns;
         s.next_tick_ns = now.mono_ns;
-        s.ticking = head.budget > Microcents::ZERO;
+        s.ticking = true;
         s.halted = None;
-        if head.budget == Microcents::ZERO {
-            s.halted = Some("budget exhausted".into());
-        }
+        // Spec §3: an instance started at budget 0 (loaded, adopted or
+        // recovered that way) is stopped for budget at once, and says so
+        // like one that ran out mid-run: the runner's liveness check and
+        // the checker learn of halts only from the event.
+        self.halt_if_spent(agent, head.budget);
         Ok(())
+    }
+
+    /// Spec §3: an agent with no budget left never ticks. Halt it, with
+    /// its event, unless it is halted already (one event per halt). Its
+    /// final checkpoint (budget 0) is the committed head it stands on.
+    fn halt_if_spent(&mut self, agent: &AgentId, budget: Microcents) {
+        let halted = self.agents.get(agent).is_none_or(|s| s.halted.is_some());
+        if budget == Microcents::ZERO && !halted {
+            self.halt(agent, BUDGET_EXHAUSTED.to_string());
+        }
     }
 
     pub(super) fn halt(&mut self, agent: &AgentId, reason: String) {
@@ -258,8 +275,11 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             return Err(self.refuse("deploy", Some(&agent), e));
         }
         if let Some(s) = self.agents.get_mut(&agent) {
-            s.ticking = budget > Microcents::ZERO;
+            s.ticking = true;
         }
+        // Deployed with nothing to spend: the genesis checkpoint is also
+        // the final one (spec §3), and the halt is reported like any other.
+        self.halt_if_spent(&agent, budget);
         self.announce(&agent);
         Ok(())
     }

@@ -242,6 +242,9 @@ impl<'a> World<'a> {
             self.poked = true;
             match what {
                 Sched::Act(action) => {
+                    if let Some(crash) = self.implied_crash(&action) {
+                        self.trace.sim(self.now_ns, trace::action_line("", &crash));
+                    }
                     self.trace.sim(self.now_ns, trace::action_line("", &action));
                     self.coverage.action(self.now_ns, &action);
                     for (node, o) in self.apply(&action, agents) {

@@ -155,6 +155,15 @@ impl Scenario {
                 Action::Drift { ppm, .. } if ppm.unsigned_abs() > MAX_DRIFT_PPM => {
                     return err(format!("{f}.action.ppm"), format!("{ppm} is outside ±{MAX_DRIFT_PPM}"));
                 }
+                // A reordering delay beyond the longest run only ever holds
+                // a request past the end (the net twin copes with any u64,
+                // but such a bound is a typo, not a fault to explore).
+                Action::Reorder { max_delay_ms, .. } if *max_delay_ms > MAX_DURATION_S * 1000 => {
+                    return err(
+                        format!("{f}.action.max_delay_ms"),
+                        format!("{max_delay_ms} is outside 0..={} (the longest run)", MAX_DURATION_S * 1000),
+                    );
+                }
                 Action::Swizzle { nodes, .. } if nodes.is_empty() => {
                     return err(format!("{f}.action.nodes"), "empty".into());
                 }
@@ -440,6 +449,12 @@ mod tests {
             ("Crash(node: \"a\")", "Corrupt(node: \"a\", probability: 2.0)", "timeline[0].action.probability", "2.0)"),
             ("Crash(node: \"a\")", "Drift(node: \"a\", ppm: 900000)", "timeline[0].action.ppm", "900000)"),
             ("Crash(node: \"a\")", "Swizzle(nodes: [], step_ms: 5)", "timeline[0].action.nodes", "[],"),
+            (
+                "Crash(node: \"a\")",
+                "Reorder(node: \"a\", max_delay_ms: 18446744073709551615)",
+                "timeline[0].action.max_delay_ms",
+                "18446744073709551615)",
+            ),
             (
                 "Crash(node: \"a\")",
                 "Restart(node: \"a\", storage: CorruptNewest(agent: \"x\"))",
