@@ -60,7 +60,8 @@ fn main() {
         let run = move |range: std::ops::Range<u64>| {
             range
                 .map(|seed| {
-                    let r = runner::run_stepping(world, base, Some(seed), Stepping::Skip).expect("benchmark world runs");
+                    let r =
+                        runner::run_stepping(world, base, Some(seed), Stepping::Skip).expect("benchmark world runs");
                     r.trace.hash()
                 })
                 .collect::<Vec<_>>()
