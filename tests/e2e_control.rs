@@ -295,3 +295,34 @@ fn unwritable_agent_files_pause_the_agent_and_log_once_per_state_change() {
     let out = igord(&["verify", path(&dir.join("history/counter"))], T);
     assert!(out.0.success(), "{out:?}");
 }
+
+/// Found by an outside tester: `migrate --wait` and `stop` sent together
+/// left the migrate connection closed with no reply (the process exited
+/// under the waiting request), though docs/control-api.md promises a JSON
+/// error. A request still waiting when the node stops is now answered.
+#[test]
+fn a_request_waiting_when_the_node_stops_is_answered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    let mut b = NodeProc::start("B", &dir, &[], &[]);
+    deploy_counter(&b, "1");
+    wait_until("B to tick", T, || b.agent_status().filter(|s| s.ticks_here >= 2));
+    // A target that accepts TCP and never says a word: the handoff is in
+    // flight (dial, handshake timeout, retries) when the node stops.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ghost = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+    let to = format!("/ip4/127.0.0.1/tcp/{}/p2p/{ghost}", silent.local_addr().unwrap().port());
+    let line = format!(r#"{{"op":"migrate","agent":"counter","to":"{to}","wait":true}}"#);
+    let waiting = {
+        let dir = dir.clone();
+        std::thread::spawn(move || raw(&dir, line.as_bytes()))
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let stop = raw(&dir, br#"{"op":"stop"}"#);
+    assert!(matches!(serde_json::from_str::<Reply>(stop.trim()), Ok(Reply::Stopping)), "{stop:?}");
+    let reply = waiting.join().expect("the migrate client");
+    let error = error_of(&reply);
+    assert!(error.contains("node stopped"), "{error}");
+    assert!(b.wait_exit(T).success(), "the node exits cleanly");
+    drop(silent);
+}

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 
 /// Where the libp2p identity lives in the data dir.
 pub const P2P_KEY_PATH: &str = "node/libp2p.key";
@@ -41,6 +41,9 @@ pub const P2P_KEY_PATH: &str = "node/libp2p.key";
 pub const LOCK_FILE: &str = "node.lock";
 /// Control connections served at once (a local operator needs one or two).
 const MAX_CONTROL_CONNECTIONS: usize = 8;
+/// How long a stopping node waits for its control connections to write
+/// their last answers.
+const CONTROL_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// A control client must send its request line within this time.
 const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events buffered for control requests waiting on their answer; a waiter
@@ -198,8 +201,12 @@ async fn serve(args: NodeArgs) -> anyhow::Result<i32> {
     let consumer = tokio::spawn(consume_events(events_rx, board.clone(), fanout.clone(), disk, args.events));
     let socket = args.control.clone().unwrap_or_else(|| args.data_dir.join(control::SOCKET_FILE));
     let listener = bind_control(&socket)?;
+    let (stopped_tx, stopped) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
     let ctx = Arc::new(ControlCtx {
         control: control_tx.clone(),
+        stopped,
+        slots: slots.clone(),
         fanout,
         board,
         net: net.clone(),
@@ -222,6 +229,11 @@ async fn serve(args: NodeArgs) -> anyhow::Result<i32> {
     driver::run(&mut node, &fault_net, &mut control_rx, &events_tx).await;
     drop(events_tx);
     let _ = consumer.await;
+    // Answer every control request still waiting, then give their
+    // connections a moment to write it (the accept loop holds one slot).
+    let _ = stopped_tx.send(true);
+    let others = u32::try_from(MAX_CONTROL_CONNECTIONS - 1).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(CONTROL_DRAIN_TIMEOUT, slots.acquire_many(others)).await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("node stopped");
     Ok(0)
@@ -313,6 +325,13 @@ async fn consume_events(
 
 struct ControlCtx {
     control: mpsc::UnboundedSender<Control>,
+    /// Becomes `true` once the node has stopped: a request still waiting
+    /// for its answer is answered "node stopped" (found by an outside
+    /// tester: `migrate --wait` beside `stop` got an empty reply, the
+    /// process exiting under it).
+    stopped: watch::Receiver<bool>,
+    /// Control connections being served ([`MAX_CONTROL_CONNECTIONS`]).
+    slots: Arc<Semaphore>,
     fanout: broadcast::Sender<NodeEvent>,
     board: Arc<Mutex<StatusBoard>>,
     net: Arc<P2pNetwork>,
@@ -340,9 +359,8 @@ fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 async fn control_server(listener: UnixListener, ctx: Arc<ControlCtx>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = ctx.slots.clone().acquire_owned().await else { return };
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -460,10 +478,15 @@ async fn handle(req: Request, ctx: &ControlCtx) -> Reply {
     if ctx.control.send(Control::Ask { ask, reply }).is_err() {
         return Reply::error("node is stopping");
     }
-    let answer = match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(a)) => a,
-        Ok(Err(_)) => return Reply::error("node stopped before answering"),
-        Err(_) => return late(),
+    let stopped_before = || Reply::error("node stopped before the answer came; see `igord agents` once it runs again");
+    let mut stopped = ctx.stopped.clone();
+    let answer = tokio::select! {
+        a = tokio::time::timeout(timeout, answer) => match a {
+            Ok(Ok(a)) => a,
+            Ok(Err(_)) => return stopped_before(),
+            Err(_) => return late(),
+        },
+        _ = stopped.wait_for(|s| *s) => return stopped_before(),
     };
     let completion = match control::first_reply(&req, &answer) {
         Ok(reply) => return reply,
@@ -484,5 +507,9 @@ async fn handle(req: Request, ctx: &ControlCtx) -> Reply {
             }
         }
     };
-    tokio::time::timeout(timeout, wait).await.unwrap_or_else(|_| late())
+    let mut stopped = ctx.stopped.clone();
+    tokio::select! {
+        r = tokio::time::timeout(timeout, wait) => r.unwrap_or_else(|_| late()),
+        _ = stopped.wait_for(|s| *s) => stopped_before(),
+    }
 }
