@@ -57,13 +57,16 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 self.fall_to_recovery(&agent, reason);
             }
         }
+        // Loaded first: a halt at start (budget 0, a module that no longer
+        // starts) follows it, so the checker's record of this run holds the
+        // halt and flags any tick after it.
+        self.loaded_event(&agent);
         if self.agents.get(&agent).is_some_and(|s| s.authority.state() == AuthorityState::ActiveOwner) {
             if let Err(e) = self.start_instance(&agent) {
                 self.halt(&agent, format!("cannot start after restart: {e}"));
             }
             self.announce(&agent);
         }
-        self.loaded_event(&agent);
     }
 
     /// Why an agent restored from disk must not tick, if it must not.
