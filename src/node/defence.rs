@@ -175,8 +175,16 @@ pub const ANNOUNCE_REFILL_NS: u64 = 500_000_000;
 pub const MAX_NONCES: usize = 4096;
 /// Sticky refusals remembered, for the same reason.
 pub const MAX_STICKY: usize = 1024;
-/// Agents whose peer view is kept (hosted or not).
+/// Agents whose peer view is kept (hosted or not). When full, a new agent's
+/// view replaces the one no claim has moved for longest: found by an outside
+/// tester's reading, views were never dropped, so 4096 claims about agents
+/// an attacker minted (self-certifying ids are free to make) left every
+/// later agent without a view, for good. Now filling must be kept up faster
+/// than real owners announce (every lease renewal).
 pub const MAX_VIEWS: usize = 4096;
+/// Owner claims kept per view, the highest majors (divergence is judged per
+/// major; an agent's key holder could otherwise sign a claim at every major).
+pub const MAX_OWNERS_PER_VIEW: usize = 64;
 /// Epoch high-water marks kept, one per (issuer, agent): bounds memory.
 /// When full, a new pair gets no mark (the expiry horizon and the nonce
 /// window still refuse copies); a pair already marked keeps rising.
@@ -198,6 +206,9 @@ pub struct PeerView {
     pub agent_key: Option<PublicKey>,
     /// Set once two owners or two heads were claimed for one major.
     pub divergent: Option<String>,
+    /// When a claim last moved this view (the guard's own counter): the
+    /// least recently moved view makes room when [`MAX_VIEWS`] are kept.
+    touched: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -225,6 +236,8 @@ pub struct Guard {
     sticky: BTreeMap<(NodeId, u64), (i64, String)>,
     buckets: BTreeMap<(NodeId, MessageKind), Bucket>,
     pub views: BTreeMap<AgentId, PeerView>,
+    /// Counts claims that moved a view ([`PeerView`]'s `touched`).
+    view_clock: u64,
     /// Requests not believed so far.
     pub rejected: u64,
 }
@@ -401,6 +414,19 @@ impl Guard {
             .map_err(|e| reject(Defence::SelfCertifyingIds, format!("{what}: {e}")))
     }
 
+    /// Before a view of `agent` is made: drop the least recently moved view
+    /// if [`MAX_VIEWS`] are kept. Only a claim that will be recorded calls
+    /// this, so an unproven claim evicts nothing.
+    fn make_room_for(&mut self, agent: &AgentId) {
+        if self.views.contains_key(agent) || self.views.len() < MAX_VIEWS {
+            return;
+        }
+        let stalest = self.views.iter().min_by_key(|(_, v)| v.touched).map(|(a, _)| a.clone());
+        if let Some(stalest) = stalest {
+            self.views.remove(&stalest);
+        }
+    }
+
     /// Record a peer's announced view of `agent`. Returns a divergence
     /// description the first time two owners or two heads are claimed for
     /// one epoch major (only with `divergence_detection`).
@@ -421,9 +447,8 @@ impl Guard {
         proof: Option<&[u8]>,
     ) -> Option<String> {
         let (agent, issuer, epoch, head) = (&h.agent, &h.issuer, h.epoch, h.head_hash);
-        if !self.views.contains_key(agent) && self.views.len() >= MAX_VIEWS {
-            return None;
-        }
+        self.view_clock += 1;
+        let touched = self.view_clock;
         let self_certifying = d.self_certifying_ids && crate::identity::agent_id_tag(agent).is_some();
         if self_certifying {
             let known = self.views.get(agent).and_then(|v| v.agent_key);
@@ -434,9 +459,12 @@ impl Guard {
                 })
             });
             let key = proven?;
+            self.make_room_for(agent);
             self.views.entry(agent.clone()).or_default().agent_key = Some(key);
         }
+        self.make_room_for(agent);
         let v = self.views.entry(agent.clone()).or_default();
+        v.touched = touched;
         if v.agent_key.is_none() {
             v.agent_key = agent_key;
         }
@@ -447,6 +475,9 @@ impl Guard {
         match v.owners.get(&epoch.major) {
             None => {
                 v.owners.insert(epoch.major, (issuer.clone(), head));
+                while v.owners.len() > MAX_OWNERS_PER_VIEW {
+                    v.owners.pop_first();
+                }
                 None
             }
             Some((owner, _)) if owner == issuer => {
@@ -687,5 +718,45 @@ mod tests {
             Defence::DivergenceDetection
         );
         assert_eq!(g.check_package(&d, &agent, Epoch::new(1, 3), None).unwrap_err().defence, Defence::ReplayWindow);
+    }
+
+    /// Found by an outside tester's reading: views were never dropped, so
+    /// claims about 4096 agents an attacker made up left every later agent
+    /// without a view (no stale-package or divergence check for it), for
+    /// good; and one agent's key holder could grow a view's owners without
+    /// end, one major at a time. Now the view no claim has moved for longest
+    /// makes room, and a view keeps its 64 highest majors.
+    #[test]
+    fn views_make_room_by_staleness_and_keep_their_highest_majors() {
+        let d = Defences::default();
+        let mut g = Guard::default();
+        let own = AuthorityState::ActiveOwner;
+        let claim = |agent: &str, major: u64| {
+            let mut h = announce("b", major, 0, 0).header;
+            h.agent = AgentId::new(agent).unwrap();
+            h
+        };
+        g.record_view(&d, &claim("real", 1), own, None, None);
+        for i in 0..(MAX_VIEWS - 1) {
+            g.record_view(&d, &claim(&format!("made-up-{i}"), 1), own, None, None);
+        }
+        assert_eq!(g.views.len(), MAX_VIEWS);
+        // The real agent's owner announces again (a lease renewal): its view
+        // is now the freshest, and the next new agent pushes out a made-up one.
+        g.record_view(&d, &claim("real", 2), own, None, None);
+        g.record_view(&d, &claim("newcomer", 1), own, None, None);
+        assert_eq!(g.views.len(), MAX_VIEWS);
+        assert!(g.views.contains_key(&AgentId::new("newcomer").unwrap()), "a new agent still gets a view");
+        assert!(g.views.contains_key(&AgentId::new("real").unwrap()), "the recently announced view stays");
+        assert!(!g.views.contains_key(&AgentId::new("made-up-0").unwrap()), "the stalest made room");
+        let real = AgentId::new("real").unwrap();
+        for major in 3..200 {
+            g.record_view(&d, &claim("real", major), own, None, None);
+        }
+        let v = &g.views[&real];
+        assert_eq!(v.owners.len(), MAX_OWNERS_PER_VIEW);
+        assert_eq!(v.highest.major, 199);
+        assert_eq!(v.owners.keys().next(), Some(&(200 - MAX_OWNERS_PER_VIEW as u64)), "the lowest majors go");
+        assert_eq!(g.check_package(&d, &real, Epoch::new(150, 0), None).unwrap_err().defence, Defence::ReplayWindow);
     }
 }
