@@ -574,6 +574,9 @@ mod tests {
         assert!(g.check_fresh(&d, &announce("a", 2, 1, 100), 60, 0, 100).unwrap(), "a copy is recognised");
         assert!(g.check_fresh(&d, &announce("a", 1, 2, 100), 60, 0, 100).is_err(), "below the mark");
         assert!(g.check_fresh(&d, &announce("a", 3, 3, 100), 101, 0, 100).is_err(), "expired");
+        assert!(!g.check_fresh(&d, &announce("a", 3, 4, 100), 100, 0, 100).unwrap(), "at its expiry: still fresh");
+        assert!(!g.check_fresh(&d, &announce("a", 3, 5, 100), 110, 10, 100).unwrap(), "within the skew margin");
+        assert!(g.check_fresh(&d, &announce("a", 3, 6, 100), 111, 10, 100).is_err(), "past the skew margin");
         let off = Defences { replay_window: false, ..d };
         g.check_fresh(&off, &announce("a", 1, 1, 0), 60, 0, 100).unwrap();
     }
