@@ -29,25 +29,26 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/igor/migrate/1.0.0");
 /// limits (`wire::MAX_MESSAGE_BYTES`) apply after this; this bound only stops
 /// a peer from making us buffer without end.
 pub const MAX_FRAME_BYTES: usize = crate::wire::MAX_MESSAGE_BYTES;
-/// Frames over this many bytes are *large* (packages): each reserves its
-/// declared length up front from [`LARGE_FRAME_LANE`]. Frames up to it are
-/// *ordinary* and draw from [`ORDINARY_FRAME_LANE`] as their bytes arrive.
+/// Requests over this many bytes are *large* (packages) and draw from
+/// [`LARGE_FRAME_LANE`]; those up to it are *ordinary* and draw from
+/// [`ORDINARY_FRAME_LANE`]. Each holds only the bytes that have arrived.
 pub const SMALL_FRAME_BYTES: usize = 1024 * 1024;
-/// Large frames being read at once declare at most this many bytes
-/// together: one largest frame. A large request that does not fit is read
-/// and dropped and answered [`BUSY`].
-pub const LARGE_FRAME_LANE: usize = MAX_FRAME_BYTES;
-/// Ordinary frames being read at once hold at most this many received
-/// bytes together; large frames never use it, so no declared length can
-/// crowd out announcements, acknowledgements and small packages.
+/// Large requests being read at once hold at most this many received bytes
+/// together: one largest frame and 16 MiB beside it. A large request that
+/// does not fit is read and dropped and answered [`BUSY`].
+pub const LARGE_FRAME_LANE: usize = MAX_FRAME_BYTES + 16 * 1024 * 1024;
+/// Ordinary requests being read at once hold at most this many received
+/// bytes together; large requests never use it.
 pub const ORDINARY_FRAME_LANE: usize = 16 * 1024 * 1024;
-/// An ordinary frame's body must arrive within this time of its length
-/// prefix (1 MiB in 10 s is 100 KiB/s): a sender that trickles holds its
-/// bytes of the ordinary lane this long at most.
-pub const SMALL_FRAME_DEADLINE: Duration = Duration::from_secs(10);
-/// Both lanes: the inbound buffering bound however many peers,
+/// Both lanes: the inbound request buffering bound however many peers,
 /// connections and streams send at once.
 pub const INBOUND_FRAME_BUDGET: usize = LARGE_FRAME_LANE + ORDINARY_FRAME_LANE;
+/// Largest reply this node reads (to its own requests: acknowledgements and
+/// [`BUSY`], well under 1 KiB when honest). Replies are outside the budget:
+/// refusing one for budget would turn a handoff's answer into `Lost`, an
+/// ambiguous handoff (found by an outside tester: filling the ordinary lane
+/// paused the agent). Their number is bounded by this node's own requests.
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
 /// Transport safety net. Protocol deadlines live in the state machines and
 /// are much shorter; this only reclaims streams of a vanished peer (and it
 /// bounds how long a slow sender holds its share of the frame budget).

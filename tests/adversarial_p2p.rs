@@ -488,6 +488,43 @@ fn stream_flood_does_not_stop_a_migration_or_the_agent() {
     assert!(peak < base_rss + 256 * 1024, "peak RSS {peak} KiB");
 }
 
+/// Found by an outside tester (against the first fix of found 6): replies
+/// were read from the ordinary lane, so a peer that filled the *source's*
+/// lane with bytes it really sent (24 streams of 1 MiB less a byte, then a
+/// stall) made the source refuse the target's answer to its own package:
+/// `Lost`, an ambiguous handoff, the agent paused in RECOVERY_REQUIRED.
+/// Replies are outside the budget now: the migration completes.
+#[test]
+fn a_full_ordinary_lane_on_the_source_does_not_make_a_handoff_ambiguous() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = NodeProc::start("A", &dir_a, &[], &[]);
+    let b = NodeProc::start("B", &dir_b, &[], &[]);
+    deploy_counter(&a, "1");
+    wait_until("A to tick", T, || a.agent_status().filter(|s| s.tick.0 >= 3));
+    let source: libp2p::Multiaddr = a.addr.parse().unwrap();
+    let rt = rt();
+    let fill = rt.spawn(async move {
+        let mut peer = raw::Peer::new(libp2p::identity::Keypair::generate_ed25519(), &source, Duration::from_secs(60));
+        let mib = 1024 * 1024;
+        let frames = (0..24).map(|_| raw::Frame {
+            declared_len: mib as u32,
+            fill: b'f',
+            fill_len: mib - 1,
+            hang: true,
+            ..Default::default()
+        });
+        tokio::time::timeout(Duration::from_secs(90), peer.send_all(frames.collect())).await
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let out =
+        igord(&["migrate", "counter", "--to", &b.addr, "--wait", "--data-dir", path(&dir_a)], Duration::from_secs(150));
+    assert!(out.0.success() && out.1.contains(": completed"), "migration beside a full ordinary lane: {out:?}");
+    let epoch = wait_until("B to own", T, || b.agent_status().filter(|s| s.ticks_here >= 2)).epoch;
+    assert_still_ticking(&b, epoch, "after the migration");
+    fill.abort();
+}
+
 /// Many control clients at once, mixing reads with commands the node must
 /// refuse: every client gets one well-formed reply, the agent ticks on.
 #[test]
@@ -530,13 +567,15 @@ fn concurrent_control_requests_are_each_answered_and_the_agent_ticks_on() {
     assert_history_verifies(&dir, "after the control storm");
 }
 
-/// While another peer holds the large-frame lane of the inbound budget (a
-/// largest frame declared and never sent, and a 16 MiB one beside it), an
-/// honest 32 MiB request is read and
-/// dropped, and its sender gets `Unreachable` (provably not delivered: a
-/// handoff retries or stays on the source) instead of `Lost` (which would
-/// make a handoff ambiguous and pause the agent). A small request still
-/// gets through.
+/// Found 6 (an outside tester): a peer with no credentials declared a
+/// largest frame and a 16 MiB frame, never sent them, and every request to
+/// the node was answered busy, migrations included. Declared lengths hold
+/// nothing now: honest requests of every size pass beside such streams.
+/// A peer that really *sends* most of the large lane and stalls is what
+/// makes a large request busy: it is read and dropped, and its sender gets
+/// `Unreachable` (provably not delivered: a handoff retries or stays on the
+/// source), never `Lost` (which would make a handoff ambiguous and pause
+/// the agent). Ordinary requests still pass beside it.
 #[test]
 fn a_request_over_the_budget_is_refused_as_not_delivered() {
     use igor::env::{NetError, Network};
@@ -554,29 +593,49 @@ fn a_request_over_the_budget_is_refused_as_not_delivered() {
         });
         let a = P2pNetwork::start(key(1), listen, std::slice::from_ref(&b_addr)).await.unwrap();
         let b_id = b.local_id().clone();
-        // Found 6 (an outside tester): the largest frame and 16 MiB beside
-        // it, both declared and never sent, took the whole shared budget, and
-        // every request was answered busy. Large frames now have a lane of
-        // their own, and ordinary frames hold only bytes that arrived.
+        let ask = |body: Vec<u8>| {
+            let (a, b_id) = (&a, &b_id);
+            async move { tokio::time::timeout(Duration::from_secs(60), a.request(b_id, body)).await.expect("answered") }
+        };
         let max = u32::try_from(igor::p2p::MAX_FRAME_BYTES).unwrap();
-        let hogs = [max, 16 * 1024 * 1024]
+        let declared = [max, 16 * 1024 * 1024]
             .map(|declared_len| raw::Frame { declared_len, hang: true, ..Default::default() })
             .to_vec();
-        let mut attacker = raw::Peer::new(key(3), &b_addr, Duration::from_secs(60));
-        let held = tokio::spawn(async move { attacker.send_all(hogs).await });
+        let mut liar = raw::Peer::new(key(3), &b_addr, Duration::from_secs(60));
+        let lies = tokio::spawn(async move { liar.send_all(declared).await });
         tokio::time::sleep(Duration::from_secs(2)).await;
-
-        let big = vec![b'{'; 32 * 1024 * 1024];
-        let res = tokio::time::timeout(Duration::from_secs(60), a.request(&b_id, big)).await.expect("answered");
-        match res {
-            Err(NetError::Unreachable { reason, .. }) => assert!(reason.contains("budget"), "{reason}"),
-            other => panic!("a request over the budget must be 'not delivered', got {other:?}"),
+        for len in [2, 300 * 1024, 32 * 1024 * 1024] {
+            let res = ask(vec![b'{'; len]).await;
+            assert_eq!(
+                res.unwrap(),
+                format!("got {len} bytes").into_bytes(),
+                "{len} bytes beside declared-only frames"
+            );
         }
-        let small = tokio::time::timeout(Duration::from_secs(20), a.request(&b_id, b"hi".to_vec())).await.unwrap();
-        assert_eq!(small.unwrap(), b"got 2 bytes");
-        let package = vec![b'{'; 300 * 1024];
-        let res = tokio::time::timeout(Duration::from_secs(20), a.request(&b_id, package)).await.unwrap();
-        assert_eq!(res.unwrap(), b"got 307200 bytes", "a small package passes while both hogs are held");
+        lies.abort();
+
+        // All but the last byte of a largest frame, really sent, then a stall.
+        let fill_len = igor::p2p::MAX_FRAME_BYTES - 1;
+        let hog = raw::Frame { declared_len: max, fill: b'h', fill_len, hang: true, ..Default::default() };
+        let mut attacker = raw::Peer::new(key(4), &b_addr, Duration::from_secs(90));
+        let held = tokio::spawn(async move { attacker.send_all(vec![hog]).await });
+        // Until the hog's bytes have arrived the request still fits; then it
+        // must be refused as not delivered (bounded: 60 s).
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match ask(vec![b'{'; 32 * 1024 * 1024]).await {
+                Err(NetError::Unreachable { reason, .. }) => {
+                    assert!(reason.contains("budget"), "{reason}");
+                    break;
+                }
+                Ok(_) if std::time::Instant::now() < until => tokio::time::sleep(Duration::from_secs(1)).await,
+                other => panic!("a request over the budget must be 'not delivered', got {other:?}"),
+            }
+        }
+        for len in [2, 300 * 1024] {
+            let res = ask(vec![b'{'; len]).await;
+            assert_eq!(res.unwrap(), format!("got {len} bytes").into_bytes(), "{len} bytes beside a full large lane");
+        }
         held.abort();
     });
 }

@@ -966,3 +966,58 @@ fn a_recovery_with_no_major_left_is_refused_even_when_forced() {
 fn soon(c: &Cluster) -> i64 {
     igor::env::Clock::unix_ns(&c.clock) + 1_000_000_000
 }
+
+/// A RECOVERY_REQUIRED announcement of the agent from `from` to `to`,
+/// signed with `agent_key` when given.
+fn recovery_claim(c: &Cluster, from: usize, to: usize, agent_key: Option<&Keypair>, nonce: u64) -> Vec<u8> {
+    let h = Header {
+        issuer: c.ids[from].clone(),
+        audience: c.ids[to].clone(),
+        agent: agent(),
+        epoch: Epoch::new(1, 0),
+        head_tick: TickNumber(0),
+        head_hash: Hash32::of(b"any head"),
+        nonce,
+        issued_unix_ns: 0,
+        expiry_unix_ns: soon(c),
+    };
+    let state = AuthorityState::RecoveryRequired;
+    let agent_signature = agent_key.map(|k| k.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
+    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state, agent_key: None, agent_signature })).encode()
+}
+
+/// Found by an outside tester's reading: while an operator's recovery asked
+/// its peers, any admitted peer's *unsigned* RECOVERY_REQUIRED claim made
+/// the recovery refuse ("they may be recovering it too") unless forced. A
+/// node that may really be recovering the agent holds its key and signs its
+/// claim; only such a claim contests a recovery now.
+#[test]
+fn only_a_claim_signed_with_the_agent_key_contests_a_recovery() {
+    for signed in [false, true] {
+        let mut c = running(3);
+        let key = Keypair::from_seed(igor::node::store::read_key_seed(&c.disks[0], &agent()).unwrap());
+        migrate(&mut c, 0, 1);
+        c.requests.clear(); // the package never arrives: a's handoff is in doubt
+        c.crash(0);
+        c.restart(0);
+        assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+        let head = c.node(0).agent(&agent()).unwrap().head_hash;
+        c.node(0).command(Command::Recover { agent: agent(), anchor: head, force: false }).unwrap();
+        let from = c.ids[2].clone();
+        let msg = recovery_claim(&c, 2, 0, signed.then_some(&key), 4242);
+        c.node(0).handle_request(&from, &msg);
+        c.pump();
+        c.settle();
+        c.pump();
+        let refused = c.events.iter().any(|e| {
+            matches!(&e.event, Event::CommandRefused { command, reason, .. } if command == "recover" && reason.contains("may be recovering it too"))
+        });
+        if signed {
+            assert!(refused, "a claim signed with the agent key contests:\n{}", c.trace_tail(20));
+            assert_eq!(c.state(0), Some(AuthorityState::RecoveryRequired));
+        } else {
+            assert!(!refused, "an unsigned claim contests nothing:\n{}", c.trace_tail(20));
+            assert_eq!(c.state(0), Some(AuthorityState::ActiveOwner), "{}", c.trace_tail(20));
+        }
+    }
+}

@@ -1,8 +1,12 @@
 //! The wire framing of the one application protocol: length-prefixed
-//! (u32 big-endian) opaque frames, read within a node-wide inbound byte
-//! budget ([`FrameBudget`]) of two lanes, so a peer cannot make the node
-//! buffer without end, nor starve ordinary messages by declaring (or
-//! trickling) large frames; over budget, a request is answered [`BUSY`].
+//! (u32 big-endian) opaque frames. Requests from peers are read within a
+//! node-wide inbound byte budget ([`FrameBudget`]) of two lanes, each frame
+//! holding only the bytes that really arrived, so a peer can neither make
+//! the node buffer without end nor hold the budget by declaring lengths;
+//! over budget, a request is read and dropped and answered [`BUSY`].
+//! Replies (to this node's own requests) never touch the budget: they are
+//! small and bounded in number, and refusing one would turn a handoff's
+//! answer into `Lost`, an ambiguous handoff, a paused agent.
 
 use super::*;
 
@@ -13,22 +17,17 @@ pub struct FrameCodec {
     budget: FrameBudget,
 }
 
-/// The inbound byte budget, shared by every stream of every connection, in
-/// two lanes:
-/// - **large** frames (declared over [`SMALL_FRAME_BYTES`]: packages)
-///   reserve their whole declared length up front from
-///   [`LARGE_FRAME_LANE`], so one large frame in flight always completes;
-/// - **ordinary** frames (at most [`SMALL_FRAME_BYTES`]: announcements,
-///   acknowledgements, recovery queries, small packages) draw from
-///   [`ORDINARY_FRAME_LANE`] only as their bytes arrive, and must arrive
-///   within [`SMALL_FRAME_DEADLINE`]. Declaring a length holds nothing, and
-///   large frames never touch this lane.
+/// The inbound request budget, shared by every stream of every connection,
+/// in two lanes: **ordinary** requests (at most [`SMALL_FRAME_BYTES`]:
+/// announcements, recovery queries, small packages) draw from
+/// [`ORDINARY_FRAME_LANE`], **large** ones (packages) from
+/// [`LARGE_FRAME_LANE`], so large frames never crowd out ordinary ones.
+/// A frame reserves its bytes as they arrive, not its declared length.
 ///
-/// Found 6 (an outside tester): with one shared pool reserved by declared
-/// length, a peer with no credentials opened two streams declaring a
-/// largest frame and 16 MiB, wrote only the length prefixes and trickled a
-/// byte every 5 s: every request to the node was answered busy for up to
-/// 120 s, migrations included.
+/// Found 6 (an outside tester): with one pool reserved by declared length,
+/// a peer with no credentials declared a largest frame and a 16 MiB frame,
+/// sent only the length prefixes and trickled: every request to the node
+/// was answered busy for up to 120 s, migrations included.
 #[derive(Clone, Debug)]
 pub struct FrameBudget {
     large: Lane,
@@ -98,9 +97,15 @@ impl FrameBudget {
         self.large.left() + self.ordinary.left()
     }
 
-    /// Reserve `len` bytes of the large-frame lane, or `None` if less is left.
+    /// Reserve `len` bytes of the large-frame lane, or `None` if less is
+    /// left (what a large frame in flight holds).
     pub fn reserve(&self, len: usize) -> Option<FrameReservation> {
         self.large.reserve(len)
+    }
+
+    /// Reserve `len` bytes of the ordinary lane, or `None`.
+    pub fn reserve_ordinary(&self, len: usize) -> Option<FrameReservation> {
+        self.ordinary.reserve(len)
     }
 }
 
@@ -114,7 +119,7 @@ pub const BUSY: &[u8] = b"\0igor/busy: the receiver's inbound frame budget is ex
 /// Read and drop `len` more bytes (so the sender finishes writing and reads
 /// the answer): it costs bandwidth, not memory.
 async fn drain<T: futures::AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> io::Result<()> {
-    let mut chunk = vec![0u8; len.min(64 * 1024)];
+    let mut chunk = vec![0u8; len.min(16 * 1024)];
     let mut seen = 0;
     while seen < len {
         let want = (len - seen).min(chunk.len());
@@ -126,23 +131,18 @@ async fn drain<T: futures::AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> 
     Ok(())
 }
 
-/// Read one frame with the node's deadline for ordinary frames. A request
-/// (`drain_when_busy`) that does not fit the budget is read and dropped, and
-/// [`BUSY`] returned in its place; a reply that does not fit is an error.
+fn ended_early(len: usize, read: usize) -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, format!("frame of {len} bytes ended after {read}"))
+}
+
+/// Read one frame. A request (`is_request`) draws from its lane of the
+/// budget as its bytes arrive; one that does not fit is read and dropped,
+/// and [`BUSY`] returned in its place. A reply is read outside the budget,
+/// up to [`MAX_REPLY_BYTES`].
 pub(super) async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
     io: &mut T,
     budget: &FrameBudget,
-    drain_when_busy: bool,
-) -> io::Result<Vec<u8>> {
-    read_frame_within(io, budget, drain_when_busy, SMALL_FRAME_DEADLINE).await
-}
-
-/// [`read_frame`] with the deadline for an ordinary frame's body given.
-pub(super) async fn read_frame_within<T: futures::AsyncRead + Unpin + Send>(
-    io: &mut T,
-    budget: &FrameBudget,
-    drain_when_busy: bool,
-    small_deadline: Duration,
+    is_request: bool,
 ) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -150,31 +150,22 @@ pub(super) async fn read_frame_within<T: futures::AsyncRead + Unpin + Send>(
     if len > MAX_FRAME_BYTES {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes over {MAX_FRAME_BYTES}")));
     }
-    if len <= SMALL_FRAME_BYTES {
-        let body = std::pin::pin!(read_ordinary(io, len, &budget.ordinary, drain_when_busy));
-        let late = futures_timer::Delay::new(small_deadline);
-        return match futures::future::select(body, late).await {
-            futures::future::Either::Left((read, _)) => read,
-            futures::future::Either::Right(((), _)) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("frame of {len} bytes not received within {small_deadline:?}"),
-            )),
-        };
-    }
-    let Some(_held) = budget.large.reserve(len) else {
-        let left = budget.large.left();
-        if drain_when_busy {
-            drain(io, len).await?;
-            return Ok(BUSY.to_vec());
+    if !is_request {
+        if len > MAX_REPLY_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("reply of {len} bytes over {MAX_REPLY_BYTES}"),
+            ));
         }
-        return Err(io::Error::new(
-            io::ErrorKind::OutOfMemory,
-            format!("frame of {len} bytes over the {left} bytes left of the inbound frame budget"),
-        ));
-    };
-    // Memory follows the bytes that arrive, not the declared length: the
-    // reserved capacity is untouched (not resident) until written, and no
-    // spare capacity is zeroed ahead of the data.
+        let mut body = vec![0u8; len];
+        io.read_exact(&mut body).await?;
+        return Ok(body);
+    }
+    let lane = if len <= SMALL_FRAME_BYTES { &budget.ordinary } else { &budget.large };
+    // Holds nothing yet: a reservation of zero bytes always succeeds.
+    let Some(mut held) = lane.reserve(0) else { return Ok(BUSY.to_vec()) };
+    // Memory follows the bytes that arrive: the capacity is not resident
+    // until written, and each chunk is reserved before it is kept.
     let mut body = Vec::with_capacity(len);
     let mut chunk = vec![0u8; len.min(64 * 1024)];
     while body.len() < len {
@@ -183,48 +174,12 @@ pub(super) async fn read_frame_within<T: futures::AsyncRead + Unpin + Send>(
         if n == 0 {
             return Err(ended_early(len, body.len()));
         }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Ok(body)
-}
-
-fn ended_early(len: usize, read: usize) -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, format!("frame of {len} bytes ended after {read}"))
-}
-
-/// An ordinary frame's body: each chunk is reserved as it arrives, so a
-/// stalled sender holds only the bytes it really sent.
-async fn read_ordinary<T: futures::AsyncRead + Unpin + Send>(
-    io: &mut T,
-    len: usize,
-    lane: &Lane,
-    drain_when_busy: bool,
-) -> io::Result<Vec<u8>> {
-    let busy = |left: usize| {
-        io::Error::new(
-            io::ErrorKind::OutOfMemory,
-            format!("frame of {len} bytes over the {left} bytes left of the ordinary frame budget"),
-        )
-    };
-    let Some(mut held) = lane.reserve(0) else { return Err(busy(lane.left())) };
-    let mut body = Vec::new();
-    let mut chunk = vec![0u8; len.min(16 * 1024)];
-    while body.len() < len {
-        let want = (len - body.len()).min(chunk.len());
-        let n = io.read(&mut chunk[..want]).await?;
-        if n == 0 {
-            return Err(ended_early(len, body.len()));
-        }
         if !held.grow(n) {
-            let left = lane.left();
             let read = body.len() + n;
             drop(body);
             drop(held);
-            if drain_when_busy {
-                drain(io, len - read).await?;
-                return Ok(BUSY.to_vec());
-            }
-            return Err(busy(left));
+            drain(io, len - read).await?;
+            return Ok(BUSY.to_vec());
         }
         body.extend_from_slice(&chunk[..n]);
     }
