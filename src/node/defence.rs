@@ -186,12 +186,23 @@ pub const MAX_VIEWS: usize = 4096;
 /// major; an agent's key holder could otherwise sign a claim at every major).
 pub const MAX_OWNERS_PER_VIEW: usize = 64;
 /// Epoch high-water marks kept, one per (issuer, agent): bounds memory.
-/// When full, a new pair gets no mark (the expiry horizon and the nonce
-/// window still refuse copies); a pair already marked keeps rising.
+/// When full, the mark raised longest ago makes room for a new pair.
 pub const MAX_MARKS: usize = 4096;
 /// Token buckets kept, one per (peer, kind); when full, buckets that have
-/// refilled (the same as no bucket) are dropped first.
+/// refilled (the same as no bucket) are dropped, or else the one closest
+/// to refilled: a new peer is never refused for the table's size, and a
+/// drained bucket (a flooding peer's) is the last to go.
 pub const MAX_BUCKETS: usize = 4096;
+
+/// The token bucket of a kind of request: (burst, refill interval), or
+/// `None` for kinds that are not rate limited.
+fn bucket_limits(kind: MessageKind) -> Option<(u64, u64)> {
+    match kind {
+        MessageKind::AgentTransfer => Some((TRANSFER_BURST, TRANSFER_REFILL_NS)),
+        MessageKind::HeadAnnounce => Some((ANNOUNCE_BURST, ANNOUNCE_REFILL_NS)),
+        _ => None,
+    }
+}
 
 /// What peers announced about one agent.
 #[derive(Clone, Debug, Default)]
@@ -231,7 +242,9 @@ fn reject(defence: Defence, reason: String) -> Rejection {
 /// The defences' memory on one node.
 #[derive(Debug, Default)]
 pub struct Guard {
-    marks: BTreeMap<(NodeId, AgentId), Epoch>,
+    /// The mark, and when it was last raised (`mark_clock`).
+    marks: BTreeMap<(NodeId, AgentId), (Epoch, u64)>,
+    mark_clock: u64,
     nonces: BTreeMap<(NodeId, u64), i64>,
     sticky: BTreeMap<(NodeId, u64), (i64, String)>,
     buckets: BTreeMap<(NodeId, MessageKind), Bucket>,
@@ -302,7 +315,7 @@ impl Guard {
             ));
         }
         let key = (h.issuer.clone(), h.agent.clone());
-        if let Some(mark) = self.marks.get(&key)
+        if let Some((mark, _)) = self.marks.get(&key)
             && h.epoch.major < mark.major
         {
             return Err(reject(
@@ -325,11 +338,17 @@ impl Guard {
             let latest = now_unix_ns.saturating_add(skew_ns).saturating_add(horizon_ns);
             self.nonces.insert(nonce, h.expiry_unix_ns.min(latest));
         }
-        if let Some(mark) = self.marks.get_mut(&key) {
-            *mark = (*mark).max(h.epoch);
-        } else if self.marks.len() < MAX_MARKS {
-            self.marks.insert(key, h.epoch);
+        self.mark_clock += 1;
+        let raised = self.mark_clock;
+        if !self.marks.contains_key(&key) && self.marks.len() >= MAX_MARKS {
+            // The mark raised longest ago makes room (found by an outside
+            // reviewer: a full table gave every later pair no mark, for good).
+            if let Some(stalest) = self.marks.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone()) {
+                self.marks.remove(&stalest);
+            }
         }
+        let (mark, at) = self.marks.entry(key).or_insert((h.epoch, raised));
+        (*mark, *at) = ((*mark).max(h.epoch), raised);
         Ok(false)
     }
 
@@ -344,26 +363,20 @@ impl Guard {
         if !d.rate_limit {
             return Ok(());
         }
-        let (burst, refill) = match kind {
-            MessageKind::AgentTransfer => (TRANSFER_BURST, TRANSFER_REFILL_NS),
-            MessageKind::HeadAnnounce => (ANNOUNCE_BURST, ANNOUNCE_REFILL_NS),
-            _ => return Ok(()),
-        };
+        let Some((burst, refill)) = bucket_limits(kind) else { return Ok(()) };
         let key = (from.clone(), kind);
         if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_BUCKETS {
-            // A bucket that has refilled is the same as none.
-            self.buckets.retain(|(_, k), b| {
-                let (burst, refill) = match k {
-                    MessageKind::AgentTransfer => (TRANSFER_BURST, TRANSFER_REFILL_NS),
-                    _ => (ANNOUNCE_BURST, ANNOUNCE_REFILL_NS),
-                };
-                b.tokens.saturating_add(now_mono_ns.saturating_sub(b.at_ns) / refill) < burst
-            });
-            if self.buckets.len() >= MAX_BUCKETS {
-                return Err(reject(
-                    Defence::RateLimit,
-                    format!("{kind} from {from}: {MAX_BUCKETS} peers already limited"),
-                ));
+            // Tokens missing from each bucket now (0: refilled, the same as
+            // no bucket).
+            let deficit = |(_, k): &(NodeId, MessageKind), b: &Bucket| {
+                let (burst, refill) = bucket_limits(*k).unwrap_or((ANNOUNCE_BURST, ANNOUNCE_REFILL_NS));
+                burst.saturating_sub(b.tokens.saturating_add(now_mono_ns.saturating_sub(b.at_ns) / refill))
+            };
+            self.buckets.retain(|k, b| deficit(k, b) > 0);
+            if self.buckets.len() >= MAX_BUCKETS
+                && let Some(closest) = self.buckets.iter().min_by_key(|(k, b)| deficit(k, b)).map(|(k, _)| k.clone())
+            {
+                self.buckets.remove(&closest);
             }
         }
         let b = self.buckets.entry(key).or_insert(Bucket { tokens: burst, at_ns: now_mono_ns });
@@ -610,18 +623,42 @@ mod tests {
             g.check_fresh(&d, &env, 200, 10, 100).unwrap();
             assert!(g.marks.len() <= MAX_MARKS && g.nonces.len() <= MAX_NONCES);
         }
-        let from = NodeId::new("peer").unwrap();
-        for i in 0..(MAX_BUCKETS as u64 + 100) {
-            let from = NodeId::new(format!("peer{i}")).unwrap();
-            let _ = g.check_rate(&d, &from, MessageKind::HeadAnnounce, 0);
-            assert!(g.buckets.len() <= MAX_BUCKETS);
+        // A full table of marks: the one raised longest ago makes room, so a
+        // new pair still gets its mark and a freshly raised one stays.
+        g.check_fresh(&d, &announce("agent4195", 5, 3_000_000, 400), 200, 10, 100).unwrap();
+        g.check_fresh(&d, &announce("newcomer", 7, 3_000_001, 400), 200, 10, 100).unwrap();
+        assert_eq!(g.marks.len(), MAX_MARKS);
+        assert!(g.check_fresh(&d, &announce("newcomer", 6, 3_000_002, 400), 200, 10, 100).is_err(), "marked");
+        assert!(g.check_fresh(&d, &announce("agent4195", 4, 3_000_003, 400), 200, 10, 100).is_err(), "kept");
+        assert!(!g.marks.keys().any(|(issuer, _)| issuer.as_str() == "agent100"), "the stalest went");
+    }
+
+    /// Found by an outside reviewer: a full table of rate buckets, all in
+    /// use, refused every new peer. Now refilled buckets go first, or else
+    /// the one closest to refilled; a drained bucket (a flooding peer's)
+    /// stays, so it earns no fresh burst.
+    #[test]
+    fn a_full_bucket_table_makes_room_and_keeps_drained_buckets() {
+        let d = Defences::default();
+        let mut g = Guard::default();
+        let flooder = n("flooder");
+        for _ in 0..ANNOUNCE_BURST {
+            g.check_rate(&d, &flooder, MessageKind::HeadAnnounce, 0).unwrap();
         }
-        // Every bucket has used one token of its burst: none is dropped yet,
-        // so a new peer is refused rather than growing the map.
-        assert!(g.check_rate(&d, &from, MessageKind::HeadAnnounce, 0).is_err());
-        // Once they have refilled they are the same as none and make room.
-        g.check_rate(&d, &from, MessageKind::HeadAnnounce, ANNOUNCE_REFILL_NS).unwrap();
-        assert_eq!(g.buckets.len(), 1);
+        for i in 0..(MAX_BUCKETS as u64 - 1) {
+            g.check_rate(&d, &n(&format!("peer{i}")), MessageKind::HeadAnnounce, 0).unwrap();
+        }
+        assert_eq!(g.buckets.len(), MAX_BUCKETS);
+        // 1 ns later nothing has refilled: one bucket makes room, not all.
+        g.check_rate(&d, &n("newcomer"), MessageKind::HeadAnnounce, 1).unwrap();
+        assert_eq!(g.buckets.len(), MAX_BUCKETS);
+        assert!(g.check_rate(&d, &flooder, MessageKind::HeadAnnounce, 2).is_err(), "the drained bucket stayed");
+        // A peer already in the full table is limited as usual.
+        g.check_rate(&d, &n("peer7"), MessageKind::HeadAnnounce, 3).unwrap();
+        assert_eq!(g.buckets.len(), MAX_BUCKETS);
+        // Once they have refilled they are the same as none.
+        g.check_rate(&d, &n("late"), MessageKind::HeadAnnounce, ANNOUNCE_REFILL_NS).unwrap();
+        assert!(g.buckets.len() < 10, "{} buckets left", g.buckets.len());
     }
 
     #[test]
@@ -652,6 +689,13 @@ mod tests {
         assert!(g.check_rate(&d, &m, MessageKind::AgentTransfer, 1).is_err());
         g.check_rate(&d, &m, MessageKind::AgentTransfer, TRANSFER_REFILL_NS).unwrap();
         assert!(g.check_rate(&d, &m, MessageKind::AgentTransfer, TRANSFER_REFILL_NS).is_err());
+        // Two refills earn two tokens, and the next one is a whole refill
+        // after the second, not earlier.
+        let r = TRANSFER_REFILL_NS;
+        g.check_rate(&d, &m, MessageKind::AgentTransfer, 3 * r).unwrap();
+        g.check_rate(&d, &m, MessageKind::AgentTransfer, 3 * r).unwrap();
+        assert!(g.check_rate(&d, &m, MessageKind::AgentTransfer, 4 * r - 1).is_err());
+        g.check_rate(&d, &m, MessageKind::AgentTransfer, 4 * r).unwrap();
     }
 
     #[test]
