@@ -176,12 +176,17 @@ pub const MAX_NONCES: usize = 4096;
 /// Sticky refusals remembered, for the same reason.
 pub const MAX_STICKY: usize = 1024;
 /// Agents whose peer view is kept (hosted or not). When full, a new agent's
-/// view replaces the one no claim has moved for longest: found by an outside
-/// tester's reading, views were never dropped, so 4096 claims about agents
-/// an attacker minted (self-certifying ids are free to make) left every
-/// later agent without a view, for good. Now filling must be kept up faster
-/// than real owners announce (every lease renewal).
+/// view replaces the one no claim has moved for longest, if that one has
+/// been still for [`VIEW_KEEP_NS`] and is not divergent; otherwise the new
+/// agent gets no view. Found by outside testers: views were never dropped,
+/// so 4096 claims about made-up agents left every later agent without a
+/// view, for good; and evicting the stalest view at once let a cheap
+/// unsigned flood push out a live agent's pinned (first-seen) key and then
+/// poison it. A live owner re-announces at every lease renewal, so its view
+/// is never that still; made-up views must be kept moving to hold room.
 pub const MAX_VIEWS: usize = 4096;
+/// How long a peer view must have been still before it may make room.
+pub const VIEW_KEEP_NS: u64 = 10 * 60 * 1_000_000_000;
 /// Owner claims kept per view, the highest majors (divergence is judged per
 /// major; an agent's key holder could otherwise sign a claim at every major).
 pub const MAX_OWNERS_PER_VIEW: usize = 64;
@@ -217,9 +222,9 @@ pub struct PeerView {
     pub agent_key: Option<PublicKey>,
     /// Set once two owners or two heads were claimed for one major.
     pub divergent: Option<String>,
-    /// When a claim last moved this view (the guard's own counter): the
-    /// least recently moved view makes room when [`MAX_VIEWS`] are kept.
-    touched: u64,
+    /// When a claim last moved this view (monotonic ns): only a view no
+    /// claim has moved for [`VIEW_KEEP_NS`] may make room for another.
+    touched_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -249,8 +254,6 @@ pub struct Guard {
     sticky: BTreeMap<(NodeId, u64), (i64, String)>,
     buckets: BTreeMap<(NodeId, MessageKind), Bucket>,
     pub views: BTreeMap<AgentId, PeerView>,
-    /// Counts claims that moved a view ([`PeerView`]'s `touched`).
-    view_clock: u64,
     /// Requests not believed so far.
     pub rejected: u64,
 }
@@ -427,16 +430,25 @@ impl Guard {
             .map_err(|e| reject(Defence::SelfCertifyingIds, format!("{what}: {e}")))
     }
 
-    /// Before a view of `agent` is made: drop the least recently moved view
-    /// if [`MAX_VIEWS`] are kept. Only a claim that will be recorded calls
-    /// this, so an unproven claim evicts nothing.
-    fn make_room_for(&mut self, agent: &AgentId) {
+    /// Before a view of `agent` is made: `true` if there is room, making it
+    /// by dropping the view no claim has moved for longest when that one has
+    /// been still for [`VIEW_KEEP_NS`] and is not divergent.
+    fn make_room_for(&mut self, agent: &AgentId, now_mono_ns: u64) -> bool {
         if self.views.contains_key(agent) || self.views.len() < MAX_VIEWS {
-            return;
+            return true;
         }
-        let stalest = self.views.iter().min_by_key(|(_, v)| v.touched).map(|(a, _)| a.clone());
-        if let Some(stalest) = stalest {
-            self.views.remove(&stalest);
+        let stalest = self
+            .views
+            .iter()
+            .filter(|(_, v)| v.divergent.is_none() && now_mono_ns.saturating_sub(v.touched_ns) >= VIEW_KEEP_NS)
+            .min_by_key(|(_, v)| v.touched_ns)
+            .map(|(a, _)| a.clone());
+        match stalest {
+            Some(stalest) => {
+                self.views.remove(&stalest);
+                true
+            }
+            None => false,
         }
     }
 
@@ -458,10 +470,9 @@ impl Guard {
         state: AuthorityState,
         agent_key: Option<PublicKey>,
         proof: Option<&[u8]>,
+        now_mono_ns: u64,
     ) -> Option<String> {
         let (agent, issuer, epoch, head) = (&h.agent, &h.issuer, h.epoch, h.head_hash);
-        self.view_clock += 1;
-        let touched = self.view_clock;
         let self_certifying = d.self_certifying_ids && crate::identity::agent_id_tag(agent).is_some();
         if self_certifying {
             let known = self.views.get(agent).and_then(|v| v.agent_key);
@@ -472,12 +483,16 @@ impl Guard {
                 })
             });
             let key = proven?;
-            self.make_room_for(agent);
+            if !self.make_room_for(agent, now_mono_ns) {
+                return None;
+            }
             self.views.entry(agent.clone()).or_default().agent_key = Some(key);
         }
-        self.make_room_for(agent);
+        if !self.make_room_for(agent, now_mono_ns) {
+            return None;
+        }
         let v = self.views.entry(agent.clone()).or_default();
-        v.touched = touched;
+        v.touched_ns = now_mono_ns;
         if v.agent_key.is_none() {
             v.agent_key = agent_key;
         }
@@ -719,9 +734,9 @@ mod tests {
         let mut g = Guard::default();
         // Unsigned, or signed by a key that is not the id's: no view at all.
         let h9 = header(9);
-        assert!(g.record_view(&d, &h9, own, None, None).is_none());
+        assert!(g.record_view(&d, &h9, own, None, None, 0).is_none());
         let forged = sign(&poisoner, &h9);
-        g.record_view(&d, &h9, own, Some(poisoner.public()), Some(&forged));
+        g.record_view(&d, &h9, own, Some(poisoner.public()), Some(&forged), 0);
         assert!(g.views.get(&agent).is_none_or(|v| v.agent_key.is_none() && v.highest == Epoch::default()));
         g.check_package(&d, &agent, Epoch::new(2, 0), Some(&owner.public())).expect("nothing poisoned the view");
         let e = g.check_package(&d, &agent, Epoch::new(9, 0), Some(&poisoner.public())).unwrap_err();
@@ -729,16 +744,16 @@ mod tests {
         // The owner's signed claim sets key and epoch; a later claim signed
         // by the key the view holds counts without repeating the key.
         let h2 = header(2);
-        g.record_view(&d, &h2, own, Some(owner.public()), Some(&sign(&owner, &h2)));
+        g.record_view(&d, &h2, own, Some(owner.public()), Some(&sign(&owner, &h2)), 0);
         let h3 = header(3);
-        g.record_view(&d, &h3, own, None, Some(&sign(&owner, &h3)));
+        g.record_view(&d, &h3, own, None, Some(&sign(&owner, &h3)), 0);
         let v = &g.views[&agent];
         assert_eq!((v.agent_key, v.highest), (Some(owner.public()), Epoch::new(3, 0)));
         assert!(owner.public().verify(&crate::wire::agent_claim_bytes(&h3, Some(own)), &Signature(sign(&owner, &h3))));
         // Off: the first key heard is believed (trust on first use).
         let off = Defences { self_certifying_ids: false, ..d };
         let mut g = Guard::default();
-        g.record_view(&off, &h9, own, Some(poisoner.public()), Some(&forged));
+        g.record_view(&off, &h9, own, Some(poisoner.public()), Some(&forged), 0);
         assert_eq!(g.views[&agent].agent_key, Some(poisoner.public()));
         assert_eq!(
             g.check_package(&off, &agent, Epoch::new(2, 0), Some(&owner.public())).unwrap_err().defence,
@@ -757,9 +772,9 @@ mod tests {
             (h.epoch, h.head_hash) = (Epoch::new(major, generation), Hash32::of(head));
             h
         };
-        assert!(g.record_view(&d, &claim("b", 2, 0, b"x"), own, None, None).is_none());
-        assert!(g.record_view(&d, &claim("b", 2, 1, b"y"), own, None, None).is_none());
-        assert!(g.record_view(&d, &claim("a", 2, 1, b"z"), own, None, None).is_some());
+        assert!(g.record_view(&d, &claim("b", 2, 0, b"x"), own, None, None, 0).is_none());
+        assert!(g.record_view(&d, &claim("b", 2, 1, b"y"), own, None, None, 0).is_none());
+        assert!(g.record_view(&d, &claim("a", 2, 1, b"z"), own, None, None, 0).is_some());
         assert_eq!(
             g.check_package(&d, &agent, Epoch::new(2, 3), None).unwrap_err().defence,
             Defence::DivergenceDetection
@@ -767,14 +782,14 @@ mod tests {
         assert_eq!(g.check_package(&d, &agent, Epoch::new(1, 3), None).unwrap_err().defence, Defence::ReplayWindow);
     }
 
-    /// Found by an outside tester's reading: views were never dropped, so
-    /// claims about 4096 agents an attacker made up left every later agent
-    /// without a view (no stale-package or divergence check for it), for
-    /// good; and one agent's key holder could grow a view's owners without
-    /// end, one major at a time. Now the view no claim has moved for longest
-    /// makes room, and a view keeps its 64 highest majors.
+    /// Found by outside testers: views were never dropped, so claims about
+    /// 4096 made-up agents left every later agent without a view, for good;
+    /// and a first fix that evicted the stalest view at once let a cheap
+    /// unsigned flood push out a live legacy agent's first-seen key and then
+    /// poison it. Now only a view still for `VIEW_KEEP_NS` (and not
+    /// divergent) makes room; and a view keeps its 64 highest majors.
     #[test]
-    fn views_make_room_by_staleness_and_keep_their_highest_majors() {
+    fn views_make_room_only_from_long_still_views_and_keep_their_highest_majors() {
         let d = Defences::default();
         let mut g = Guard::default();
         let own = AuthorityState::ActiveOwner;
@@ -783,27 +798,43 @@ mod tests {
             h.agent = AgentId::new(agent).unwrap();
             h
         };
-        g.record_view(&d, &claim("real", 1), own, None, None);
-        for i in 0..(MAX_VIEWS - 1) {
-            g.record_view(&d, &claim(&format!("made-up-{i}"), 1), own, None, None);
+        let id = |a: &str| AgentId::new(a).unwrap();
+        let real_key = crate::identity::Keypair::from_seed([9; 32]).public();
+        g.record_view(&d, &claim("real", 1), own, Some(real_key), None, 0);
+        g.record_view(&d, &claim("split", 1), own, None, None, 0);
+        let mut fork = claim("split", 1);
+        fork.issuer = n("c");
+        assert!(g.record_view(&d, &fork, own, None, None, 0).is_some(), "divergent");
+        for i in 0..(MAX_VIEWS - 2) {
+            g.record_view(&d, &claim(&format!("made-up-{i}"), 1), own, None, None, 1);
         }
         assert_eq!(g.views.len(), MAX_VIEWS);
-        // The real agent's owner announces again (a lease renewal): its view
-        // is now the freshest, and the next new agent pushes out a made-up one.
-        g.record_view(&d, &claim("real", 2), own, None, None);
-        g.record_view(&d, &claim("newcomer", 1), own, None, None);
+        // A flood right away evicts nothing: every view moved recently.
+        g.record_view(&d, &claim("flood", 1), own, None, None, 2);
+        assert!(!g.views.contains_key(&id("flood")));
+        assert_eq!(g.views[&id("real")].agent_key, Some(real_key), "the pinned key stays");
+        // The live owner re-announces within the keep time; much later a new
+        // agent takes the room of a still made-up view, never the live one's
+        // or the divergent one's.
+        g.record_view(&d, &claim("real", 2), own, None, None, VIEW_KEEP_NS - 1);
+        g.record_view(&d, &claim("newcomer", 1), own, None, None, VIEW_KEEP_NS + 1);
+        assert!(g.views.contains_key(&id("newcomer")), "a new agent gets a view again");
+        assert!(!g.views.contains_key(&id("made-up-0")), "a view still for the keep time made room");
+        assert!(g.views.contains_key(&id("real")) && g.views.contains_key(&id("split")));
         assert_eq!(g.views.len(), MAX_VIEWS);
-        assert!(g.views.contains_key(&AgentId::new("newcomer").unwrap()), "a new agent still gets a view");
-        assert!(g.views.contains_key(&AgentId::new("real").unwrap()), "the recently announced view stays");
-        assert!(!g.views.contains_key(&AgentId::new("made-up-0").unwrap()), "the stalest made room");
-        let real = AgentId::new("real").unwrap();
+        let real = id("real");
         for major in 3..200 {
-            g.record_view(&d, &claim("real", major), own, None, None);
+            g.record_view(&d, &claim("real", major), own, None, None, VIEW_KEEP_NS + 2);
         }
         let v = &g.views[&real];
         assert_eq!(v.owners.len(), MAX_OWNERS_PER_VIEW);
         assert_eq!(v.highest.major, 199);
         assert_eq!(v.owners.keys().next(), Some(&(200 - MAX_OWNERS_PER_VIEW as u64)), "the lowest majors go");
         assert_eq!(g.check_package(&d, &real, Epoch::new(150, 0), None).unwrap_err().defence, Defence::ReplayWindow);
+        for i in 0..(MAX_VIEWS as u64 + 10) {
+            g.record_view(&d, &claim(&format!("later-{i}"), 1), own, None, None, 3 * VIEW_KEEP_NS);
+        }
+        assert!(g.views[&id("split")].divergent.is_some(), "a divergent view is never evicted");
+        assert!(!g.views.contains_key(&real), "a view still for twice the keep time made room");
     }
 }

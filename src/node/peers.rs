@@ -136,7 +136,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     ) {
         let d = self.cfg.defences;
         if let Some(st) = peer_state
-            && let Some(why) = self.guard.record_view(&d, h, st, agent_key, proof)
+            && let Some(why) = self.guard.record_view(&d, h, st, agent_key, proof, self.clock.mono_ns())
             && !self.agents.contains_key(&h.agent)
         {
             // Divergence seen by a node that does not host the agent: no
