@@ -236,11 +236,22 @@ impl P2pNetwork {
     }
 }
 
-fn classify(peer: &NodeId, failure: OutboundFailure) -> NetError {
+/// The error libp2p-request-response reports when a connection already has
+/// its `MAX_CONCURRENT_STREAMS` and a new request is not written at all.
+const STREAM_LIMIT_ERROR: &str = "max sub-streams reached";
+
+pub(crate) fn classify(peer: &NodeId, failure: OutboundFailure) -> NetError {
     let reason = failure.to_string();
     match failure {
         // Nothing reached the peer's application: safe to retry.
         OutboundFailure::DialFailure | OutboundFailure::UnsupportedProtocols => {
+            NetError::Unreachable { peer: peer.clone(), reason }
+        }
+        // The connection's stream limit was reached before the request was
+        // written (libp2p-request-response names this case only by its
+        // message). Found by an outside reviewer: as `Lost` it made a handoff
+        // ambiguous although nothing had been sent.
+        OutboundFailure::Io(e) if e.to_string() == STREAM_LIMIT_ERROR => {
             NetError::Unreachable { peer: peer.clone(), reason }
         }
         // The request may have been read and acted on.

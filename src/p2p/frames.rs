@@ -119,7 +119,7 @@ pub const BUSY: &[u8] = b"\0igor/busy: the receiver's inbound frame budget is ex
 /// Read and drop `len` more bytes (so the sender finishes writing and reads
 /// the answer): it costs bandwidth, not memory.
 async fn drain<T: futures::AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> io::Result<()> {
-    let mut chunk = vec![0u8; len.min(16 * 1024)];
+    let mut chunk = [0u8; READ_CHUNK];
     let mut seen = 0;
     while seen < len {
         let want = (len - seen).min(chunk.len());
@@ -130,6 +130,10 @@ async fn drain<T: futures::AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> 
     }
     Ok(())
 }
+
+/// Bytes read from a stream at a time: the only memory a request being
+/// read holds outside the budget.
+const READ_CHUNK: usize = 8 * 1024;
 
 fn ended_early(len: usize, read: usize) -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, format!("frame of {len} bytes ended after {read}"))
@@ -164,22 +168,29 @@ pub(super) async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
     let lane = if len <= SMALL_FRAME_BYTES { &budget.ordinary } else { &budget.large };
     // Holds nothing yet: a reservation of zero bytes always succeeds.
     let Some(mut held) = lane.reserve(0) else { return Ok(BUSY.to_vec()) };
-    // Memory follows the bytes that arrive: the capacity is not resident
-    // until written, and each chunk is reserved before it is kept.
-    let mut body = Vec::with_capacity(len);
-    let mut chunk = vec![0u8; len.min(64 * 1024)];
+    // The body's capacity is what the lane accounts: it grows (at most
+    // doubling, never past `len`) only as bytes arrive, each growth reserved
+    // before it is allocated. Outside the budget a stream holds only `chunk`.
+    let mut body: Vec<u8> = Vec::new();
+    let mut accounted = 0usize;
+    let mut chunk = [0u8; READ_CHUNK];
     while body.len() < len {
-        let want = (len - body.len()).min(chunk.len());
+        let want = (len - body.len()).min(READ_CHUNK);
         let n = io.read(&mut chunk[..want]).await?;
         if n == 0 {
             return Err(ended_early(len, body.len()));
         }
-        if !held.grow(n) {
-            let read = body.len() + n;
-            drop(body);
-            drop(held);
-            drain(io, len - read).await?;
-            return Ok(BUSY.to_vec());
+        let needed = body.len() + n;
+        if needed > accounted {
+            let grown = accounted.saturating_mul(2).max(needed).min(len);
+            if !held.grow(grown - accounted) {
+                drop(body);
+                drop(held);
+                drain(io, len - needed).await?;
+                return Ok(BUSY.to_vec());
+            }
+            body.reserve_exact(grown - body.len());
+            accounted = grown;
         }
         body.extend_from_slice(&chunk[..n]);
     }

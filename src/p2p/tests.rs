@@ -114,6 +114,16 @@ fn declared_lengths_hold_nothing_and_a_stalled_frame_holds_what_it_sent() {
     }
     drop((hog, second));
     assert_eq!(budget.left(), INBOUND_FRAME_BUDGET, "a dropped stream gives its bytes back");
+    // What a frame holds is its buffer's capacity: at least what arrived,
+    // at most twice that (found by an outside reviewer: buffers grew
+    // outside the budget, and were pre-sized to the declared length).
+    let mut part = stalls(SMALL_FRAME_BYTES as u32, &[b'z'; 10_000]);
+    let mut part = Box::pin(read_frame(&mut part, &budget, true));
+    assert!(poll_once(part.as_mut()));
+    let held = INBOUND_FRAME_BUDGET - budget.left();
+    assert!((10_000..=20_000).contains(&held), "{held} bytes held for 10000 received");
+    drop(part);
+    assert_eq!(budget.left(), INBOUND_FRAME_BUDGET);
 }
 
 /// Found by an outside tester: replies were read from the ordinary lane, so
@@ -148,4 +158,17 @@ fn a_reply_over_its_bound_is_refused_unread() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     assert_eq!(reply.position(), 4, "only the length prefix was read");
     assert_eq!(budget.left(), INBOUND_FRAME_BUDGET);
+}
+
+/// Only failures where nothing reached the peer are `Unreachable`; the
+/// stream limit refusing a request before it is written is one of them.
+#[test]
+fn a_request_refused_by_the_stream_limit_was_not_delivered() {
+    let peer = NodeId::new("peer").unwrap();
+    let limit = OutboundFailure::Io(io::Error::other("max sub-streams reached"));
+    assert!(matches!(classify(&peer, limit), NetError::Unreachable { .. }));
+    let reset = OutboundFailure::Io(io::Error::other("connection reset"));
+    assert!(matches!(classify(&peer, reset), NetError::Lost { .. }));
+    assert!(matches!(classify(&peer, OutboundFailure::Timeout), NetError::Lost { .. }));
+    assert!(matches!(classify(&peer, OutboundFailure::DialFailure), NetError::Unreachable { .. }));
 }
