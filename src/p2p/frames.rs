@@ -102,11 +102,6 @@ impl FrameBudget {
     pub fn reserve(&self, len: usize) -> Option<FrameReservation> {
         self.large.reserve(len)
     }
-
-    /// Reserve `len` bytes of the ordinary lane, or `None`.
-    pub fn reserve_ordinary(&self, len: usize) -> Option<FrameReservation> {
-        self.ordinary.reserve(len)
-    }
 }
 
 /// The request a node reads, and the reply it sends, when a request frame

@@ -172,3 +172,32 @@ fn a_request_refused_by_the_stream_limit_was_not_delivered() {
     assert!(matches!(classify(&peer, OutboundFailure::Timeout), NetError::Lost { .. }));
     assert!(matches!(classify(&peer, OutboundFailure::DialFailure), NetError::Unreachable { .. }));
 }
+
+/// A frame is read to its length and no further (the bytes after it are the
+/// stream's, not the frame's), whether kept, drained busy, or a reply; and
+/// the limits are inclusive: a reply of exactly `MAX_REPLY_BYTES` and a
+/// request of exactly `MAX_FRAME_BYTES` are read. (Mutants of the length
+/// arithmetic and of the limit comparisons were missed before.)
+#[test]
+fn a_frame_is_read_to_its_length_and_the_limits_are_inclusive() {
+    let with_tail = |declared: usize, body: &[u8]| frame(declared as u32, &[body, b"TAIL"].concat());
+    let budget = FrameBudget::default();
+    let body = vec![b'k'; 20_000];
+    let mut kept = with_tail(body.len(), &body);
+    assert_eq!(futures::executor::block_on(read_frame(&mut kept, &budget, true)).unwrap(), body);
+    assert_eq!(kept.position() as usize, 4 + body.len(), "a kept request stops at its end");
+    let mut reply = with_tail(body.len(), &body);
+    assert_eq!(futures::executor::block_on(read_frame(&mut reply, &budget, false)).unwrap(), body);
+    assert_eq!(reply.position() as usize, 4 + body.len(), "a reply stops at its end");
+    let tight = FrameBudget::new(LARGE_FRAME_LANE, 1000);
+    let mut busy = with_tail(body.len(), &body);
+    assert_eq!(futures::executor::block_on(read_frame(&mut busy, &tight, true)).unwrap(), BUSY);
+    assert_eq!(busy.position() as usize, 4 + body.len(), "a drained request stops at its end");
+
+    let largest = vec![b'r'; MAX_REPLY_BYTES];
+    let mut reply = frame(MAX_REPLY_BYTES as u32, &largest);
+    assert_eq!(futures::executor::block_on(read_frame(&mut reply, &budget, false)).unwrap().len(), MAX_REPLY_BYTES);
+    let mut request = stalls(MAX_FRAME_BYTES as u32, b"x");
+    let mut request = Box::pin(read_frame(&mut request, &budget, true));
+    assert!(poll_once(request.as_mut()), "a request of exactly the largest frame is being read");
+}
