@@ -201,3 +201,41 @@ fn a_frame_is_read_to_its_length_and_the_limits_are_inclusive() {
     let mut request = Box::pin(read_frame(&mut request, &budget, true));
     assert!(poll_once(request.as_mut()), "a request of exactly the largest frame is being read");
 }
+
+/// Serves one piece per read, then stalls: the reads a frame sees.
+struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+impl futures::AsyncRead for Pieces {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let Some(mut piece) = self.0.pop_front() else { return std::task::Poll::Pending };
+        let n = piece.len().min(buf.len());
+        buf[..n].copy_from_slice(&piece[..n]);
+        if n < piece.len() {
+            self.0.push_front(piece.split_off(n));
+        }
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+/// The buffer grows only when the bytes that arrived no longer fit it (at
+/// most doubling, never past the frame), and a finished frame's buffer is
+/// exactly its length: what the lane accounts is what is allocated.
+#[test]
+fn a_frame_buffer_grows_only_when_needed_and_ends_at_its_length() {
+    let budget = FrameBudget::default();
+    let pieces = [1000u32.to_be_bytes().to_vec(), vec![1; 100], vec![2; 10], vec![3; 90]];
+    let mut reader = Pieces(pieces.into_iter().collect());
+    let mut read = Box::pin(read_frame(&mut reader, &budget, true));
+    assert!(poll_once(read.as_mut()));
+    // 100 arrived (100 held), then 10 (grown to 200), then 90: 200 fit.
+    assert_eq!(INBOUND_FRAME_BUDGET - budget.left(), 200);
+    drop(read);
+    let body = vec![b'c'; 20_000];
+    let mut whole = frame(body.len() as u32, &body);
+    let got = futures::executor::block_on(read_frame(&mut whole, &budget, true)).unwrap();
+    assert_eq!((got.len(), got.capacity()), (body.len(), body.len()));
+}
