@@ -646,6 +646,11 @@ mod tests {
         assert!(g.check_fresh(&d, &announce("newcomer", 6, 3_000_002, 400), 200, 10, 100).is_err(), "marked");
         assert!(g.check_fresh(&d, &announce("agent4195", 4, 3_000_003, 400), 200, 10, 100).is_err(), "kept");
         assert!(!g.marks.keys().any(|(issuer, _)| issuer.as_str() == "agent100"), "the stalest went");
+        // Recency, not key order, decides: the first key, freshly raised, stays.
+        let first = g.marks.keys().next().expect("marks").clone();
+        g.check_fresh(&d, &announce(first.0.as_str(), 9, 3_000_010, 400), 200, 10, 100).unwrap();
+        g.check_fresh(&d, &announce("another-newcomer", 1, 3_000_011, 400), 200, 10, 100).unwrap();
+        assert!(g.marks.contains_key(&first), "a freshly raised mark stays, whatever its key");
     }
 
     /// Found by an outside reviewer: a full table of rate buckets, all in
