@@ -780,6 +780,12 @@ mod tests {
         assert!(g.record_view(&d, &claim("b", 2, 0, b"x"), own, None, None, 0).is_none());
         assert!(g.record_view(&d, &claim("b", 2, 1, b"y"), own, None, None, 0).is_none());
         assert!(g.record_view(&d, &claim("a", 2, 1, b"z"), own, None, None, 0).is_some());
+        assert!(g.record_view(&d, &claim("c", 2, 1, b"w"), own, None, None, 0).is_none(), "reported once");
+        let off = Defences { divergence_detection: false, ..d };
+        let mut quiet = Guard::default();
+        assert!(quiet.record_view(&off, &claim("b", 2, 0, b"x"), own, None, None, 0).is_none());
+        assert!(quiet.record_view(&off, &claim("a", 2, 1, b"z"), own, None, None, 0).is_none(), "off: no divergence");
+        assert!(quiet.views.values().all(|v| v.divergent.is_none()));
         assert_eq!(
             g.check_package(&d, &agent, Epoch::new(2, 3), None).unwrap_err().defence,
             Defence::DivergenceDetection
