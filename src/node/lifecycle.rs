@@ -13,9 +13,9 @@ use super::tick::CommitKind;
 use super::*;
 
 /// Why an agent with no budget left stopped: the reason of every budget
-/// halt (tick.rs halts a tick that crossed zero with the same words, and
-/// the simulator's observer reads the prefix as "for budget").
-const BUDGET_EXHAUSTED: &str = "budget exhausted";
+/// halt, here and in tick.rs (the simulator's observer reads the prefix as
+/// "for budget").
+pub(super) const BUDGET_EXHAUSTED: &str = "budget exhausted";
 
 impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     /// Apply a transition, report it and persist it (HANDOFF_INITIATED is

@@ -273,6 +273,22 @@ struct Slot<I> {
 }
 
 impl<I> Slot<I> {
+    /// The agent key this node knows from its own history: its copy of the
+    /// key, or the one its head checkpoint names.
+    fn agent_public_key(&self) -> Option<crate::identity::PublicKey> {
+        self.key.as_ref().map(|k| k.public()).or_else(|| self.lineage.head().and_then(|c| c.agent_key().copied()))
+    }
+
+    /// `proof` is a signature of the claim `(h, state)` by that agent key
+    /// (defence `signed_claims`, agent half: node identity alone proves
+    /// nothing about the agent, any peer has one).
+    fn proves_claim(&self, h: &crate::wire::Header, state: AuthorityState, proof: Option<&[u8]>) -> bool {
+        let sig = proof.and_then(|p| <[u8; 64]>::try_from(p).ok());
+        self.agent_public_key().zip(sig).is_some_and(|(key, sig)| {
+            key.verify(&crate::wire::agent_claim_bytes(h, Some(state)), &crate::identity::Signature(sig))
+        })
+    }
+
     /// Back to the committed head: the running budget and tick are the
     /// head's, and nothing is charged or pending since (EI-2).
     fn rewind_to_head(&mut self) {

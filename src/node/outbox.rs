@@ -71,9 +71,8 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 // its key (it could not start it otherwise). Found by an
                 // outside tester's reading: any admitted peer's unsigned
                 // RECOVERY_REQUIRED claim made the operator's recovery refuse.
-                if a.state == AuthorityState::RecoveryRequired
-                    && self.proves_agent_claim(&header, a.state, a.agent_signature.as_deref())
-                {
+                let signed = |s: &Slot<X::Instance>| s.proves_claim(&header, a.state, a.agent_signature.as_deref());
+                if a.state == AuthorityState::RecoveryRequired && self.agents.get(&header.agent).is_some_and(signed) {
                     self.recovery_contested(&header.agent, from);
                 }
                 if !copy {
@@ -119,20 +118,6 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
             Pending::Announce { agent, peer } => {
                 self.head_ack(&agent, &peer, result, "head ack");
             }
-        }
-    }
-
-    /// `proof` is a signature of the claim `(header, state)` by the key this
-    /// node holds for the header's agent (its own copy, or its head's).
-    fn proves_agent_claim(&self, header: &Header, state: AuthorityState, proof: Option<&[u8]>) -> bool {
-        let Some(s) = self.agents.get(&header.agent) else { return false };
-        let key = s.key.as_ref().map(|k| k.public()).or_else(|| s.lineage.head().and_then(|c| c.agent_key().copied()));
-        let sig = proof.and_then(|p| <[u8; 64]>::try_from(p).ok());
-        match (key, sig) {
-            (Some(key), Some(sig)) => {
-                key.verify(&crate::wire::agent_claim_bytes(header, Some(state)), &crate::identity::Signature(sig))
-            }
-            _ => false,
         }
     }
 

@@ -24,10 +24,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
     /// valid for `ttl_ns`); `pending` names what each reply answers.
     pub(super) fn announce_with(&mut self, agent: &AgentId, ttl_ns: u64, pending: fn(AgentId, NodeId) -> Pending) {
         let Some(state) = self.agents.get(agent).map(|s| s.authority.state()) else { return };
-        let agent_key = self.agents.get(agent).and_then(|s| {
-            s.key.as_ref().map(|k| k.public()).or_else(|| s.lineage.head().and_then(|c| c.agent_key().copied()))
-        });
-        let agent_key = agent_key.map(|k| k.as_bytes().to_vec());
+        let agent_key = self.agents.get(agent).and_then(|s| s.agent_public_key()).map(|k| k.as_bytes().to_vec());
         let ttl = i64::try_from(ttl_ns).unwrap_or(i64::MAX);
         let expiry = self.clock.unix_ns().saturating_add(ttl);
         for peer in self.cfg.peers.clone() {
@@ -167,13 +164,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
         // agent held here (a newer epoch, or a second head or owner at ours)
         // must be signed by the agent key this node knows from its own
         // history. Node identity alone is not enough: any peer has one.
-        let known_key =
-            s.key.as_ref().map(|k| k.public()).or_else(|| s.lineage.head().and_then(|c| c.agent_key().copied()));
-        let proven = known_key.is_some_and(|k| {
-            proof.and_then(|p| <[u8; 64]>::try_from(p).ok()).is_some_and(|sig| {
-                k.verify(&crate::wire::agent_claim_bytes(h, Some(peer_state)), &crate::identity::Signature(sig))
-            })
-        });
+        let proven = s.proves_claim(h, peer_state, proof);
         // Only proven claims raise the majors a recovery must stay above: an
         // anonymous peer cannot push them to the end of the range.
         if proven {

@@ -260,7 +260,7 @@ impl<X: Executor, D: Disk, C: Clock, R: Entropy> Node<X, D, C, R> {
                 if let Err(e) = self.commit(agent, CommitKind::Routine, now) {
                     self.fault(Some(agent), format!("final checkpoint: {e}"));
                 }
-                self.halt(agent, "budget exhausted".to_string());
+                self.halt(agent, super::lifecycle::BUDGET_EXHAUSTED.to_string());
             }
             TickEnd::Fault(why) => self.discard_instance(agent, &why),
         }
