@@ -209,6 +209,17 @@ fn bucket_limits(kind: MessageKind) -> Option<(u64, u64)> {
     }
 }
 
+/// Remove the entry `rank` ranks lowest (the first of equals, in key
+/// order), among those it ranks at all (`None`: never evicted). `false`:
+/// nothing could go. One eviction rule for every bounded defence table.
+fn evict_lowest<K: Ord + Clone, V, T: Ord>(map: &mut BTreeMap<K, V>, rank: impl Fn(&K, &V) -> Option<T>) -> bool {
+    let lowest = map.iter().filter_map(|(k, v)| Some((rank(k, v)?, k))).min_by(|a, b| a.0.cmp(&b.0));
+    match lowest.map(|(_, k)| k.clone()) {
+        Some(k) => map.remove(&k).is_some(),
+        None => false,
+    }
+}
+
 /// What peers announced about one agent.
 #[derive(Clone, Debug, Default)]
 pub struct PeerView {
@@ -346,9 +357,7 @@ impl Guard {
         if !self.marks.contains_key(&key) && self.marks.len() >= MAX_MARKS {
             // The mark raised longest ago makes room (found by an outside
             // reviewer: a full table gave every later pair no mark, for good).
-            if let Some(stalest) = self.marks.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone()) {
-                self.marks.remove(&stalest);
-            }
+            evict_lowest(&mut self.marks, |_, (_, at)| Some(*at));
         }
         let (mark, at) = self.marks.entry(key).or_insert((h.epoch, raised));
         (*mark, *at) = ((*mark).max(h.epoch), raised);
@@ -376,10 +385,8 @@ impl Guard {
                 burst.saturating_sub(b.tokens.saturating_add(now_mono_ns.saturating_sub(b.at_ns) / refill))
             };
             self.buckets.retain(|k, b| deficit(k, b) > 0);
-            if self.buckets.len() >= MAX_BUCKETS
-                && let Some(closest) = self.buckets.iter().min_by_key(|(k, b)| deficit(k, b)).map(|(k, _)| k.clone())
-            {
-                self.buckets.remove(&closest);
+            if self.buckets.len() >= MAX_BUCKETS {
+                evict_lowest(&mut self.buckets, |k, b| Some(deficit(k, b)));
             }
         }
         let b = self.buckets.entry(key).or_insert(Bucket { tokens: burst, at_ns: now_mono_ns });
@@ -437,19 +444,10 @@ impl Guard {
         if self.views.contains_key(agent) || self.views.len() < MAX_VIEWS {
             return true;
         }
-        let stalest = self
-            .views
-            .iter()
-            .filter(|(_, v)| v.divergent.is_none() && now_mono_ns.saturating_sub(v.touched_ns) >= VIEW_KEEP_NS)
-            .min_by_key(|(_, v)| v.touched_ns)
-            .map(|(a, _)| a.clone());
-        match stalest {
-            Some(stalest) => {
-                self.views.remove(&stalest);
-                true
-            }
-            None => false,
-        }
+        evict_lowest(&mut self.views, |_, v| {
+            let still = now_mono_ns.saturating_sub(v.touched_ns) >= VIEW_KEEP_NS;
+            (v.divergent.is_none() && still).then_some(v.touched_ns)
+        })
     }
 
     /// Record a peer's announced view of `agent`. Returns a divergence
@@ -474,25 +472,29 @@ impl Guard {
     ) -> Option<String> {
         let (agent, issuer, epoch, head) = (&h.agent, &h.issuer, h.epoch, h.head_hash);
         let self_certifying = d.self_certifying_ids && crate::identity::agent_id_tag(agent).is_some();
-        if self_certifying {
+        // A self-certifying id's claim counts only if proven (returns here
+        // otherwise), and its key is then the proven one.
+        let proven = if self_certifying {
             let known = self.views.get(agent).and_then(|v| v.agent_key);
             let key = agent_key.filter(|k| crate::identity::check_agent_key(agent, k).is_ok()).or(known);
-            let proven = key.filter(|k| {
+            Some(key.filter(|k| {
                 proof.and_then(|p| <[u8; 64]>::try_from(p).ok()).is_some_and(|sig| {
                     k.verify(&crate::wire::agent_claim_bytes(h, Some(state)), &crate::identity::Signature(sig))
                 })
-            });
-            let key = proven?;
-            if !self.make_room_for(agent, now_mono_ns) {
-                return None;
-            }
-            self.views.entry(agent.clone()).or_default().agent_key = Some(key);
-        }
+            })?)
+        } else {
+            None
+        };
+        // Only a claim that will be recorded makes room: an unproven one
+        // (returned above) evicts nothing.
         if !self.make_room_for(agent, now_mono_ns) {
             return None;
         }
         let v = self.views.entry(agent.clone()).or_default();
         v.touched_ns = now_mono_ns;
+        if proven.is_some() {
+            v.agent_key = proven;
+        }
         if v.agent_key.is_none() {
             v.agent_key = agent_key;
         }
