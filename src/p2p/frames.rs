@@ -46,6 +46,11 @@ impl Lane {
         self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// A reservation of nothing yet, grown as bytes arrive.
+    fn empty_reservation(&self) -> FrameReservation {
+        FrameReservation { left: self.0.clone(), len: 0 }
+    }
+
     fn reserve(&self, len: usize) -> Option<FrameReservation> {
         use std::sync::atomic::Ordering;
         self.0
@@ -161,8 +166,7 @@ pub(super) async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
         return Ok(body);
     }
     let lane = if len <= SMALL_FRAME_BYTES { &budget.ordinary } else { &budget.large };
-    // Holds nothing yet: a reservation of zero bytes always succeeds.
-    let Some(mut held) = lane.reserve(0) else { return Ok(BUSY.to_vec()) };
+    let mut held = lane.empty_reservation();
     // The body's capacity is what the lane accounts: it grows (at most
     // doubling, never past `len`) only as bytes arrive, each growth reserved
     // before it is allocated. Outside the budget a stream holds only `chunk`.

@@ -38,24 +38,9 @@ fn pending_connections_are_limited_per_ip() {
     assert!(limits.handle_established_inbound_connection(id, peer, &local, &flood).is_err());
 }
 
-/// Serves its bytes, then never answers again (a sender that stalls).
-struct Stalls(futures::io::Cursor<Vec<u8>>);
-
-impl futures::AsyncRead for Stalls {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut [u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        if self.0.position() as usize == self.0.get_ref().len() {
-            return std::task::Poll::Pending;
-        }
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-fn stalls(declared: u32, sent: &[u8]) -> Stalls {
-    Stalls(frame(declared, sent))
+/// A sender that writes a length prefix and `sent`, then stalls.
+fn stalls(declared: u32, sent: &[u8]) -> Pieces {
+    Pieces([[declared.to_be_bytes().as_slice(), sent].concat()].into())
 }
 
 /// Poll a read once (it stalls): what it holds is then visible in the budget.
@@ -202,7 +187,8 @@ fn a_frame_is_read_to_its_length_and_the_limits_are_inclusive() {
     assert!(poll_once(request.as_mut()), "a request of exactly the largest frame is being read");
 }
 
-/// Serves one piece per read, then stalls: the reads a frame sees.
+/// Serves one piece per read (the rest of a piece on the next read), then
+/// never answers again: the reads a frame sees from a sender that stalls.
 struct Pieces(std::collections::VecDeque<Vec<u8>>);
 
 impl futures::AsyncRead for Pieces {
