@@ -105,9 +105,10 @@ impl Draw {
     fn unit(&mut self) -> f64 {
         (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
-    /// Uniform in lo..=hi.
+    /// Uniform in lo..=hi (one draw, none for an empty range; the network
+    /// twin's mapping, which no pair of u64 bounds can make panic).
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo { lo } else { lo + self.rng.next_u64() % (hi - lo + 1) }
+        if hi <= lo { lo } else { crate::net::uniform_inclusive(self.rng.next_u64(), lo, hi) }
     }
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.range(0, items.len() as u64 - 1) as usize]

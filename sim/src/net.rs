@@ -118,7 +118,7 @@ impl FaultState {
 /// u64 bounds may panic: `0..=u64::MAX` has 2^64 values, one more than a u64
 /// holds, so `hi - lo + 1` would wrap to 0 and `%` divide by it; that range
 /// takes `r` as it is (a scenario's `Reorder` may name any u64).
-fn uniform_inclusive(r: u64, lo: u64, hi: u64) -> u64 {
+pub(crate) fn uniform_inclusive(r: u64, lo: u64, hi: u64) -> u64 {
     if hi <= lo {
         return lo;
     }

@@ -17,9 +17,11 @@ use rand_core::{RngCore, SeedableRng};
 use std::time::Duration;
 
 impl World<'_> {
-    /// The crash a `Restart` of a node that is up stands for, to trace
-    /// before the restart's own line (docs/scenarios.md: a Restart of a
-    /// running node is a crash followed by the restart). `apply` performs it.
+    /// The crash a `Restart` of a node that is up stands for, applied before
+    /// the restart (docs/scenarios.md: a Restart of a running node is a crash
+    /// followed by the restart). Timeline and BUGGIFY restarts are scheduled
+    /// actions, which `apply_due` expands; the liveness phase restarts only
+    /// nodes that are down.
     pub(super) fn implied_crash(&self, action: &Action) -> Option<Action> {
         match action {
             Action::Restart { node, .. } if !self.down.contains(node) => Some(Action::Crash { node: node.clone() }),
@@ -30,15 +32,6 @@ impl World<'_> {
     /// Apply one action; returns observations for the checker.
     pub(super) fn apply(&mut self, action: &Action, agents: &[AgentBytes]) -> Vec<(NodeId, Obs)> {
         self.poked = true;
-        let mut obs = Vec::new();
-        // A restart of a node that is up (no Crash before it, a second
-        // Restart, or a BUGGIFY crash's own restart after a timeline one) is
-        // a crash, then the restart: the checker sees the crash (uncommitted
-        // ticks lost, RE-8's run ends) as for a timeline Crash.
-        // `implied_crash` gave the trace its line.
-        if let Some(crash) = self.implied_crash(action) {
-            obs = self.apply(&crash, agents);
-        }
         let ctl = |n: &str| self.ctls.get(n).expect("scenario validated: node names resolve").clone();
         let send = |n: &str, cmd: Command| {
             if let Some(tx) = ctl(n).control.borrow().as_ref() {
@@ -46,6 +39,7 @@ impl World<'_> {
             }
         };
         let agent_id = |a: &str| AgentId::new(a).expect("scenario validated: agent names are ids");
+        let mut obs = Vec::new();
         match action {
             Action::Migrate { agent, from, to } => {
                 let to = ctl(to).name.clone();

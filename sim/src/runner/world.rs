@@ -242,14 +242,16 @@ impl<'a> World<'a> {
             self.poked = true;
             match what {
                 Sched::Act(action) => {
-                    if let Some(crash) = self.implied_crash(&action) {
-                        self.trace.sim(self.now_ns, trace::action_line("", &crash));
-                    }
-                    self.trace.sim(self.now_ns, trace::action_line("", &action));
-                    self.coverage.action(self.now_ns, &action);
-                    for (node, o) in self.apply(&action, agents) {
-                        for (node, o) in self.byzantine.action(&node, o) {
-                            self.checker.observe(self.now_ns, &node, &o)?;
+                    // A restart of a node that is up is a crash, then the
+                    // restart (docs/scenarios.md): both go the one way every
+                    // timeline action goes (trace, coverage, checker).
+                    for action in self.implied_crash(&action).into_iter().chain([action]) {
+                        self.trace.sim(self.now_ns, trace::action_line("", &action));
+                        self.coverage.action(self.now_ns, &action);
+                        for (node, o) in self.apply(&action, agents) {
+                            for (node, o) in self.byzantine.action(&node, o) {
+                                self.checker.observe(self.now_ns, &node, &o)?;
+                            }
                         }
                     }
                 }
