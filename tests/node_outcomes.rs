@@ -413,9 +413,15 @@ fn claim(
         issued_unix_ns: 0,
         expiry_unix_ns: soon(c),
     };
-    let state = AuthorityState::ActiveOwner;
-    let agent_signature = agent_key.map(|k| k.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
-    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state, agent_key: None, agent_signature })).encode()
+    head_announce(h, AuthorityState::ActiveOwner, agent_key, false)
+}
+
+/// A `HeadAnnounce` of `h` in `state`, signed with `key` when given, which
+/// it also offers as the agent key if `offer_key`.
+fn head_announce(h: Header, state: AuthorityState, key: Option<&Keypair>, offer_key: bool) -> Vec<u8> {
+    let agent_signature = key.map(|k| k.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
+    let agent_key = key.filter(|_| offer_key).map(|k| k.public().as_bytes().to_vec());
+    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state, agent_key, agent_signature })).encode()
 }
 
 /// The agent's key, as the owner n0 stored it.
@@ -702,10 +708,7 @@ fn poisoned_claim(c: &Cluster, agent: &igor::units::AgentId, key: Option<&Keypai
         issued_unix_ns: 0,
         expiry_unix_ns: soon(c),
     };
-    let state = AuthorityState::ActiveOwner;
-    let agent_signature = key.map(|k| k.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
-    let agent_key = key.map(|k| k.public().as_bytes().to_vec());
-    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state, agent_key, agent_signature })).encode()
+    head_announce(h, AuthorityState::ActiveOwner, key, true)
 }
 
 /// The honest package `honest` (n0 to n1) turned into n2's forgery: the
@@ -981,9 +984,7 @@ fn recovery_claim(c: &Cluster, from: usize, to: usize, agent_key: Option<&Keypai
         issued_unix_ns: 0,
         expiry_unix_ns: soon(c),
     };
-    let state = AuthorityState::RecoveryRequired;
-    let agent_signature = agent_key.map(|k| k.sign(&agent_claim_bytes(&h, Some(state))).0.to_vec());
-    Envelope::new(h, Body::HeadAnnounce(HeadAnnounce { state, agent_key: None, agent_signature })).encode()
+    head_announce(h, AuthorityState::RecoveryRequired, agent_key, false)
 }
 
 /// Found by an outside tester's reading: while an operator's recovery asked
